@@ -1,0 +1,34 @@
+"""jaxem: expectation-maximization for latent-variable models in JAX.
+
+A model is a log-joint function ``log_joint(params, x) -> [K]`` for one observation plus an
+initialiser; :func:`fit` runs EM (closed-form or gradient M-step) with restarts vmapped into one
+compiled program.
+"""
+
+from . import constraints, init, models
+from .em import FitError, FitResult, e_step, elbo, expected_log_joint, fit, log_likelihood
+from .estimators import BernoulliMixture, GaussianMixture
+from .model import Model
+from .models import bernoulli_mixture, gaussian_mixture
+from .validation import NotFittedError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BernoulliMixture",
+    "GaussianMixture",
+    "FitError",
+    "FitResult",
+    "Model",
+    "NotFittedError",
+    "bernoulli_mixture",
+    "constraints",
+    "e_step",
+    "elbo",
+    "expected_log_joint",
+    "fit",
+    "gaussian_mixture",
+    "init",
+    "log_likelihood",
+    "models",
+]

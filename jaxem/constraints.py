@@ -1,0 +1,116 @@
+"""Maps between constrained parameters and the unconstrained space a gradient M-step works in.
+
+A :class:`Constraint` is a pair of pure functions. ``unconstrain`` takes a valid parameter (a
+probability vector, a positive scale, ...) to an unconstrained real array; ``constrain`` is its
+inverse. Models declare a pytree of constraints with the same structure as their parameters (or a
+prefix of it); leaves without a constraint are treated as :data:`real`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+class Constraint:
+    """A bijection between a constrained parameter set and unconstrained arrays.
+
+    Args:
+        name: a short name used in error messages and ``repr``.
+        constrain: unconstrained array -> constrained parameter (same shape).
+        unconstrain: constrained parameter -> unconstrained array (same shape).
+    """
+
+    def __init__(self, name: str, constrain: Callable[[Array], Array],
+                 unconstrain: Callable[[Array], Array]):
+        self.name = name
+        self.constrain = constrain
+        self.unconstrain = unconstrain
+
+    def __repr__(self) -> str:
+        return f"Constraint({self.name})"
+
+
+def _tiny(x: Array) -> Array:
+    return jnp.finfo(jnp.result_type(x)).tiny
+
+
+def _log_clipped(x: Array) -> Array:
+    # A parameter that is exactly 0 (an emptied component) maps to a large negative number rather
+    # than -inf, so the optimiser state stays finite.
+    return jnp.log(jnp.maximum(x, _tiny(x)))
+
+
+real = Constraint("real", lambda u: u, lambda p: p)
+
+positive = Constraint("positive", jnp.exp, _log_clipped)
+
+
+def _simplex_unconstrain(p: Array) -> Array:
+    logp = _log_clipped(p)
+    # Softmax is shift-invariant; centring keeps the unconstrained values near zero.
+    return logp - jnp.mean(logp, axis=-1, keepdims=True)
+
+
+simplex = Constraint("simplex", lambda u: jax.nn.softmax(u, axis=-1), _simplex_unconstrain)
+"""Probability vectors along the last axis (softmax of free logits)."""
+
+
+def _logit(p: Array) -> Array:
+    eps = jnp.finfo(jnp.result_type(p)).eps
+    p = jnp.clip(p, eps, 1 - eps)
+    return jnp.log(p) - jnp.log1p(-p)
+
+
+unit_interval = Constraint("unit_interval", jax.nn.sigmoid, _logit)
+"""Values in (0, 1) (sigmoid of a free real)."""
+
+
+def _cholesky_constrain(u: Array) -> Array:
+    lower = jnp.tril(u, -1)
+    diag = jnp.exp(jnp.diagonal(u, axis1=-2, axis2=-1))
+    return lower + diag[..., None] * jnp.eye(u.shape[-1], dtype=u.dtype)
+
+
+def _cholesky_unconstrain(chol: Array) -> Array:
+    lower = jnp.tril(chol, -1)
+    log_diag = _log_clipped(jnp.diagonal(chol, axis1=-2, axis2=-1))
+    return lower + log_diag[..., None] * jnp.eye(chol.shape[-1], dtype=chol.dtype)
+
+
+cholesky = Constraint("cholesky", _cholesky_constrain, _cholesky_unconstrain)
+"""Lower-triangular matrices ``[..., D, D]`` with a positive diagonal (log of the diagonal is free)."""
+
+
+def _is_constraint(node: Any) -> bool:
+    return isinstance(node, Constraint) or node is None
+
+
+def constrain(constraints: Any, unconstrained: Any) -> Any:
+    """Map an unconstrained pytree to parameters.
+
+    Args:
+        constraints: a pytree of :class:`Constraint` (or ``None`` for real) that is a prefix of the
+            parameter pytree, or ``None`` when every parameter is real.
+        unconstrained: the unconstrained parameter pytree.
+
+    Returns:
+        The constrained parameter pytree (same structure and shapes).
+    """
+    if constraints is None:
+        return unconstrained
+    return jax.tree.map(lambda c, u: jax.tree.map((c or real).constrain, u),
+                        constraints, unconstrained, is_leaf=_is_constraint)
+
+
+def unconstrain(constraints: Any, params: Any) -> Any:
+    """Inverse of :func:`constrain`: map parameters to the unconstrained space."""
+    if constraints is None:
+        return params
+    return jax.tree.map(lambda c, p: jax.tree.map((c or real).unconstrain, p),
+                        constraints, params, is_leaf=_is_constraint)

@@ -1,0 +1,114 @@
+"""Initialisers shared by the model families: k-means++ seeding, Lloyd's k-means, random rows,
+random responsibilities. All are pure JAX and run inside the compiled fit, vmapped over restarts.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def squared_distances(X: Array, centers: Array) -> Array:
+    """``[N, K]`` squared Euclidean distances between rows of ``X [N, D]`` and ``centers [K, D]``.
+
+    Computed as ``|x|^2 - 2 x.c + |c|^2`` (one matrix product) and clamped at 0 against round-off.
+    """
+    cross = X @ centers.T
+    d2 = jnp.sum(X * X, axis=1)[:, None] - 2.0 * cross + jnp.sum(centers * centers, axis=1)[None]
+    return jnp.maximum(d2, 0.0)
+
+
+def kmeans_plusplus(key: Array, X: Array, n_clusters: int) -> Array:
+    """k-means++ seeding (Arthur & Vassilvitskii, 2007).
+
+    The first center is a uniformly random row; each next one is a row drawn with probability
+    proportional to its squared distance to the nearest center chosen so far.
+
+    Args:
+        key: PRNG key.
+        X: data ``[N, D]``.
+        n_clusters: number of centers ``K``.
+
+    Returns:
+        ``[K, D]`` centers, each a row of ``X``.
+    """
+    n = X.shape[0]
+    first_key, rest_key = jax.random.split(key)
+    first = X[jax.random.randint(first_key, (), 0, n)]
+    centers = jnp.zeros((n_clusters, X.shape[1]), X.dtype).at[0].set(first)
+    closest = squared_distances(X, first[None])[:, 0]
+
+    def add_center(i, carry):
+        centers, closest = carry
+        # When every row coincides with a center the distances are all 0; fall back to uniform.
+        logits = jnp.where(jnp.sum(closest) > 0, jnp.log(closest), jnp.zeros_like(closest))
+        idx = jax.random.categorical(jax.random.fold_in(rest_key, i), logits)
+        new = X[idx]
+        closest = jnp.minimum(closest, squared_distances(X, new[None])[:, 0])
+        return centers.at[i].set(new), closest
+
+    centers, _ = jax.lax.fori_loop(1, n_clusters, add_center, (centers, closest))
+    return centers
+
+
+def lloyd(X: Array, centers: Array, max_iter: int = 20) -> tuple[Array, Array]:
+    """Lloyd's k-means iterations from ``centers`` until assignments stop changing.
+
+    A cluster that loses all its rows keeps its previous center.
+
+    Args:
+        X: data ``[N, D]``.
+        centers: ``[K, D]`` starting centers.
+        max_iter: the most iterations.
+
+    Returns:
+        ``(centers [K, D], labels [N])``.
+    """
+    n_clusters = centers.shape[0]
+
+    def assign(c):
+        return jnp.argmin(squared_distances(X, c), axis=1)
+
+    def update(labels, old):
+        onehot = jax.nn.one_hot(labels, n_clusters, dtype=X.dtype)
+        counts = onehot.sum(axis=0)
+        sums = onehot.T @ X
+        return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], old)
+
+    def keep_going(state):
+        _, _, changed, it = state
+        return changed & (it < max_iter)
+
+    def body(state):
+        c, labels, _, it = state
+        c = update(labels, c)
+        new_labels = assign(c)
+        return c, new_labels, jnp.any(new_labels != labels), it + 1
+
+    labels = assign(centers)
+    centers, labels, _, _ = jax.lax.while_loop(
+        keep_going, body, (centers, labels, jnp.array(True), jnp.array(0)))
+    return centers, labels
+
+
+def kmeans(key: Array, X: Array, n_clusters: int, max_iter: int = 20) -> tuple[Array, Array]:
+    """k-means++ seeding followed by Lloyd's iterations; returns ``(centers [K, D], labels [N])``."""
+    return lloyd(X, kmeans_plusplus(key, X, n_clusters), max_iter)
+
+
+def random_rows(key: Array, X: Array, n: int) -> Array:
+    """``n`` distinct rows of ``X`` (all rows, repeated, when ``X`` has fewer than ``n``)."""
+    idx = jax.random.choice(key, X.shape[0], (n,), replace=X.shape[0] < n)
+    return X[idx]
+
+
+def random_responsibilities(key: Array, n_rows: int, n_components: int, dtype) -> Array:
+    """``[N, K]`` rows drawn uniformly from the probability simplex."""
+    return jax.random.dirichlet(key, jnp.ones((n_components,), dtype), (n_rows,))
+
+
+def hard_responsibilities(labels: Array, n_components: int, dtype) -> Array:
+    """One-hot ``[N, K]`` responsibilities from integer labels ``[N]``."""
+    return jax.nn.one_hot(labels, n_components, dtype=dtype)

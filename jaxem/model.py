@@ -1,0 +1,76 @@
+"""The model contract: a latent-variable model is a log-joint function plus an initialiser.
+
+For one observation ``x`` a model returns ``log p(x, z=k | params)`` for every latent state ``k``.
+Everything else (E-step, log-likelihood, ELBO, the M-step by gradient ascent) follows from that.
+A model may also supply a closed-form M-step as *additive* expected sufficient statistics plus a
+``maximize`` function; additivity over rows is what lets the same model run in memory, in chunks and
+sharded over devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+Array = jax.Array
+Params = Any
+Stats = Any
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+    """A latent-variable model given by pure functions.
+
+    Models compare and hash by identity, so a model object is a stable key for JAX's compilation
+    cache: build it once and reuse it (the built-in factories are memoised for that reason).
+
+    Attributes:
+        init: ``init(key, X) -> params``. ``X`` is the whole data set ``[N, ...]``; ``params`` is any
+            pytree of arrays. It must be traceable (it runs inside the compiled fit, vmapped over
+            restart keys).
+        log_joint: ``log_joint(params, x) -> [K]``, ``log p(x, z=k | params)`` for ONE observation
+            ``x`` (shape ``X.shape[1:]``).
+        batch_log_joint: optional ``batch_log_joint(params, X) -> [N, K]``, a faster equivalent of
+            ``jax.vmap(log_joint, (None, 0))`` written with matrix products. Defaults to the vmap.
+        suff_stats: optional ``suff_stats(params, X, resp) -> stats``: expected sufficient statistics
+            of the rows ``X [N, ...]`` under weighted responsibilities ``resp [N, K]`` (already
+            multiplied by the sample weights; padded rows have weight 0). It must be additive:
+            ``suff_stats(X1 ∪ X2) == suff_stats(X1) + suff_stats(X2)`` leaf by leaf. ``params`` are
+            the parameters the responsibilities came from (useful as a centring point).
+        maximize: optional ``maximize(stats, params) -> params``: the closed-form maximiser of the
+            expected complete-data log-likelihood given the summed statistics. ``params`` are the
+            previous parameters (used, for example, to keep a component that received no data).
+        constraints: pytree of :class:`jaxem.constraints.Constraint` matching ``params`` (or a prefix
+            of it) used by the gradient M-step; ``None`` means every parameter is unconstrained.
+        n_components: number of latent states ``K`` when known, for input validation.
+        name: a short name for messages.
+    """
+
+    init: Callable[[Array, Array], Params]
+    log_joint: Callable[[Params, Array], Array]
+    batch_log_joint: Callable[[Params, Array], Array] | None = None
+    suff_stats: Callable[[Params, Array, Array], Stats] | None = None
+    maximize: Callable[[Stats, Params], Params] | None = None
+    constraints: Any = None
+    n_components: int | None = None
+    name: str = "custom"
+
+    def __post_init__(self):
+        if (self.suff_stats is None) != (self.maximize is None):
+            raise ValueError(
+                "a closed-form M-step needs both suff_stats and maximize; got only "
+                + ("suff_stats" if self.maximize is None else "maximize"))
+
+    @property
+    def has_closed_form(self) -> bool:
+        """True when the model supplies ``suff_stats`` and ``maximize``."""
+        return self.suff_stats is not None
+
+    def log_joint_matrix(self, params: Params, X: Array) -> Array:
+        """``[N, K]`` log-joints of every row of ``X`` (``[N, ...]``)."""
+        if self.batch_log_joint is not None:
+            return self.batch_log_joint(params, X)
+        return jax.vmap(self.log_joint, in_axes=(None, 0))(params, X)

@@ -1,0 +1,104 @@
+"""Input checks run before any compute, with messages that say what is wrong and where."""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class NotFittedError(ValueError, AttributeError):
+    """Raised when a method that needs fitted parameters is called before ``fit``."""
+
+
+def _first_bad(mask: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argwhere(mask)[0])
+
+
+def check_data(X, *, name: str = "X", ndim: int | None = None, allow_nan: bool = False,
+               min_rows: int = 1) -> np.ndarray:
+    """Convert ``X`` to a numeric NumPy array and check it.
+
+    Args:
+        X: array-like ``[N, ...]``.
+        name: how to call the array in messages.
+        ndim: required number of dimensions, if any.
+        allow_nan: whether NaN entries are allowed (missing values); infinities never are.
+        min_rows: the fewest rows accepted.
+
+    Returns:
+        ``np.ndarray`` of a floating dtype (integers and booleans become float64; JAX later
+        casts to its default float width).
+    """
+    try:
+        arr = np.asarray(X)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} could not be converted to a numeric array: {err}") from None
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise ValueError(f"{name} must be real, got complex dtype {arr.dtype}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float64)
+    if arr.ndim == 0:
+        raise ValueError(f"{name} must have at least one dimension (rows), got a scalar")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
+    if arr.shape[0] < min_rows:
+        raise ValueError(f"{name} has {arr.shape[0]} rows but at least {min_rows} are needed")
+    if arr.size and not np.isfinite(arr).all():
+        bad = np.isinf(arr) if allow_nan else ~np.isfinite(arr)
+        if bad.any():
+            where = _first_bad(bad)
+            value = arr[where]
+            place = f"row {where[0]}" + (f", column {where[1]}" if len(where) > 1 else "")
+            raise ValueError(f"{name} contains {value} at {place}; remove or impute it")
+    return arr
+
+
+def check_sample_weight(sample_weight, n_rows: int) -> np.ndarray | None:
+    """Check ``sample_weight``: ``None`` or ``n_rows`` finite non-negative numbers, not all zero."""
+    if sample_weight is None:
+        return None
+    w = np.asarray(sample_weight, dtype=np.float64)
+    if w.ndim != 1 or w.shape[0] != n_rows:
+        raise ValueError(f"sample_weight must have shape ({n_rows},), got {w.shape}")
+    if not np.isfinite(w).all():
+        i = int(np.argwhere(~np.isfinite(w))[0, 0])
+        raise ValueError(f"sample_weight contains {w[i]} at row {i}")
+    if (w < 0).any():
+        i = int(np.argwhere(w < 0)[0, 0])
+        raise ValueError(f"sample_weight must be non-negative, got {w[i]} at row {i}")
+    if not (w > 0).any():
+        raise ValueError("sample_weight is zero everywhere; at least one row must have weight > 0")
+    return w
+
+
+def check_positive_int(value, name: str, minimum: int = 1) -> int:
+    """Check that ``value`` is an integer ``>= minimum`` and return it as ``int``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_nonnegative_float(value, name: str) -> float:
+    """Check that ``value`` is a finite real ``>= 0`` and return it as ``float``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) \
+            or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_enough_rows(n_rows: int, n_components: int) -> None:
+    """Refuse fits with fewer (weighted-positive) rows than components."""
+    if n_rows < n_components:
+        raise ValueError(
+            f"n_components={n_components} but only {n_rows} samples; a mixture needs at least as "
+            "many samples as components")
+
+
+def default_float_dtype():
+    """The float dtype JAX uses by default (float32 unless ``jax_enable_x64``)."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
