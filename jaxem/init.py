@@ -35,17 +35,20 @@ def kmeans_plusplus(key: Array, X: Array, n_clusters: int) -> Array:
         ``[K, D]`` centers, each a row of ``X``.
     """
     n = X.shape[0]
-    first_key, rest_key = jax.random.split(key)
-    first = X[jax.random.randint(first_key, (), 0, n)]
+    # All random numbers are drawn up front: PRNG calls inside the loop body multiply compile time.
+    uniforms = jax.random.uniform(key, (n_clusters,), X.dtype)
+    first = X[jnp.minimum((uniforms[0] * n).astype(jnp.int32), n - 1)]
     centers = jnp.zeros((n_clusters, X.shape[1]), X.dtype).at[0].set(first)
     closest = squared_distances(X, first[None])[:, 0]
 
     def add_center(i, carry):
         centers, closest = carry
-        # When every row coincides with a center the distances are all 0; fall back to uniform.
-        logits = jnp.where(jnp.sum(closest) > 0, jnp.log(closest), jnp.zeros_like(closest))
-        idx = jax.random.categorical(jax.random.fold_in(rest_key, i), logits)
-        new = X[idx]
+        # Inverse-CDF draw of a row with probability proportional to its distance; when every
+        # row coincides with a center (all distances 0) the draw is uniform instead.
+        mass = jnp.where(jnp.sum(closest) > 0, closest, jnp.ones_like(closest))
+        cdf = jnp.cumsum(mass)
+        idx = jnp.sum(cdf <= uniforms[i] * cdf[-1])
+        new = X[jnp.minimum(idx, n - 1)]
         closest = jnp.minimum(closest, squared_distances(X, new[None])[:, 0])
         return centers.at[i].set(new), closest
 

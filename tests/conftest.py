@@ -1,0 +1,45 @@
+import jax
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def x64():
+    """Run the test body with float64 enabled in JAX."""
+    with jax.enable_x64(True):
+        yield
+
+
+def three_blobs(n=600, seed=0, dtype=np.float32):
+    """Three overlapping 2-D Gaussian clusters of unequal sizes and shapes."""
+    rng = np.random.default_rng(seed)
+    sizes = [n // 2, n // 3, n - n // 2 - n // 3]
+    means = np.array([[0.0, 0.0], [4.0, 1.0], [1.0, 4.5]])
+    covs = [np.array([[1.0, 0.6], [0.6, 1.2]]), np.array([[0.5, -0.2], [-0.2, 0.4]]),
+            np.array([[1.5, 0.0], [0.0, 0.3]])]
+    X = np.concatenate([rng.multivariate_normal(m, c, size=s) for m, c, s in zip(means, covs, sizes)])
+    return X.astype(dtype)
+
+
+def binary_data(n=800, d=12, seed=0):
+    """Rows from a 3-component Bernoulli mixture, with the true parameters."""
+    rng = np.random.default_rng(seed)
+    weights = np.array([0.5, 0.3, 0.2])
+    probs = rng.uniform(0.05, 0.95, size=(3, d))
+    z = rng.choice(3, size=n, p=weights)
+    X = (rng.uniform(size=(n, d)) < probs[z]).astype(np.float32)
+    return X, weights, probs, z
+
+
+def assert_non_decreasing(result, rel=None):
+    """Every restart's log-likelihood sequence (initial value, then history) never goes down by more
+    than float round-off: ``rel * |ll|`` with ``rel`` about 30 float eps (sums over N rows)."""
+    history = np.concatenate([result.initial_log_likelihood[:, None], result.history], axis=1)
+    if rel is None:
+        rel = 30 * np.finfo(history.dtype).eps
+    for r, row in enumerate(history):
+        row = row[~np.isnan(row)]
+        drops = row[:-1] - row[1:]
+        allowed = rel * np.abs(row[:-1])
+        assert np.all(drops <= allowed), (
+            f"restart {r}: log-likelihood fell by {drops.max():.3g} (allowed {allowed.max():.3g})")
