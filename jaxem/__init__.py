@@ -10,12 +10,13 @@ from .em import FitError, FitResult, e_step, elbo, expected_log_joint, fit, log_
 from .estimators import BernoulliMixture, GaussianMixture
 from .model import Model
 from .models import bernoulli_mixture, gaussian_mixture
-from .validation import NotFittedError
+from .validation import ConvergenceWarning, NotFittedError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BernoulliMixture",
+    "ConvergenceWarning",
     "GaussianMixture",
     "FitError",
     "FitResult",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Any
 
 import jax
@@ -21,6 +22,7 @@ from . import _passes
 from .model import Model
 from .mstep import DEFAULT_M_STEP_ITERS, default_optimizer, gradient_m_step
 from .validation import (
+    ConvergenceWarning,
     check_data,
     check_enough_rows,
     check_nonnegative_float,
@@ -279,12 +281,18 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
             f"{'NaN' if np.isnan(ll).any() else 'infinite'}; check the data scale and the model "
             "(for Gaussian mixtures, increase reg_covar)")
     best = int(np.argmax(np.where(failed, -np.inf, ll)))
+    converged = np.asarray(converged)
+    if not converged[~failed].any():
+        warnings.warn(
+            f"no restart converged within max_iter={max_iter} iterations (relative change of the "
+            f"log-likelihood still above tol={tol:g}); increase max_iter or tol",
+            ConvergenceWarning, stacklevel=2)
     return FitResult(
         params=jax.tree.map(lambda p: p[best], params),
         log_likelihood=float(ll[best]),
         history=np.asarray(history),
         initial_log_likelihood=np.asarray(ll0),
-        converged=np.asarray(converged),
+        converged=converged,
         n_iter=np.asarray(n_iter),
         failed=failed,
         all_params=params,

@@ -13,6 +13,10 @@ class NotFittedError(ValueError, AttributeError):
     """Raised when a method that needs fitted parameters is called before ``fit``."""
 
 
+class ConvergenceWarning(UserWarning):
+    """Warned when no restart of a fit converged within ``max_iter`` iterations."""
+
+
 def _first_bad(mask: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.argwhere(mask)[0])
 

@@ -128,7 +128,10 @@ def test_blocked_pass_equals_single_block():
     one = jem.fit(model, X, key=jax.random.key(0), n_restarts=2, max_iter=40)
     blocked = jem.fit(model, X, key=jax.random.key(0), n_restarts=2, max_iter=40, block_size=64)
     np.testing.assert_allclose(blocked.history, one.history, rtol=1e-5)
-    np.testing.assert_allclose(blocked.params["means"], one.params["means"], rtol=1e-4, atol=1e-4)
+    # Compare restart by restart: two restarts may reach the same optimum with permuted labels,
+    # and which of them is "best" then depends on round-off.
+    np.testing.assert_allclose(blocked.all_params["means"], one.all_params["means"], rtol=1e-4,
+                               atol=1e-4)
 
 
 def test_sample_weight_two_equals_duplicated_row(x64):
