@@ -19,7 +19,7 @@ from .model import Model
 
 Array = jax.Array
 
-DEFAULT_M_STEP_ITERS = 10
+DEFAULT_M_STEP_ITERS = 20
 
 
 def default_optimizer() -> optax.GradientTransformation:

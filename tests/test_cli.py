@@ -92,7 +92,9 @@ def test_python_dash_m_reports_usage_errors_without_traceback():
 
 
 def test_plot_without_matplotlib_says_how_to_install(capsys, monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    # None in sys.modules makes the import fail, even where an earlier test imported matplotlib
+    for name in ["matplotlib", *(m for m in sys.modules if m.startswith("matplotlib."))]:
+        monkeypatch.setitem(sys.modules, name, None)
     target = tmp_path / "fit.png"
     assert main(["demo", "--restarts", "2", "--plot", str(target)]) == 0
     captured = capsys.readouterr()
