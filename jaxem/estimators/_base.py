@@ -1,0 +1,201 @@
+"""The machinery shared by the scikit-learn-style estimators.
+
+``fit`` returns ``self``; fitted attributes end in ``_``. The estimators hold hyperparameters and
+fitted arrays only; all computation is the functional engine's.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import em
+from ..validation import (
+    NotFittedError,
+    check_data,
+    check_nonnegative_float,
+    check_positive_int,
+    check_sample_weight,
+)
+
+
+def _as_key(random_state):
+    """A JAX key from ``None`` (fresh entropy from NumPy), an int, or a key."""
+    if random_state is None:
+        return jax.random.key(int(np.random.randint(0, 2**31 - 1)))
+    if isinstance(random_state, (int, np.integer)):
+        return jax.random.key(int(random_state))
+    return random_state
+
+
+class MixtureEstimator:
+    """Base of the mixture estimators: validation, fit over :func:`jaxem.fit`, inference.
+
+    Families implement ``_model``, ``_params``, ``_set_params_from``, ``_n_parameters`` and
+    ``sample``, and may override the ``_check_*``, ``_prepare``, ``_transform`` and
+    ``_initial_params`` hooks.
+    """
+
+    _fitted_attribute = "weights_"
+
+    # -- scikit-learn parameter protocol -------------------------------------------------------
+    @classmethod
+    def _param_names(cls):
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict:
+        """Hyperparameters as a dict (scikit-learn's protocol, so ``clone`` and grid search work)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params):
+        """Set hyperparameters; returns ``self``."""
+        for name, value in params.items():
+            if name not in self._param_names():
+                raise ValueError(f"{type(self).__name__} has no parameter {name!r}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    # -- hooks for the families ------------------------------------------------------------------
+    def _check_hyperparameters(self) -> None:
+        check_positive_int(self.n_components, "n_components")
+        check_positive_int(self.n_restarts, "n_restarts")
+        check_positive_int(self.max_iter, "max_iter")
+        check_nonnegative_float(self.tol, "tol")
+        if self.m_step not in ("auto", "closed_form", "gradient"):
+            raise ValueError(f"m_step must be 'auto', 'closed_form' or 'gradient', got "
+                             f"{self.m_step!r}")
+
+    def _model(self):
+        raise NotImplementedError
+
+    def _check_values(self, X: np.ndarray) -> None:
+        """Family-specific checks on the values of validated 2-D data."""
+
+    def _params(self):
+        """The engine's parameter pytree, built from the fitted attributes."""
+        raise NotImplementedError
+
+    def _set_params_from(self, params) -> None:
+        raise NotImplementedError
+
+    def _initial_params(self, X: np.ndarray):
+        """User-given starting parameters, or ``None`` to use the model's initialiser."""
+        return None
+
+    def _transform(self, X: np.ndarray) -> np.ndarray:
+        """Map validated data into the coordinates the parameters live in."""
+        return X
+
+    def _n_parameters(self) -> int:
+        raise NotImplementedError
+
+    # -- data checks -----------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, self._fitted_attribute):
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet; call fit(X) before using it")
+
+    def _validate(self, X, fitting: bool) -> np.ndarray:
+        name = type(self).__name__
+        X = check_data(X)
+        if X.ndim == 1:
+            raise ValueError(f"{name} expects 2-D data [n_samples, n_features], got 1-D shape "
+                             f"{X.shape}; use X.reshape(-1, 1) for a single feature")
+        if X.ndim != 2:
+            raise ValueError(f"{name} expects 2-D data [n_samples, n_features], got shape "
+                             f"{X.shape}")
+        if not fitting and X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, but {name} was fitted with "
+                             f"{self.n_features_in_} features")
+        self._check_values(X)
+        return X
+
+    # -- fitting ---------------------------------------------------------------------------------
+    def fit(self, X, y=None, sample_weight=None):
+        """Fit by EM with ``n_restarts`` vmapped starts; keep the best.
+
+        Args:
+            X: ``[N, D]`` data.
+            y: ignored (scikit-learn convention).
+            sample_weight: optional ``[N]`` non-negative frequency weights.
+
+        Returns:
+            ``self``, with the fitted attributes set.
+        """
+        self._check_hyperparameters()
+        X = self._validate(X, fitting=True)
+        weights = check_sample_weight(sample_weight, X.shape[0])
+        n_positive = X.shape[0] if weights is None else int(np.sum(weights > 0))
+        if n_positive < self.n_components:
+            raise ValueError(f"n_components={self.n_components} but only {n_positive} samples; "
+                             "a mixture needs at least as many samples as components")
+        self.n_features_in_ = X.shape[1]
+        self._prepare(X)
+        init_params = self._initial_params(X)
+        result = em.fit(
+            self._model(), self._transform(X), key=_as_key(self.random_state),
+            n_restarts=1 if init_params is not None else self.n_restarts,
+            max_iter=self.max_iter, tol=self.tol, sample_weight=weights,
+            init_params=init_params, m_step=self.m_step, optimizer=self.optimizer)
+        total_weight = X.shape[0] if weights is None else float(np.sum(weights))
+        best = result.best_restart
+        self._set_params_from(result.params)
+        self.converged_ = bool(result.converged[best])
+        self.n_iter_ = int(result.n_iter[best])
+        self.lower_bound_ = result.log_likelihood / total_weight
+        self.history_ = result.history[best] / total_weight
+        self.fit_result_ = result
+        return self
+
+    def _prepare(self, X: np.ndarray) -> None:
+        """Record data-dependent constants before fitting (none by default)."""
+
+    def fit_predict(self, X, y=None, sample_weight=None) -> np.ndarray:
+        """Fit, then return the most probable component of each row ``[N]``."""
+        return self.fit(X, sample_weight=sample_weight).predict(X)
+
+    # -- inference -------------------------------------------------------------------------------
+    def _posterior(self, X):
+        self._check_fitted()
+        X = self._transform(self._validate(X, fitting=False))
+        Xj = jnp.asarray(X, dtype=em.default_float_dtype())
+        resp, row_ll = em.posterior_rows(self._model(), self._params(), Xj)
+        return np.asarray(resp), np.asarray(row_ll)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Posterior probability of each component for each row, ``[N, K]``."""
+        return self._posterior(X)[0]
+
+    def predict(self, X) -> np.ndarray:
+        """Most probable component of each row, ``[N]`` integers."""
+        return np.argmax(self.predict_proba(X), axis=1)
+
+    def score_samples(self, X) -> np.ndarray:
+        """Log-likelihood ``log p(x_n)`` of each row, ``[N]``."""
+        return self._posterior(X)[1]
+
+    def score(self, X, y=None) -> float:
+        """Mean per-row log-likelihood of ``X``."""
+        return float(np.mean(self.score_samples(X)))
+
+    def bic(self, X) -> float:
+        """Bayesian information criterion on ``X`` (lower is better)."""
+        X = check_data(X)
+        return -2 * self.score(X) * X.shape[0] + self._n_parameters() * math.log(X.shape[0])
+
+    def aic(self, X) -> float:
+        """Akaike information criterion on ``X`` (lower is better)."""
+        return -2 * self.score(X) * check_data(X).shape[0] + 2 * self._n_parameters()
+
+    def _sample_components(self, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+        weights = np.asarray(self.weights_, dtype=np.float64)
+        return rng.choice(len(weights), size=n_samples, p=weights / weights.sum())

@@ -1,0 +1,160 @@
+"""scikit-learn-style Gaussian mixture over :func:`jaxem.fit`."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from .. import em
+from ..models import gaussian as gaussian_family
+from ..validation import check_nonnegative_float, check_positive_int
+from ._base import MixtureEstimator
+
+
+class GaussianMixture(MixtureEstimator):
+    """Gaussian mixture fitted by EM (scikit-learn's ``GaussianMixture`` API).
+
+    Args:
+        n_components: number of components ``K``.
+        covariance_type: ``"full"`` (``covariances_ [K, D, D]``), ``"diag"`` (``[K, D]``),
+            ``"spherical"`` (``[K]``) or ``"tied"`` (``[D, D]``).
+        tol: convergence threshold on the relative change of the total log-likelihood.
+        reg_covar: non-negative value added to the diagonal of every covariance.
+        max_iter: EM iterations per restart.
+        n_restarts: random starts, run together as one vmapped program; the best is kept.
+        init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``.
+        weights_init, means_init, precisions_init: optional starting parameters in
+            scikit-learn's shapes; when any is given the fit runs once from them (missing ones
+            default to equal weights and the data's variance).
+        random_state: ``None``, an int seed, or a JAX key.
+        m_step: ``"auto"``/``"closed_form"`` or ``"gradient"`` (optax ascent on Q).
+        optimizer: optax transformation for the gradient M-step (default L-BFGS).
+
+    Fitted attributes:
+        ``weights_ [K]``, ``means_ [K, D]``, ``covariances_``, ``precisions_``,
+        ``precisions_cholesky_`` (scikit-learn's upper-triangular convention), ``converged_``,
+        ``n_iter_``, ``lower_bound_`` (final mean log-likelihood per sample), ``history_``
+        (``[max_iter]`` mean log-likelihood per iteration, NaN after stopping),
+        ``fit_result_`` (the full :class:`jaxem.FitResult`, in centred coordinates).
+    """
+
+    def __init__(self, n_components: int = 1, *, covariance_type: str = "full",
+                 tol: float = 1e-6, reg_covar: float = 1e-6, max_iter: int = 100,
+                 n_restarts: int = 1, init_params: str = "kmeans", weights_init=None,
+                 means_init=None, precisions_init=None, random_state=None,
+                 m_step: str = "auto", optimizer=None):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_restarts = n_restarts
+        self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
+        self.random_state = random_state
+        self.m_step = m_step
+        self.optimizer = optimizer
+
+    def _check_hyperparameters(self) -> None:
+        super()._check_hyperparameters()
+        check_nonnegative_float(self.reg_covar, "reg_covar")
+        if self.covariance_type not in gaussian_family.COVARIANCE_TYPES:
+            raise ValueError(f"covariance_type must be one of {gaussian_family.COVARIANCE_TYPES},"
+                             f" got {self.covariance_type!r}")
+        if self.init_params not in gaussian_family.INIT_METHODS:
+            raise ValueError(f"init_params must be one of {gaussian_family.INIT_METHODS}, got "
+                             f"{self.init_params!r}")
+
+    def _model(self):
+        return gaussian_family.gaussian_mixture(
+            self.n_components, self.covariance_type, float(self.reg_covar), self.init_params)
+
+    def _prepare(self, X: np.ndarray) -> None:
+        # Fitting in coordinates centred on the data mean keeps float32 products accurate for
+        # data far from the origin; means_ are reported in the user's coordinates.
+        self._offset = X.mean(axis=0)
+
+    def _transform(self, X: np.ndarray) -> np.ndarray:
+        return X - self._offset
+
+    def _params(self):
+        dtype = em.default_float_dtype()
+        A = np.asarray(self.precisions_cholesky_)
+        if self.covariance_type in ("full", "tied"):
+            A = np.swapaxes(A, -1, -2)
+        return {"weights": jnp.asarray(self.weights_, dtype),
+                "means": jnp.asarray(np.asarray(self.means_) - self._offset, dtype),
+                "prec_chol": jnp.asarray(A, dtype)}
+
+    def _set_params_from(self, params) -> None:
+        A = np.asarray(params["prec_chol"])
+        self.weights_ = np.asarray(params["weights"])
+        self.means_ = np.asarray(params["means"]) + self._offset.astype(A.dtype)
+        self.covariances_ = np.asarray(
+            gaussian_family.covariances_from_prec_chol(params["prec_chol"], self.covariance_type))
+        if self.covariance_type in ("full", "tied"):
+            self.precisions_cholesky_ = np.swapaxes(A, -1, -2)
+            self.precisions_ = self.precisions_cholesky_ @ A
+        else:
+            self.precisions_cholesky_ = A
+            self.precisions_ = A * A
+
+    def _initial_params(self, X: np.ndarray):
+        if self.weights_init is None and self.means_init is None and self.precisions_init is None:
+            return None
+        k, d = self.n_components, X.shape[1]
+        ct = self.covariance_type
+        weights = (np.full(k, 1.0 / k) if self.weights_init is None
+                   else np.asarray(self.weights_init, dtype=np.float64))
+        means = (np.broadcast_to(self._offset, (k, d)) if self.means_init is None
+                 else np.asarray(self.means_init, dtype=np.float64))
+        if self.precisions_init is None:
+            var = X.var(axis=0) + self.reg_covar
+            prec = {"full": np.broadcast_to(np.diag(1 / var), (k, d, d)), "tied": np.diag(1 / var),
+                    "diag": np.broadcast_to(1 / var, (k, d)),
+                    "spherical": np.full(k, 1 / var.mean())}[ct]
+        else:
+            prec = np.asarray(self.precisions_init, dtype=np.float64)
+        expected = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[ct]
+        for name, arr, shape in (("weights_init", weights, (k,)), ("means_init", means, (k, d)),
+                                 ("precisions_init", prec, expected)):
+            if arr.shape != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+        if ct in ("full", "tied"):
+            # precision Λ = A^T A with A = chol(Λ^{-1})^{-1}, lower triangular.
+            cov_chol = np.linalg.cholesky(np.linalg.inv(prec))
+            A = np.linalg.inv(cov_chol)
+        else:
+            A = np.sqrt(prec)
+        dtype = em.default_float_dtype()
+        return {"weights": jnp.asarray(weights / weights.sum(), dtype),
+                "means": jnp.asarray(means - self._offset, dtype),
+                "prec_chol": jnp.asarray(A, dtype)}
+
+    def _n_parameters(self) -> int:
+        k, d = self.n_components, self.n_features_in_
+        cov = {"full": k * d * (d + 1) // 2, "diag": k * d, "tied": d * (d + 1) // 2,
+               "spherical": k}[self.covariance_type]
+        return cov + k * d + k - 1
+
+    def sample(self, n_samples: int = 1, random_state=None) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n_samples`` rows from the fitted mixture.
+
+        Returns:
+            ``(X [n_samples, D], labels [n_samples])``.
+        """
+        self._check_fitted()
+        n_samples = check_positive_int(n_samples, "n_samples")
+        rng = np.random.default_rng(random_state)
+        labels = self._sample_components(n_samples, rng)
+        k, d = self.n_components, self.n_features_in_
+        cov = np.asarray(self.covariances_, dtype=np.float64)
+        cov = {"full": cov, "tied": np.broadcast_to(cov, (k, d, d)),
+               "diag": cov[:, :, None] * np.eye(d), "spherical": cov[:, None, None] * np.eye(d)
+               }[self.covariance_type]
+        chol = np.linalg.cholesky(cov)
+        z = rng.standard_normal((n_samples, d))
+        X = np.asarray(self.means_, np.float64)[labels] + np.einsum("nij,nj->ni", chol[labels], z)
+        return X, labels
