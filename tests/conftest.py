@@ -17,7 +17,8 @@ def three_blobs(n=600, seed=0, dtype=np.float32):
     means = np.array([[0.0, 0.0], [4.0, 1.0], [1.0, 4.5]])
     covs = [np.array([[1.0, 0.6], [0.6, 1.2]]), np.array([[0.5, -0.2], [-0.2, 0.4]]),
             np.array([[1.5, 0.0], [0.0, 0.3]])]
-    X = np.concatenate([rng.multivariate_normal(m, c, size=s) for m, c, s in zip(means, covs, sizes)])
+    parts = [rng.multivariate_normal(m, c, size=s) for m, c, s in zip(means, covs, sizes, strict=True)]
+    X = np.concatenate(parts)
     return X.astype(dtype)
 
 

@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_non_decreasing
 from scipy.stats import binom
 
 import jaxem as jem
-from conftest import assert_non_decreasing
 
 # NumPy float64 on purpose: JAX computes in float64 under the x64 fixture, float32 otherwise.
 FLIPS = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], dtype=np.float64)[:, None]
