@@ -144,6 +144,7 @@ def test_blocked_pass_equals_single_block():
                                atol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore::jaxem.ConvergenceWarning")  # a fixed number of iterations
 def test_sample_weight_two_equals_duplicated_row(x64):
     X = three_blobs(n=300, dtype=np.float64)
     weights = np.ones(len(X))
@@ -200,6 +201,7 @@ def test_bernoulli_mixture_recovers_simulated_parameters():
                                atol=0.03)
 
 
+@pytest.mark.filterwarnings("ignore::jaxem.ConvergenceWarning")  # a fixed number of iterations
 def test_failed_restarts_are_never_chosen_and_all_failing_raises():
     X = three_blobs()
 

@@ -41,6 +41,7 @@ def test_same_start_same_converged_log_likelihood(x64, covariance_type):
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.filterwarnings("ignore::jaxem.ConvergenceWarning")  # a fixed number of iterations
 def test_scores_and_criteria_equal_sklearn_for_the_same_parameters(x64, covariance_type):
     """Evaluate both libraries at identical parameters (copied from a scikit-learn fit)."""
     X = three_blobs(n=400, dtype=np.float64)
