@@ -7,9 +7,9 @@ Parameters (a dict):
                    ``Σ = L L^T``, so ``(x - μ)^T Σ^{-1} (x - μ) = |A (x - μ)|^2``:
                    full ``[K, D, D]``; tied ``[D, D]``; diag ``[K, D]`` (``1/σ``); spherical ``[K]``.
 
-Sufficient statistics are centred at the previous means (``Σ_n r_nk (x_n - m_k)``,
-``Σ_n r_nk (x_n - m_k)(x_n - m_k)^T``): still additive over rows, but free of the cancellation that
-raw second moments suffer in float32.
+Sufficient statistics are moments about one reference point ``c``, the mixture mean of the
+previous parameters (``Σ_n r_nk (x_n - c)``, ``Σ_n r_nk (x_n - c)(x_n - c)^T``): additive over rows,
+computed as matrix products, and without the float32 cancellation of moments about the origin.
 """
 
 from __future__ import annotations
@@ -82,14 +82,22 @@ def _log_joint(params, x: Array, covariance_type: str) -> Array:
     return jnp.log(params["weights"]) + norm - 0.5 * jnp.sum(y * y, axis=-1)
 
 
+def _reference(params) -> Array:
+    """``[D]`` the mixture mean of ``params``: the fixed point the statistics are centred at."""
+    return params["weights"] @ params["means"]
+
+
 def _suff_stats(params, X: Array, resp: Array, covariance_type: str):
-    centred = X[:, None, :] - params["means"][None]
-    weighted = resp[:, :, None] * centred
+    # Moments about the mixture mean rather than the origin: additive over rows (the reference
+    # depends on the parameters only), as cheap as raw moments (matrix products, no [N, K, D]
+    # temporaries), and free of the float32 cancellation raw moments suffer far from the origin.
+    centred = X - _reference(params)
+    first = resp.T @ centred
     if covariance_type in ("full", "tied"):
-        second = jnp.einsum("nkd,nke->kde", weighted, centred)
+        second = jnp.einsum("nk,nd,ne->kde", resp, centred, centred)
     else:
-        second = jnp.sum(weighted * centred, axis=0)
-    return {"nk": jnp.sum(resp, axis=0), "first": jnp.sum(weighted, axis=0), "second": second}
+        second = resp.T @ (centred * centred)
+    return {"nk": jnp.sum(resp, axis=0), "first": first, "second": second}
 
 
 def _precision_cholesky(cov: Array) -> Array:
@@ -106,19 +114,19 @@ def _maximize(stats, params, covariance_type: str, reg_covar: float):
     # A component with (numerically) no data keeps its mean and covariance; its weight goes to ~0.
     empty = nk <= 10 * eps * total
     safe_nk = nk + 10 * eps
-    step = stats["first"] / safe_nk[:, None]
-    means = params["means"] + step
+    offset = stats["first"] / safe_nk[:, None]
+    means = jnp.where(empty[:, None], params["means"], _reference(params) + offset)
     d = means.shape[1]
     if covariance_type == "full":
-        cov = stats["second"] / safe_nk[:, None, None] - step[:, :, None] * step[:, None, :]
+        cov = stats["second"] / safe_nk[:, None, None] - offset[:, :, None] * offset[:, None, :]
         A = _precision_cholesky(cov + reg_covar * jnp.eye(d, dtype=cov.dtype))
         A = jnp.where(empty[:, None, None], params["prec_chol"], A)
     elif covariance_type == "tied":
-        scatter = stats["second"] - nk[:, None, None] * step[:, :, None] * step[:, None, :]
+        scatter = stats["second"] - nk[:, None, None] * offset[:, :, None] * offset[:, None, :]
         cov = jnp.sum(scatter, axis=0) / total
         A = _precision_cholesky(cov + reg_covar * jnp.eye(d, dtype=cov.dtype))
     else:
-        var = stats["second"] / safe_nk[:, None] - step * step + reg_covar
+        var = stats["second"] / safe_nk[:, None] - offset * offset + reg_covar
         if covariance_type == "spherical":
             var = jnp.mean(var, axis=1)
         A = jnp.where(empty if var.ndim == 1 else empty[:, None], params["prec_chol"],
