@@ -195,7 +195,7 @@ def _fit_compiled(model, keys, init_params, X, weights, tol, *, n_blocks, rows, 
     run = functools.partial(_fit_one, model, Xb=Xb, wb=wb, tol=tol, max_iter=max_iter,
                             use_gradient=use_gradient, optimizer=optimizer,
                             m_step_iters=m_step_iters)
-    return jax.vmap(lambda p: run(p))(init_params)
+    return jax.vmap(run)(init_params)
 
 
 def _restart_keys(key, n_restarts: int | None):

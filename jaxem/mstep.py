@@ -57,6 +57,7 @@ def gradient_m_step(model: Model, params: Any, Xb: Array, Rb: Array,
     def step(carry, _):
         u, state, best_u, best_loss = carry
         value, grad = value_and_grad(u)
+        # Strictly better only: the first step re-evaluates the start and must not count.
         better = value < best_loss
         best_u = jax.tree.map(lambda a, b: jnp.where(better, a, b), u, best_u)
         best_loss = jnp.where(better, value, best_loss)
