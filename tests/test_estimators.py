@@ -180,3 +180,20 @@ def test_convergence_warning_when_no_restart_converged(blobs):
         gm = jem.GaussianMixture(3, init_params="random_from_data", max_iter=2, n_restarts=2,
                                  random_state=0).fit(blobs)
     assert not gm.converged_ and gm.n_iter_ == 2
+
+
+def test_float32_covariances_of_far_apart_clusters_match_float64():
+    """Clusters 10^4 standard deviations apart: statistics taken about a common point would lose
+    the within-cluster variance to float32 cancellation (or fail outright); about each
+    component's own mean they keep float64's answer to about 1e-4."""
+    import jax
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(-1e4, 1.0, (500, 2)), rng.normal(1e4, 1.0, (300, 2))])
+    fit32 = jem.GaussianMixture(2, random_state=0).fit(X.astype(np.float32))
+    with jax.enable_x64(True):
+        fit64 = jem.GaussianMixture(2, random_state=0).fit(X)
+    o32, o64 = np.argsort(fit32.means_[:, 0]), np.argsort(fit64.means_[:, 0])
+    np.testing.assert_allclose(fit32.covariances_[o32], fit64.covariances_[o64], rtol=1e-3,
+                               atol=1e-4)
+    assert fit32.score(X) == pytest.approx(fit64.score(X), rel=1e-5)

@@ -7,9 +7,9 @@ Parameters (a dict):
                    ``Σ = L L^T``, so ``(x - μ)^T Σ^{-1} (x - μ) = |A (x - μ)|^2``:
                    full ``[K, D, D]``; tied ``[D, D]``; diag ``[K, D]`` (``1/σ``); spherical ``[K]``.
 
-Sufficient statistics are moments about one reference point ``c``, the mixture mean of the
-previous parameters (``Σ_n r_nk (x_n - c)``, ``Σ_n r_nk (x_n - c)(x_n - c)^T``): additive over rows,
-computed as matrix products, and without the float32 cancellation of moments about the origin.
+Sufficient statistics are moments about each component's previous mean ``m_k``
+(``Σ_n r_nk (x_n - m_k)``, ``Σ_n r_nk (x_n - m_k)(x_n - m_k)^T``): additive over rows, computed as
+batched matrix products, and without the float32 cancellation of moments about a common point.
 """
 
 from __future__ import annotations
@@ -82,21 +82,18 @@ def _log_joint(params, x: Array, covariance_type: str) -> Array:
     return jnp.log(params["weights"]) + norm - 0.5 * jnp.sum(y * y, axis=-1)
 
 
-def _reference(params) -> Array:
-    """``[D]`` the mixture mean of ``params``: the fixed point the statistics are centred at."""
-    return params["weights"] @ params["means"]
-
-
 def _suff_stats(params, X: Array, resp: Array, covariance_type: str):
-    # Moments about the mixture mean rather than the origin: additive over rows (the reference
-    # depends on the parameters only), as cheap as raw moments (matrix products, no [N, K, D]
-    # temporaries), and free of the float32 cancellation raw moments suffer far from the origin.
-    centred = X - _reference(params)
-    first = resp.T @ centred
+    # Moments about each component's previous mean: additive over rows (the means are fixed
+    # during a pass) and accurate in float32 even for clusters many standard deviations from the
+    # origin, where moments about one common point lose the variance to cancellation. The
+    # component-major [K, B, D] layout turns the sums into K batched matrix products.
+    centred = X[None, :, :] - params["means"][:, None, :]
+    resp_k = resp.T
+    first = jnp.einsum("kb,kbd->kd", resp_k, centred)
     if covariance_type in ("full", "tied"):
-        second = jnp.einsum("nk,nd,ne->kde", resp, centred, centred)
+        second = jnp.einsum("kbd,kbe->kde", resp_k[:, :, None] * centred, centred)
     else:
-        second = resp.T @ (centred * centred)
+        second = jnp.einsum("kb,kbd->kd", resp_k, centred * centred)
     return {"nk": jnp.sum(resp, axis=0), "first": first, "second": second}
 
 
@@ -115,7 +112,7 @@ def _maximize(stats, params, covariance_type: str, reg_covar: float):
     empty = nk <= 10 * eps * total
     safe_nk = nk + 10 * eps
     offset = stats["first"] / safe_nk[:, None]
-    means = jnp.where(empty[:, None], params["means"], _reference(params) + offset)
+    means = jnp.where(empty[:, None], params["means"], params["means"] + offset)
     d = means.shape[1]
     if covariance_type == "full":
         cov = stats["second"] / safe_nk[:, None, None] - offset[:, :, None] * offset[:, None, :]
