@@ -182,18 +182,25 @@ def test_convergence_warning_when_no_restart_converged(blobs):
     assert not gm.converged_ and gm.n_iter_ == 2
 
 
-def test_float32_covariances_of_far_apart_clusters_match_float64():
-    """Clusters 10^4 standard deviations apart: statistics taken about a common point would lose
-    the within-cluster variance to float32 cancellation (or fail outright); about each
-    component's own mean they keep float64's answer to about 1e-4."""
+@pytest.mark.parametrize("covariance_type", list(SHAPES))
+def test_float32_fit_of_far_apart_clusters_matches_float64(covariance_type):
+    """Clusters 10^4 standard deviations apart. Moments about a common point, or an expanded
+    Mahalanobis square, lose ``eps * (10^4)^2`` to float32 cancellation (wrong variances, wrong
+    likelihoods, or a failed fit); about each component's own mean, whitened before squaring,
+    float32 keeps float64's answer."""
     import jax
 
     rng = np.random.default_rng(0)
     X = np.concatenate([rng.normal(-1e4, 1.0, (500, 2)), rng.normal(1e4, 1.0, (300, 2))])
-    fit32 = jem.GaussianMixture(2, random_state=0).fit(X.astype(np.float32))
+    fit32 = jem.GaussianMixture(2, covariance_type=covariance_type, random_state=0)
+    fit32.fit(X.astype(np.float32))
     with jax.enable_x64(True):
-        fit64 = jem.GaussianMixture(2, random_state=0).fit(X)
+        fit64 = jem.GaussianMixture(2, covariance_type=covariance_type, random_state=0).fit(X)
+        score64 = fit64.score(X)
     o32, o64 = np.argsort(fit32.means_[:, 0]), np.argsort(fit64.means_[:, 0])
-    np.testing.assert_allclose(fit32.covariances_[o32], fit64.covariances_[o64], rtol=1e-3,
-                               atol=1e-4)
-    assert fit32.score(X) == pytest.approx(fit64.score(X), rel=1e-5)
+    cov32, cov64 = fit32.covariances_, fit64.covariances_
+    if covariance_type != "tied":
+        cov32, cov64 = cov32[o32], cov64[o64]
+    np.testing.assert_allclose(cov32, cov64, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(fit32.means_[o32], fit64.means_[o64], rtol=1e-6)
+    assert fit32.score(X) == pytest.approx(score64, rel=1e-5)
