@@ -7,6 +7,7 @@ to finite numbers and they add nothing.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -38,13 +39,36 @@ def plan_blocks(n_rows: int, block_size: int | None) -> tuple[int, int]:
 
 
 def to_blocks(X: Array, weights: Array, n_blocks: int, rows: int) -> tuple[Array, Array]:
-    """Pad ``X [N, ...]`` and ``weights [N]`` to ``n_blocks * rows`` and reshape into blocks."""
-    n = X.shape[0]
-    pad = n_blocks * rows - n
+    """Pad ``X [N, ...]`` and row weights ``[N, ...]`` (per-row weights or weighted
+    responsibilities) to ``n_blocks * rows`` rows and reshape both into blocks. Padded rows copy
+    the first row of ``X`` and get weight 0."""
+    pad = n_blocks * rows - X.shape[0]
     if pad:
         X = jnp.concatenate([X, jnp.broadcast_to(X[:1], (pad,) + X.shape[1:])])
-        weights = jnp.concatenate([weights, jnp.zeros((pad,), weights.dtype)])
-    return X.reshape((n_blocks, rows) + X.shape[1:]), weights.reshape(n_blocks, rows)
+        weights = jnp.concatenate([weights, jnp.zeros((pad,) + weights.shape[1:], weights.dtype)])
+    return (X.reshape((n_blocks, rows) + X.shape[1:]),
+            weights.reshape((n_blocks, rows) + weights.shape[1:]))
+
+
+def _sum_over_blocks(block_fn, blocks) -> Any:
+    """``Σ_b block_fn(*blocks[b])`` leaf by leaf, as a ``lax.scan`` (one block live at a time)."""
+    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                        jax.eval_shape(block_fn, *(b[0] for b in blocks)))
+
+    def body(total, block):
+        return jax.tree.map(jnp.add, total, block_fn(*block)), None
+
+    total, _ = jax.lax.scan(body, zero, blocks)
+    return total
+
+
+def blocked_suff_stats(suff_stats, params: Any, X: Array, resp: Array) -> Any:
+    """``suff_stats(params, X, resp)`` (a model's additive statistics) summed over row blocks, so
+    its temporaries (``[K, block, D]`` for Gaussians) never span all ``N`` rows. For initialisers,
+    which see the whole data set ``X [N, ...]`` and responsibilities ``resp [N, K]`` at once."""
+    n_blocks, rows = plan_blocks(X.shape[0], None)
+    return _sum_over_blocks(functools.partial(suff_stats, params),
+                            to_blocks(X, resp, n_blocks, rows))
 
 
 def posterior(log_joint: Array) -> tuple[Array, Array]:
@@ -73,14 +97,7 @@ def stats_pass(model: Model, params: Any, Xb: Array, wb: Array) -> tuple[Array, 
         stats = model.suff_stats(params, xb, resp * w[:, None])
         return weighted_sum(row_ll, w), stats
 
-    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                        jax.eval_shape(block_stats, Xb[0], wb[0]))
-
-    def body(total, block):
-        return jax.tree.map(jnp.add, total, block_stats(*block)), None
-
-    total, _ = jax.lax.scan(body, zero, (Xb, wb))
-    return total
+    return _sum_over_blocks(block_stats, (Xb, wb))
 
 
 def responsibility_pass(model: Model, params: Any, Xb: Array, wb: Array) -> tuple[Array, Array]:

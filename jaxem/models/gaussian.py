@@ -20,6 +20,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from .. import _passes
 from .. import constraints as C
 from .. import init as initialisers
 from ..model import Model
@@ -169,7 +170,8 @@ def _init(key: Array, X: Array, n_components: int, covariance_type: str, reg_cov
             labels = jnp.argmin(initialisers.squared_distances(X, centers), axis=1)
         resp = initialisers.hard_responsibilities(labels, n_components, X.dtype)
         start = _broad_params(X, n_components, covariance_type, centers)
-    return _maximize(stats_fn(start, X, resp), start, covariance_type, reg_covar)
+    stats = _passes.blocked_suff_stats(stats_fn, start, X, resp)
+    return _maximize(stats, start, covariance_type, reg_covar)
 
 
 def constraints_for(covariance_type: str):
