@@ -79,6 +79,12 @@ def posterior(log_joint: Array) -> tuple[Array, Array]:
     return row_ll, resp
 
 
+def fixed_responsibility_sum(log_joint: Array, resp: Array) -> Array:
+    """``Σ resp * log_joint`` where entries with ``resp == 0`` add 0 even if the log-joint is
+    ``-inf`` (the summand of Q with the responsibilities held fixed)."""
+    return jnp.sum(jnp.where(resp > 0, resp * log_joint, 0.0))
+
+
 def weighted_sum(row_values: Array, weights: Array) -> Array:
     """``sum_n w_n v_n`` where rows of weight 0 contribute 0 even if their value is not finite."""
     return jnp.sum(jnp.where(weights > 0, weights * row_values, 0.0))
@@ -117,11 +123,5 @@ def expected_log_joint_blocks(model: Model, params: Any, Xb: Array, Rb: Array) -
     ``Rb [n_blocks, block, K]`` are weighted responsibilities held fixed; entries equal to 0 add 0
     even where a log-joint is ``-inf``.
     """
-
-    def body(total, block):
-        xb, rb = block
-        lj = model.log_joint_matrix(params, xb)
-        return total + jnp.sum(jnp.where(rb > 0, rb * lj, 0.0)), None
-
-    total, _ = jax.lax.scan(body, jnp.zeros((), Rb.dtype), (Xb, Rb))
-    return total
+    return _sum_over_blocks(
+        lambda xb, rb: fixed_responsibility_sum(model.log_joint_matrix(params, xb), rb), (Xb, Rb))

@@ -130,7 +130,7 @@ def expected_log_joint(model: Model, params: Any, X, resp, sample_weight=None) -
     if sample_weight is not None:
         resp = resp * jnp.asarray(sample_weight)[:, None]
     lj = model.log_joint_matrix(params, X)
-    return jnp.sum(jnp.where(resp > 0, resp * lj, 0.0))
+    return _passes.fixed_responsibility_sum(lj, resp)
 
 
 def elbo(model: Model, params: Any, X, q, sample_weight=None) -> Array:

@@ -50,9 +50,8 @@ def _batch_log_joint(params, X: Array, n_trials: int) -> Array:
 
 
 def _log_joint(params, x: Array, n_trials: int) -> Array:
-    log_p, log_q = _log_probs(params["probs"])
-    per_component = log_p @ x + log_q @ (n_trials - x)
-    return jnp.log(params["weights"]) + per_component + _log_binomial_coefficient(x, n_trials)
+    # The one-observation contract is the batched form on a batch of one: one formula to trust.
+    return _batch_log_joint(params, x[None], n_trials)[0]
 
 
 def _suff_stats(params, X: Array, resp: Array):

@@ -71,18 +71,8 @@ def _batch_log_joint(params, X: Array, covariance_type: str) -> Array:
 
 
 def _log_joint(params, x: Array, covariance_type: str) -> Array:
-    means, A = params["means"], params["prec_chol"]
-    diff = x[None, :] - means
-    if covariance_type == "full":
-        y = jnp.einsum("kij,kj->ki", A, diff)
-    elif covariance_type == "tied":
-        y = diff @ A.T
-    elif covariance_type == "diag":
-        y = diff * A
-    else:
-        y = diff * A[:, None]
-    norm = _log_normaliser(A, covariance_type, x.shape[0])
-    return jnp.log(params["weights"]) + norm - 0.5 * jnp.sum(y * y, axis=-1)
+    # The one-observation contract is the batched form on a batch of one: one formula to trust.
+    return _batch_log_joint(params, x[None], covariance_type)[0]
 
 
 def _suff_stats(params, X: Array, resp: Array, covariance_type: str):
