@@ -1,0 +1,47 @@
+"""Pieces every mixture family's closed-form M-step shares."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def empty_components(nk: Array) -> tuple[Array, Array]:
+    """Which components received (numerically) no data, and counts safe to divide by.
+
+    Args:
+        nk: ``[K]`` summed (weighted) responsibilities of each component.
+
+    Returns:
+        ``(empty [K] bool, safe_nk [K])``. An empty component should keep its previous parameters
+        (its weight then goes to about 0); ``safe_nk`` is ``nk`` plus a few ulps so divisions stay
+        finite.
+    """
+    eps = jnp.finfo(nk.dtype).eps
+    return nk <= 10 * eps * jnp.sum(nk), nk + 10 * eps
+
+
+def mixing_weights(nk: Array, dirichlet_alpha: float = 1.0) -> Array:
+    """M-step for the mixing weights: the mode of their posterior under a symmetric Dirichlet prior.
+
+    ``w_k = (N_k + α - 1) / (Σ_j N_j + K (α - 1))``; ``α = 1`` (the default, a flat prior) gives the
+    maximum-likelihood ``N_k / N``. ``α > 1`` keeps every weight away from 0.
+
+    Args:
+        nk: ``[K]`` summed (weighted) responsibilities.
+        dirichlet_alpha: the prior's concentration ``α >= 1`` (a Python float, checked by callers).
+
+    Returns:
+        ``[K]`` weights on the simplex, each strictly positive.
+    """
+    _, safe_nk = empty_components(nk)
+    pseudo = safe_nk + (dirichlet_alpha - 1.0)
+    return pseudo / jnp.sum(pseudo)
+
+
+def dirichlet_log_prior(weights: Array, dirichlet_alpha: float = 1.0) -> Array:
+    """Unnormalised log density ``(α - 1) Σ_k log w_k`` of the symmetric Dirichlet prior (scalar);
+    added to the log-likelihood so a MAP fit's history is monotone."""
+    return (dirichlet_alpha - 1.0) * jnp.sum(jnp.log(weights))
