@@ -8,6 +8,7 @@ compiled program.
 from . import constraints, init, models
 from .em import FitError, FitResult, e_step, elbo, expected_log_joint, fit, log_likelihood
 from .estimators import BernoulliMixture, GaussianMixture
+from .io import load, save
 from .model import Model
 from .models import bernoulli_mixture, gaussian_mixture
 from .validation import ConvergenceWarning, NotFittedError
@@ -30,6 +31,8 @@ __all__ = [
     "fit",
     "gaussian_mixture",
     "init",
+    "load",
     "log_likelihood",
     "models",
+    "save",
 ]

@@ -64,6 +64,16 @@ class MixtureEstimator:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
+    def save(self, path) -> str:
+        """Write hyperparameters and fitted attributes to ``path`` (``.npz``); see :func:`jaxem.load`.
+
+        Returns:
+            ``path`` as a string.
+        """
+        from ..io import save
+
+        return save(self, path)
+
     # -- hooks for the families ------------------------------------------------------------------
     def _check_hyperparameters(self) -> None:
         check_positive_int(self.n_components, "n_components")

@@ -1,0 +1,212 @@
+"""Saving and loading estimators: one ``.npz`` file, hyperparameters as JSON inside.
+
+The mechanism is generic: it relies only on ``get_params()`` (the hyperparameters) and on the
+instance attributes that end in ``_`` (fitted, public) or start with ``_`` (fitted, private, such as
+a centring offset) and hold arrays, numbers, strings or ``None``. Anything else (``fit_result_``,
+an optax optimiser, a JAX key as ``random_state``) is left out, so any estimator class defined in
+``jaxem`` that follows scikit-learn's conventions can be saved without code of its own.
+
+File layout (``numpy.savez``, read back with ``allow_pickle=False``):
+
+- ``__jaxem__``: a JSON string ``{"format": "jaxem-estimator", "version": 1, "class": ...,
+  "jaxem_version": ..., "params": {...}, "attributes": {...}, "dropped": [...]}``;
+- ``param/<name>``: hyperparameters that are arrays (e.g. ``means_init``);
+- ``attr/<name>``: fitted attributes that are arrays.
+
+Scalars travel in the JSON (Python's ``json`` writes floats with ``repr``, which round-trips
+exactly), arrays in their own dtype, so a loaded estimator predicts bit-identically.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import numbers
+import os
+import tempfile
+import warnings
+import zipfile
+
+import jax
+import numpy as np
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "load", "save"]
+
+FORMAT = "jaxem-estimator"
+FORMAT_VERSION = 1
+_META = "__jaxem__"
+
+
+def _is_key(value) -> bool:
+    return isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key)
+
+
+def _encode(value, name: str, arrays: dict, prefix: str):
+    """JSON description of ``value``, with arrays moved into ``arrays``; ``None`` if not storable."""
+    if value is None or isinstance(value, (bool, str)):
+        return {"kind": "json", "value": value}
+    if isinstance(value, numbers.Integral):
+        return {"kind": "json", "value": int(value)}
+    if isinstance(value, numbers.Real):
+        return {"kind": "json", "value": float(value)}
+    if _is_key(value):
+        return None
+    if isinstance(value, (np.ndarray, np.generic, jax.Array)):
+        arr = np.asarray(value)
+        if arr.dtype == object:
+            return None
+        arrays[f"{prefix}/{name}"] = arr
+        return {"kind": "jax" if isinstance(value, jax.Array) else "array"}
+    if isinstance(value, (list, tuple)) and all(
+            v is None or isinstance(v, (bool, str, numbers.Real)) for v in value):
+        return {"kind": "tuple" if isinstance(value, tuple) else "json",
+                "value": [v if v is None or isinstance(v, (bool, str)) else
+                          (int(v) if isinstance(v, numbers.Integral) else float(v)) for v in value]}
+    return None
+
+
+def _decode(entry: dict, name: str, arrays: dict, prefix: str):
+    kind = entry["kind"]
+    if kind == "json":
+        return entry["value"]
+    if kind == "tuple":
+        return tuple(entry["value"])
+    arr = arrays[f"{prefix}/{name}"]
+    return jax.numpy.asarray(arr) if kind == "jax" else arr
+
+
+def _fitted_state(estimator) -> dict:
+    """Instance attributes that are fitted state: ``name_`` (public) and ``_name`` (private)."""
+    hyper = set(estimator.get_params())
+    return {name: value for name, value in vars(estimator).items()
+            if name not in hyper and not name.startswith("__")
+            and (name.endswith("_") or name.startswith("_"))}
+
+
+def save(estimator, path) -> str:
+    """Write ``estimator`` (fitted or not) to ``path`` as a ``.npz`` file.
+
+    Args:
+        estimator: an estimator class defined in ``jaxem`` (any class with ``get_params`` whose
+            fitted attributes end in ``_``).
+        path: the file to write (written as given; the usual extension is ``.npz``). The file is
+            written to a temporary name and renamed, so an interrupted save never leaves a
+            half-written model behind.
+
+    Returns:
+        ``path`` as a string.
+
+    Warns:
+        UserWarning: naming the hyperparameters that cannot be stored (an optax optimiser, a JAX
+        key as ``random_state``); they load as ``None``. Predictions do not depend on them.
+    """
+    cls = type(estimator)
+    if not cls.__module__.startswith("jaxem.") or not hasattr(estimator, "get_params"):
+        raise TypeError(f"save expects a jaxem estimator, got {cls.__module__}.{cls.__qualname__}")
+    arrays: dict[str, np.ndarray] = {}
+    params, dropped = {}, []
+    for name, value in estimator.get_params().items():
+        entry = _encode(value, name, arrays, "param")
+        if entry is None:
+            dropped.append(name)
+            entry = {"kind": "json", "value": None}
+        params[name] = entry
+    attributes = {}
+    for name, value in _fitted_state(estimator).items():
+        entry = _encode(value, name, arrays, "attr")
+        if entry is not None:  # e.g. fit_result_: a summary of the fit, not needed to predict
+            attributes[name] = entry
+    if dropped:
+        warnings.warn(f"{cls.__name__}.save: hyperparameters {dropped} cannot be stored in a file "
+                      "and load as None (predictions do not depend on them)", UserWarning,
+                      stacklevel=2)
+    from . import __version__
+
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, "class": f"{cls.__module__}:{cls.__qualname__}",
+            "jaxem_version": __version__, "params": params, "attributes": attributes,
+            "dropped": dropped}
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".jaxem-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{_META: np.asarray(json.dumps(meta))}, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def _class_from(spec: str, path: str):
+    """The estimator class named ``module:qualname``; only modules inside ``jaxem`` are imported."""
+    module_name, _, qualname = spec.partition(":")
+    if not (module_name == "jaxem" or module_name.startswith("jaxem.")) or not qualname:
+        raise ValueError(f"{path}: names class {spec!r}, which is not a jaxem estimator")
+    try:
+        obj = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError):
+        raise ValueError(f"{path}: was saved from {spec.replace(':', '.')}, which this version of "
+                         "jaxem does not have") from None
+    if not isinstance(obj, type) or not hasattr(obj, "get_params"):
+        raise ValueError(f"{path}: {spec!r} is not an estimator class")
+    return obj
+
+
+def _read(path: str) -> tuple[dict, dict]:
+    """The JSON metadata and every array of a model file, read (and CRC-checked) eagerly."""
+    not_ours = f"{path}: not a jaxem model file"
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                raise ValueError(f"{not_ours} (not an .npz archive)")
+        with np.load(path, allow_pickle=False) as archive:
+            if _META not in archive.files:
+                raise ValueError(f"{not_ours} (an .npz archive without jaxem's metadata)")
+            meta = json.loads(str(archive[_META][()]))
+            arrays = {name: archive[name] for name in archive.files if name != _META}
+    except (zipfile.BadZipFile, EOFError, json.JSONDecodeError, KeyError) as err:
+        raise ValueError(f"{path}: truncated or corrupted jaxem model file ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ValueError(f"{not_ours} (metadata format {found!r})")
+    if not isinstance(meta.get("version"), int) or meta["version"] > FORMAT_VERSION:
+        raise ValueError(f"{path}: model file format version {meta.get('version')!r} is newer than "
+                         f"this jaxem reads ({FORMAT_VERSION}); upgrade jaxem")
+    return meta, arrays
+
+
+def load(path):
+    """Rebuild an estimator saved with :func:`save` (or ``estimator.save``).
+
+    Args:
+        path: a file written by :func:`save`.
+
+    Returns:
+        An estimator of the saved class with the saved hyperparameters and fitted attributes; its
+        predictions are bit-identical to the saved estimator's (same JAX float width).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a jaxem model file, is truncated or corrupted, was written by
+            a newer format version, or names a class this jaxem does not have.
+    """
+    path = os.fspath(path)
+    meta, arrays = _read(path)
+    try:
+        cls = _class_from(meta["class"], path)
+        params = {name: _decode(entry, name, arrays, "param") for name, entry in meta["params"].items()}
+        state = {name: _decode(entry, name, arrays, "attr")
+                 for name, entry in meta["attributes"].items()}
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path}: truncated or corrupted jaxem model file (missing {err})") from None
+    try:
+        estimator = cls(**params)
+    except TypeError as err:
+        raise ValueError(f"{path}: its hyperparameters do not fit {cls.__name__} in this version of "
+                         f"jaxem ({err})") from None
+    for name, value in state.items():
+        setattr(estimator, name, value)
+    return estimator
