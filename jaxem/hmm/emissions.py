@@ -1,0 +1,196 @@
+"""Built-in emissions, each a memoised :class:`HMM` factory with a closed-form M-step.
+
+Gaussian emissions are the Gaussian mixture's densities and statistics without the mixing
+weights (:mod:`jaxem.models.gaussian`): full, diagonal, spherical or tied covariances, stored as
+``{"means": [K, D], "prec_chol": ...}``. Categorical emissions are one symbol per step,
+``{"probs": [K, M]}``; Poisson emissions are ``D`` independent counts, ``{"rates": [K, D]}``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import gammaln
+
+from .. import constraints as C
+from .. import init as initialisers
+from ..models import gaussian as G
+from ..models._common import empty_components, mixing_weights
+from .model import HMM
+
+Array = jax.Array
+
+
+# -- Gaussian ----------------------------------------------------------------------------------
+def _drop_weights(params: dict) -> dict:
+    return {"means": params["means"], "prec_chol": params["prec_chol"]}
+
+
+def _gaussian_batch(params, X: Array, covariance_type: str) -> Array:
+    norm = G._log_normaliser(params["prec_chol"], covariance_type, X.shape[1])
+    return norm - 0.5 * G._mahalanobis(params, X, covariance_type)
+
+
+def _gaussian_one(params, x: Array, covariance_type: str) -> Array:
+    return _gaussian_batch(params, x[None], covariance_type)[0]
+
+
+def _gaussian_maximize(stats, params, covariance_type: str, reg_covar: float):
+    return _drop_weights(G._maximize(stats, params, covariance_type, reg_covar))
+
+
+def _gaussian_init(key, X, n_states: int, covariance_type: str, reg_covar: float, method: str):
+    return _drop_weights(G._init(key, X, n_states, covariance_type, reg_covar, method))
+
+
+def _gaussian_sample(key, params, state, covariance_type: str):
+    mean = params["means"][state]
+    eps = jax.random.normal(key, mean.shape, mean.dtype)
+    A = params["prec_chol"] if covariance_type == "tied" else params["prec_chol"][state]
+    if covariance_type in ("full", "tied"):
+        # Σ = L L^T with L = A^{-1}: x = μ + L ε.
+        return mean + jax.scipy.linalg.solve_triangular(A, eps, lower=True)
+    return mean + eps / A
+
+
+@functools.cache
+def gaussian_hmm(n_states: int, covariance_type: str = "full", reg_covar: float = 1e-6,
+                 init: str = "kmeans", initial_concentration: float = 1.0,
+                 transition_concentration: float = 1.0) -> HMM:
+    """An HMM with Gaussian emissions on observations ``x [D]``.
+
+    Args:
+        n_states: hidden states ``K``.
+        covariance_type: ``"full"``, ``"diag"``, ``"spherical"`` or ``"tied"``.
+        reg_covar: added to every covariance's diagonal in the M-step (hmmlearn's ``min_covar``).
+        init: how emissions start, as in :func:`jaxem.gaussian_mixture`.
+        initial_concentration, transition_concentration: Dirichlet priors on the chain.
+
+    Returns:
+        A memoised :class:`HMM`; emission parameters ``{"means": [K, D], "prec_chol": ...}`` with
+        ``prec_chol`` as in :mod:`jaxem.models.gaussian`.
+    """
+    if covariance_type not in G.COVARIANCE_TYPES:
+        raise ValueError(f"covariance_type must be one of {G.COVARIANCE_TYPES}, got "
+                         f"{covariance_type!r}")
+    if init not in G.INIT_METHODS:
+        raise ValueError(f"init must be one of {G.INIT_METHODS}, got {init!r}")
+    ct = covariance_type
+    constraints = _drop_weights(G.constraints_for(ct))
+    return HMM(
+        init=functools.partial(_gaussian_init, n_states=n_states, covariance_type=ct,
+                               reg_covar=reg_covar, method=init),
+        log_emission=functools.partial(_gaussian_one, covariance_type=ct),
+        batch_log_emission=functools.partial(_gaussian_batch, covariance_type=ct),
+        suff_stats=functools.partial(G._suff_stats, covariance_type=ct),
+        maximize=functools.partial(_gaussian_maximize, covariance_type=ct, reg_covar=reg_covar),
+        constraints=constraints, n_states=n_states,
+        sample_emission=functools.partial(_gaussian_sample, covariance_type=ct),
+        initial_concentration=initial_concentration,
+        transition_concentration=transition_concentration,
+        name=f"gaussian_hmm({n_states}, {ct!r})")
+
+
+# -- categorical -------------------------------------------------------------------------------
+def _safe_log(p: Array) -> Array:
+    # A probability of exactly 0 gives log(tiny), not -inf, so 0 * log p stays 0 in the products.
+    return jnp.log(jnp.maximum(p, jnp.finfo(p.dtype).tiny))
+
+
+def _categorical_batch(params, X: Array) -> Array:
+    symbols = X[:, 0].astype(jnp.int32)
+    return _safe_log(params["probs"]).T[symbols]
+
+
+def _categorical_one(params, x: Array) -> Array:
+    return _categorical_batch(params, x[None])[0]
+
+
+def _categorical_stats(params, X: Array, resp: Array, n_symbols: int):
+    del params
+    return {"counts": resp.T @ jax.nn.one_hot(X[:, 0].astype(jnp.int32), n_symbols,
+                                              dtype=resp.dtype)}
+
+
+def _categorical_maximize(stats, params):
+    # A state that received no data keeps its emission probabilities.
+    empty, _ = empty_components(jnp.sum(stats["counts"], axis=1))
+    probs = jax.vmap(mixing_weights)(stats["counts"])
+    return {"probs": jnp.where(empty[:, None], params["probs"], probs)}
+
+
+def _categorical_init(key, X, n_states: int, n_symbols: int):
+    resp = initialisers.random_responsibilities(key, X.shape[0], n_states, X.dtype)
+    counts = _categorical_stats(None, X, resp, n_symbols)["counts"]
+    # One pseudo-count per symbol: every symbol starts possible in every state.
+    return {"probs": (counts + 1.0) / jnp.sum(counts + 1.0, axis=1, keepdims=True)}
+
+
+def _categorical_sample(key, params, state):
+    return jax.random.categorical(key, _safe_log(params["probs"][state]))[None]
+
+
+@functools.cache
+def categorical_hmm(n_states: int, n_symbols: int, initial_concentration: float = 1.0,
+                    transition_concentration: float = 1.0) -> HMM:
+    """An HMM emitting one symbol in ``{0, ..., n_symbols - 1}`` per step (observations
+    ``x [1]``, hmmlearn's layout). Emission parameters ``{"probs": [K, M]}``, rows on the simplex;
+    each restart starts from the symbol frequencies under random responsibilities."""
+    return HMM(
+        init=functools.partial(_categorical_init, n_states=n_states, n_symbols=n_symbols),
+        log_emission=_categorical_one, batch_log_emission=_categorical_batch,
+        suff_stats=functools.partial(_categorical_stats, n_symbols=n_symbols),
+        maximize=_categorical_maximize, constraints={"probs": C.simplex}, n_states=n_states,
+        sample_emission=_categorical_sample, initial_concentration=initial_concentration,
+        transition_concentration=transition_concentration,
+        name=f"categorical_hmm({n_states}, {n_symbols})")
+
+
+# -- Poisson -----------------------------------------------------------------------------------
+def _poisson_batch(params, X: Array) -> Array:
+    rates = params["rates"]
+    return (X @ _safe_log(rates).T - jnp.sum(rates, axis=1)
+            - jnp.sum(gammaln(X + 1.0), axis=1, keepdims=True))
+
+
+def _poisson_one(params, x: Array) -> Array:
+    return _poisson_batch(params, x[None])[0]
+
+
+def _poisson_stats(params, X: Array, resp: Array):
+    del params
+    return {"nk": jnp.sum(resp, axis=0), "sum_x": resp.T @ X}
+
+
+def _poisson_maximize(stats, params):
+    empty, safe_nk = empty_components(stats["nk"])
+    rates = stats["sum_x"] / safe_nk[:, None]
+    return {"rates": jnp.where(empty[:, None], params["rates"], rates)}
+
+
+def _poisson_init(key, X, n_states: int):
+    _, labels = initialisers.kmeans(key, X, n_states)
+    stats = _poisson_stats(None, X, initialisers.hard_responsibilities(labels, n_states, X.dtype))
+    # Shrunk toward the overall mean by one pseudo-row: no rate starts at exactly 0.
+    rates = (stats["sum_x"] + jnp.mean(X, axis=0) + 1e-3) / (stats["nk"][:, None] + 1.0)
+    return {"rates": rates}
+
+
+def _poisson_sample(key, params, state):
+    rates = params["rates"][state]
+    return jax.random.poisson(key, rates, rates.shape).astype(rates.dtype)
+
+
+@functools.cache
+def poisson_hmm(n_states: int, initial_concentration: float = 1.0,
+                transition_concentration: float = 1.0) -> HMM:
+    """An HMM emitting ``D`` independent Poisson counts per step (observations ``x [D]``).
+    Emission parameters ``{"rates": [K, D]}`` (hmmlearn's ``lambdas_``); k-means start."""
+    return HMM(
+        init=functools.partial(_poisson_init, n_states=n_states),
+        log_emission=_poisson_one, batch_log_emission=_poisson_batch, suff_stats=_poisson_stats,
+        maximize=_poisson_maximize, constraints={"rates": C.positive}, n_states=n_states,
+        sample_emission=_poisson_sample, initial_concentration=initial_concentration,
+        transition_concentration=transition_concentration, name=f"poisson_hmm({n_states})")

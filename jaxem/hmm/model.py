@@ -1,0 +1,198 @@
+"""The chain model contract, and the two data layouts it accepts.
+
+An :class:`HMM` is an emission, written like a mixture's log-joint for ONE observation,
+``log_emission(params, x) -> [K]`` = ``log p(x | z = k)``, plus the chain around it. Its parameters
+are a dict::
+
+    {"initial": [K], "transition": [K, K], "emission": <the emission's pytree>}
+
+Data come as many sequences of different lengths, either hmmlearn's way (rows ``X [N, ...]`` of
+all sequences one after another plus ``lengths``) or padded (``X [B, T, ...]`` plus a ``mask
+[B, T]`` whose ``True`` entries come first in each row). Both become the padded form inside;
+padded steps hold a copy of their sequence's first observation, so every emission stays finite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..model import Model
+from ..validation import check_data, check_positive_int
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class HMM:
+    """A hidden Markov model given by pure functions (compares and hashes by identity, like
+    :class:`jaxem.Model`, so build it once and reuse it).
+
+    Attributes:
+        init: ``init(key, X) -> emission params``; ``X [N, ...]`` are all observations of all
+            sequences (padding excluded). Traced inside the compiled fit, vmapped over restarts.
+            The chain starts uniform: ``initial = 1/K``, ``transition = 1/K`` (as hmmlearn).
+        log_emission: ``log_emission(emission_params, x) -> [K]``, ``log p(x | z = k)`` for ONE
+            observation ``x``.
+        n_states: number of hidden states ``K``.
+        batch_log_emission: optional ``(emission_params, X [N, ...]) -> [N, K]``, a faster
+            equivalent of vmapping ``log_emission``.
+        suff_stats: optional ``(emission_params, X [N, ...], resp [N, K]) -> stats``, expected
+            sufficient statistics, additive over rows (padded rows have ``resp = 0``).
+        maximize: optional ``(stats, emission_params) -> emission_params``, the closed-form
+            emission M-step from the summed statistics.
+        constraints: pytree of :class:`jaxem.constraints.Constraint` for the emission parameters
+            (gradient M-step); ``None`` means unconstrained.
+        sample_emission: optional ``(key, emission_params, state) -> x``, one draw from state
+            ``state``; needed only by :func:`jaxem.hmm.sample`.
+        initial_concentration: ``α >= 1`` of a symmetric Dirichlet prior on ``initial``.
+        transition_concentration: ``α >= 1`` of a symmetric Dirichlet prior on each row of
+            ``transition``. With either above 1 the fit is MAP-EM and its history is the
+            log-likelihood plus the log prior.
+        name: a short name for messages.
+    """
+
+    init: Callable[[Array, Array], Any]
+    log_emission: Callable[[Any, Array], Array]
+    n_states: int
+    batch_log_emission: Callable[[Any, Array], Array] | None = None
+    suff_stats: Callable[[Any, Array, Array], Any] | None = None
+    maximize: Callable[[Any, Any], Any] | None = None
+    constraints: Any = None
+    sample_emission: Callable[[Array, Any, Array], Array] | None = None
+    initial_concentration: float = 1.0
+    transition_concentration: float = 1.0
+    name: str = "custom_hmm"
+
+    def __post_init__(self):
+        check_positive_int(self.n_states, "n_states")
+        for field in ("initial_concentration", "transition_concentration"):
+            value = getattr(self, field)
+            if not np.isfinite(value) or value < 1.0:
+                raise ValueError(f"{field} must be a finite number >= 1, got {value!r}")
+        # The emission alone is a mixture-shaped model (log-joint = log-emission): the mixture
+        # engine's gradient M-step and validation apply to it unchanged.
+        object.__setattr__(self, "emission_model", Model(
+            init=self.init, log_joint=self.log_emission, batch_log_joint=self.batch_log_emission,
+            suff_stats=self.suff_stats, maximize=self.maximize, constraints=self.constraints,
+            n_components=self.n_states, name=f"{self.name} emission"))
+
+    @property
+    def has_closed_form(self) -> bool:
+        """True when the emission supplies ``suff_stats`` and ``maximize``."""
+        return self.suff_stats is not None
+
+    def log_prior(self, params) -> Array:
+        """Log density (up to a constant) of the Dirichlet priors on the chain (scalar)."""
+        total = jnp.zeros((), params["transition"].dtype)
+        # Only nonzero weights are summed: with α = 1 a zero probability must add 0, not 0 * -inf.
+        for alpha, probs in ((self.initial_concentration, params["initial"]),
+                             (self.transition_concentration, params["transition"])):
+            if alpha != 1.0:
+                total = total + (alpha - 1.0) * jnp.sum(jnp.log(probs))
+        return total
+
+    def uniform_chain(self, dtype) -> dict:
+        """The chain's starting point: ``{"initial": [K] = 1/K, "transition": [K, K] = 1/K}``."""
+        K = self.n_states
+        return {"initial": jnp.full((K,), 1.0 / K, dtype),
+                "transition": jnp.full((K, K), 1.0 / K, dtype)}
+
+
+class Sequences(NamedTuple):
+    """Sequences in the padded layout (NumPy, host side).
+
+    Attributes:
+        X: ``[B, T, ...]`` observations; padded steps copy the sequence's first observation.
+        mask: ``[B, T]`` bool, ``True`` on real steps (a prefix of each row).
+        lengths: ``[B]`` int, real steps per sequence.
+        flat: whether the caller gave hmmlearn's ``[N, ...]`` rows (so results go back that way).
+    """
+
+    X: np.ndarray
+    mask: np.ndarray
+    lengths: np.ndarray
+    flat: bool
+
+    @property
+    def rows(self) -> np.ndarray:
+        """``[N, ...]`` the real observations, sequence after sequence."""
+        return self.X[self.mask]
+
+    def unpad(self, values: np.ndarray) -> np.ndarray:
+        """Per-step ``values [B, T, ...]`` back to the caller's layout (``[N, ...]`` if flat)."""
+        return values[self.mask] if self.flat else values
+
+
+def _check_lengths(lengths, n_rows: int) -> np.ndarray:
+    arr = np.asarray(lengths)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"lengths must be a non-empty 1-D sequence of integers, got shape "
+                         f"{arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not (np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
+            raise ValueError(f"lengths must be integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if (arr < 1).any():
+        i = int(np.argmax(arr < 1))
+        raise ValueError(f"every sequence needs at least one step; lengths[{i}] = {arr[i]}")
+    if arr.sum() != n_rows:
+        raise ValueError(f"lengths sum to {arr.sum()} but X has {n_rows} rows")
+    return arr
+
+
+def as_sequences(X, lengths=None, mask=None, obs_ndim: int | None = None) -> Sequences:
+    """Validate data and lay it out as padded sequences.
+
+    Args:
+        X: ``[N, ...]`` rows of one sequence or, with ``lengths``, of several one after another;
+            or padded ``[B, T, ...]`` with ``mask``.
+        lengths: optional ``[B]`` positive ints summing to ``N`` (hmmlearn's convention).
+        mask: optional ``[B, T]`` bool, ``True`` on real steps, which must come first in each row.
+            Values of ``X`` under ``False`` are ignored (they may be NaN).
+        obs_ndim: dimensions of one observation (1 for vectors), when the emission fixes it.
+
+    Returns:
+        :class:`Sequences`.
+    """
+    if lengths is not None and mask is not None:
+        raise ValueError("give either lengths (rows one after another) or mask (padded), not both")
+    if mask is None:
+        X = check_data(X)
+        if obs_ndim is not None and X.ndim != obs_ndim + 1:
+            raise ValueError(f"X must be {obs_ndim + 1}-dimensional [n_samples, ...] rows, got shape "
+                             f"{X.shape}" + ("; use X.reshape(-1, 1) for one feature"
+                                             if X.ndim == obs_ndim else ""))
+        lengths = (np.array([X.shape[0]]) if lengths is None
+                   else _check_lengths(lengths, X.shape[0]))
+        T = int(lengths.max())
+        steps = np.arange(T)
+        mask = steps[None, :] < lengths[:, None]
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        # Padded steps read the sequence's first row: finite under any emission.
+        index = np.where(mask, starts[:, None] + steps[None, :], starts[:, None])
+        return Sequences(X[index], mask, lengths, True)
+    m = np.asarray(mask)
+    Xa = np.asarray(X)
+    if m.dtype != bool or m.ndim != 2 or Xa.shape[:2] != m.shape:
+        raise ValueError(f"mask must be a bool array [B, T] matching X's first two axes "
+                         f"{Xa.shape[:2]}, got {m.dtype} {m.shape}")
+    lengths = m.sum(axis=1)
+    if (lengths < 1).any():
+        raise ValueError(f"sequence {int(np.argmax(lengths < 1))} has no steps (its mask is all "
+                         "False)")
+    prefix = np.arange(m.shape[1])[None, :] < lengths[:, None]
+    if (prefix != m).any():
+        b = int(np.argmax((prefix != m).any(axis=1)))
+        raise ValueError(f"mask row {b} has a gap: real steps must come first, then padding")
+    rows = check_data(Xa[m], name="X (unmasked steps)")
+    if obs_ndim is not None and rows.ndim != obs_ndim + 1:
+        raise ValueError(f"padded X must be [B, T] + an observation of {obs_ndim} dimension(s), "
+                         f"got shape {Xa.shape}")
+    Xp = np.where(m.reshape(m.shape + (1,) * (Xa.ndim - 2)), Xa, Xa[:, :1]).astype(rows.dtype)
+    return Sequences(Xp, m, lengths.astype(np.int64), False)
