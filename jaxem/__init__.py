@@ -7,15 +7,45 @@ compiled program.
 
 from . import constraints, init, models
 from .em import FitError, FitResult, e_step, elbo, expected_log_joint, fit, log_likelihood
-from .estimators import BernoulliMixture, GaussianMixture
+from .estimators import (
+    BernoulliMixture,
+    CategoricalMixture,
+    ExponentialMixture,
+    GammaMixture,
+    GaussianMixture,
+    IndependentMixture,
+    PoissonMixture,
+    StudentTMixture,
+)
 from .io import load, save
 from .model import Model
-from .models import bernoulli_mixture, gaussian_mixture
+from .models import (
+    bernoulli_mixture,
+    categorical_mixture,
+    exponential_mixture,
+    gamma_mixture,
+    gaussian_mixture,
+    independent_mixture,
+    poisson_mixture,
+    student_t_mixture,
+)
 from .validation import ConvergenceWarning, NotFittedError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CategoricalMixture",
+    "ExponentialMixture",
+    "GammaMixture",
+    "IndependentMixture",
+    "PoissonMixture",
+    "StudentTMixture",
+    "categorical_mixture",
+    "exponential_mixture",
+    "gamma_mixture",
+    "independent_mixture",
+    "poisson_mixture",
+    "student_t_mixture",
     "BernoulliMixture",
     "ConvergenceWarning",
     "GaussianMixture",

@@ -6,6 +6,14 @@ engine's (:func:`jaxem.fit`).
 
 from ._base import MixtureEstimator
 from .bernoulli import BernoulliMixture
+from .categorical import CategoricalMixture
+from .exponential import ExponentialMixture
+from .gamma import GammaMixture
 from .gaussian import GaussianMixture
+from .independent import IndependentMixture
+from .poisson import PoissonMixture
+from .student_t import StudentTMixture
 
-__all__ = ["BernoulliMixture", "GaussianMixture", "MixtureEstimator"]
+__all__ = ["BernoulliMixture", "CategoricalMixture", "ExponentialMixture", "GammaMixture",
+           "GaussianMixture", "IndependentMixture", "MixtureEstimator", "PoissonMixture",
+           "StudentTMixture"]
