@@ -7,6 +7,7 @@ compiled program.
 
 from . import constraints, init, models
 from .em import FitError, FitResult, e_step, elbo, expected_log_joint, fit, log_likelihood
+from .estep import Annealing
 from .estimators import (
     BernoulliMixture,
     CategoricalMixture,
@@ -34,6 +35,7 @@ from .validation import ConvergenceWarning, NotFittedError
 __version__ = "0.1.0"
 
 __all__ = [
+    "Annealing",
     "CategoricalMixture",
     "ExponentialMixture",
     "GammaMixture",

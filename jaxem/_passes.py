@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,10 +50,27 @@ def to_blocks(X: Array, weights: Array, n_blocks: int, rows: int) -> tuple[Array
             weights.reshape((n_blocks, rows) + weights.shape[1:]))
 
 
+class Rows(NamedTuple):
+    """Blocked data: ``X [n_blocks, block, ...]``, row ``weights [n_blocks, block]`` (0 on padding)
+    and optional partial ``labels [n_blocks, block]`` (-1 unknown, ``None`` when there are none)."""
+
+    X: Array
+    weights: Array
+    labels: Array | None = None
+
+
+def block_rows(X: Array, weights: Array, labels: Array | None, n_blocks: int, rows: int) -> Rows:
+    """Lay ``X [N, ...]``, ``weights [N]`` and ``labels [N]`` (or ``None``) out in row blocks."""
+    Xb, wb = to_blocks(X, weights, n_blocks, rows)
+    if labels is not None:
+        labels = to_blocks(X, labels, n_blocks, rows)[1]
+    return Rows(Xb, wb, labels)
+
+
 def _sum_over_blocks(block_fn, blocks) -> Any:
     """``Σ_b block_fn(*blocks[b])`` leaf by leaf, as a ``lax.scan`` (one block live at a time)."""
     zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                        jax.eval_shape(block_fn, *(b[0] for b in blocks)))
+                        jax.eval_shape(block_fn, *jax.tree.map(lambda b: b[0], tuple(blocks))))
 
     def body(total, block):
         return jax.tree.map(jnp.add, total, block_fn(*block)), None
@@ -71,10 +88,40 @@ def blocked_suff_stats(suff_stats, params: Any, X: Array, resp: Array) -> Any:
                             to_blocks(X, resp, n_blocks, rows))
 
 
-def posterior(log_joint: Array) -> tuple[Array, Array]:
-    """Per-row log-likelihood ``[N]`` and responsibilities ``[N, K]`` (tiny ones flushed to 0)."""
+def mask_labels(log_joint: Array, labels: Array | None) -> Array:
+    """Restrict rows with a known component to it: ``labels [N]`` ints, ``-1`` for unknown.
+
+    The other log-joints of a labelled row become ``-inf``, so its responsibility is the one-hot of
+    its label and its log-likelihood term is ``log p(x, z=label)`` (semi-supervised EM).
+    """
+    if labels is None:
+        return log_joint
+    components = jnp.arange(log_joint.shape[-1])
+    keep = (labels[:, None] < 0) | (labels[:, None] == components)
+    return jnp.where(keep, log_joint, -jnp.inf)
+
+
+def posterior(log_joint: Array, hard: bool = False,
+              temperature: Array | None = None) -> tuple[Array, Array]:
+    """Per-row objective ``[N]`` and responsibilities ``[N, K]`` (tiny ones flushed to 0).
+
+    Args:
+        log_joint: ``[N, K]`` log-joints (already masked by labels).
+        hard: classification EM: the responsibility is the one-hot of the most probable component
+            and the row's objective is its log-joint ``max_k ℓ_nk``.
+        temperature: deterministic annealing: responsibilities ``softmax(ℓ / T)``; the row's
+            objective stays the log-likelihood ``logsumexp_k ℓ_nk``. ``None`` means ``T = 1``.
+    """
+    if hard:
+        best = jnp.argmax(log_joint, axis=-1)
+        return jnp.max(log_joint, axis=-1), jax.nn.one_hot(best, log_joint.shape[-1],
+                                                            dtype=log_joint.dtype)
     row_ll = jax.nn.logsumexp(log_joint, axis=-1)
-    log_r = log_joint - row_ll[:, None]
+    if temperature is None:
+        log_r = log_joint - row_ll[:, None]
+    else:
+        scaled = log_joint / temperature
+        log_r = scaled - jax.nn.logsumexp(scaled, axis=-1, keepdims=True)
     resp = jnp.where(log_r > _FLUSH_LOG, jnp.exp(jnp.maximum(log_r, _FLUSH_LOG)), 0.0)
     return row_ll, resp
 
@@ -90,31 +137,42 @@ def weighted_sum(row_values: Array, weights: Array) -> Array:
     return jnp.sum(jnp.where(weights > 0, weights * row_values, 0.0))
 
 
-def stats_pass(model: Model, params: Any, Xb: Array, wb: Array) -> tuple[Array, Any]:
+def stats_pass(model: Model, params: Any, rows: Rows, hard: bool = False,
+               temperature: Array | None = None) -> tuple[Array, Any]:
     """E-step at ``params`` fused with the sufficient statistics the closed-form M-step needs.
 
+    Args:
+        model: the model.
+        params: its parameters.
+        rows: the blocked data (see :func:`block_rows`).
+        hard, temperature: the E-step rule (see :func:`posterior`).
+
     Returns:
-        ``(log_likelihood, stats)``: the weighted total log-likelihood (scalar) and the summed
-        expected sufficient statistics (the model's pytree).
+        ``(objective, stats)``: the weighted total of the rows' objectives (the log-likelihood,
+        or the classification log-likelihood for hard EM) and the summed expected sufficient
+        statistics (the model's pytree).
     """
 
-    def block_stats(xb, w):
-        row_ll, resp = posterior(model.log_joint_matrix(params, xb))
+    def block_stats(xb, w, labels):
+        lj = mask_labels(model.log_joint_matrix(params, xb), labels)
+        row_ll, resp = posterior(lj, hard, temperature)
         stats = model.suff_stats(params, xb, resp * w[:, None])
         return weighted_sum(row_ll, w), stats
 
-    return _sum_over_blocks(block_stats, (Xb, wb))
+    return _sum_over_blocks(block_stats, rows)
 
 
-def responsibility_pass(model: Model, params: Any, Xb: Array, wb: Array) -> tuple[Array, Array]:
+def responsibility_pass(model: Model, params: Any, rows: Rows, hard: bool = False,
+                        temperature: Array | None = None) -> tuple[Array, Array]:
     """E-step at ``params`` keeping the weighted responsibilities ``[n_blocks, block, K]``."""
 
     def body(total, block):
-        xb, w = block
-        row_ll, resp = posterior(model.log_joint_matrix(params, xb))
+        xb, w, labels = block
+        lj = mask_labels(model.log_joint_matrix(params, xb), labels)
+        row_ll, resp = posterior(lj, hard, temperature)
         return total + weighted_sum(row_ll, w), resp * w[:, None]
 
-    return jax.lax.scan(body, jnp.zeros((), wb.dtype), (Xb, wb))
+    return jax.lax.scan(body, jnp.zeros((), rows.weights.dtype), rows)
 
 
 def expected_log_joint_blocks(model: Model, params: Any, Xb: Array, Rb: Array) -> Array:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -18,13 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _passes
+from . import _loop, _passes
+from .estep import Annealing, resolve_e_step
 from .model import Model
-from .mstep import DEFAULT_M_STEP_ITERS, default_optimizer, gradient_m_step
+from .mstep import DEFAULT_M_STEP_ITERS, default_optimizer
 from .validation import (
     ConvergenceWarning,
     check_data,
     check_enough_rows,
+    check_labels,
     check_nonnegative_float,
     check_positive_int,
     check_sample_weight,
@@ -57,6 +60,12 @@ class FitResult:
         best_restart: index of the chosen restart.
         restart_keys: ``[n_restarts]`` the PRNG keys the restarts were initialised with; fitting with
             ``key=restart_keys[r:r + 1]`` reproduces restart ``r`` alone.
+        compile_time: seconds spent compiling the fit program (0 when an executable for the same
+            model, shapes and options was already compiled in this process).
+        fit_time: seconds the compiled fit ran (all restarts, initialisation included).
+
+    With ``e_step="hard"`` the log-likelihoods and history are the classification log-likelihood
+    ``Σ_n w_n max_k log p(x_n, z_n=k)``; with a model ``log_prior`` they include the prior.
     """
 
     params: Any
@@ -70,10 +79,12 @@ class FitResult:
     all_log_likelihoods: np.ndarray
     best_restart: int
     restart_keys: Any
+    compile_time: float = 0.0
+    fit_time: float = 0.0
 
 
-def _as_data(X) -> Array:
-    arr = check_data(X)
+def _as_data(X, allow_nan: bool = False) -> Array:
+    arr = check_data(X, allow_nan=allow_nan)
     return jnp.asarray(arr, dtype=default_float_dtype())
 
 
@@ -152,52 +163,6 @@ def elbo(model: Model, params: Any, X, q, sample_weight=None) -> Array:
     return expected_log_joint(model, params, X, q, sample_weight) + entropy
 
 
-def _fit_one(model: Model, params, Xb, wb, tol, max_iter: int, use_gradient: bool,
-             optimizer, m_step_iters: int):
-    """EM for one restart from ``params``; returns the final state and its history."""
-    if use_gradient:
-        e_pass = functools.partial(_passes.responsibility_pass, model)
-
-        def m_step(p, resp):
-            return gradient_m_step(model, p, Xb, resp, optimizer, m_step_iters)
-    else:
-        e_pass = functools.partial(_passes.stats_pass, model)
-
-        def m_step(p, stats):
-            return model.maximize(stats, p)
-
-    ll0, aux0 = e_pass(params, Xb, wb)
-    history0 = jnp.full((max_iter,), jnp.nan, ll0.dtype)
-
-    def keep_going(state):
-        _, ll, _, it, converged, _ = state
-        return (it < max_iter) & ~converged & jnp.isfinite(ll)
-
-    def body(state):
-        p, ll, aux, it, _, history = state
-        p_new = m_step(p, aux)
-        ll_new, aux_new = e_pass(p_new, Xb, wb)
-        converged = jnp.abs(ll_new - ll) <= tol * jnp.abs(ll)
-        return p_new, ll_new, aux_new, it + 1, converged, history.at[it].set(ll_new)
-
-    state = (params, ll0, aux0, jnp.zeros((), jnp.int32), jnp.zeros((), bool), history0)
-    p, ll, _, n_iter, converged, history = jax.lax.while_loop(keep_going, body, state)
-    return p, ll, ll0, n_iter, converged, history
-
-
-@functools.partial(jax.jit, static_argnames=(
-    "model", "n_blocks", "rows", "max_iter", "use_gradient", "optimizer", "m_step_iters"))
-def _fit_compiled(model, keys, init_params, X, weights, tol, *, n_blocks, rows, max_iter,
-                  use_gradient, optimizer, m_step_iters):
-    if init_params is None:
-        init_params = jax.vmap(model.init, in_axes=(0, None))(keys, X)
-    Xb, wb = _passes.to_blocks(X, weights, n_blocks, rows)
-    run = functools.partial(_fit_one, model, Xb=Xb, wb=wb, tol=tol, max_iter=max_iter,
-                            use_gradient=use_gradient, optimizer=optimizer,
-                            m_step_iters=m_step_iters)
-    return jax.vmap(run)(init_params)
-
-
 def _restart_keys(key, n_restarts: int | None):
     if key is None:
         raise ValueError("fit needs a PRNG key, e.g. key=jax.random.key(0)")
@@ -212,14 +177,17 @@ def _restart_keys(key, n_restarts: int | None):
 
 
 def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: int = 100,
-        tol: float = 1e-6, sample_weight=None, init_params: Any = None, m_step: str = "auto",
+        tol: float = 1e-6, sample_weight=None, labels=None, init_params: Any = None,
+        e_step: str | Annealing = "soft", m_step: str = "auto",
         optimizer: optax.GradientTransformation | None = None,
-        m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None) -> FitResult:
+        m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
+        progress: Callable | None = None) -> FitResult:
     """Fit ``model`` to ``X`` by EM from several random starts at once.
 
     Args:
         model: a :class:`jaxem.Model`.
-        X: data ``[N, ...]`` (rows are observations).
+        X: data ``[N, ...]`` (rows are observations). NaN entries (missing values) are accepted
+            only when the model declares ``handles_missing``.
         key: a PRNG key (split into one key per restart), or ``[R]`` keys used as given (restart
             ``r`` then uses ``key[r]``, so ``key=keys[r:r+1]`` reproduces one restart).
         n_restarts: number of random starts, all run as one vmapped program (default 1, or the
@@ -228,13 +196,23 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         tol: stop a restart when ``|ℓ_t - ℓ_{t-1}| <= tol * |ℓ_{t-1}|`` (relative change of the total
             log-likelihood).
         sample_weight: optional ``[N]`` non-negative frequency weights (weight 2 = row twice).
+        labels: optional ``[N]`` integer partial labels for semi-supervised EM: a row with label
+            ``k >= 0`` belongs to component ``k`` (its responsibility is fixed one-hot and its
+            likelihood term is ``log p(x, z=k)``); ``-1`` marks an unknown component.
         init_params: optional starting parameters (one pytree) instead of ``model.init``; every
             restart then starts from them, so use it with ``n_restarts=1``.
+        e_step: ``"soft"`` (the posterior; default), ``"hard"`` (classification EM: one-hot at the
+            most probable component, climbing the classification log-likelihood), ``"anneal"``
+            (deterministic annealing with the default :class:`jaxem.Annealing` schedule) or an
+            :class:`jaxem.Annealing` schedule.
         m_step: ``"auto"`` (closed form when the model has one, else gradient), ``"closed_form"``
             or ``"gradient"``.
         optimizer: optax transformation for the gradient M-step (default: L-BFGS).
         m_step_iters: optimiser steps per gradient M-step.
         block_size: rows per block of the data pass (default: about 4096).
+        progress: optional ``progress(iteration, log_likelihood [R], converged [R], running [R])``
+            called once per EM iteration from inside the compiled loop (see
+            :mod:`jaxem.progress` for a progress bar); it does not trigger a recompilation.
 
     Returns:
         A :class:`FitResult`.
@@ -250,30 +228,36 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         n_restarts = check_positive_int(n_restarts, "n_restarts")
     if block_size is not None:
         block_size = check_positive_int(block_size, "block_size")
+    rule = resolve_e_step(e_step)
     if m_step not in ("auto", "closed_form", "gradient"):
         raise ValueError(f"m_step must be 'auto', 'closed_form' or 'gradient', got {m_step!r}")
     if m_step == "closed_form" and not model.has_closed_form:
         raise ValueError(f"model {model.name!r} has no closed-form M-step; use m_step='gradient'")
     use_gradient = m_step == "gradient" or not model.has_closed_form
+    if progress is not None and not callable(progress):
+        raise ValueError(f"progress must be callable or None, got {type(progress).__name__}")
 
-    X = _as_data(X)
+    X = _as_data(X, allow_nan=model.handles_missing)
     weights = _as_weights(sample_weight, X.shape[0], X.dtype)
     if model.n_components is not None:
         check_enough_rows(int(jnp.sum(weights > 0)), model.n_components)
     keys = _restart_keys(key, n_restarts)
+    if labels is not None:
+        labels = jnp.asarray(check_labels(labels, X.shape[0], _n_components(model, keys[0], X)))
     n_blocks, rows = _passes.plan_blocks(X.shape[0], block_size)
     if init_params is not None:
         init_params = jax.tree.map(
             lambda p: jnp.broadcast_to(jnp.asarray(p), (keys.shape[0],) + jnp.shape(p)),
             init_params)
 
-    params, ll, ll0, n_iter, converged, history = _fit_compiled(
-        model, keys, init_params, X, weights, jnp.asarray(tol, X.dtype), n_blocks=n_blocks,
-        rows=rows, max_iter=max_iter, use_gradient=use_gradient,
-        optimizer=(optimizer or _DEFAULT_OPTIMIZER) if use_gradient else None,
-        m_step_iters=m_step_iters)
+    static = dict(model=model, n_blocks=n_blocks, rows=rows, max_iter=max_iter,
+                  use_gradient=use_gradient,
+                  optimizer=(optimizer or _DEFAULT_OPTIMIZER) if use_gradient else None,
+                  m_step_iters=m_step_iters, rule=rule)
+    out, compile_time, fit_time = _loop.run_compiled(
+        (keys, init_params, X, weights, labels, jnp.asarray(tol, X.dtype)), static, progress)
 
-    ll = np.asarray(ll)
+    ll = np.asarray(out.objective)
     failed = ~np.isfinite(ll)
     if failed.all():
         raise FitError(
@@ -281,25 +265,35 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
             f"{'NaN' if np.isnan(ll).any() else 'infinite'}; check the data scale and the model "
             "(for Gaussian mixtures, increase reg_covar)")
     best = int(np.argmax(np.where(failed, -np.inf, ll)))
-    converged = np.asarray(converged)
+    converged = np.asarray(out.converged)
     if not converged[~failed].any():
         warnings.warn(
             f"no restart converged within max_iter={max_iter} iterations (relative change of the "
             f"log-likelihood still above tol={tol:g}); increase max_iter or tol",
             ConvergenceWarning, stacklevel=2)
     return FitResult(
-        params=jax.tree.map(lambda p: p[best], params),
+        params=jax.tree.map(lambda p: p[best], out.params),
         log_likelihood=float(ll[best]),
-        history=np.asarray(history),
-        initial_log_likelihood=np.asarray(ll0),
+        history=np.asarray(out.history),
+        initial_log_likelihood=np.asarray(out.initial_objective),
         converged=converged,
-        n_iter=np.asarray(n_iter),
+        n_iter=np.asarray(out.n_iter),
         failed=failed,
-        all_params=params,
+        all_params=out.params,
         all_log_likelihoods=ll,
         best_restart=best,
         restart_keys=keys,
+        compile_time=compile_time,
+        fit_time=fit_time,
     )
+
+
+def _n_components(model: Model, key, X: Array) -> int:
+    """``K`` from the model, or from the shape of its log-joint when it does not say."""
+    if model.n_components is not None:
+        return model.n_components
+    shape = jax.eval_shape(lambda k, x: model.log_joint_matrix(model.init(k, x), x[:1]), key, X)
+    return int(shape.shape[-1])
 
 
 # One object, so repeated fits with the default hit the compilation cache.

@@ -47,6 +47,12 @@ class Model:
             of it) used by the gradient M-step; ``None`` means every parameter is unconstrained.
         n_components: number of latent states ``K`` when known, for input validation.
         name: a short name for messages.
+        log_prior: optional ``log_prior(params) -> scalar``, the log density of a prior on the
+            parameters (up to a constant). The fit then maximises the penalised log-likelihood
+            ``log p(X | θ) + log p(θ)`` (MAP-EM): ``maximize`` must return the MAP update, the
+            gradient M-step adds it to Q, and the reported history includes it.
+        handles_missing: whether ``log_joint`` marginalises NaN entries of an observation (missing
+            values) and ``suff_stats`` accounts for them; only then does ``fit`` accept NaN.
     """
 
     init: Callable[[Array, Array], Params]
@@ -57,6 +63,8 @@ class Model:
     constraints: Any = None
     n_components: int | None = None
     name: str = "custom"
+    log_prior: Callable[[Params], Array] | None = None
+    handles_missing: bool = False
 
     def __post_init__(self):
         if (self.suff_stats is None) != (self.maximize is None):

@@ -30,7 +30,8 @@ def default_optimizer() -> optax.GradientTransformation:
 
 def gradient_m_step(model: Model, params: Any, Xb: Array, Rb: Array,
                     optimizer: optax.GradientTransformation, n_steps: int) -> Any:
-    """Increase ``Q(θ) = Σ_n Σ_k R_nk log p(x_n, z_n=k | θ)`` from ``params`` by gradient ascent.
+    """Increase ``Q(θ) = Σ_n Σ_k R_nk log p(x_n, z_n=k | θ)`` (plus the model's ``log_prior(θ)``,
+    if any) from ``params`` by gradient ascent.
 
     Args:
         model: the model (its ``constraints`` give the unconstrained space).
@@ -47,8 +48,12 @@ def gradient_m_step(model: Model, params: Any, Xb: Array, Rb: Array,
     total = jnp.sum(Rb)
 
     def loss(u):
+        params = C.constrain(model.constraints, u)
+        objective = expected_log_joint_blocks(model, params, Xb, Rb)
+        if model.log_prior is not None:
+            objective = objective + model.log_prior(params)
         # Mean over the data so the optimiser's step size does not depend on N.
-        return -expected_log_joint_blocks(model, C.constrain(model.constraints, u), Xb, Rb) / total
+        return -objective / total
 
     tx = optax.with_extra_args_support(optimizer)
     u0 = C.unconstrain(model.constraints, params)

@@ -103,6 +103,28 @@ def check_enough_rows(n_rows: int, n_components: int) -> None:
             "many samples as components")
 
 
+def check_labels(labels, n_rows: int, n_components: int) -> np.ndarray:
+    """Partial labels for semi-supervised EM: ``[N]`` integers in ``[-1, K)``, ``-1`` = unknown.
+
+    Returns:
+        ``np.ndarray`` of int32.
+    """
+    arr = np.asarray(labels)
+    if arr.ndim != 1 or arr.shape[0] != n_rows:
+        raise ValueError(f"labels must have shape ({n_rows},) to match X, got {arr.shape}")
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer)
+                                 or (np.issubdtype(arr.dtype, np.floating)
+                                     and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)))):
+        raise ValueError(f"labels must be integers (component index, or -1 for unknown), got dtype "
+                         f"{arr.dtype}")
+    bad = (arr < -1) | (arr >= n_components)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ValueError(f"labels must be -1 (unknown) or a component in [0, {n_components}); got "
+                         f"{arr[row]} at row {row}")
+    return arr.astype(np.int32)
+
+
 def default_float_dtype():
     """The float dtype JAX uses by default (float32 unless ``jax_enable_x64``)."""
     return jax.dtypes.canonicalize_dtype(jnp.float64)

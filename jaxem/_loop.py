@@ -1,0 +1,178 @@
+"""The compiled EM loop: every restart advances in lock-step inside one ``lax.while_loop``.
+
+The state carries a leading restart axis. Each iteration is an M-step for every restart (vmapped)
+followed by one fused pass over the row blocks at the new parameters: the E-step plus whatever the
+next M-step needs. A restart that converged, failed or ran out of iterations keeps its parameters
+(the batch still computes for it; its results are discarded), exactly as ``vmap`` of a while loop
+would, but with the whole batch in view so progress can be reported once per iteration.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _passes
+from .estep import EStepRule
+from .model import Model
+from .mstep import gradient_m_step
+
+Array = jax.Array
+
+
+class LoopOutput(NamedTuple):
+    """What the compiled loop returns; every leaf has a leading ``[R]`` restart axis."""
+
+    params: Any
+    objective: Array         # [R] final objective
+    initial_objective: Array  # [R]
+    n_iter: Array            # [R] int32
+    converged: Array         # [R] bool
+    history: Array           # [R, max_iter], NaN after a restart stopped
+
+
+# Progress reports leave the compiled program through one module-level function, so passing a
+# different callback to each fit does not recompile.
+_progress_sink: Any = None
+
+
+def _report(iteration, objective, converged, running):
+    if _progress_sink is not None:
+        _progress_sink(int(iteration), np.asarray(objective), np.asarray(converged),
+                       np.asarray(running))
+
+
+def _objective_pass(model: Model, use_gradient: bool, rule: EStepRule, rows, params, iteration):
+    """One pass at ``params``: ``(objective, aux)`` where aux feeds the next M-step."""
+    temperature = rule.temperature(iteration, rows.weights.dtype)
+    pass_fn = _passes.responsibility_pass if use_gradient else _passes.stats_pass
+    objective, aux = pass_fn(model, params, rows, rule.hard, temperature)
+    if model.log_prior is not None:
+        objective = objective + model.log_prior(params)
+    return objective, aux
+
+
+def _select(mask: Array, new, old):
+    """Leaf by leaf ``where(mask[r], new[r], old[r])`` over the leading restart axis."""
+    def pick(a, b):
+        return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b)
+    return jax.tree.map(pick, new, old)
+
+
+def run_restarts(model: Model, params, rows, tol, *, max_iter: int, use_gradient: bool, optimizer,
+                 m_step_iters: int, rule: EStepRule, report: bool) -> LoopOutput:
+    """EM for a batch of restarts ``params`` (leading axis ``R``) on blocked ``rows``."""
+    if use_gradient:
+        def m_step(p, resp_blocks):
+            return gradient_m_step(model, p, rows.X, resp_blocks, optimizer, m_step_iters)
+    else:
+        def m_step(p, stats):
+            return model.maximize(stats, p)
+
+    def e_pass(p, iteration):
+        return jax.vmap(lambda q: _objective_pass(model, use_gradient, rule, rows, q, iteration))(p)
+
+    zero = jnp.zeros((), jnp.int32)
+    obj0, aux0 = e_pass(params, zero)
+    n_restarts = obj0.shape[0]
+    state = dict(params=params, objective=obj0, aux=aux0, iteration=zero,
+                 n_iter=jnp.zeros((n_restarts,), jnp.int32),
+                 converged=jnp.zeros((n_restarts,), bool),
+                 running=jnp.isfinite(obj0),
+                 history=jnp.full((n_restarts, max_iter), jnp.nan, obj0.dtype))
+
+    def keep_going(s):
+        return jnp.any(s["running"]) & (s["iteration"] < max_iter)
+
+    def body(s):
+        running, iteration = s["running"], s["iteration"] + 1
+        new_params = jax.vmap(m_step)(s["params"], s["aux"])
+        obj, aux = e_pass(new_params, iteration)
+        change_small = jnp.abs(obj - s["objective"]) <= tol * jnp.abs(s["objective"])
+        converged = running & change_small & rule.may_stop(iteration)
+        history = s["history"].at[:, iteration - 1].set(jnp.where(running, obj, jnp.nan))
+        out = dict(params=_select(running, new_params, s["params"]),
+                   objective=jnp.where(running, obj, s["objective"]),
+                   # A stopped restart's stale statistics are never used for a kept update.
+                   aux=aux, iteration=iteration, n_iter=s["n_iter"] + running,
+                   converged=s["converged"] | converged,
+                   running=running & ~converged & jnp.isfinite(obj),
+                   history=history)
+        if report:
+            jax.debug.callback(_report, iteration, out["objective"], out["converged"],
+                               out["running"])
+        return out
+
+    s = jax.lax.while_loop(keep_going, body, state)
+    return LoopOutput(s["params"], s["objective"], obj0, s["n_iter"], s["converged"], s["history"])
+
+
+def _program(keys, init_params, X, weights, labels, tol, *, n_blocks, rows, max_iter,
+             use_gradient, optimizer, m_step_iters, rule, report, model):
+    if init_params is None:
+        init_params = jax.vmap(model.init, in_axes=(0, None))(keys, X)
+    blocked = _passes.block_rows(X, weights, labels, n_blocks, rows)
+    return run_restarts(model, init_params, blocked, tol, max_iter=max_iter,
+                        use_gradient=use_gradient, optimizer=optimizer,
+                        m_step_iters=m_step_iters, rule=rule, report=report)
+
+
+_STATIC = ("model", "n_blocks", "rows", "max_iter", "use_gradient", "optimizer", "m_step_iters",
+           "rule", "report")
+_jitted_program = jax.jit(_program, static_argnames=_STATIC)
+
+# Compiled executables by (static arguments, argument shapes/dtypes/shardings). Compiling ahead
+# of time, rather than on first call, is what lets a fit report compile time and run time apart.
+_EXECUTABLES: OrderedDict = OrderedDict()
+_MAX_EXECUTABLES = 64
+
+
+def _signature(tree) -> tuple:
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((jnp.shape(x), jnp.result_type(x), getattr(x, "sharding", None))
+                          for x in leaves)
+
+
+def run_compiled(dynamic: tuple, static: dict, progress=None) -> tuple:
+    """Compile (or reuse) the fit program for these arguments and run it.
+
+    Args:
+        dynamic: ``(keys, init_params, X, weights, labels, tol)``.
+        static: the static arguments of ``_program`` except ``report`` (models hash by identity,
+            so the cache key keeps the model itself alive).
+        progress: optional ``progress(iteration, objective [R], converged [R], running [R])``
+            called once per EM iteration from inside the compiled loop.
+
+    Returns:
+        ``(LoopOutput, compile_seconds, run_seconds)``; ``compile_seconds`` is 0 when an executable
+        for these shapes was already in memory (JAX's persistent cache, when enabled, also serves
+        a new process, which then reports only the time to load it).
+    """
+    global _progress_sink
+    static = dict(static, report=progress is not None)
+    cache_key = (tuple(static[name] for name in sorted(static)), _signature(dynamic))
+    compile_seconds = 0.0
+    entry = _EXECUTABLES.get(cache_key)
+    if entry is None:
+        start = time.perf_counter()
+        executable = _jitted_program.lower(*dynamic, **static).compile()
+        compile_seconds = time.perf_counter() - start
+        _EXECUTABLES[cache_key] = executable
+        if len(_EXECUTABLES) > _MAX_EXECUTABLES:
+            _EXECUTABLES.popitem(last=False)
+    else:
+        executable = entry
+        _EXECUTABLES.move_to_end(cache_key)
+    _progress_sink = progress
+    try:
+        start = time.perf_counter()
+        out = jax.block_until_ready(executable(*dynamic))
+        run_seconds = time.perf_counter() - start
+    finally:
+        _progress_sink = None
+    return out, compile_seconds, run_seconds
