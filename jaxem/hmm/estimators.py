@@ -1,0 +1,429 @@
+"""hmmlearn-style HMM estimators over :func:`jaxem.hmm.fit`.
+
+The fitted attributes carry hmmlearn's names and shapes (``startprob_ [K]``, ``transmat_ [K, K]``,
+``means_ [K, D]``, ``covars_``, ``emissionprob_ [K, M]``, ``lambdas_ [K, D]``) and are read afresh
+by every ``score``, ``predict``, ``predict_proba``, ``decode`` and ``sample`` call, so they may be
+assigned by hand before any of them (or before ``fit`` with ``init_params`` lacking their letter),
+as in hmmlearn. ``score`` is hmmlearn's total log-likelihood over all sequences, not a mean.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..estimators._base import _as_key
+from ..models.gaussian import covariances_from_prec_chol
+from ..validation import NotFittedError, check_nonnegative_float, check_positive_int
+from ..validation import default_float_dtype as _float
+from . import emissions
+from .fit import decode, fit, posterior, sample
+from .model import as_sequences
+
+
+def _check_probabilities(value, name: str, shape: tuple) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+    if not np.all(np.isfinite(arr)) or (arr < 0).any():
+        raise ValueError(f"{name} must hold finite non-negative probabilities")
+    if not np.allclose(arr.sum(axis=-1), 1.0, rtol=0, atol=1e-6):
+        raise ValueError(f"{name} rows must sum to 1, got sums {arr.sum(axis=-1)}")
+    return arr
+
+
+class _BaseHMM:
+    """Shared machinery: hyperparameters, fit, and inference; families add their emission."""
+
+    _emission_letters = ""
+    # The attributes each init_params letter stands for; fit re-initialises those it names.
+    _attributes = {"s": ("startprob_",), "t": ("transmat_",)}
+
+    def __init__(self, n_components: int = 1, *, startprob_prior: float = 1.0,
+                 transmat_prior: float = 1.0, n_iter: int = 100, tol: float = 1e-6,
+                 n_restarts: int = 1, init_params: str | None = None, random_state=None,
+                 method: str = "auto", m_step: str = "auto", optimizer=None):
+        self.n_components = n_components
+        self.startprob_prior = startprob_prior
+        self.transmat_prior = transmat_prior
+        self.n_iter = n_iter
+        self.tol = tol
+        self.n_restarts = n_restarts
+        self.init_params = init_params
+        self.random_state = random_state
+        self.method = method
+        self.m_step = m_step
+        self.optimizer = optimizer
+
+    # -- scikit-learn parameter protocol -------------------------------------------------------
+    @classmethod
+    def _param_names(cls):
+        names = []
+        for klass in cls.__mro__:
+            if "__init__" in klass.__dict__:
+                names += [p for p in inspect.signature(klass.__init__).parameters
+                          if p not in ("self", "kwargs") and p not in names]
+        return names
+
+    def get_params(self, deep: bool = True) -> dict:
+        """Hyperparameters as a dict (scikit-learn's protocol)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params):
+        """Set hyperparameters; returns ``self``."""
+        for name, value in params.items():
+            if name not in self._param_names():
+                raise ValueError(f"{type(self).__name__} has no parameter {name!r}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(" + ", ".join(
+            f"{k}={v!r}" for k, v in self.get_params().items()) + ")"
+
+    # -- family hooks ----------------------------------------------------------------------------
+    def _hmm(self):
+        raise NotImplementedError
+
+    def _emission_params(self) -> dict:
+        raise NotImplementedError
+
+    def _set_emission(self, emission) -> None:
+        raise NotImplementedError
+
+    def _check_values(self, X: np.ndarray) -> None:
+        """Family checks on validated rows ``X [N, D]``; may record data-dependent sizes."""
+
+    def _n_emission_parameters(self) -> int:
+        raise NotImplementedError
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _letters(self) -> str:
+        return "st" + self._emission_letters if self.init_params is None else self.init_params
+
+    def _sequences(self, X, lengths):
+        seqs = as_sequences(X, lengths, obs_ndim=1)
+        self._check_values(seqs.rows)
+        return seqs
+
+    def _piece(self, name: str):
+        """One part of the engine's parameters from the (possibly user-assigned) attributes."""
+        K, dtype = self.n_components, _float()
+        try:
+            if name == "initial":
+                value = _check_probabilities(self.startprob_, "startprob_", (K,))
+            elif name == "transition":
+                value = _check_probabilities(self.transmat_, "transmat_", (K, K))
+            else:
+                value = self._emission_params()
+        except AttributeError as err:
+            raise NotFittedError(f"this {type(self).__name__} has no {err.name or 'parameters'} "
+                                 "yet; call fit(X) or assign it") from None
+        return jax.tree.map(lambda a: jnp.asarray(a, dtype), value)
+
+    def _params(self) -> dict:
+        return {name: self._piece(name) for name in ("initial", "transition", "emission")}
+
+    def _start(self, seqs, key):
+        """Starting parameters when ``init_params`` leaves some letters to the user, else None."""
+        letters = self._letters()
+        if set("st" + self._emission_letters) <= set(letters):
+            return None
+        hmm = self._hmm()
+        rows = jnp.asarray(seqs.rows, _float())
+        start = {**hmm.uniform_chain(rows.dtype),
+                 "emission": jax.jit(hmm.init)(jax.random.split(key, 1)[0], rows)}
+        if "s" not in letters:
+            start["initial"] = self._piece("initial")
+        if "t" not in letters:
+            start["transition"] = self._piece("transition")
+        if not set(self._emission_letters) <= set(letters):
+            start["emission"] = self._piece("emission")
+        return start
+
+    # -- fitting ---------------------------------------------------------------------------------
+    def fit(self, X, lengths=None):
+        """Fit by Baum-Welch with ``n_restarts`` vmapped starts; keep the best.
+
+        Args:
+            X: ``[N, D]`` rows of all sequences one after another.
+            lengths: optional ``[B]`` sequence lengths summing to ``N`` (default: one sequence).
+
+        Returns:
+            ``self``.
+        """
+        check_positive_int(self.n_components, "n_components")
+        check_positive_int(self.n_restarts, "n_restarts")
+        check_positive_int(self.n_iter, "n_iter")
+        check_nonnegative_float(self.tol, "tol")
+        for letter in self._letters():
+            for name in self._attributes.get(letter, ()):
+                self.__dict__.pop(name, None)
+        seqs = self._sequences(X, lengths)
+        key = _as_key(self.random_state)
+        start = self._start(seqs, key)
+        result = fit(self._hmm(), seqs.X, mask=seqs.mask, key=key,
+                     n_restarts=1 if start is not None else self.n_restarts, max_iter=self.n_iter,
+                     tol=self.tol, init_params=start, m_step=self.m_step, method=self.method,
+                     optimizer=self.optimizer)
+        p = result.params
+        self.startprob_ = np.asarray(p["initial"])
+        self.transmat_ = np.asarray(p["transition"])
+        self._set_emission(p["emission"])
+        best = result.best_restart
+        self.converged_ = bool(result.converged[best])
+        self.n_iter_ = int(result.n_iter[best])
+        self.history_ = result.history[best]
+        self.fit_result_ = result
+        return self
+
+    # -- inference -------------------------------------------------------------------------------
+    def score_samples(self, X, lengths=None) -> tuple[float, np.ndarray]:
+        """``(log p(X), posteriors [N, K])``: total log-likelihood and smoothed state marginals."""
+        params = self._params()
+        seqs = self._sequences(X, lengths)
+        marginals, ll = posterior(self._hmm(), params, seqs.X, mask=seqs.mask, method=self.method)
+        return float(np.sum(ll)), marginals[seqs.mask]
+
+    def score(self, X, lengths=None) -> float:
+        """Total log-likelihood ``Σ_b log p(x_b)`` over the sequences (hmmlearn's ``score``)."""
+        return self.score_samples(X, lengths)[0]
+
+    def predict_proba(self, X, lengths=None) -> np.ndarray:
+        """Smoothed posterior ``p(z_t = k | x)`` of every row, ``[N, K]``."""
+        return self.score_samples(X, lengths)[1]
+
+    def decode(self, X, lengths=None) -> tuple[float, np.ndarray]:
+        """Viterbi: ``(log p(X, path), path [N])``."""
+        params = self._params()
+        seqs = self._sequences(X, lengths)
+        states, log_probs = decode(self._hmm(), params, seqs.X, mask=seqs.mask)
+        return float(np.sum(log_probs)), states[seqs.mask]
+
+    def predict(self, X, lengths=None) -> np.ndarray:
+        """Most probable state path (Viterbi), ``[N]`` ints."""
+        return self.decode(X, lengths)[1]
+
+    def sample(self, n_samples: int = 1, random_state=None) -> tuple[np.ndarray, np.ndarray]:
+        """Draw one sequence: ``(X [n_samples, D], states [n_samples])``."""
+        n_samples = check_positive_int(n_samples, "n_samples")
+        X, states = sample(self._hmm(), self._params(), _as_key(random_state), n_samples)
+        return np.asarray(X, np.float64), np.asarray(states)
+
+    def _n_parameters(self) -> int:
+        K = self.n_components
+        return (K - 1) + K * (K - 1) + self._n_emission_parameters()
+
+    def aic(self, X, lengths=None) -> float:
+        """Akaike information criterion, ``-2 log p(X) + 2 n_parameters`` (lower is better)."""
+        return -2 * self.score(X, lengths) + 2 * self._n_parameters()
+
+    def bic(self, X, lengths=None) -> float:
+        """Bayesian information criterion, ``-2 log p(X) + n_parameters log N``."""
+        return -2 * self.score(X, lengths) + self._n_parameters() * math.log(len(X))
+
+
+class GaussianHMM(_BaseHMM):
+    """HMM with Gaussian emissions (hmmlearn's ``GaussianHMM``).
+
+    Args:
+        n_components: hidden states ``K``.
+        covariance_type: ``"diag"`` (default, as hmmlearn), ``"full"``, ``"spherical"``, ``"tied"``.
+        min_covar: added to every covariance's diagonal in the M-step.
+        startprob_prior, transmat_prior: Dirichlet concentrations (>= 1) on the chain (MAP-EM).
+        n_iter: most EM iterations; tol: relative change of the log-likelihood that stops a start.
+        n_restarts: random starts, vmapped; init_params: letters of what ``fit`` initialises
+            (``"s"`` start, ``"t"`` transitions, ``"m"`` means, ``"c"`` covariances; default all);
+            the others come from the attributes the user assigned.
+        init: emission start, as in :func:`jaxem.hmm.gaussian_hmm` (default k-means).
+        random_state, method (forward-backward ``"auto"|"scan"|"associative"``), m_step,
+            optimizer: as elsewhere in jaxem.
+
+    Fitted attributes:
+        ``startprob_ [K]``, ``transmat_ [K, K]``, ``means_ [K, D]``, ``covars_`` (read as full
+        ``[K, D, D]``, assigned in the covariance type's own shape, as in hmmlearn),
+        ``converged_``, ``n_iter_``, ``history_``, ``fit_result_``.
+    """
+
+    _emission_letters = "mc"
+    _attributes = {**_BaseHMM._attributes, "m": ("means_",), "c": ("_covars_",)}
+
+    def __init__(self, n_components: int = 1, covariance_type: str = "diag",
+                 min_covar: float = 1e-3, *, init: str = "kmeans", **kwargs):
+        super().__init__(n_components, **kwargs)
+        self.covariance_type = covariance_type
+        self.min_covar = min_covar
+        self.init = init
+
+    def _hmm(self):
+        return emissions.gaussian_hmm(self.n_components, self.covariance_type,
+                                      float(self.min_covar), self.init,
+                                      float(self.startprob_prior), float(self.transmat_prior))
+
+    @property
+    def n_features(self) -> int:
+        """Dimension ``D`` of an observation."""
+        return np.shape(self.means_)[1]
+
+    @property
+    def covars_(self) -> np.ndarray:
+        """Covariances as full matrices ``[K, D, D]`` (hmmlearn's getter)."""
+        c, K, D = self._covars_, self.n_components, self.n_features
+        ct = self.covariance_type
+        if ct == "full":
+            return c
+        if ct == "tied":
+            return np.broadcast_to(c, (K, D, D)).copy()
+        diag = np.broadcast_to(np.asarray(c).reshape(K, -1), (K, D))
+        return diag[:, :, None] * np.eye(D)[None]
+
+    @covars_.setter
+    def covars_(self, value) -> None:
+        self._covars_ = np.array(value, dtype=np.float64)
+
+    def _check_values(self, X: np.ndarray) -> None:
+        if hasattr(self, "means_") and X.shape[1] != self.n_features:
+            raise ValueError(f"X has {X.shape[1]} features, but the model's means_ have "
+                             f"{self.n_features}")
+
+    def _emission_params(self) -> dict:
+        K, D = np.shape(self.means_)
+        if K != self.n_components:
+            raise ValueError(f"means_ must have shape ({self.n_components}, D), got {(K, D)}")
+        ct = self.covariance_type
+        shape = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[ct]
+        cov = np.asarray(self._covars_, np.float64)
+        if cov.shape != shape:
+            raise ValueError(f"covars_ for covariance_type={ct!r} must be assigned with shape "
+                             f"{shape}, got {cov.shape}")
+        if ct in ("full", "tied"):
+            eig = np.linalg.eigvalsh(cov)
+            if (eig <= 0).any():
+                raise ValueError("covars_ must be symmetric positive definite")
+            prec_chol = np.linalg.inv(np.linalg.cholesky(cov))
+        else:
+            if (cov <= 0).any():
+                raise ValueError("covars_ must be positive")
+            prec_chol = 1.0 / np.sqrt(cov)
+        return {"means": np.asarray(self.means_, np.float64), "prec_chol": prec_chol}
+
+    def _set_emission(self, emission) -> None:
+        self.means_ = np.asarray(emission["means"])
+        self._covars_ = np.asarray(covariances_from_prec_chol(emission["prec_chol"],
+                                                              self.covariance_type))
+
+    def _n_emission_parameters(self) -> int:
+        K, D = self.n_components, self.n_features
+        cov = {"spherical": K, "diag": K * D, "full": K * D * (D + 1) // 2,
+               "tied": D * (D + 1) // 2}[self.covariance_type]
+        return K * D + cov
+
+
+class CategoricalHMM(_BaseHMM):
+    """HMM emitting one symbol in ``{0, ..., n_features - 1}`` per step (hmmlearn's
+    ``CategoricalHMM``); data are integer rows ``X [N, 1]``.
+
+    Args:
+        n_components: hidden states ``K``.
+        n_features: number of symbols ``M`` (default: the largest symbol in the data + 1).
+        Others as in :class:`GaussianHMM`; init_params letters ``"s"``, ``"t"``, ``"e"``.
+
+    Fitted attributes:
+        ``startprob_ [K]``, ``transmat_ [K, K]``, ``emissionprob_ [K, M]``, ``converged_``,
+        ``n_iter_``, ``history_``, ``fit_result_``.
+    """
+
+    _emission_letters = "e"
+    _attributes = {**_BaseHMM._attributes, "e": ("emissionprob_",)}
+
+    def __init__(self, n_components: int = 1, *, n_features: int | None = None, **kwargs):
+        super().__init__(n_components, **kwargs)
+        self.n_features = n_features
+
+    def _n_symbols(self) -> int:
+        if hasattr(self, "emissionprob_"):
+            return np.shape(self.emissionprob_)[1]
+        return self.n_features if self.n_features is not None else self.n_features_seen_
+
+    def _hmm(self):
+        return emissions.categorical_hmm(self.n_components, int(self._n_symbols()),
+                                         float(self.startprob_prior), float(self.transmat_prior))
+
+    def _check_values(self, X: np.ndarray) -> None:
+        if X.shape[1] != 1:
+            raise ValueError(f"CategoricalHMM expects one symbol per row, X [n_samples, 1]; got "
+                             f"shape {X.shape}")
+        bad = (X < 0) | (X != np.round(X))
+        limit = self.n_features if self.n_features is not None else (
+            np.shape(self.emissionprob_)[1] if hasattr(self, "emissionprob_") else None)
+        if limit is not None:
+            bad |= X >= limit
+        if bad.any():
+            row = int(np.argmax(bad[:, 0]))
+            allowed = "non-negative integers" + (f" below {limit}" if limit is not None else "")
+            raise ValueError(f"CategoricalHMM needs symbols that are {allowed}; got {X[row, 0]} "
+                             f"at row {row}")
+        self.n_features_seen_ = int(X.max()) + 1
+
+    def _emission_params(self) -> dict:
+        M = self._n_symbols()
+        return {"probs": _check_probabilities(self.emissionprob_, "emissionprob_",
+                                              (self.n_components, M))}
+
+    def _set_emission(self, emission) -> None:
+        self.emissionprob_ = np.asarray(emission["probs"])
+
+    def _n_emission_parameters(self) -> int:
+        return self.n_components * (self._n_symbols() - 1)
+
+    def sample(self, n_samples: int = 1, random_state=None) -> tuple[np.ndarray, np.ndarray]:
+        """Draw one sequence: ``(X [n_samples, 1] ints, states [n_samples])``."""
+        X, states = super().sample(n_samples, random_state)
+        return X.astype(np.int64), states
+
+
+class PoissonHMM(_BaseHMM):
+    """HMM emitting ``D`` independent Poisson counts per step (hmmlearn's ``PoissonHMM``).
+
+    Args:
+        n_components: hidden states ``K``. Others as in :class:`GaussianHMM`; init_params letters
+            ``"s"``, ``"t"``, ``"l"``.
+
+    Fitted attributes:
+        ``startprob_ [K]``, ``transmat_ [K, K]``, ``lambdas_ [K, D]``, ``converged_``, ``n_iter_``,
+        ``history_``, ``fit_result_``.
+    """
+
+    _emission_letters = "l"
+    _attributes = {**_BaseHMM._attributes, "l": ("lambdas_",)}
+
+    def _hmm(self):
+        return emissions.poisson_hmm(self.n_components, float(self.startprob_prior),
+                                     float(self.transmat_prior))
+
+    def _check_values(self, X: np.ndarray) -> None:
+        bad = (X < 0) | (X != np.round(X))
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"PoissonHMM needs non-negative integer counts; got {X[row, col]} at "
+                             f"row {row}, column {col}")
+        if hasattr(self, "lambdas_") and X.shape[1] != np.shape(self.lambdas_)[1]:
+            raise ValueError(f"X has {X.shape[1]} features, but lambdas_ has "
+                             f"{np.shape(self.lambdas_)[1]}")
+
+    def _emission_params(self) -> dict:
+        rates = np.asarray(self.lambdas_, np.float64)
+        if rates.ndim != 2 or rates.shape[0] != self.n_components or (rates <= 0).any():
+            raise ValueError(f"lambdas_ must be positive with shape ({self.n_components}, D), got "
+                             f"shape {rates.shape}")
+        return {"rates": rates}
+
+    def _set_emission(self, emission) -> None:
+        self.lambdas_ = np.asarray(emission["rates"])
+
+    def _n_emission_parameters(self) -> int:
+        return int(np.size(self.lambdas_))
