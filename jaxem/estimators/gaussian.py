@@ -7,7 +7,8 @@ import numpy as np
 
 from .. import em
 from ..models import gaussian as gaussian_family
-from ..validation import check_nonnegative_float, check_positive_int
+from ..models.gaussian_prior import GaussianPrior, gaussian_prior
+from ..validation import check_data, check_nonnegative_float, check_positive_int
 from ._base import MixtureEstimator
 
 
@@ -29,6 +30,18 @@ class GaussianMixture(MixtureEstimator):
         random_state: ``None``, an int seed, or a JAX key.
         m_step: ``"auto"``/``"closed_form"`` or ``"gradient"`` (optax ascent on Q).
         optimizer: optax transformation for the gradient M-step (default L-BFGS).
+        weight_concentration: ``α >= 1`` of a symmetric Dirichlet prior on the weights (MAP-EM;
+            1 is flat, larger keeps every weight away from 0).
+        mean_precision_prior, mean_prior, covariance_prior, degrees_of_freedom_prior: a
+            Normal-Wishart prior on means and covariances (Normal-inverse-gamma for diag and
+            spherical; see :class:`jaxem.models.GaussianPrior`), used when any of them is set; the
+            others then default as in :func:`jaxem.models.gaussian_prior` (``κ0 = 0.01``, the data
+            mean, the data's covariance over ``K^(2/D)``, ``ν0 = D + 2``). A MAP fit keeps every
+            covariance at least ``Ψ0 / (N_k + ν0 + D + 2)`` even with ``reg_covar=0``, and its
+            ``history_`` is the penalised log-likelihood per sample.
+
+    Missing values: NaN entries of ``X`` (not whole NaN rows) are marginalised out exactly, in
+    fitting and in inference (a slower variant of the model used only when ``X`` has NaNs).
 
     Fitted attributes:
         ``weights_ [K]``, ``means_ [K, D]``, ``covariances_``, ``precisions_``,
@@ -42,7 +55,9 @@ class GaussianMixture(MixtureEstimator):
                  tol: float = 1e-6, reg_covar: float = 1e-6, max_iter: int = 100,
                  n_restarts: int = 1, init_params: str = "kmeans", weights_init=None,
                  means_init=None, precisions_init=None, random_state=None,
-                 m_step: str = "auto", optimizer=None):
+                 m_step: str = "auto", optimizer=None, weight_concentration: float = 1.0,
+                 mean_precision_prior: float | None = None, mean_prior=None,
+                 covariance_prior=None, degrees_of_freedom_prior: float | None = None):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -56,6 +71,11 @@ class GaussianMixture(MixtureEstimator):
         self.random_state = random_state
         self.m_step = m_step
         self.optimizer = optimizer
+        self.weight_concentration = weight_concentration
+        self.mean_precision_prior = mean_precision_prior
+        self.mean_prior = mean_prior
+        self.covariance_prior = covariance_prior
+        self.degrees_of_freedom_prior = degrees_of_freedom_prior
 
     def _check_hyperparameters(self) -> None:
         super()._check_hyperparameters()
@@ -66,15 +86,51 @@ class GaussianMixture(MixtureEstimator):
         if self.init_params not in gaussian_family.INIT_METHODS:
             raise ValueError(f"init_params must be one of {gaussian_family.INIT_METHODS}, got "
                              f"{self.init_params!r}")
+        if not check_nonnegative_float(self.weight_concentration, "weight_concentration") >= 1:
+            raise ValueError(f"weight_concentration must be >= 1, got {self.weight_concentration!r}")
+
+    def _validate(self, X, fitting: bool) -> np.ndarray:
+        # NaN marks a missing entry; the shared checks run on a copy with the NaNs filled in.
+        X = check_data(X, allow_nan=True)
+        nan = np.isnan(X)
+        self._has_nan = bool(nan.any())
+        if not self._has_nan:
+            return super()._validate(X, fitting)
+        if X.ndim == 2 and nan.all(axis=1).any():
+            row = int(np.argmax(nan.all(axis=1)))
+            raise ValueError(f"X row {row} is all NaN; every row needs at least one observed "
+                             "value (drop the row)")
+        super()._validate(np.where(nan, 0.0, X), fitting)
+        return X
 
     def _model(self):
         return gaussian_family.gaussian_mixture(
-            self.n_components, self.covariance_type, float(self.reg_covar), self.init_params)
+            self.n_components, self.covariance_type, float(self.reg_covar), self.init_params,
+            prior=self._prior, missing=self._has_nan)
 
     def _prepare(self, X: np.ndarray) -> None:
         # Fitting in coordinates centred on the data mean keeps float32 products accurate for
         # data far from the origin; means_ are reported in the user's coordinates.
-        self._offset = X.mean(axis=0)
+        self._offset = np.nanmean(X, axis=0)
+        self._prior = self._make_prior(X - self._offset)
+
+    def _make_prior(self, Xc: np.ndarray) -> GaussianPrior | None:
+        """The prior in centred coordinates, or ``None`` for maximum likelihood."""
+        normal_wishart = (self.mean_precision_prior, self.mean_prior, self.covariance_prior,
+                          self.degrees_of_freedom_prior)
+        if all(v is None for v in normal_wishart):
+            if self.weight_concentration == 1:
+                return None
+            return GaussianPrior(weight_concentration=float(self.weight_concentration))
+        extra = {} if self.mean_precision_prior is None else {
+            "mean_precision": check_nonnegative_float(self.mean_precision_prior,
+                                                      "mean_precision_prior")}
+        mean = (None if self.mean_prior is None
+                else np.asarray(self.mean_prior, dtype=np.float64) - self._offset)
+        return gaussian_prior(Xc, self.n_components, self.covariance_type,
+                              weight_concentration=self.weight_concentration, mean=mean,
+                              covariance=self.covariance_prior,
+                              degrees_of_freedom=self.degrees_of_freedom_prior, **extra)
 
     def _transform(self, X: np.ndarray) -> np.ndarray:
         return X - self._offset
@@ -111,7 +167,7 @@ class GaussianMixture(MixtureEstimator):
         means = (np.broadcast_to(self._offset, (k, d)) if self.means_init is None
                  else np.asarray(self.means_init, dtype=np.float64))
         if self.precisions_init is None:
-            var = X.var(axis=0) + self.reg_covar
+            var = np.nanvar(X, axis=0) + self.reg_covar
             prec = {"full": np.broadcast_to(np.diag(1 / var), (k, d, d)), "tied": np.diag(1 / var),
                     "diag": np.broadcast_to(1 / var, (k, d)),
                     "spherical": np.full(k, 1 / var.mean())}[ct]

@@ -24,6 +24,8 @@ from .. import _passes
 from .. import constraints as C
 from .. import init as initialisers
 from ..model import Model
+from ._common import empty_components, mixing_weights
+from .gaussian_prior import GaussianPrior, check_prior, log_prior, prior_constants
 
 Array = jax.Array
 
@@ -97,32 +99,47 @@ def _precision_cholesky(cov: Array) -> Array:
     return jax.scipy.linalg.solve_triangular(L, eye, lower=True)
 
 
-def _maximize(stats, params, covariance_type: str, reg_covar: float):
+def _maximize(stats, params, covariance_type: str, reg_covar: float, prior=None):
+    """Closed-form M-step: maximum likelihood, or the posterior mode under ``prior``.
+
+    With a Normal-Wishart prior (mean ``m0``, mean precision ``κ0``, scale ``Ψ0``, degrees of
+    freedom ``ν0``) the mean is ``(N_k x̄_k + κ0 m0) / (N_k + κ0)`` and the covariance
+    ``(Ψ0 + S_k + κ0 N_k / (κ0 + N_k) (x̄_k - m0)(x̄_k - m0)^T) / (N_k + extra)`` with ``S_k`` the
+    scatter about ``x̄_k``; ``Ψ0 = κ0 = extra = 0`` is maximum likelihood.
+    """
     nk = stats["nk"]
-    eps = jnp.finfo(nk.dtype).eps
-    total = jnp.sum(nk)
-    # A component with (numerically) no data keeps its mean and covariance; its weight goes to ~0.
-    empty = nk <= 10 * eps * total
-    safe_nk = nk + 10 * eps
-    offset = stats["first"] / safe_nk[:, None]
-    means = jnp.where(empty[:, None], params["means"], params["means"] + offset)
-    d = means.shape[1]
-    if covariance_type == "full":
-        cov = stats["second"] / safe_nk[:, None, None] - offset[:, :, None] * offset[:, None, :]
+    empty, safe_nk = empty_components(nk)
+    old = params["means"]
+    k, d = old.shape
+    psi, kappa, m0, extra = prior_constants(prior, covariance_type, d, k)
+    offset = stats["first"] / safe_nk[:, None]                  # x̄_k - m_k
+    means = old + (stats["first"] + kappa * (m0 - old)) / (safe_nk + kappa)[:, None]
+    dev = old + offset - m0                                      # x̄_k - m0
+    shrink = kappa * nk / (kappa + safe_nk)
+    # Without a prior an empty component keeps its parameters (its weight goes to ~0); with one,
+    # the prior's mode is well defined and is the exact M-step.
+    keep = empty if prior is None or prior.covariance is None else jnp.zeros_like(empty)
+    if covariance_type in ("full", "tied"):
+        scatter = (stats["second"] - stats["first"][:, :, None] * offset[:, None, :]
+                   + shrink[:, None, None] * dev[:, :, None] * dev[:, None, :])
+        if covariance_type == "full":
+            cov = (psi + scatter) / (safe_nk + extra)[:, None, None]
+        else:
+            cov = (psi + jnp.sum(scatter, axis=0)) / (jnp.sum(nk) + extra)
         A = _precision_cholesky(cov + reg_covar * jnp.eye(d, dtype=cov.dtype))
-        A = jnp.where(empty[:, None, None], params["prec_chol"], A)
-    elif covariance_type == "tied":
-        scatter = stats["second"] - nk[:, None, None] * offset[:, :, None] * offset[:, None, :]
-        cov = jnp.sum(scatter, axis=0) / total
-        A = _precision_cholesky(cov + reg_covar * jnp.eye(d, dtype=cov.dtype))
+        if covariance_type == "full":
+            A = jnp.where(keep[:, None, None], params["prec_chol"], A)
     else:
-        var = stats["second"] / safe_nk[:, None] - offset * offset + reg_covar
-        if covariance_type == "spherical":
-            var = jnp.mean(var, axis=1)
-        A = jnp.where(empty if var.ndim == 1 else empty[:, None], params["prec_chol"],
+        scatter = stats["second"] - stats["first"] * offset + shrink[:, None] * dev * dev
+        if covariance_type == "diag":
+            var = (psi + scatter) / (safe_nk + extra)[:, None] + reg_covar
+        else:
+            var = (psi + jnp.sum(scatter, axis=1)) / (d * safe_nk + extra) + reg_covar
+        A = jnp.where(keep if var.ndim == 1 else keep[:, None], params["prec_chol"],
                       1.0 / jnp.sqrt(var))
-    weights = safe_nk / jnp.sum(safe_nk)
-    return {"weights": weights, "means": means, "prec_chol": A}
+    means = jnp.where(keep[:, None], old, means)
+    alpha = 1.0 if prior is None else prior.weight_concentration
+    return {"weights": mixing_weights(nk, alpha), "means": means, "prec_chol": A}
 
 
 def _broad_params(X: Array, n_components: int, covariance_type: str, means: Array):
@@ -164,6 +181,87 @@ def _init(key: Array, X: Array, n_components: int, covariance_type: str, reg_cov
     return _maximize(stats, start, covariance_type, reg_covar)
 
 
+def _impute_column_means(X: Array) -> Array:
+    """NaN entries replaced by their column's observed mean (for initialisation only)."""
+    return jnp.where(jnp.isnan(X), jnp.nanmean(X, axis=0), X)
+
+
+def _observed_terms(params, X: Array, covariance_type: str):
+    """The Gaussian marginal of every row's observed coordinates under every component.
+
+    Missing coordinates are marginalised exactly. For full and tied covariances, each (row,
+    component) pair gets ``M = Σ_oo`` padded with the identity on the missing coordinates, whose
+    Cholesky factor gives ``log|Σ_oo|`` and ``Σ_oo^-1 (x_o - μ_o)`` without gathering.
+
+    Returns:
+        ``(log_pdf [B, K], observed [B, D] bool, diff [B, K, D], chol)``: ``diff`` is ``x - μ_k``
+        on observed coordinates and 0 elsewhere; ``chol [B, K, D, D]`` is the Cholesky factor of
+        ``M`` (``None`` for diag and spherical).
+    """
+    observed = ~jnp.isnan(X)
+    obs = observed.astype(X.dtype)
+    x0 = jnp.where(observed, X, 0.0)
+    diff = obs[:, None, :] * (x0[:, None, :] - params["means"][None])
+    A = params["prec_chol"]
+    chol = None
+    if covariance_type in ("full", "tied"):
+        cov = covariances_from_prec_chol(A, covariance_type)
+        cov = jnp.broadcast_to(cov, (params["means"].shape[0],) + cov.shape[-2:])
+        eye = jnp.eye(X.shape[1], dtype=X.dtype)
+        M = (obs[:, None, :, None] * obs[:, None, None, :] * cov[None]
+             + (1.0 - obs)[:, None, :, None] * eye)
+        chol = jnp.linalg.cholesky(M)
+        z = jax.scipy.linalg.solve_triangular(chol, diff[..., None], lower=True)[..., 0]
+        log_det = 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+    else:
+        A = A if covariance_type == "diag" else A[:, None] * jnp.ones_like(params["means"])
+        z = diff * A[None]
+        log_det = -2 * obs @ jnp.log(A).T
+    log_pdf = -0.5 * (jnp.sum(z * z, axis=-1) + log_det
+                      + jnp.sum(obs, axis=1)[:, None] * math.log(2 * math.pi))
+    return log_pdf, observed, diff, chol
+
+
+def _missing_batch_log_joint(params, X: Array, covariance_type: str) -> Array:
+    return jnp.log(params["weights"]) + _observed_terms(params, X, covariance_type)[0]
+
+
+def _missing_log_joint(params, x: Array, covariance_type: str) -> Array:
+    return _missing_batch_log_joint(params, x[None], covariance_type)[0]
+
+
+def _missing_suff_stats(params, X: Array, resp: Array, covariance_type: str):
+    """Expected complete-data statistics (exact EM with missing coordinates): each missing
+    coordinate is replaced by its conditional mean given the row's observed ones, and the
+    conditional covariance is added to the second moment. Same layout as :func:`_suff_stats`."""
+    _, observed, diff, chol = _observed_terms(params, X, covariance_type)
+    A = params["prec_chol"]
+    missing = (~observed).astype(X.dtype)
+    if covariance_type in ("full", "tied"):
+        k, d = params["means"].shape
+        cov = jnp.broadcast_to(covariances_from_prec_chol(A, covariance_type), (k, d, d))
+        # M^-1 on the observed block is Σ_oo^-1, zero across, the identity on the missing block.
+        solve = functools.partial(jax.scipy.linalg.cho_solve, (chol, True))
+        centred = jnp.where(observed[:, None, :], diff,
+                            jnp.einsum("kde,bke->bkd", cov, solve(diff[..., None])[..., 0]))
+        # Σ_n r_nk C_nk = R_k Σ_k - Σ_k (Σ_n r_nk P_nk) Σ_k with P the zero-padded Σ_oo^-1;
+        # complete rows (C = 0 exactly) are left out so they add no round-off.
+        r_miss = resp * (jnp.sum(missing, axis=1) > 0)[:, None].astype(X.dtype)
+        eye = jnp.eye(d, dtype=X.dtype)
+        padded_inv = solve(jnp.broadcast_to(eye, chol.shape)) - missing[:, None, :, None] * eye
+        G = jnp.einsum("bk,bkde->kde", r_miss, padded_inv)
+        cond_cov = jnp.sum(r_miss, axis=0)[:, None, None] * cov - cov @ G @ cov
+        second = jnp.einsum("bk,bkd,bke->kde", resp, centred, centred)
+        second = second + cond_cov
+    else:
+        var = 1.0 / (A * A)
+        var = var if covariance_type == "diag" else var[:, None] * jnp.ones_like(params["means"])
+        centred = diff
+        second = jnp.einsum("bk,bkd->kd", resp, diff * diff) + (resp.T @ missing) * var
+    first = jnp.einsum("bk,bkd->kd", resp, centred)
+    return {"nk": jnp.sum(resp, axis=0), "first": first, "second": second}
+
+
 def constraints_for(covariance_type: str):
     """The constraint pytree of Gaussian-mixture parameters (for the gradient M-step)."""
     chol = C.cholesky if covariance_type in ("full", "tied") else C.positive
@@ -172,7 +270,8 @@ def constraints_for(covariance_type: str):
 
 @functools.cache
 def gaussian_mixture(n_components: int, covariance_type: str = "full", reg_covar: float = 1e-6,
-                     init: str = "kmeans") -> Model:
+                     init: str = "kmeans", prior: GaussianPrior | None = None,
+                     missing: bool = False) -> Model:
     """A Gaussian mixture as a :class:`jaxem.Model` with a closed-form M-step.
 
     Args:
@@ -184,6 +283,11 @@ def gaussian_mixture(n_components: int, covariance_type: str = "full", reg_covar
             assignment), ``"k-means++"`` (the seeding only), ``"random"`` (random responsibilities)
             or ``"random_from_data"`` (random rows as means, the data's variance for every
             component).
+        prior: a :class:`GaussianPrior` for MAP-EM (see :func:`gaussian_prior`); the model then
+            carries its ``log_prior`` and the fit's history is the penalised log-likelihood.
+        missing: accept NaN entries, marginalised out exactly (E-step on each row's observed
+            coordinates, conditional moments in the M-step). Slower: a ``[D, D]`` Cholesky per
+            row and component for full/tied covariances.
 
     Returns:
         A memoised :class:`jaxem.Model` for data ``[N, D]``; equal arguments give the same object,
@@ -195,17 +299,36 @@ def gaussian_mixture(n_components: int, covariance_type: str = "full", reg_covar
     if init not in INIT_METHODS:
         raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r}")
     ct = covariance_type
+    if prior is not None:
+        check_prior(prior, ct)
+    init_fn = functools.partial(_init, n_components=n_components, covariance_type=ct,
+                                reg_covar=reg_covar, method=init)
+    if missing:
+        init_fn = _with_imputation(init_fn)
+    batch = _missing_batch_log_joint if missing else _batch_log_joint
     return Model(
-        init=functools.partial(_init, n_components=n_components, covariance_type=ct,
-                               reg_covar=reg_covar, method=init),
-        log_joint=functools.partial(_log_joint, covariance_type=ct),
-        batch_log_joint=functools.partial(_batch_log_joint, covariance_type=ct),
-        suff_stats=functools.partial(_suff_stats, covariance_type=ct),
-        maximize=functools.partial(_maximize, covariance_type=ct, reg_covar=reg_covar),
+        init=init_fn,
+        log_joint=functools.partial(_missing_log_joint if missing else _log_joint,
+                                    covariance_type=ct),
+        batch_log_joint=functools.partial(batch, covariance_type=ct),
+        suff_stats=functools.partial(_missing_suff_stats if missing else _suff_stats,
+                                     covariance_type=ct),
+        maximize=functools.partial(_maximize, covariance_type=ct, reg_covar=reg_covar,
+                                   prior=prior),
         constraints=constraints_for(ct),
         n_components=n_components,
-        name=f"gaussian_mixture({n_components}, {ct!r})",
+        name=(f"gaussian_mixture({n_components}, {ct!r}" + (", MAP" if prior else "")
+              + (", missing" if missing else "") + ")"),
+        log_prior=(None if prior is None
+                   else functools.partial(log_prior, covariance_type=ct, prior=prior)),
+        handles_missing=missing,
     )
+
+
+def _with_imputation(init_fn):
+    def init(key, X):
+        return init_fn(key, _impute_column_means(X))
+    return init
 
 
 def covariances_from_prec_chol(prec_chol: Array, covariance_type: str) -> Array:
