@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import em
+from ..progress import progress_bar
 from ..validation import (
     NotFittedError,
     check_data,
@@ -135,7 +136,8 @@ class MixtureEstimator:
 
         Args:
             X: ``[N, D]`` data.
-            y: ignored (scikit-learn convention).
+            y: optional ``[N]`` partial labels for semi-supervised EM: a row's component when it is
+                known, ``-1`` when it is not (``None``: every component unknown).
             sample_weight: optional ``[N]`` non-negative frequency weights.
 
         Returns:
@@ -151,11 +153,14 @@ class MixtureEstimator:
         self.n_features_in_ = X.shape[1]
         self._prepare(X)
         init_params = self._initial_params(X)
-        result = em.fit(
-            self._model(), self._transform(X), key=_as_key(self.random_state),
-            n_restarts=1 if init_params is not None else self.n_restarts,
-            max_iter=self.max_iter, tol=self.tol, sample_weight=weights,
-            init_params=init_params, m_step=self.m_step, optimizer=self.optimizer)
+        with progress_bar(getattr(self, "verbose", 0), self.max_iter,
+                          desc=type(self).__name__) as bar:
+            result = em.fit(
+                self._model(), self._transform(X), key=_as_key(self.random_state),
+                n_restarts=1 if init_params is not None else self.n_restarts,
+                max_iter=self.max_iter, tol=self.tol, sample_weight=weights, labels=y,
+                init_params=init_params, e_step=getattr(self, "e_step", "soft"),
+                m_step=self.m_step, optimizer=self.optimizer, progress=bar)
         total_weight = X.shape[0] if weights is None else float(np.sum(weights))
         best = result.best_restart
         self._set_params_from(result.params)
@@ -171,7 +176,7 @@ class MixtureEstimator:
 
     def fit_predict(self, X, y=None, sample_weight=None) -> np.ndarray:
         """Fit, then return the most probable component of each row ``[N]``."""
-        return self.fit(X, sample_weight=sample_weight).predict(X)
+        return self.fit(X, y, sample_weight=sample_weight).predict(X)
 
     # -- inference -------------------------------------------------------------------------------
     def _posterior(self, X):
