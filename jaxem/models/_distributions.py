@@ -116,8 +116,11 @@ def log_minus_digamma(a: Array) -> tuple[Array, Array]:
     a_small = jnp.where(large, 1.0, a)
     inv = 1.0 / jnp.where(large, a, 8.0)
     inv2 = inv * inv
-    series = inv / 2 + inv2 / 12 - inv2 * inv2 / 120 + inv2 ** 3 / 252
-    d_series = -(inv2 / 2 + inv2 * inv / 6 - inv2 * inv2 * inv / 30 + inv2 ** 3 * inv / 42)
+    inv4 = inv2 * inv2
+    series = (inv / 2 + inv2 / 12 - inv4 / 120 + inv4 * inv2 / 252 - inv4 * inv4 / 240
+              + inv4 * inv4 * inv2 / 132)
+    d_series = -(inv2 / 2 + inv2 * inv / 6 - inv4 * inv / 30 + inv4 * inv2 * inv / 42
+                 - inv4 * inv4 * inv / 30 + 5 * inv4 * inv4 * inv2 * inv / 66)
     direct = jnp.log(a_small) - digamma(a_small)
     d_direct = 1.0 / a_small - polygamma(1, a_small)
     return jnp.where(large, series, direct), jnp.where(large, d_series, d_direct)
