@@ -15,6 +15,7 @@ from .estimators import (
     GammaMixture,
     GaussianMixture,
     IndependentMixture,
+    KMeans,
     PoissonMixture,
     StudentTMixture,
 )
@@ -27,6 +28,7 @@ from .models import (
     gamma_mixture,
     gaussian_mixture,
     independent_mixture,
+    isotropic_mixture,
     poisson_mixture,
     student_t_mixture,
 )
@@ -40,6 +42,8 @@ __all__ = [
     "ExponentialMixture",
     "GammaMixture",
     "IndependentMixture",
+    "KMeans",
+    "isotropic_mixture",
     "PoissonMixture",
     "StudentTMixture",
     "categorical_mixture",

@@ -56,48 +56,14 @@ def kmeans_plusplus(key: Array, X: Array, n_clusters: int) -> Array:
     return centers
 
 
-def lloyd(X: Array, centers: Array, max_iter: int = 20) -> tuple[Array, Array]:
-    """Lloyd's k-means iterations from ``centers`` until assignments stop changing.
-
-    A cluster that loses all its rows keeps its previous center.
-
-    Args:
-        X: data ``[N, D]``.
-        centers: ``[K, D]`` starting centers.
-        max_iter: the most iterations.
-
-    Returns:
-        ``(centers [K, D], labels [N])``.
-    """
-    n_clusters = centers.shape[0]
-
-    def assign(c):
-        return jnp.argmin(squared_distances(X, c), axis=1)
-
-    def update(labels, old):
-        onehot = jax.nn.one_hot(labels, n_clusters, dtype=X.dtype)
-        counts = onehot.sum(axis=0)
-        sums = onehot.T @ X
-        return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], old)
-
-    def keep_going(state):
-        _, _, changed, it = state
-        return changed & (it < max_iter)
-
-    def body(state):
-        c, labels, _, it = state
-        c = update(labels, c)
-        new_labels = assign(c)
-        return c, new_labels, jnp.any(new_labels != labels), it + 1
-
-    labels = assign(centers)
-    centers, labels, _, _ = jax.lax.while_loop(
-        keep_going, body, (centers, labels, jnp.array(True), jnp.array(0)))
-    return centers, labels
-
-
 def kmeans(key: Array, X: Array, n_clusters: int, max_iter: int = 20) -> tuple[Array, Array]:
-    """k-means++ seeding followed by Lloyd's iterations; returns ``(centers [K, D], labels [N])``."""
+    """k-means++ seeding followed by Lloyd's iterations; returns ``(centers [K, D], labels [N])``.
+
+    Lloyd's iterations are hard EM on :func:`jaxem.models.kmeans.isotropic_mixture`, the library's
+    one k-means (imported here, not at the top, because that model uses this module's seeding).
+    """
+    from .models.kmeans import lloyd
+
     return lloyd(X, kmeans_plusplus(key, X, n_clusters), max_iter)
 
 

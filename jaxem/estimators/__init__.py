@@ -11,9 +11,10 @@ from .exponential import ExponentialMixture
 from .gamma import GammaMixture
 from .gaussian import GaussianMixture
 from .independent import IndependentMixture
+from .kmeans import KMeans
 from .poisson import PoissonMixture
 from .student_t import StudentTMixture
 
 __all__ = ["BernoulliMixture", "CategoricalMixture", "ExponentialMixture", "GammaMixture",
-           "GaussianMixture", "IndependentMixture", "MixtureEstimator", "PoissonMixture",
+           "GaussianMixture", "IndependentMixture", "KMeans", "MixtureEstimator", "PoissonMixture",
            "StudentTMixture"]

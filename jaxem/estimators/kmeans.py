@@ -1,0 +1,126 @@
+"""scikit-learn-style k-means: hard EM on the isotropic, equal-weight, shared-variance mixture."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from .. import em
+from ..models import kmeans as kmeans_family
+from ..validation import check_data, check_positive_int
+from ._base import MixtureEstimator
+
+
+class KMeans(MixtureEstimator):
+    """k-means clustering as hard (classification) EM, restarts vmapped into one program.
+
+    Each iteration assigns every row to its nearest centre and moves each centre to the mean of its
+    rows: hard EM on :func:`jaxem.models.kmeans.isotropic_mixture`. The fit stops when the
+    classification log-likelihood changes by at most ``tol`` relative (``tol=0``: when the
+    assignments stop changing). A cluster that loses all its rows keeps its centre.
+
+    Args:
+        n_clusters: number of clusters ``K``.
+        n_restarts: random starts (k-means++ seedings), run together; the lowest inertia wins.
+        max_iter: maximum iterations per start.
+        tol: relative tolerance on the classification log-likelihood.
+        init: ``"k-means++"``, ``"random_from_data"``, or an array ``[K, D]`` of initial centres.
+        random_state: ``None``, an int or a JAX key.
+        verbose: ``0`` no progress bar, ``1`` a bar on a terminal, ``2`` always.
+
+    Fitted attributes:
+        ``cluster_centers_ [K, D]``, ``labels_ [N]``, ``inertia_`` (sum of squared distances of
+        the rows to their centres), ``n_iter_``, ``converged_``, ``fit_result_``.
+    """
+
+    _fitted_attribute = "cluster_centers_"
+
+    def __init__(self, n_clusters: int = 8, *, n_restarts: int = 1, max_iter: int = 300,
+                 tol: float = 1e-6, init="k-means++", random_state=None, verbose: int = 0):
+        self.n_clusters = n_clusters
+        self.n_restarts = n_restarts
+        self.max_iter = max_iter
+        self.tol = tol
+        self.init = init
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # The base class speaks of components, and fits with these fixed engine options.
+    n_components = property(lambda self: self.n_clusters)
+    e_step = "hard"
+    m_step = "closed_form"
+    optimizer = None
+
+    def _check_hyperparameters(self) -> None:
+        check_positive_int(self.n_clusters, "n_clusters")
+        super()._check_hyperparameters()
+        if isinstance(self.init, str) and self.init not in kmeans_family.INIT_METHODS:
+            raise ValueError(f"init must be one of {kmeans_family.INIT_METHODS} or an array of "
+                             f"centres, got {self.init!r}")
+
+    def _model(self):
+        method = self.init if isinstance(self.init, str) else "k-means++"
+        return kmeans_family.isotropic_mixture(int(self.n_clusters), method)
+
+    def _initial_params(self, X: np.ndarray):
+        if isinstance(self.init, str):
+            return None
+        centers = check_data(self.init, name="init", ndim=2)
+        if centers.shape != (self.n_clusters, X.shape[1]):
+            raise ValueError(f"init centres must have shape ({self.n_clusters}, {X.shape[1]}), got "
+                             f"{centers.shape}")
+        dtype = em.default_float_dtype()
+        return kmeans_family.params_from_centers(jnp.asarray(X, dtype), jnp.asarray(centers, dtype))
+
+    def _params(self):
+        dtype = em.default_float_dtype()
+        return {"means": jnp.asarray(self.cluster_centers_, dtype),
+                "variance": jnp.asarray(self.variance_, dtype)}
+
+    def _set_params_from(self, params) -> None:
+        self.cluster_centers_ = np.asarray(params["means"])
+        self.variance_ = float(params["variance"])
+
+    def _n_parameters(self) -> int:
+        return self.n_clusters * self.n_features_in_ + 1
+
+    def fit(self, X, y=None, sample_weight=None):
+        """Cluster ``X [N, D]``; ``y`` (optional ``[N]``, ``-1`` unknown) pins rows to clusters.
+
+        Returns:
+            ``self``, with ``cluster_centers_``, ``labels_``, ``inertia_`` and the rest set.
+        """
+        super().fit(X, y, sample_weight)
+        distances = self._squared_distances(X)
+        self.labels_ = np.argmin(distances, axis=1)
+        weights = 1.0 if sample_weight is None else np.asarray(sample_weight, np.float64)
+        self.inertia_ = float(np.sum(weights * distances[np.arange(len(distances)), self.labels_]))
+        return self
+
+    def _squared_distances(self, X) -> np.ndarray:
+        self._check_fitted()
+        X = self._validate(X, fitting=False)
+        dtype = em.default_float_dtype()
+        return np.asarray(kmeans_family.squared_distances(self._params(), jnp.asarray(X, dtype)))
+
+    def transform(self, X) -> np.ndarray:
+        """Euclidean distance of each row to each centre, ``[N, K]``."""
+        return np.sqrt(self._squared_distances(X))
+
+    def predict(self, X) -> np.ndarray:
+        """Index of the nearest centre for each row, ``[N]``."""
+        return np.argmin(self._squared_distances(X), axis=1)
+
+    def score(self, X, y=None) -> float:
+        """Negative inertia of ``X`` (scikit-learn's convention: higher is better)."""
+        distances = self._squared_distances(X)
+        return -float(np.sum(np.min(distances, axis=1)))
+
+    def sample(self, n_samples: int = 1, random_state=None) -> tuple[np.ndarray, np.ndarray]:
+        """Draw rows from the fitted isotropic mixture; returns ``(X [n, D], labels [n])``."""
+        self._check_fitted()
+        n_samples = check_positive_int(n_samples, "n_samples")
+        rng = np.random.default_rng(random_state)
+        labels = rng.integers(0, self.n_clusters, size=n_samples)
+        noise = rng.normal(scale=np.sqrt(self.variance_), size=(n_samples, self.n_features_in_))
+        return np.asarray(self.cluster_centers_, np.float64)[labels] + noise, labels

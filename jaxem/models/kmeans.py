@@ -1,0 +1,130 @@
+"""k-means as a latent-variable model: the isotropic, equal-weight Gaussian mixture with one shared
+variance, fitted by hard EM.
+
+Parameters (a dict):
+    ``means``     ``[K, D]`` cluster centres.
+    ``variance``  scalar shared variance ``σ²``.
+
+The log-joint is ``log p(x, z=k) = -log K - D/2 log(2πσ²) - |x - μ_k|² / (2σ²)``. Its most probable
+component is the nearest centre whatever ``σ²`` is, so hard EM on this model (``e_step="hard"``)
+*is* Lloyd's k-means: assign each row to its nearest centre, move each centre to its rows' mean.
+The classification log-likelihood it climbs is ``-inertia / (2σ²) - N D/2 log(2πσ²) - N log K``,
+with ``σ² = inertia / (N D)`` at each M-step. Soft EM on the same model is "soft k-means".
+
+This is the one k-means of the library: :func:`jaxem.init.kmeans` (the initialiser every mixture
+family offers) and :class:`jaxem.KMeans` both run it through the engine's compiled loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from .. import _loop, _passes
+from .. import init as initialisers
+from ..estep import EStepRule
+from ..model import Model
+from ._common import empty_components
+
+Array = jax.Array
+
+
+def _centre(params) -> Array:
+    # Distances are expanded as |x|² - 2 x·μ + |μ|² (one matrix product); taking them about the
+    # centres' mean keeps float32 from cancelling away the spread of data far from the origin.
+    return jnp.mean(params["means"], axis=0)
+
+
+def squared_distances(params, X: Array) -> Array:
+    """``[N, K]`` squared distances between rows of ``X [N, D]`` and the centres."""
+    c = _centre(params)
+    return initialisers.squared_distances(X - c, params["means"] - c)
+
+
+def _batch_log_joint(params, X: Array) -> Array:
+    n_clusters, d = params["means"].shape
+    variance = params["variance"]
+    norm = -math.log(n_clusters) - 0.5 * d * jnp.log(2 * jnp.pi * variance)
+    return norm - 0.5 * squared_distances(params, X) / variance
+
+
+def _log_joint(params, x: Array) -> Array:
+    return _batch_log_joint(params, x[None])[0]
+
+
+def _suff_stats(params, X: Array, resp: Array):
+    shifted = X - _centre(params)
+    return {"nk": jnp.sum(resp, axis=0), "sum_x": resp.T @ shifted,
+            "sum_sq": resp.T @ jnp.sum(shifted * shifted, axis=1), "n": jnp.sum(resp)}
+
+
+def _maximize(stats, params):
+    empty, safe_nk = empty_components(stats["nk"])
+    c = _centre(params)
+    local_means = stats["sum_x"] / safe_nk[:, None]
+    means = jnp.where(empty[:, None], params["means"], c + local_means)
+    within = stats["sum_sq"] - safe_nk * jnp.sum(local_means * local_means, axis=1)
+    d = means.shape[1]
+    # A positive floor: all rows on their centres (inertia 0) must not give σ² = 0 and -inf.
+    floor = jnp.finfo(means.dtype).tiny ** 0.5
+    variance = jnp.maximum(jnp.sum(jnp.maximum(within, 0.0)) / (stats["n"] * d), floor)
+    return {"means": means, "variance": variance}
+
+
+def params_from_centers(X: Array, centers: Array) -> dict:
+    """Parameters with the given centres ``[K, D]`` and the variance of ``X`` about its mean."""
+    var = jnp.mean(jnp.var(X, axis=0))
+    floor = jnp.finfo(X.dtype).tiny ** 0.5
+    return {"means": centers.astype(X.dtype), "variance": jnp.maximum(var, floor).astype(X.dtype)}
+
+
+INIT_METHODS = ("k-means++", "random_from_data")
+
+
+def _init(key: Array, X: Array, n_clusters: int, method: str):
+    if method == "k-means++":
+        centers = initialisers.kmeans_plusplus(key, X, n_clusters)
+    else:
+        centers = initialisers.random_rows(key, X, n_clusters)
+    return params_from_centers(X, centers)
+
+
+@functools.lru_cache(maxsize=64)
+def isotropic_mixture(n_clusters: int, init: str = "k-means++") -> Model:
+    """The isotropic, equal-weight, shared-variance Gaussian mixture (k-means under hard EM).
+
+    Args:
+        n_clusters: number of clusters ``K``.
+        init: ``"k-means++"`` seeding or ``"random_from_data"`` (``K`` distinct random rows).
+
+    Returns:
+        A :class:`jaxem.Model` with a closed-form M-step; fit it with ``e_step="hard"`` for k-means.
+    """
+    if init not in INIT_METHODS:
+        raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r}")
+    return Model(
+        init=functools.partial(_init, n_clusters=n_clusters, method=init),
+        log_joint=_log_joint, batch_log_joint=_batch_log_joint,
+        suff_stats=_suff_stats, maximize=_maximize,
+        n_components=n_clusters, name=f"isotropic_mixture(K={n_clusters})")
+
+
+def lloyd(X: Array, centers: Array, max_iter: int = 20) -> tuple[Array, Array]:
+    """k-means from ``centers [K, D]``: hard EM on :func:`isotropic_mixture` until the assignments
+    stop changing or ``max_iter`` iterations. Traceable (runs inside other compiled programs).
+
+    Returns:
+        ``(centers [K, D], labels [N])``.
+    """
+    model = isotropic_mixture(centers.shape[0])
+    n_blocks, rows = _passes.plan_blocks(X.shape[0], None)
+    blocked = _passes.block_rows(X, jnp.ones(X.shape[:1], X.dtype), None, n_blocks, rows)
+    start = jax.tree.map(lambda p: p[None], params_from_centers(X, centers))
+    out = _loop.run_restarts(model, start, blocked, jnp.zeros((), X.dtype), max_iter=max_iter,
+                             use_gradient=False, optimizer=None, m_step_iters=1,
+                             rule=EStepRule(hard=True), report=False)
+    params = jax.tree.map(lambda p: p[0], out.params)
+    return params["means"], jnp.argmin(squared_distances(params, X), axis=1)
