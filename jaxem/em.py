@@ -189,7 +189,8 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         X: data ``[N, ...]`` (rows are observations). NaN entries (missing values) are accepted
             only when the model declares ``handles_missing``.
         key: a PRNG key (split into one key per restart), or ``[R]`` keys used as given (restart
-            ``r`` then uses ``key[r]``, so ``key=keys[r:r+1]`` reproduces one restart).
+            ``r`` then uses ``key[r]``, so ``key=keys[r:r+1]`` reproduces one restart). Optional
+            when ``init_params`` is given.
         n_restarts: number of random starts, all run as one vmapped program (default 1, or the
             number of keys given).
         max_iter: maximum EM iterations per restart.
@@ -241,6 +242,8 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
     weights = _as_weights(sample_weight, X.shape[0], X.dtype)
     if model.n_components is not None:
         check_enough_rows(int(jnp.sum(weights > 0)), model.n_components)
+    if key is None and init_params is not None:
+        key = jax.random.key(0)  # the model's initialiser is not called; any key will do
     keys = _restart_keys(key, n_restarts)
     if labels is not None:
         labels = jnp.asarray(check_labels(labels, X.shape[0], _n_components(model, keys[0], X)))

@@ -1,0 +1,156 @@
+"""Hard (classification) EM, k-means as its limit, deterministic annealing, the bound picture."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import assert_non_decreasing, three_blobs
+from sklearn.cluster import KMeans as SklearnKMeans
+
+import jaxem as jem
+from jaxem import teaching
+
+
+def _blobs4(seed=0):
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0, 0, 0], [3, 3, 0], [0, 4, 4], [5, 0, 2]], float)
+    return np.vstack([rng.normal(c, 1.0, size=(300, 3)) for c in centres])
+
+
+def test_kmeans_matches_sklearn_from_the_same_centres(x64):
+    X = _blobs4()
+    init = X[np.random.default_rng(1).choice(len(X), 4, replace=False)]
+    ours = jem.KMeans(4, init=init, tol=0.0).fit(X)
+    ref = SklearnKMeans(4, init=init, n_init=1, tol=0.0, algorithm="lloyd").fit(X)
+    np.testing.assert_allclose(ours.inertia_, ref.inertia_, rtol=1e-6)
+    np.testing.assert_array_equal(ours.labels_, ref.labels_)
+    np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=1e-9, atol=1e-9)
+    assert ours.n_iter_ == ref.n_iter_
+    np.testing.assert_allclose(ours.transform(X[:5]), ref.transform(X[:5]), rtol=1e-9)
+    np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
+    np.testing.assert_allclose(-ours.score(X), ref.inertia_, rtol=1e-6)
+
+
+def test_kmeans_restarts_do_at_least_as_well_as_sklearn(x64):
+    X = _blobs4(seed=2)
+    ours = jem.KMeans(4, n_restarts=10, random_state=0).fit(X)
+    ref = SklearnKMeans(4, n_init=10, random_state=0).fit(X)
+    assert ours.inertia_ <= ref.inertia_ * (1 + 1e-6)
+    # The restarts ran as one batch: one inertia per restart, the best one kept.
+    assert ours.fit_result_.all_log_likelihoods.shape == (10,)
+
+
+def test_hard_em_on_isotropic_model_is_kmeans(x64):
+    """Functional API: hard EM on the equal-weight shared-variance mixture gives k-means' labels."""
+    X = three_blobs(dtype=np.float64)
+    centres = X[[0, 350, 550]]
+    model = jem.isotropic_mixture(3)
+    start = jem.models.kmeans.params_from_centers(jnp.asarray(X), jnp.asarray(centres))
+    result = jem.fit(model, X, init_params=start, e_step="hard", tol=0.0, max_iter=100)
+    ref = SklearnKMeans(3, init=centres, n_init=1, tol=0.0, algorithm="lloyd").fit(X)
+    resp, _ = jem.e_step(model, result.params, X)
+    np.testing.assert_array_equal(np.argmax(resp, axis=1), ref.labels_)
+    # The objective it climbed is the classification log-likelihood at the fitted variance.
+    n, d = X.shape
+    var = ref.inertia_ / (n * d)
+    expected = -ref.inertia_ / (2 * var) - 0.5 * n * d * np.log(2 * np.pi * var) - n * np.log(3)
+    np.testing.assert_allclose(result.log_likelihood, expected, rtol=1e-9)
+    assert_non_decreasing(result)
+
+
+def test_hard_em_never_decreases_the_classification_likelihood():
+    X = three_blobs()
+    model = jem.gaussian_mixture(3, "full", init="k-means++")
+    result = jem.fit(model, X, key=jax.random.key(0), n_restarts=4, e_step="hard", max_iter=50)
+    assert_non_decreasing(result)
+    # The reported objective is Σ_n max_k log p(x_n, z=k) at the final parameters.
+    lj = model.log_joint_matrix(result.params, jnp.asarray(X))
+    np.testing.assert_allclose(result.log_likelihood, float(jnp.sum(jnp.max(lj, axis=1))),
+                               rtol=1e-5)
+    # Classification EM's objective is below the log-likelihood at the same parameters.
+    assert result.log_likelihood <= float(jem.log_likelihood(model, result.params, X))
+
+
+def _unbalanced_pair():
+    """A broad cluster of 950 rows and a tight one of 50 inside its shoulder: from k-means++
+    starts, plain EM often splits the broad cluster in two and misses the tight one."""
+    rng = np.random.default_rng(0)
+    return np.vstack([rng.normal(0.0, 1.0, size=(950, 2)),
+                      rng.normal([1.5, 0.0], 0.2, size=(50, 2))]).astype(np.float32)
+
+
+def test_annealing_reaches_the_better_optimum_more_often():
+    X = _unbalanced_pair()
+    model = jem.gaussian_mixture(2, "full", init="k-means++")
+    keys = jax.random.split(jax.random.key(3), 20)
+    soft = jem.fit(model, X, key=keys, e_step="soft", max_iter=300).all_log_likelihoods
+    annealed = jem.fit(model, X, key=keys, e_step="anneal", max_iter=300).all_log_likelihoods
+    best = max(soft.max(), annealed.max())
+    n_soft = int(np.sum(soft > best - 0.1))
+    n_annealed = int(np.sum(annealed > best - 0.1))
+    # Measured: soft EM 10 of 20 restarts, annealed EM 19 of 20 (same keys).
+    assert n_annealed > n_soft
+    assert n_annealed >= 17 and n_soft <= 12
+
+
+def test_annealing_tests_convergence_only_after_cooling():
+    X = three_blobs()
+    schedule = jem.Annealing(start=1.5, n_iters=12)
+    result = jem.fit(jem.gaussian_mixture(3, "full"), X, key=jax.random.key(0), e_step=schedule,
+                     max_iter=200)
+    assert result.n_iter[0] >= 12 and result.converged[0]
+
+
+@pytest.mark.parametrize("bad", ["annealed", 3, None])
+def test_unknown_e_step_is_refused(bad):
+    with pytest.raises(ValueError, match="e_step must be one of"):
+        jem.fit(jem.gaussian_mixture(2, "diag"), three_blobs(), key=jax.random.key(0), e_step=bad)
+
+
+@pytest.mark.parametrize("start, n_iters", [(0.5, 10), (2.0, 0)])
+def test_bad_annealing_schedule_is_refused(start, n_iters):
+    with pytest.raises(ValueError, match="Annealing"):
+        jem.Annealing(start=start, n_iters=n_iters)
+
+
+def test_bound_touches_the_likelihood_at_each_iterate(x64):
+    """The seed's two coins: the bound of each E-step equals log p(X|θ) at its iterate, lies below
+    it everywhere else, and its maximiser is the next iterate, which does not lower the
+    likelihood."""
+    X = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], float)[:, None]
+
+    def params_of(p_a):
+        return {"weights": jnp.array([0.3, 0.7]),
+                "probs": jnp.stack([jnp.atleast_1d(p_a), jnp.array([0.8])])}
+
+    trace = teaching.bound_trace(jem.bernoulli_mixture(2), X, params_of, start=0.6,
+                                 interval=(0.01, 0.99), n_steps=4)
+    np.testing.assert_allclose(trace.iterate_log_likelihood[0], -9.28686, atol=5e-6)
+    np.testing.assert_allclose(trace.bound_at_iterate, trace.iterate_log_likelihood[:-1],
+                               rtol=1e-10)
+    assert np.all(trace.bounds <= trace.log_likelihood[None] + 1e-10)
+    assert np.all(np.diff(trace.iterate_log_likelihood) > 0)
+    for t in range(4):  # the next iterate maximises this bound (up to the grid's spacing)
+        on_grid = trace.grid[np.argmax(trace.bounds[t])]
+        assert abs(on_grid - trace.iterates[t + 1]) <= trace.grid[1] - trace.grid[0]
+
+
+def test_bound_plot_renders_a_png(tmp_path, x64):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image
+
+    X = three_blobs(dtype=np.float64)
+    fitted = jem.fit(jem.gaussian_mixture(3, "full"), X, key=jax.random.key(0)).params
+
+    def params_of(shift):
+        return {**fitted, "means": fitted["means"].at[0, 0].add(shift)}
+
+    trace = teaching.bound_trace(jem.gaussian_mixture(3, "full"), X, params_of, start=1.5,
+                                 interval=(-3.0, 3.0), n_steps=3, n_grid=80)
+    path = tmp_path / "bound.png"
+    teaching.plot_bound(trace, parameter_name="shift of mean 0").savefig(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert matplotlib.image.imread(path).shape[0] > 100
