@@ -125,8 +125,13 @@ class GaussianMixture(MixtureEstimator):
         extra = {} if self.mean_precision_prior is None else {
             "mean_precision": check_nonnegative_float(self.mean_precision_prior,
                                                       "mean_precision_prior")}
-        mean = (None if self.mean_prior is None
-                else np.asarray(self.mean_prior, dtype=np.float64) - self._offset)
+        mean = None
+        if self.mean_prior is not None:
+            mean = np.asarray(self.mean_prior, dtype=np.float64)
+            if mean.shape != self._offset.shape:
+                raise ValueError(f"mean_prior must have shape {self._offset.shape} to match X, "
+                                 f"got {mean.shape}")
+            mean = mean - self._offset
         return gaussian_prior(Xc, self.n_components, self.covariance_type,
                               weight_concentration=self.weight_concentration, mean=mean,
                               covariance=self.covariance_prior,
