@@ -34,7 +34,7 @@ def count_free_parameters(model: Model, params: Any) -> int:
                          "parameters is unknown; pass n_parameters=callable(params) -> int")
 
     def count(constraint, leaf):
-        shape = np.shape(leaf)
+        shape = tuple(leaf.shape) if hasattr(leaf, "shape") else np.shape(leaf)
         if constraint is C.simplex:
             return math.prod(shape[:-1]) * (shape[-1] - 1)
         if constraint is C.cholesky:

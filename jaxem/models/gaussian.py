@@ -268,7 +268,6 @@ def constraints_for(covariance_type: str):
     return {"weights": C.simplex, "means": C.real, "prec_chol": chol}
 
 
-@functools.cache
 def gaussian_mixture(n_components: int, covariance_type: str = "full", reg_covar: float = 1e-6,
                      init: str = "kmeans", prior: GaussianPrior | None = None,
                      missing: bool = False) -> Model:
@@ -298,9 +297,15 @@ def gaussian_mixture(n_components: int, covariance_type: str = "full", reg_covar
                          f"{covariance_type!r}")
     if init not in INIT_METHODS:
         raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r}")
-    ct = covariance_type
     if prior is not None:
-        check_prior(prior, ct)
+        check_prior(prior, covariance_type)
+    # One cache key however the arguments were spelt (positional, keyword or default).
+    return _gaussian_mixture(int(n_components), covariance_type, float(reg_covar), init, prior,
+                             bool(missing))
+
+
+@functools.cache
+def _gaussian_mixture(n_components, ct, reg_covar, init, prior, missing) -> Model:
     init_fn = functools.partial(_init, n_components=n_components, covariance_type=ct,
                                 reg_covar=reg_covar, method=init)
     if missing:

@@ -127,7 +127,6 @@ def _init(key: Array, X: Array, n_components: int, fit_intercept: bool, reg_var:
     return _maximize(_suff_stats(start, X, resp, fit_intercept), start, reg_var)
 
 
-@functools.cache
 def mixture_of_linear_regressions(n_components: int, fit_intercept: bool = True,
                                   reg_var: float = 1e-6, init: str = "kmeans") -> Model:
     """A mixture of linear regressions as a :class:`jaxem.Model` (closed-form M-step).
@@ -146,6 +145,12 @@ def mixture_of_linear_regressions(n_components: int, fit_intercept: bool = True,
     """
     if init not in INIT_METHODS:
         raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r}")
+    # One cache key however the arguments were spelt (positional, keyword or default).
+    return _mixture_of_linear_regressions(int(n_components), bool(fit_intercept), float(reg_var), init)
+
+
+@functools.cache
+def _mixture_of_linear_regressions(n_components, fit_intercept, reg_var, init) -> Model:
     return Model(
         init=functools.partial(_init, n_components=n_components, fit_intercept=fit_intercept,
                                reg_var=reg_var, method=init),
