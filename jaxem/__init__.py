@@ -16,6 +16,8 @@ from .estimators import (
     GaussianMixture,
     IndependentMixture,
     KMeans,
+    MixtureOfExperts,
+    MixtureOfLinearRegressions,
     PoissonMixture,
     StudentTMixture,
 )
@@ -29,9 +31,12 @@ from .models import (
     gaussian_mixture,
     independent_mixture,
     isotropic_mixture,
+    mixture_of_experts,
+    mixture_of_linear_regressions,
     poisson_mixture,
     student_t_mixture,
 )
+from .selection import ComponentSelection, select_components
 from .validation import ConvergenceWarning, NotFittedError
 
 __version__ = "0.1.0"
@@ -71,4 +76,10 @@ __all__ = [
     "log_likelihood",
     "models",
     "save",
+    "ComponentSelection",
+    "MixtureOfExperts",
+    "MixtureOfLinearRegressions",
+    "mixture_of_experts",
+    "mixture_of_linear_regressions",
+    "select_components",
 ]

@@ -13,8 +13,9 @@ from .gaussian import GaussianMixture
 from .independent import IndependentMixture
 from .kmeans import KMeans
 from .poisson import PoissonMixture
+from .regression import MixtureOfExperts, MixtureOfLinearRegressions
 from .student_t import StudentTMixture
 
 __all__ = ["BernoulliMixture", "CategoricalMixture", "ExponentialMixture", "GammaMixture",
            "GaussianMixture", "IndependentMixture", "KMeans", "MixtureEstimator", "PoissonMixture",
-           "StudentTMixture"]
+           "StudentTMixture", "MixtureOfExperts", "MixtureOfLinearRegressions"]
