@@ -1,29 +1,71 @@
 """The ``jaxem`` command line.
 
-``jaxem demo`` fits a Gaussian mixture to the Old Faithful geyser data with restarts and prints a
-summary (and, with ``--plot FILE`` and matplotlib installed, draws the fit). Errors are reported as
-one line on stderr: exit status 2 for a usage error, 1 for a failure.
+- ``jaxem demo``: a Gaussian mixture fitted to the Old Faithful geyser data shipped with jaxem.
+- ``jaxem fit DATA --model gmm -k 3``: fit a CSV, TSV, ``.npy`` or Parquet table, print a summary,
+  save the model with ``--out``, draw it with ``--plot``.
+- ``jaxem predict MODEL DATA``: a CSV of each row's label and component probabilities.
+- ``jaxem select DATA --ks 1-10``: the BIC/AIC table over numbers of components.
+
+Errors are one line on stderr: exit status 2 for bad input (arguments, files, data: everything
+checked before compute), 1 for a failure after valid input. ``JAXEM_DEBUG=1`` shows tracebacks.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import inspect
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 
-import jax
 import numpy as np
 
 import jaxem
+from jaxem import io as jio
 from jaxem.datasets import load_old_faithful
 
+# Command-line name -> estimator class name. A class appears once jaxem (or jaxem.hmm) exports
+# it, so families that land later need no edit here. Families that need more than a table of
+# observations (a response column, per-feature distributions) are fitted from Python.
+MODELS = {
+    "gmm": "GaussianMixture",
+    "bernoulli": "BernoulliMixture",
+    "categorical": "CategoricalMixture",
+    "poisson": "PoissonMixture",
+    "exponential": "ExponentialMixture",
+    "gamma": "GammaMixture",
+    "student-t": "StudentTMixture",
+    "hmm": "GaussianHMM",
+    "categorical-hmm": "CategoricalHMM",
+    "poisson-hmm": "PoissonHMM",
+}
 _COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
 
 
+def estimator_class(class_name: str):
+    """The estimator class ``class_name`` from ``jaxem`` or ``jaxem.hmm``, or ``None``."""
+    for module in ("jaxem", "jaxem.hmm"):
+        try:
+            cls = getattr(importlib.import_module(module), class_name, None)
+        except ImportError:
+            cls = None
+        if cls is not None:
+            return cls
+    return None
+
+
+def available_models() -> dict:
+    """``{command-line name: estimator class}`` for the families this jaxem has."""
+    return {name: cls for name, cls_name in MODELS.items()
+            if (cls := estimator_class(cls_name)) is not None}
+
+
 class _UsageError(Exception):
-    """A bad command line (reported with exit status 2)."""
+    """Bad input (arguments, files, data), reported with exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,141 +94,335 @@ _positive_int = _int_at_least(1, "a positive integer")
 _seed = _int_at_least(0, "a non-negative integer")
 
 
+def _ks(text: str) -> list[int]:
+    """``"1-10"``, ``"2,4,8"`` or ``"1-3,6"`` -> sorted distinct positive integers."""
+    ks: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            lo, hi = int(lo), int(hi or lo)
+            if lo < 1 or hi < lo:
+                raise ValueError
+            ks.update(range(lo, hi + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers of components like 1-10 or 2,4,8, got {text!r}") from None
+    return sorted(ks)
+
+
+def _common_fit_options(p: argparse.ArgumentParser, default_k: int | None) -> None:
+    p.add_argument("--components", "-k", type=_positive_int, default=default_k, metavar="K",
+                   required=default_k is None, help="number of components (hidden states for HMMs)")
+    p.add_argument("--restarts", "-r", type=_positive_int, default=8, metavar="R",
+                   help="random restarts run as one vmapped program; the best is kept (default: 8)")
+    p.add_argument("--seed", type=_seed, default=0, metavar="S", help="random seed (default: 0)")
+    p.add_argument("--covariance", choices=_COVARIANCE_TYPES,
+                   help="covariance type of Gaussian models (default: the model's own)")
+    p.add_argument("--max-iter", type=_positive_int, metavar="N",
+                   help="most EM iterations per restart (default: the model's own)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", metavar="DATA", help="a .csv, .tsv, .npy or .parquet table, one row per "
+                   "observation (a header line is detected)")
+    p.add_argument("--columns", metavar="A,B,...", help="use only these columns (names or 0-based "
+                   "indices)")
+    p.add_argument("--lengths", metavar="N1,N2,...", help="HMMs: lengths of the sequences stacked "
+                   "in DATA (default: one sequence)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``jaxem`` command (subcommand ``demo``)."""
+    """The argument parser of the ``jaxem`` command (``demo``, ``fit``, ``predict``, ``select``)."""
+    models = available_models()
     parser = _Parser(prog="jaxem", description="Expectation-maximization in JAX.")
     parser.add_argument("--version", action="version", version=f"jaxem {jaxem.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
     demo = commands.add_parser(
         "demo", help="fit a Gaussian mixture to the Old Faithful geyser data",
         description="Fit jaxem.GaussianMixture to the Old Faithful geyser data (272 x 2) with "
                     "several restarts run as one vmapped program, and print a summary.")
-    demo.add_argument("--components", "-k", type=_positive_int, default=2, metavar="K",
-                      help="number of mixture components (default: 2)")
-    demo.add_argument("--restarts", "-r", type=_positive_int, default=8, metavar="R",
-                      help="random restarts; the best is kept (default: 8)")
-    demo.add_argument("--seed", type=_seed, default=0, metavar="S",
-                      help="random seed (default: 0)")
-    demo.add_argument("--covariance", choices=_COVARIANCE_TYPES, default="full",
-                      help="covariance type (default: full)")
-    demo.add_argument("--plot", metavar="FILE",
-                      help="write a scatter plot with 2-sigma component ellipses to FILE "
-                           "(needs matplotlib: pip install 'jaxem[plot]')")
+    _common_fit_options(demo, default_k=2)
+    demo.set_defaults(covariance="full")
+    demo.add_argument("--plot", metavar="FILE", help="draw the learning curve and the clusters with "
+                      "2-sigma ellipses to FILE (.png, .pdf, .svg; needs matplotlib)")
+
+    fit = commands.add_parser("fit", help="fit a model to a data file and print a summary",
+                              description="Fit a model to DATA by EM, print a summary, and save it "
+                                          "with --out (reload with 'jaxem predict' or jaxem.load).")
+    _data_options(fit)
+    fit.add_argument("--model", "-m", choices=sorted(models), default="gmm",
+                     help="model family (default: gmm)")
+    _common_fit_options(fit, default_k=None)
+    fit.add_argument("--set", dest="settings", action="append", default=[], metavar="NAME=VALUE",
+                     help="any other hyperparameter of the estimator, e.g. --set n_trials=5")
+    fit.add_argument("--out", "-o", metavar="FILE", help="save the fitted model to FILE (.npz)")
+    fit.add_argument("--plot", metavar="FILE", help="draw the learning curve and the clusters "
+                     "(or decoded states) to FILE (needs matplotlib)")
+
+    predict = commands.add_parser(
+        "predict", help="label the rows of a data file with a saved model",
+        description="Write a CSV with one row per row of DATA: the most probable component "
+                    "('label'; the Viterbi path for HMMs) and the probability of each component.")
+    predict.add_argument("model_file", metavar="MODEL", help="a model saved by 'jaxem fit --out'")
+    _data_options(predict)
+    predict.add_argument("--out", "-o", metavar="FILE", help="write the CSV to FILE (default: "
+                         "standard output)")
+
+    select = commands.add_parser(
+        "select", help="compare numbers of components by BIC and AIC",
+        description="Fit the model for every K in --ks and print log-likelihood, BIC and AIC.")
+    _data_options(select)
+    select.add_argument("--model", "-m", choices=sorted(models), default="gmm",
+                        help="model family (default: gmm)")
+    select.add_argument("--ks", type=_ks, default=list(range(1, 11)), metavar="KS",
+                        help="numbers of components: 1-10 (default), 2,4,8 or 1-3,6")
+    select.add_argument("--criterion", choices=("bic", "aic"), default="bic",
+                        help="which criterion picks the best K (default: bic)")
+    _common_fit_options(select, default_k=1)
     return parser
 
 
+# -- building and fitting estimators -----------------------------------------------------------
+def _parse_value(text: str):
+    for convert in (int, float):
+        with contextlib.suppress(ValueError):
+            return convert(text)
+    return {"none": None, "true": True, "false": False}.get(text.lower(), text)
+
+
+def _make_estimator(cls, args: argparse.Namespace, k: int):
+    """The estimator with the command line's hyperparameters; unknown names are usage errors."""
+    params = set(cls().get_params())
+    wanted = {"n_components": k, "n_restarts": args.restarts, "random_state": args.seed}
+    if args.covariance is not None:
+        wanted["covariance_type"] = args.covariance
+    if args.max_iter is not None:
+        wanted["n_iter" if "n_iter" in params and "max_iter" not in params else "max_iter"] = \
+            args.max_iter
+    if "verbose" in params:
+        wanted["verbose"] = 0 if args.quiet else 1
+    for setting in getattr(args, "settings", []):
+        name, eq, value = setting.partition("=")
+        if not eq:
+            raise _UsageError(f"--set expects NAME=VALUE, got {setting!r}")
+        wanted[name.strip()] = _parse_value(value.strip())
+    unknown = sorted(set(wanted) - params)
+    if unknown:
+        option = {"covariance_type": "--covariance", "n_restarts": "--restarts"}
+        names = ", ".join(option.get(u, u) for u in unknown)
+        raise _UsageError(f"{cls.__name__} does not take {names}; its hyperparameters are "
+                          f"{', '.join(sorted(params))}")
+    return cls(**wanted), wanted
+
+
+def _lengths(args, n_rows: int, cls) -> dict:
+    if args.lengths is None:
+        return {}
+    if "lengths" not in inspect.signature(cls.fit).parameters:
+        raise _UsageError(f"--lengths applies to HMMs, not {cls.__name__}")
+    try:
+        lengths = [int(v) for v in args.lengths.split(",")]
+    except ValueError:
+        raise _UsageError(f"--lengths expects integers like 100,250, got {args.lengths!r}") from None
+    if sum(lengths) != n_rows or min(lengths) < 1:
+        raise _UsageError(f"--lengths must be positive and sum to the {n_rows} rows of DATA, got "
+                          f"sum {sum(lengths)}")
+    return {"lengths": np.asarray(lengths)}
+
+
+def _read(args) -> tuple[np.ndarray, list[str]]:
+    columns = None if args.columns is None else [c.strip() for c in args.columns.split(",")]
+    return jio.read_table(args.data, columns)
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """Show each warning raised inside as one ``jaxem: warning:`` line on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for message in dict.fromkeys(_one_line(w.message) for w in caught):
+        print(f"jaxem: warning: {message}", file=sys.stderr)
+
+
+def _fit(est, X, fit_kwargs: dict) -> float:
+    """Fit ``est`` to ``X``; returns the wall time in seconds."""
+    if est.n_components > X.shape[0]:  # checked here too, so select fails before any fit
+        raise ValueError(f"{est.n_components} components but DATA has only {X.shape[0]} rows; a "
+                         "model needs at least as many rows as components")
+    start = time.perf_counter()
+    with _one_line_warnings():
+        est.fit(X, **fit_kwargs)
+    return time.perf_counter() - start
+
+
+def _check_writable(path: str | None, what: str) -> None:
+    """Fail before fitting when an output file could not be written."""
+    if path is not None:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise _UsageError(f"cannot write {what} to {path!r}: folder {folder!r} does not exist")
+
+
+# -- output -------------------------------------------------------------------------------------
 def _format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     """Right-aligned columns, two spaces apart."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in [header, *rows]]
+    return ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            for row in [header, *rows]]
 
 
-def _full_covariances(gm: jaxem.GaussianMixture) -> np.ndarray:
-    """The fitted covariances as ``[K, D, D]`` whatever the covariance type."""
-    cov = np.asarray(gm.covariances_, dtype=np.float64)
-    k, d = gm.n_components, gm.n_features_in_
-    if gm.covariance_type == "tied":
-        return np.broadcast_to(cov, (k, d, d))
-    if gm.covariance_type == "diag":
-        return cov[:, :, None] * np.eye(d)
-    if gm.covariance_type == "spherical":
-        return cov[:, None, None] * np.eye(d)
-    return cov
+def _total_log_likelihood(est, X, fit_kwargs) -> float:
+    """Total log-likelihood of ``X``: HMMs' ``score`` is a total already, mixtures' a mean."""
+    score = est.score(X, **fit_kwargs)
+    return score if "lengths" in inspect.signature(est.fit).parameters else score * X.shape[0]
 
 
-def _check_writable(path: str) -> None:
-    """Fail before fitting when the plot could not be written."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise OSError(f"cannot write plot to {path!r}: folder {folder!r} does not exist")
-
-
-def save_plot(gm: jaxem.GaussianMixture, X: np.ndarray, feature_names: Sequence[str],
-              path: str) -> bool:
-    """Write a scatter of ``X`` coloured by component, with 2-sigma ellipses, to ``path``.
+def summary(est, X, names: Sequence[str], title: str, shown: dict, elapsed: float,
+            fit_kwargs: dict | None = None) -> list[str]:
+    """The lines ``jaxem demo`` and ``jaxem fit`` print about a fitted estimator.
 
     Args:
-        gm: a fitted :class:`jaxem.GaussianMixture` on 2-D data.
-        X: the data ``[N, 2]``.
-        feature_names: names of the two columns (axis labels).
-        path: output file; the format follows its extension (``.png``, ``.pdf``, ``.svg``, ...).
-
-    Returns:
-        ``True`` when the file was written, ``False`` when matplotlib is not installed (a one-line
-        note is printed to stderr then).
+        est: the fitted estimator; X: its data ``[N, D]``; names: the ``D`` column names.
+        title: the first line; shown: the hyperparameters to show in the model line.
+        elapsed: wall seconds of the fit; fit_kwargs: extra arguments of ``fit`` (HMM lengths).
     """
+    fit_kwargs = fit_kwargs or {}
+    n, d = X.shape
+    total = _total_log_likelihood(est, X, fit_kwargs)
+    model = ", ".join(f"{k}={v!r}" for k, v in shown.items()
+                      if k not in ("n_restarts", "random_state", "verbose"))
+    result = getattr(est, "fit_result_", None)
+    lines = [title,
+             f"  data            {n} samples x {d} features ({', '.join(names[:8])}"
+             f"{', ...' if d > 8 else ''})",
+             f"  model           {type(est).__name__}({model})"]
+    if result is not None:
+        r = len(result.converged)
+        lines.append(f"  restarts        {r}, run as one vmapped program (seed {shown.get('random_state')}); "
+                     f"best is #{result.best_restart}, {int(np.sum(result.converged))}/{r} converged")
+    lines += [f"  log-likelihood  {total:.4f} total, {total / n:.6f} per sample",
+              f"  BIC             {est.bic(X, **fit_kwargs):.4f}",
+              f"  AIC             {est.aic(X, **fit_kwargs):.4f}",
+              f"  converged       {'yes' if est.converged_ else 'no (iteration limit reached)'}, "
+              f"after {est.n_iter_} iterations"]
+    timing = f"  fit time        {elapsed:.3f} s wall"
+    if result is not None and getattr(result, "compile_time", None) is not None:
+        timing += f" ({result.compile_time:.3f} s compiling, {result.fit_time:.3f} s running EM)"
+    lines += [timing + "; the first call includes JIT compilation", ""]
+    proba = np.asarray(est.predict_proba(X, **fit_kwargs), np.float64)
+    weights = np.asarray(getattr(est, "weights_", proba.mean(axis=0)), np.float64)
+    means = getattr(est, "means_", None)
+    if means is None or np.shape(means) != (est.n_components, d):
+        # families without means_: the mean of the data under each component's responsibilities
+        means = (proba.T @ X) / np.maximum(proba.sum(axis=0), 1e-300)[:, None]
+    shown_d = min(d, 8)
+    header = ["component", "weight", *(f"mean {name}" for name in names[:shown_d])]
+    rows = [[str(c), f"{w:.4f}", *(f"{m:.4f}" for m in np.asarray(means)[c, :shown_d])]
+            for c, w in enumerate(weights)]
+    return lines + ["  " + line for line in _format_table(header, rows)]
+
+
+def _save_plot(est, X, names, path, fit_kwargs) -> None:
     try:
-        from matplotlib.figure import Figure
-        from matplotlib.patches import Ellipse
+        from jaxem.plot import plot_fit
+
+        fig = plot_fit(est, X, feature_names=names, lengths=fit_kwargs.get("lengths"))
     except ImportError:
         print("note: --plot skipped, matplotlib is not installed; pip install 'jaxem[plot]'",
               file=sys.stderr)
-        return False
-    labels = gm.predict(X)
-    colors = [f"C{k % 10}" for k in range(gm.n_components)]
-    fig = Figure(figsize=(6, 4.5), layout="constrained")
-    ax = fig.subplots()
-    ax.scatter(X[:, 0], X[:, 1], s=10, c=[colors[k] for k in labels], alpha=0.7)
-    for k, (mean, cov) in enumerate(zip(np.asarray(gm.means_), _full_covariances(gm), strict=True)):
-        eigvals, eigvecs = np.linalg.eigh(cov)
-        angle = np.degrees(np.arctan2(eigvecs[1, -1], eigvecs[0, -1]))
-        width, height = 2 * 2 * np.sqrt(np.maximum(eigvals[::-1], 0.0))  # 2 sigma each side
-        ax.add_patch(Ellipse(mean, width, height, angle=angle, fill=False, lw=2, color=colors[k]))
-        ax.plot(*mean, marker="x", color="black")
-    ax.set_xlabel(f"{feature_names[0]} (minutes)")
-    ax.set_ylabel(f"{feature_names[1]} (minutes)")
-    ax.set_title(f"Old Faithful: K={gm.n_components}, {gm.covariance_type} covariance, "
-                 "2-sigma ellipses", fontsize=10)
+        return
     fig.savefig(path)
-    return True
+    print(f"\nplot written to {path}")
 
 
+# -- commands ---------------------------------------------------------------------------------
 def run_demo(args: argparse.Namespace) -> int:
-    """Fit the demo mixture and print its summary; returns the exit status."""
-    if args.plot:
-        _check_writable(args.plot)
+    """``jaxem demo``: fit the Old Faithful mixture and print its summary; returns the status."""
+    _check_writable(args.plot, "the plot")
     X, names = load_old_faithful()
-    n, d = X.shape
-    gm = jaxem.GaussianMixture(args.components, covariance_type=args.covariance,
-                               n_restarts=args.restarts, random_state=args.seed)
-    start = time.perf_counter()
-    gm.fit(X)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    jaxem.GaussianMixture(**gm.get_params()).fit(X)  # same shapes: reuses the compiled program
-    again = time.perf_counter() - start
-
-    per_sample = gm.score(X)
-    result = gm.fit_result_
-    n_conv = int(np.sum(result.converged))
-    status = "yes" if gm.converged_ else f"no (max_iter={gm.max_iter} reached)"
-    lines = [
-        "jaxem demo: Gaussian mixture fitted by EM",
-        f"  data            Old Faithful geyser, {n} samples x {d} features ({', '.join(names)})",
-        f"  model           GaussianMixture(n_components={args.components}, "
-        f"covariance_type={args.covariance!r})",
-        f"  restarts        {args.restarts}, run as one vmapped program (seed {args.seed}); "
-        f"best is #{result.best_restart}, {n_conv}/{args.restarts} converged",
-        f"  log-likelihood  {per_sample * n:.4f} total, {per_sample:.6f} per sample",
-        f"  BIC             {gm.bic(X):.4f}",
-        f"  converged       {status}, after {gm.n_iter_} iterations",
-        f"  fit time        {first:.3f} s wall on {jax.default_backend()} (first call: includes JIT "
-        "compilation)",
-        f"  refit time      {again:.3f} s wall (same shapes: the compiled program is reused)",
-        "",
-    ]
-    header = ["component", "weight", *(f"mean {name}" for name in names)]
-    means = np.asarray(gm.means_)
-    rows = [[str(k), f"{w:.4f}", *(f"{m:.4f}" for m in means[k])]
-            for k, w in enumerate(np.asarray(gm.weights_))]
-    lines += ["  " + line for line in _format_table(header, rows)]
+    gm, shown = _make_estimator(jaxem.GaussianMixture, args, args.components)
+    elapsed = _fit(gm, X, {})
+    lines = summary(gm, X, names, "jaxem demo: Gaussian mixture fitted by EM to the Old Faithful "
+                    "geyser data", shown, elapsed)
     print("\n".join(lines))
-    if args.plot and save_plot(gm, X, names, args.plot):
-        print(f"\nplot written to {args.plot}")
+    if args.plot:
+        _save_plot(gm, X, names, args.plot, {})
     return 0
 
 
-def _one_line(err: BaseException) -> str:
+def run_fit(args: argparse.Namespace) -> int:
+    """``jaxem fit``: fit DATA, print the summary, save and plot on request."""
+    cls = available_models()[args.model]
+    _check_writable(args.out, "the model")
+    _check_writable(args.plot, "the plot")
+    est, shown = _make_estimator(cls, args, args.components)
+    X, names = _read(args)
+    fit_kwargs = _lengths(args, X.shape[0], cls)
+    elapsed = _fit(est, X, fit_kwargs)
+    print("\n".join(summary(est, X, names, f"jaxem fit: {cls.__name__} fitted by EM to "
+                            f"{args.data}", shown, elapsed, fit_kwargs)))
+    if args.out:
+        jio.save(est, args.out)
+        print(f"\nmodel saved to {args.out} (load with jaxem.load or 'jaxem predict')")
+    if args.plot:
+        _save_plot(est, X, names, args.plot, fit_kwargs)
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """``jaxem predict``: a CSV of labels and component probabilities, one row per DATA row."""
+    _check_writable(args.out, "the predictions")
+    est = jio.load(args.model_file)
+    X, _ = _read(args)
+    fit_kwargs = _lengths(args, X.shape[0], type(est))
+    proba = np.asarray(est.predict_proba(X, **fit_kwargs))
+    labels = np.asarray(est.predict(X, **fit_kwargs))
+    digits = 9 if proba.dtype == np.float32 else 17  # enough to read back the same number
+    header = "label," + ",".join(f"p{k}" for k in range(proba.shape[1]))
+    table = np.column_stack([labels, proba]).astype(object)
+    fmt = ["%d"] + [f"%.{digits}g"] * proba.shape[1]
+    with open(args.out, "w", newline="") if args.out else contextlib.nullcontext(sys.stdout) as f:
+        np.savetxt(f, table, fmt=fmt, delimiter=",", header=header, comments="")
+    if args.out:
+        print(f"{len(labels)} predictions written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def run_select(args: argparse.Namespace) -> int:
+    """``jaxem select``: fit every K in ``--ks`` and print log-likelihood, BIC and AIC."""
+    cls = available_models()[args.model]
+    X, _ = _read(args)
+    fit_kwargs = _lengths(args, X.shape[0], cls)
+    if max(args.ks) > X.shape[0]:
+        raise ValueError(f"--ks goes up to {max(args.ks)} components but DATA has only "
+                         f"{X.shape[0]} rows")
+    rows, best = [], None
+    for k in args.ks:
+        est, _ = _make_estimator(cls, args, k)
+        elapsed = _fit(est, X, fit_kwargs)
+        score = {"bic": est.bic(X, **fit_kwargs), "aic": est.aic(X, **fit_kwargs)}
+        if best is None or score[args.criterion] < best[1]:
+            best = (k, score[args.criterion])
+        rows.append([str(k), f"{_total_log_likelihood(est, X, fit_kwargs):.4f}",
+                     f"{score['bic']:.4f}", f"{score['aic']:.4f}",
+                     "yes" if est.converged_ else "no", f"{elapsed:.2f}"])
+    for row in rows:
+        row.append("<- best" if int(row[0]) == best[0] else "")
+    print(f"jaxem select: {cls.__name__} on {args.data} ({X.shape[0]} x {X.shape[1]}), "
+          f"{args.restarts} restarts per K")
+    header = ["K", "log-likelihood", "BIC", "AIC", "converged", "seconds", ""]
+    print("\n".join(_format_table(header, rows)))
+    print(f"best K by {args.criterion.upper()}: {best[0]}")
+    return 0
+
+
+_COMMANDS = {"demo": run_demo, "fit": run_fit, "predict": run_predict, "select": run_select}
+
+
+def _one_line(err) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
@@ -197,25 +433,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments after the program name (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0 on success, 1 when the command failed, 2 for a usage error. Errors are
-        printed as one line on stderr, without a traceback.
+        The exit status: 0 on success, 2 for bad input (arguments, missing or unreadable files,
+        data a model cannot take), 1 for a failure after valid input. Errors are printed as one
+        line on stderr, without a traceback (set ``JAXEM_DEBUG=1`` to see one).
     """
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = build_parser().parse_args(argv)
     except _UsageError as err:
         print(f"jaxem: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except SystemExit as exit_:  # --help and --version
         return exit_.code if isinstance(exit_.code, int) else 0
+    debug = bool(os.environ.get("JAXEM_DEBUG"))
     try:
-        return run_demo(args)
-    except (ValueError, OSError, jaxem.FitError) as err:
+        return _COMMANDS[args.command](args)
+    except (_UsageError, ValueError, ImportError, FileNotFoundError, IsADirectoryError,
+            PermissionError) as err:
+        if debug:
+            raise
         print(f"jaxem: error: {_one_line(err)}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         print("jaxem: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a failure after valid input: still one line, no traceback
+        if debug:
+            raise
+        kind = "" if isinstance(err, (jaxem.FitError, OSError)) else f"{type(err).__name__}: "
+        print(f"jaxem: error: {kind}{_one_line(err)} (JAXEM_DEBUG=1 shows a traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
