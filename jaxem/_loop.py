@@ -79,6 +79,9 @@ def run_restarts(model: Model, params, rows, tol, *, max_iter: int, use_gradient
 
     zero = jnp.zeros((), jnp.int32)
     obj0, aux0 = e_pass(params, zero)
+    # A change within float round-off of the objective is no progress: tol=0 then means "until
+    # nothing changes", which otherwise could spin on last-bit noise until max_iter.
+    rel_tol = jnp.maximum(tol, 4 * jnp.finfo(obj0.dtype).eps)
     n_restarts = obj0.shape[0]
     state = dict(params=params, objective=obj0, aux=aux0, iteration=zero,
                  n_iter=jnp.zeros((n_restarts,), jnp.int32),
@@ -93,7 +96,7 @@ def run_restarts(model: Model, params, rows, tol, *, max_iter: int, use_gradient
         running, iteration = s["running"], s["iteration"] + 1
         new_params = jax.vmap(m_step)(s["params"], s["aux"])
         obj, aux = e_pass(new_params, iteration)
-        change_small = jnp.abs(obj - s["objective"]) <= tol * jnp.abs(s["objective"])
+        change_small = jnp.abs(obj - s["objective"]) <= rel_tol * jnp.abs(s["objective"])
         converged = running & change_small & rule.may_stop(iteration)
         history = s["history"].at[:, iteration - 1].set(jnp.where(running, obj, jnp.nan))
         out = dict(params=_select(running, new_params, s["params"]),
@@ -114,9 +117,11 @@ def run_restarts(model: Model, params, rows, tol, *, max_iter: int, use_gradient
 
 def _program(keys, init_params, X, weights, labels, tol, *, n_blocks, rows, max_iter,
              use_gradient, optimizer, m_step_iters, rule, report, model):
+    blocked = _passes.block_rows(X, weights, labels, n_blocks, rows)
     if init_params is None:
         init_params = jax.vmap(model.init, in_axes=(0, None))(keys, X)
-    blocked = _passes.block_rows(X, weights, labels, n_blocks, rows)
+        if labels is not None and not use_gradient:
+            init_params = jax.vmap(lambda p: _passes.align_to_labels(model, p, blocked))(init_params)
     return run_restarts(model, init_params, blocked, tol, max_iter=max_iter,
                         use_gradient=use_gradient, optimizer=optimizer,
                         m_step_iters=m_step_iters, rule=rule, report=report)

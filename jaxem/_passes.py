@@ -162,6 +162,52 @@ def stats_pass(model: Model, params: Any, rows: Rows, hard: bool = False,
     return _sum_over_blocks(block_stats, rows)
 
 
+def _greedy_matching(score: Array) -> Array:
+    """A one-to-one map ``match [K]`` from rows to columns of ``score [K, K]``, taking the largest
+    remaining entry each time (exact enough to line initial components up with labels)."""
+    k = score.shape[0]
+
+    def take(_, state):
+        match, score = state
+        row, col = jnp.divmod(jnp.argmax(score), k)
+        return match.at[row].set(col), score.at[row, :].set(-jnp.inf).at[:, col].set(-jnp.inf)
+
+    match, _ = jax.lax.fori_loop(0, k, take, (jnp.zeros((k,), jnp.int32), score))
+    return match
+
+
+def align_to_labels(model: Model, params: Any, rows: Rows) -> Any:
+    """Renumber initial components so that component ``j`` starts where labelled class ``j`` is.
+
+    An initialiser knows nothing of partial labels, so its component ``j`` may sit on another
+    class's rows, and a few labels cannot pull it across the data. This matches each class to the
+    initial component that holds most of its labelled rows, then takes one closed-form M-step
+    with the responsibilities renumbered accordingly (labelled rows one-hot at their label).
+
+    Args:
+        model: a model with a closed-form M-step.
+        params: initial parameters.
+        rows: blocked data with ``labels``.
+
+    Returns:
+        Parameters whose components follow the labels' numbering.
+    """
+
+    def block_overlap(xb, w, labels):
+        _, resp = posterior(model.log_joint_matrix(params, xb))
+        onehot = jax.nn.one_hot(labels, resp.shape[-1], dtype=resp.dtype) * w[:, None]
+        return onehot.T @ resp
+
+    match = _greedy_matching(_sum_over_blocks(block_overlap, rows))
+
+    def block_stats(xb, w, labels):
+        lj = mask_labels(model.log_joint_matrix(params, xb)[:, match], labels)
+        _, resp = posterior(lj)
+        return model.suff_stats(params, xb, resp * w[:, None])
+
+    return model.maximize(_sum_over_blocks(block_stats, rows), params)
+
+
 def responsibility_pass(model: Model, params: Any, rows: Rows, hard: bool = False,
                         temperature: Array | None = None) -> tuple[Array, Array]:
     """E-step at ``params`` keeping the weighted responsibilities ``[n_blocks, block, K]``."""

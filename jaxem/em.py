@@ -195,11 +195,13 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
             number of keys given).
         max_iter: maximum EM iterations per restart.
         tol: stop a restart when ``|ℓ_t - ℓ_{t-1}| <= tol * |ℓ_{t-1}|`` (relative change of the total
-            log-likelihood).
+            log-likelihood); a change within a few float epsilons always counts as converged.
         sample_weight: optional ``[N]`` non-negative frequency weights (weight 2 = row twice).
         labels: optional ``[N]`` integer partial labels for semi-supervised EM: a row with label
             ``k >= 0`` belongs to component ``k`` (its responsibility is fixed one-hot and its
-            likelihood term is ``log p(x, z=k)``); ``-1`` marks an unknown component.
+            likelihood term is ``log p(x, z=k)``); ``-1`` marks an unknown component. With a
+            closed-form M-step, the initialiser's components are first renumbered to follow the
+            labels (see ``_passes.align_to_labels``); ``init_params`` are used as given.
         init_params: optional starting parameters (one pytree) instead of ``model.init``; every
             restart then starts from them, so use it with ``n_restarts=1``.
         e_step: ``"soft"`` (the posterior; default), ``"hard"`` (classification EM: one-hot at the
