@@ -5,7 +5,7 @@ initialiser; :func:`fit` runs EM (closed-form or gradient M-step) with restarts 
 compiled program.
 """
 
-from . import constraints, init, models
+from . import constraints, hmm, init, models
 from .em import FitError, FitResult, e_step, elbo, expected_log_joint, fit, log_likelihood
 from .estep import Annealing
 from .estimators import (
@@ -21,6 +21,7 @@ from .estimators import (
     PoissonMixture,
     StudentTMixture,
 )
+from .hmm import CategoricalHMM, GaussianHMM, PoissonHMM
 from .io import load, save
 from .model import Model
 from .models import (
@@ -42,6 +43,10 @@ from .validation import ConvergenceWarning, NotFittedError
 __version__ = "0.1.0"
 
 __all__ = [
+    "CategoricalHMM",
+    "GaussianHMM",
+    "PoissonHMM",
+    "hmm",
     "Annealing",
     "CategoricalMixture",
     "ExponentialMixture",

@@ -7,9 +7,11 @@ and ``lax.associative_scan``) and Viterbi for one sequence.
 """
 
 from .emissions import categorical_hmm, gaussian_hmm, poisson_hmm
+from .estimators import CategoricalHMM, GaussianHMM, PoissonHMM
 from .fit import decode, fit, posterior, sample
 from .inference import Posterior, forward_backward, viterbi
 from .model import HMM
 
-__all__ = ["HMM", "Posterior", "categorical_hmm", "decode", "fit", "forward_backward",
-           "gaussian_hmm", "poisson_hmm", "posterior", "sample", "viterbi"]
+__all__ = ["CategoricalHMM", "GaussianHMM", "HMM", "PoissonHMM", "Posterior", "categorical_hmm",
+           "decode", "fit", "forward_backward", "gaussian_hmm", "poisson_hmm", "posterior",
+           "sample", "viterbi"]

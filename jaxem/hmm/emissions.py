@@ -122,10 +122,10 @@ def _categorical_maximize(stats, params):
 
 
 def _categorical_init(key, X, n_states: int, n_symbols: int):
-    resp = initialisers.random_responsibilities(key, X.shape[0], n_states, X.dtype)
-    counts = _categorical_stats(None, X, resp, n_symbols)["counts"]
-    # One pseudo-count per symbol: every symbol starts possible in every state.
-    return {"probs": (counts + 1.0) / jnp.sum(counts + 1.0, axis=1, keepdims=True)}
+    del X
+    # Rows drawn uniformly from the simplex (as hmmlearn): distinct enough per state that EM does
+    # not start on the symmetric saddle where every state emits alike.
+    return {"probs": jax.random.dirichlet(key, jnp.ones((n_symbols,)), (n_states,))}
 
 
 def _categorical_sample(key, params, state):
@@ -137,7 +137,7 @@ def categorical_hmm(n_states: int, n_symbols: int, initial_concentration: float 
                     transition_concentration: float = 1.0) -> HMM:
     """An HMM emitting one symbol in ``{0, ..., n_symbols - 1}`` per step (observations
     ``x [1]``, hmmlearn's layout). Emission parameters ``{"probs": [K, M]}``, rows on the simplex;
-    each restart starts from the symbol frequencies under random responsibilities."""
+    each restart starts from rows drawn uniformly from the simplex."""
     return HMM(
         init=functools.partial(_categorical_init, n_states=n_states, n_symbols=n_symbols),
         log_emission=_categorical_one, batch_log_emission=_categorical_batch,

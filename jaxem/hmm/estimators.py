@@ -134,14 +134,17 @@ class _BaseHMM:
         if set("st" + self._emission_letters) <= set(letters):
             return None
         hmm = self._hmm()
-        rows = jnp.asarray(seqs.rows, _float())
-        start = {**hmm.uniform_chain(rows.dtype),
-                 "emission": jax.jit(hmm.init)(jax.random.split(key, 1)[0], rows)}
+        start = hmm.uniform_chain(_float())
         if "s" not in letters:
             start["initial"] = self._piece("initial")
         if "t" not in letters:
             start["transition"] = self._piece("transition")
-        if not set(self._emission_letters) <= set(letters):
+        # The emission's parameters start together: all from the model's initialiser, or all
+        # from the attributes when init_params leaves out any of the emission's letters.
+        if set(self._emission_letters) <= set(letters):
+            rows = jnp.asarray(seqs.rows, _float())
+            start["emission"] = jax.jit(hmm.init)(jax.random.split(key, 1)[0], rows)
+        else:
             start["emission"] = self._piece("emission")
         return start
 

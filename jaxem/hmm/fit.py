@@ -119,23 +119,31 @@ def _fit_one(hmm: HMM, params, Xb, mask, tol, *, layout, method, max_iter, use_g
              optimizer, m_step_iters):
     e_pass = functools.partial(_e_pass, hmm, Xb=Xb, mask=mask, layout=layout, method=method,
                                use_gradient=use_gradient)
-    obj0, aux0 = e_pass(params)
+    # The loop's first trip is the initial E-step (its M-step result is discarded), so the pass,
+    # by far the largest part of the program, is compiled once rather than twice.
+    aux_shape = jax.eval_shape(e_pass, params)[1]
+    aux0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)
+    dtype = params["transition"].dtype
+    nan = jnp.full((), jnp.nan, dtype)
 
     def keep_going(state):
-        _, obj, _, it, converged, _ = state
-        return (it < max_iter) & ~converged & jnp.isfinite(obj)
+        _, obj, _, it, converged, _, _ = state
+        return (it <= max_iter) & ~converged & ~(jnp.isinf(obj) | (jnp.isnan(obj) & (it > 0)))
 
     def body(state):
-        p, obj, aux, it, _, history = state
-        p_new = _m_step(hmm, p, aux, Xb, use_gradient, optimizer, m_step_iters)
+        p, obj, aux, it, _, obj0, history = state
+        updated = _m_step(hmm, p, aux, Xb, use_gradient, optimizer, m_step_iters)
+        p_new = jax.tree.map(lambda a, b: jnp.where(it > 0, a, b), updated, p)
         obj_new, aux_new = e_pass(p_new)
-        converged = jnp.abs(obj_new - obj) <= tol * jnp.abs(obj)
-        return p_new, obj_new, aux_new, it + 1, converged, history.at[it].set(obj_new)
+        converged = (it > 0) & (jnp.abs(obj_new - obj) <= tol * jnp.abs(obj))
+        history = history.at[jnp.maximum(it - 1, 0)].set(jnp.where(it > 0, obj_new, nan))
+        obj0 = jnp.where(it > 0, obj0, obj_new)
+        return p_new, obj_new, aux_new, it + 1, converged, obj0, history
 
-    history = jnp.full((max_iter,), jnp.nan, obj0.dtype)
-    state = (params, obj0, aux0, jnp.zeros((), jnp.int32), jnp.zeros((), bool), history)
-    p, obj, _, n_iter, converged, history = jax.lax.while_loop(keep_going, body, state)
-    return p, obj, obj0, n_iter, converged, history
+    history = jnp.full((max_iter,), jnp.nan, dtype)
+    state = (params, nan, aux0, jnp.zeros((), jnp.int32), jnp.zeros((), bool), nan, history)
+    p, obj, _, trips, converged, obj0, history = jax.lax.while_loop(keep_going, body, state)
+    return p, obj, obj0, trips - 1, converged, history
 
 
 def _program(keys, init_params, X, mask, rows, tol, *, hmm, layout, method, max_iter,

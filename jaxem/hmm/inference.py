@@ -99,54 +99,57 @@ def _smooth_scan(A: Array, B: Array) -> Array:
     return jnp.concatenate([rest, last[None]])
 
 
-def _condition(M: Array, log_b: Array) -> tuple[Array, Array]:
-    """Row-normalise ``M * exp(log_b)`` over the last axis: ``(rows summing to 1, log row sums)``."""
-    top = jnp.max(log_b, axis=-1, keepdims=True)
-    top = jnp.where(jnp.isfinite(top), top, 0.0)
-    W = M * jnp.exp(log_b - top)
-    total = jnp.sum(W, axis=-1)
-    safe = jnp.where(total > 0, total, 1.0)
-    return W / safe[..., None], jnp.log(total) + top[..., 0]
-
-
 def _compose(first, second):
-    """Associative product of two chain segments.
+    """Associative product of chain segments, batched over leading axes.
 
-    A segment from step ``s`` to step ``e`` is ``(P [K, K], s [K])``: ``P[i, j] = p(z_e = j | z_s = i,
-    x_{s+1:e})`` (rows sum to 1) and ``s[i] = log p(x_{s+1:e} | z_s = i)`` up to the emission shifts.
-    Batched over a leading axis, as ``lax.associative_scan`` calls it.
+    A segment from step ``a`` to step ``b`` is ``(P [..., K, K], s [..., K])``: ``P[i, j] =
+    p(z_b = j | z_a = i, x_{a+1:b})`` (rows sum to 1) and ``s[i] = log p(x_{a+1:b} | z_a = i)``
+    (up to the emission shifts).
     """
     P1, s1 = first
     P2, s2 = second
-    # Weight the middle state by how well it explains the second segment, then renormalise rows.
-    W, log_norm = jax.vmap(_condition)(P1, s2[:, None, :])
-    return W @ P2, s1 + log_norm
+    # Weight each middle state by how well it explains the second segment; renormalise rows.
+    top = jnp.max(s2, axis=-1, keepdims=True)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    W = P1 * jnp.exp(s2 - top)[..., None, :]
+    total = jnp.sum(W, axis=-1)
+    P = (W @ P2) / jnp.where(total > 0, total, 1.0)[..., None]
+    return P, s1 + jnp.log(total) + top
 
 
 def _segments(initial: Array, A: Array, B: Array) -> tuple[Array, Array]:
     """One segment per step: step 0 from the initial distribution (all rows alike), step ``t >= 1``
     the transition conditioned on ``x_t``."""
     K = A.shape[0]
-    log_B = jnp.log(B)
-    P0, s0 = _condition(initial, log_B[0])
-    Pt, st = jax.vmap(_condition, in_axes=(None, 0))(A, log_B[1:, None, :])
+    s0 = jnp.log(initial @ B[0])
+    P0 = initial * B[0] / jnp.exp(s0)
+    st = jnp.log(B[1:] @ A.T)
+    Pt = A[None] * B[1:, None, :] / jnp.exp(st)[:, :, None]
     P = jnp.concatenate([jnp.broadcast_to(P0, (1, K, K)), Pt])
     s = jnp.concatenate([jnp.broadcast_to(s0, (1, K)), st])
-    return P, s
+    return jnp.nan_to_num(P), s
 
 
 def _filter_smooth_associative(initial: Array, A: Array, B: Array) -> tuple[Array, Array]:
-    """``(alpha [T, K], beta [T, K])`` by two associative scans over the step segments."""
+    """``(alpha [T, K], beta [T, K])`` from ONE associative scan that forms the prefix products of
+    the step segments (forward messages) and, side by side, the suffix products (backward)."""
+    T, K = B.shape
     P, s = _segments(initial, A, B)
-    prefix_P, _ = jax.lax.associative_scan(_compose, (P, s))
-    alpha = prefix_P[:, 0, :]
-    # Suffix products of the segments of steps t+1..T-1 give log p(x_{t+1:T} | z_t) = log beta_t.
-    _, suffix_s = jax.lax.associative_scan(lambda a, b: _compose(b, a), (P[1:], s[1:]),
-                                           reverse=True)
-    log_beta = jnp.concatenate([suffix_s, jnp.zeros_like(s[:1])])
+    # beta_t comes from the segments of steps t+1..T-1, then the identity (beta_{T-1} = 1).
+    Q = jnp.concatenate([P[1:], jnp.eye(K, dtype=P.dtype)[None]])[::-1]
+    r = jnp.concatenate([s[1:], jnp.zeros((1, K), s.dtype)])[::-1]
+
+    def combine(earlier, later):
+        # Forward: earlier then later. Backward runs on reversed time, so its order flips.
+        (Pa, sa, Qa, ra), (Pb, sb, Qb, rb) = earlier, later
+        both, scores = _compose((jnp.stack([Pa, Qb]), jnp.stack([sa, rb])),
+                                (jnp.stack([Pb, Qa]), jnp.stack([sb, ra])))
+        return both[0], scores[0], both[1], scores[1]
+
+    prefix_P, _, _, suffix_s = jax.lax.associative_scan(combine, (P, s, Q, r))
+    log_beta = suffix_s[::-1]
     top = jnp.max(log_beta, axis=1, keepdims=True)
-    beta = jnp.exp(log_beta - jnp.where(jnp.isfinite(top), top, 0.0))
-    return alpha, beta
+    return prefix_P[:, 0, :], jnp.exp(log_beta - jnp.where(jnp.isfinite(top), top, 0.0))
 
 
 def forward_backward(initial: Array, transition: Array, log_obs: Array, mask: Array | None = None,
