@@ -5,7 +5,8 @@ initialiser; :func:`fit` runs EM (closed-form or gradient M-step) with restarts 
 compiled program.
 """
 
-from . import constraints, hmm, init, models
+from . import _cache, constraints, hmm, init, models
+from ._cache import disable_compilation_cache, enable_compilation_cache
 from .em import FitError, FitResult, e_step, elbo, expected_log_joint, fit, log_likelihood
 from .estep import Annealing
 from .estimators import (
@@ -42,6 +43,8 @@ from .validation import ConvergenceWarning, NotFittedError
 
 __version__ = "0.1.0"
 
+_cache.enable_on_import()
+
 __all__ = [
     "CategoricalHMM",
     "GaussianHMM",
@@ -71,6 +74,8 @@ __all__ = [
     "NotFittedError",
     "bernoulli_mixture",
     "constraints",
+    "disable_compilation_cache",
+    "enable_compilation_cache",
     "e_step",
     "elbo",
     "expected_log_joint",

@@ -98,3 +98,29 @@ def test_nan_is_refused_unless_the_model_handles_missing_values():
     X[7, 1] = np.nan
     with pytest.raises(ValueError, match="row 7"):
         jem.fit(MODEL, X, key=jax.random.key(0))
+
+
+def _run_python(code, env_extra):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, **env_extra)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_persistent_compilation_cache_is_written_and_can_be_declined(tmp_path):
+    code = ("import jax, numpy as np, jaxem as jem\n"
+            "print('DIR', jax.config.jax_compilation_cache_dir)\n"
+            "X = np.random.default_rng(0).normal(size=(200, 2))\n"
+            "jem.fit(jem.gaussian_mixture(2, 'diag'), X, key=jax.random.key(0), max_iter=3)\n")
+    cache = tmp_path / "cache"
+    out = _run_python(code, {"JAXEM_CACHE_DIR": str(cache)})
+    assert out.returncode == 0, out.stderr
+    assert f"DIR {cache}" in out.stdout
+    assert any(p.name.startswith("jit__program") for p in cache.iterdir())
+    declined = _run_python(code, {"JAXEM_CACHE_DIR": str(tmp_path / "other"),
+                                  "JAXEM_COMPILATION_CACHE": "0"})
+    assert declined.returncode == 0, declined.stderr
+    assert "DIR None" in declined.stdout and not (tmp_path / "other").exists()
