@@ -44,8 +44,16 @@ def _sequence(seed=0, n=300):
     return rng.normal(np.array([-2.0, 2.0])[states], 1.0)[:, None]
 
 
-# Estimator class name -> (extra hyperparameters, data). Families are tested once they exist in
-# jaxem, so a family that lands later is covered without an edit here.
+def _regression(seed=0, n=240):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-2, 2, size=(n, 1))
+    z = rng.choice(2, size=n)
+    y = np.where(z, 2 * X[:, 0] + 1, -X[:, 0]) + 0.2 * rng.normal(size=n)
+    return X, y
+
+
+# Estimator class name -> (extra hyperparameters, data: X, or the tuple of arrays fit takes).
+# Families are tested once they exist in jaxem, so one that lands later needs no edit here.
 SPECIMENS = {
     "GaussianMixture": ({"covariance_type": "full"}, lambda: three_blobs(n=240)),
     "BernoulliMixture": ({}, lambda: binary_data(n=240, d=6)[0]),
@@ -54,6 +62,9 @@ SPECIMENS = {
     "ExponentialMixture": ({}, _positive),
     "GammaMixture": ({}, _positive),
     "StudentTMixture": ({}, lambda: three_blobs(n=240)),
+    "KMeans": ({}, lambda: three_blobs(n=240)),
+    "MixtureOfLinearRegressions": ({}, _regression),
+    "MixtureOfExperts": ({}, _regression),
     "GaussianHMM": ({}, _sequence),
     "PoissonHMM": ({}, lambda: _counts(d=1)),
     "CategoricalHMM": ({}, lambda: _categories(d=1)),
@@ -79,13 +90,14 @@ AVAILABLE = [name for name in SPECIMENS if _class(name) is not None]
 def _fitted(name):
     """One small fit per family, shared by the tests (compilation dominates their time)."""
     extra, data = SPECIMENS[name]
-    X = data()
+    args = data()
+    args = args if isinstance(args, tuple) else (args,)
     cls = _class(name)
     iters = "n_iter" if "n_iter" in cls().get_params() else "max_iter"  # hmmlearn's name in HMMs
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", jem.ConvergenceWarning)
-        est = cls(2, n_restarts=2, random_state=0, **{iters: 5}, **extra).fit(X)
-    return est, X
+        est = cls(2, n_restarts=2, random_state=0, **{iters: 5}, **extra).fit(*args)
+    return est, args
 
 
 def _assert_same_state(a, b):
@@ -104,30 +116,31 @@ def _assert_same_state(a, b):
 
 @pytest.mark.parametrize("name", AVAILABLE)
 def test_round_trip_keeps_every_fitted_attribute(name, tmp_path):
-    est, X = _fitted(name)
+    est, args = _fitted(name)
     path = jem.save(est, tmp_path / "model.npz")
     loaded = jem.load(path)
     _assert_same_state(est, loaded)
     assert not hasattr(loaded, "fit_result_")  # a fit summary, not needed to predict
-    assert np.array_equal(loaded.predict_proba(X), est.predict_proba(X))
-    assert np.array_equal(loaded.predict(X), est.predict(X))
-    assert loaded.score(X) == est.score(X)
+    assert np.array_equal(loaded.predict_proba(*args), est.predict_proba(*args))
+    assert np.array_equal(loaded.predict(args[0]), est.predict(args[0]))
+    assert loaded.score(*args) == est.score(*args)
 
 
 def test_predictions_are_bit_identical_in_a_new_process(tmp_path):
     expected = {}
     for name in AVAILABLE:
-        est, X = _fitted(name)
+        est, args = _fitted(name)
         jem.save(est, tmp_path / f"{name}.npz")
-        np.save(tmp_path / f"{name}.X.npy", X)
-        expected[name] = (est.predict_proba(X), est.score_samples(X))
+        np.savez(tmp_path / f"{name}.args.npz", *args)
+        expected[name] = (est.predict_proba(*args), est.score_samples(*args))
     script = textwrap.dedent(f"""
         import numpy as np, jaxem as jem
         for name in {AVAILABLE!r}:
             est = jem.load(r"{tmp_path}/" + name + ".npz")
-            X = np.load(r"{tmp_path}/" + name + ".X.npy")
-            np.save(r"{tmp_path}/" + name + ".proba.npy", est.predict_proba(X))
-            np.save(r"{tmp_path}/" + name + ".ll.npy", est.score_samples(X))
+            with np.load(r"{tmp_path}/" + name + ".args.npz") as f:
+                args = [f[k] for k in sorted(f.files)]
+            np.save(r"{tmp_path}/" + name + ".proba.npy", est.predict_proba(*args))
+            np.save(r"{tmp_path}/" + name + ".ll.npy", est.score_samples(*args))
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
