@@ -30,7 +30,8 @@ from jaxem.datasets import load_old_faithful
 
 # Command-line name -> estimator class name. A class appears once jaxem (or jaxem.hmm) exports
 # it, so families that land later need no edit here. Families that need more than a table of
-# observations (a response column, per-feature distributions) are fitted from Python.
+# observations (a response column, per-feature distributions) are fitted from Python, as is
+# KMeans (its score is the negative inertia, not a log-likelihood the summary could print).
 MODELS = {
     "gmm": "GaussianMixture",
     "bernoulli": "BernoulliMixture",
@@ -195,14 +196,16 @@ def _parse_value(text: str):
 def _make_estimator(cls, args: argparse.Namespace, k: int):
     """The estimator with the command line's hyperparameters; unknown names are usage errors."""
     params = set(cls().get_params())
-    wanted = {"n_components": k, "n_restarts": args.restarts, "random_state": args.seed}
+    wanted = {"n_clusters" if "n_clusters" in params else "n_components": k,
+              "n_restarts": args.restarts, "random_state": args.seed}
     if args.covariance is not None:
         wanted["covariance_type"] = args.covariance
     if args.max_iter is not None:
         wanted["n_iter" if "n_iter" in params and "max_iter" not in params else "max_iter"] = \
             args.max_iter
+    verbose = 0 if args.quiet else 1  # a bar only on a terminal, for fits longer than a second
     if "verbose" in params:
-        wanted["verbose"] = 0 if args.quiet else 1
+        wanted["verbose"] = verbose
     for setting in getattr(args, "settings", []):
         name, eq, value = setting.partition("=")
         if not eq:
@@ -214,7 +217,10 @@ def _make_estimator(cls, args: argparse.Namespace, k: int):
         names = ", ".join(option.get(u, u) for u in unknown)
         raise _UsageError(f"{cls.__name__} does not take {names}; its hyperparameters are "
                           f"{', '.join(sorted(params))}")
-    return cls(**wanted), wanted
+    est = cls(**wanted)
+    if "verbose" not in params:
+        est.verbose = verbose  # read by the estimators' fit where the family has no such parameter
+    return est, wanted
 
 
 def _lengths(args, n_rows: int, cls) -> dict:
