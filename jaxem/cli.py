@@ -196,8 +196,7 @@ def _parse_value(text: str):
 def _make_estimator(cls, args: argparse.Namespace, k: int):
     """The estimator with the command line's hyperparameters; unknown names are usage errors."""
     params = set(cls().get_params())
-    wanted = {"n_clusters" if "n_clusters" in params else "n_components": k,
-              "n_restarts": args.restarts, "random_state": args.seed}
+    wanted = {"n_components": k, "n_restarts": args.restarts, "random_state": args.seed}
     if args.covariance is not None:
         wanted["covariance_type"] = args.covariance
     if args.max_iter is not None:
