@@ -72,7 +72,7 @@ class FeatureMixture(MixtureEstimator):
             return None
         (feature, cols), = self._specs()
         k = self.n_components
-        defaults = feature.default_params(k, X.shape[1], np.float64)
+        defaults = feature.default_params(k, X.shape[1], em.default_float_dtype())
         params = {"weights": np.full(k, 1.0 / k)}
         params.update({key: np.asarray(v) for key, v in defaults.items()})
         for key, value in given.items():

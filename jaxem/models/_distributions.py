@@ -206,8 +206,9 @@ def gamma() -> Feature:
 
     The shape has no closed form: the M-step solves ``log a - ψ(a) = log mean(x) - mean(log x)``
     (the profile likelihood is concave in ``a``) by Newton's method from the additive statistics
-    ``Σr, Σr x, Σr log x``, keeps the new shape only if its profile Q is no lower than the old
-    one's (a generalized M-step that never decreases Q), then sets ``rate = shape / mean``.
+    ``Σr, Σr x, Σr log x``. It keeps the new shape when Newton converged (the exact maximiser) or
+    when its profile Q is no lower than the old shape's (a generalized M-step that never
+    decreases Q), then sets ``rate = shape / mean``.
     Shapes are capped at ``1e6`` (a component of identical values).
     """
 
@@ -225,9 +226,15 @@ def gamma() -> Feature:
         old_a, old_b = params["shapes"], params["rates"]
         mean = _ratio(s["sum"], s["count"], old_a / old_b)
         mean_log = _ratio(s["sum_log"], s["count"], digamma(old_a) - jnp.log(old_b))
-        new_a = jnp.minimum(solve_log_minus_digamma(jnp.log(mean) - mean_log), 1e6)
+        target = jnp.log(mean) - mean_log
+        new_a = jnp.minimum(solve_log_minus_digamma(target), 1e6)
+        # A converged Newton root is the exact maximiser (the profile is concave); otherwise keep
+        # the step only if it does not lower Q. Deciding by the residual rather than by comparing
+        # two nearly equal Q values keeps the update a smooth function of the statistics.
+        residual = jnp.abs(log_minus_digamma(new_a)[0] - target)
         better = _gamma_profile(new_a, mean, mean_log) >= _gamma_profile(old_a, mean, mean_log)
-        a = jnp.where(better & jnp.isfinite(new_a), new_a, old_a)
+        ok = jnp.isfinite(new_a) & ((residual <= 1e-4 * target) | better)
+        a = jnp.where(ok, new_a, old_a)
         return {"shapes": a, "rates": a / mean}
 
     return Feature(
