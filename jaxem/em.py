@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _loop, _passes
+from . import _loop, _passes, distributed
 from .estep import Annealing, resolve_e_step
 from .model import Model
 from .mstep import DEFAULT_M_STEP_ITERS, default_optimizer
@@ -114,7 +114,7 @@ def e_step(model: Model, params: Any, X, sample_weight=None) -> tuple[Array, Arr
         ``(resp, log_likelihood)``: ``resp [N, K]`` with ``resp[n] = softmax_k log p(x_n, z=k)``,
         and the scalar ``Σ_n w_n logsumexp_k log p(x_n, z=k)``.
     """
-    X = _as_data(X)
+    X = _as_data(X, allow_nan=model.handles_missing)
     resp, row_ll = posterior_rows(model, params, X)
     return resp, _passes.weighted_sum(row_ll, _as_weights(sample_weight, X.shape[0], X.dtype))
 
@@ -181,7 +181,7 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         e_step: str | Annealing = "soft", m_step: str = "auto",
         optimizer: optax.GradientTransformation | None = None,
         m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
-        progress: Callable | None = None) -> FitResult:
+        progress: Callable | None = None, devices=None) -> FitResult:
     """Fit ``model`` to ``X`` by EM from several random starts at once.
 
     Args:
@@ -216,6 +216,11 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         progress: optional ``progress(iteration, log_likelihood [R], converged [R], running [R])``
             called once per EM iteration from inside the compiled loop (see
             :mod:`jaxem.progress` for a progress bar); it does not trigger a recompilation.
+        devices: ``None`` (one device), ``"all"`` (every device of every process), a list of
+            devices or a :class:`jax.sharding.Mesh` with one ``"data"`` axis: each pass splits the
+            row blocks over the devices and adds their statistics (see :mod:`jaxem.distributed`;
+            ``X`` itself is replicated, so for data larger than one device use
+            :func:`jaxem.fit_chunked`, which accepts ``devices`` too).
 
     Returns:
         A :class:`FitResult`.
@@ -249,7 +254,8 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
     keys = _restart_keys(key, n_restarts)
     if labels is not None:
         labels = jnp.asarray(check_labels(labels, X.shape[0], _n_components(model, keys[0], X)))
-    n_blocks, rows = _passes.plan_blocks(X.shape[0], block_size)
+    mesh = distributed.data_mesh(devices)
+    n_blocks, rows = _passes.plan_blocks(X.shape[0], block_size, distributed.n_shards(mesh))
     if init_params is not None:
         init_params = jax.tree.map(
             lambda p: jnp.broadcast_to(jnp.asarray(p), (keys.shape[0],) + jnp.shape(p)),
@@ -259,6 +265,9 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
                   use_gradient=use_gradient,
                   optimizer=(optimizer or _DEFAULT_OPTIMIZER) if use_gradient else None,
                   m_step_iters=m_step_iters, rule=rule)
+    if mesh is not None:
+        static["mesh"] = mesh
+        X, weights, labels = distributed.replicate((X, weights, labels), mesh)
     out, compile_time, fit_time = _loop.run_compiled(
         (keys, init_params, X, weights, labels, jnp.asarray(tol, X.dtype)), static, progress)
 
