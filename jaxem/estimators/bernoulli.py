@@ -17,7 +17,7 @@ class BernoulliMixture(MixtureEstimator):
     Args:
         n_components: number of components ``K``.
         n_trials: trials per feature; data must be integers in ``[0, n_trials]``.
-        tol, max_iter, n_restarts, random_state, m_step, optimizer: as in
+        tol, max_iter, n_restarts, random_state, m_step, optimizer, e_step, verbose: as in
             :class:`GaussianMixture`.
         init_params: ``"kmeans"`` or ``"random"``.
 
@@ -28,7 +28,8 @@ class BernoulliMixture(MixtureEstimator):
 
     def __init__(self, n_components: int = 1, *, n_trials: int = 1, tol: float = 1e-6,
                  max_iter: int = 100, n_restarts: int = 1, init_params: str = "kmeans",
-                 random_state=None, m_step: str = "auto", optimizer=None):
+                 random_state=None, m_step: str = "auto", optimizer=None,
+                 e_step="soft", verbose: int = 0):
         self.n_components = n_components
         self.n_trials = n_trials
         self.tol = tol
@@ -38,6 +39,8 @@ class BernoulliMixture(MixtureEstimator):
         self.random_state = random_state
         self.m_step = m_step
         self.optimizer = optimizer
+        self.e_step = e_step
+        self.verbose = verbose
 
     def _check_hyperparameters(self) -> None:
         super()._check_hyperparameters()

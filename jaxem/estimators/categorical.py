@@ -16,7 +16,7 @@ class CategoricalMixture(FeatureMixture):
         n_components: number of components ``K``.
         n_categories: categories per column (an int for all columns, or one per column); ``None``
             infers ``max + 1`` of each column from the training data.
-        tol, max_iter, n_restarts, random_state, m_step, optimizer: as in
+        tol, max_iter, n_restarts, random_state, m_step, optimizer, e_step, verbose: as in
             :class:`GaussianMixture`.
         init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``.
         dirichlet_alpha: symmetric Dirichlet prior ``α >= 1`` on the weights (MAP when > 1).
@@ -33,7 +33,8 @@ class CategoricalMixture(FeatureMixture):
     def __init__(self, n_components: int = 1, *, n_categories=None, tol: float = 1e-6,
                  max_iter: int = 100, n_restarts: int = 1, init_params: str = "kmeans",
                  dirichlet_alpha: float = 1.0, weights_init=None, probs_init=None,
-                 random_state=None, m_step: str = "auto", optimizer=None):
+                 random_state=None, m_step: str = "auto", optimizer=None,
+                 e_step="soft", verbose: int = 0):
         self.n_components = n_components
         self.n_categories = n_categories
         self.tol = tol
@@ -46,6 +47,8 @@ class CategoricalMixture(FeatureMixture):
         self.random_state = random_state
         self.m_step = m_step
         self.optimizer = optimizer
+        self.e_step = e_step
+        self.verbose = verbose
 
     def _user_counts(self, n_cols: int) -> tuple[int, ...] | None:
         if self.n_categories is None:

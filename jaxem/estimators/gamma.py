@@ -14,7 +14,7 @@ class GammaMixture(FeatureMixture):
 
     Args:
         n_components: number of components ``K``.
-        tol, max_iter, n_restarts, random_state, m_step, optimizer: as in
+        tol, max_iter, n_restarts, random_state, m_step, optimizer, e_step, verbose: as in
             :class:`GaussianMixture`.
         init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``.
         dirichlet_alpha: symmetric Dirichlet prior ``α >= 1`` on the weights (MAP when > 1).
@@ -31,7 +31,8 @@ class GammaMixture(FeatureMixture):
     def __init__(self, n_components: int = 1, *, tol: float = 1e-6, max_iter: int = 100,
                  n_restarts: int = 1, init_params: str = "kmeans", dirichlet_alpha: float = 1.0,
                  weights_init=None, shapes_init=None, rates_init=None, random_state=None,
-                 m_step: str = "auto", optimizer=None):
+                 m_step: str = "auto", optimizer=None,
+                 e_step="soft", verbose: int = 0):
         self.n_components = n_components
         self.tol = tol
         self.max_iter = max_iter
@@ -44,6 +45,8 @@ class GammaMixture(FeatureMixture):
         self.random_state = random_state
         self.m_step = m_step
         self.optimizer = optimizer
+        self.e_step = e_step
+        self.verbose = verbose
 
     def _specs(self):
         return ((dist.gamma(), None),)

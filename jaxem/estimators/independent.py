@@ -120,7 +120,7 @@ class IndependentMixture(FeatureMixture):
             ``"gaussian"`` (option ``min_variance``), ``"poisson"``, ``"exponential"``,
             ``"gamma"``, ``"bernoulli"``, ``"categorical"`` (option ``n_categories``, inferred
             from the data as ``max + 1`` per column when omitted). Every column must be in a group.
-        tol, max_iter, n_restarts, random_state, m_step, optimizer: as in
+        tol, max_iter, n_restarts, random_state, m_step, optimizer, e_step, verbose: as in
             :class:`GaussianMixture`.
         init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``.
         dirichlet_alpha: symmetric Dirichlet prior ``α >= 1`` on the weights (MAP when > 1).
@@ -136,7 +136,8 @@ class IndependentMixture(FeatureMixture):
     def __init__(self, n_components: int = 1, *, features=(), tol: float = 1e-6,
                  max_iter: int = 100, n_restarts: int = 1, init_params: str = "kmeans",
                  dirichlet_alpha: float = 1.0, random_state=None, m_step: str = "auto",
-                 optimizer=None):
+                 optimizer=None,
+                 e_step="soft", verbose: int = 0):
         self.n_components = n_components
         self.features = features
         self.tol = tol
@@ -147,6 +148,8 @@ class IndependentMixture(FeatureMixture):
         self.random_state = random_state
         self.m_step = m_step
         self.optimizer = optimizer
+        self.e_step = e_step
+        self.verbose = verbose
 
     def _groups(self, X: np.ndarray | None = None) -> list:
         """User groups with categorical counts filled in (from ``X`` when fitting)."""

@@ -20,7 +20,7 @@ class StudentTMixture(MixtureEstimator):
         covariance_type: ``"full"`` (scale matrices ``[K, D, D]``) or ``"diag"`` (``[K, D]``).
         dof: fixed degrees of freedom ``ν`` for every component, or ``None`` to estimate one per
             component.
-        tol, reg_covar, max_iter, n_restarts, random_state, m_step, optimizer: as in
+        tol, reg_covar, max_iter, n_restarts, random_state, m_step, optimizer, e_step, verbose: as in
             :class:`GaussianMixture`.
         init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``.
         dirichlet_alpha: symmetric Dirichlet prior ``α >= 1`` on the weights (MAP when > 1).
@@ -34,7 +34,8 @@ class StudentTMixture(MixtureEstimator):
     def __init__(self, n_components: int = 1, *, covariance_type: str = "full", dof=None,
                  tol: float = 1e-6, reg_covar: float = 1e-6, max_iter: int = 100,
                  n_restarts: int = 1, init_params: str = "kmeans", dirichlet_alpha: float = 1.0,
-                 random_state=None, m_step: str = "auto", optimizer=None):
+                 random_state=None, m_step: str = "auto", optimizer=None,
+                 e_step="soft", verbose: int = 0):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.dof = dof
@@ -47,6 +48,8 @@ class StudentTMixture(MixtureEstimator):
         self.random_state = random_state
         self.m_step = m_step
         self.optimizer = optimizer
+        self.e_step = e_step
+        self.verbose = verbose
 
     def _check_hyperparameters(self) -> None:
         super()._check_hyperparameters()
