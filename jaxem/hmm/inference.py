@@ -104,8 +104,8 @@ def _compose(first, second):
 
     A segment from step ``a`` to step ``b`` is ``(P [..., K, K], s [..., K])``: ``P[i, j] =
     p(z_b = j | z_a = i, x_{a+1:b})`` (rows sum to 1) and ``s[i] = log p(x_{a+1:b} | z_a = i)``
-    (up to the emission shifts).
-    """
+    up to a constant shared by all ``i`` (the log-likelihood itself comes from the forward
+    messages, not from here)."""
     P1, s1 = first
     P2, s2 = second
     # Weight each middle state by how well it explains the second segment; renormalise rows.
@@ -114,7 +114,11 @@ def _compose(first, second):
     W = P1 * jnp.exp(s2 - top)[..., None, :]
     total = jnp.sum(W, axis=-1)
     P = (W @ P2) / jnp.where(total > 0, total, 1.0)[..., None]
-    return P, s1 + jnp.log(total) + top
+    # Scores are kept relative to their maximum: only differences between states matter, and a
+    # segment's absolute log-likelihood (O(length)) would cost them float32 precision.
+    score = s1 + jnp.log(total)
+    peak = jnp.max(score, axis=-1, keepdims=True)
+    return P, score - jnp.where(jnp.isfinite(peak), peak, 0.0)
 
 
 def _segments(initial: Array, A: Array, B: Array) -> tuple[Array, Array]:
