@@ -2,16 +2,19 @@
 
 The mechanism is generic: it relies only on ``get_params()`` (the hyperparameters) and on the
 instance attributes that end in ``_`` (fitted, public) or start with ``_`` (fitted, private, such as
-a centring offset) and hold arrays, numbers, strings or ``None``. Anything else (``fit_result_``,
-an optax optimiser, a JAX key as ``random_state``) is left out, so any estimator class defined in
-``jaxem`` that follows scikit-learn's conventions can be saved without code of its own.
+a centring offset) and hold arrays, numbers, strings, ``None``, or lists, tuples and dicts of
+those. Anything else (``fit_result_``, an optax optimiser, a JAX key as ``random_state``, a cache of
+Python objects) is left out, so any estimator class defined in ``jaxem`` that follows
+scikit-learn's conventions, and rebuilds its caches from the stored state, can be saved without
+code of its own.
 
 File layout (``numpy.savez``, read back with ``allow_pickle=False``):
 
 - ``__jaxem__``: a JSON string ``{"format": "jaxem-estimator", "version": 1, "class": ...,
   "jaxem_version": ..., "params": {...}, "attributes": {...}, "dropped": [...]}``;
 - ``param/<name>``: hyperparameters that are arrays (e.g. ``means_init``);
-- ``attr/<name>``: fitted attributes that are arrays.
+- ``attr/<name>``: fitted attributes that are arrays (``attr/<name>/<index or key>/...`` for
+  arrays inside lists and dicts).
 
 Scalars travel in the JSON (Python's ``json`` writes floats with ``repr``, which round-trips
 exactly), arrays in their own dtype, so a loaded estimator predicts bit-identically.
@@ -42,38 +45,65 @@ def _is_key(value) -> bool:
     return isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key)
 
 
-def _encode(value, name: str, arrays: dict, prefix: str):
-    """JSON description of ``value``, with arrays moved into ``arrays``; ``None`` if not storable."""
+class _Unstorable(Exception):
+    """A value (or a part of it) that the file format cannot hold."""
+
+
+def _encode(value, key: str, arrays: dict):
+    """JSON description of ``value``; arrays go into ``arrays`` under ``key`` (+ ``/index``).
+
+    Numbers, strings, ``None``, arrays, ranges, and lists, tuples and string-keyed dicts of those
+    (nested) are storable; anything else raises :class:`_Unstorable`.
+    """
     if value is None or isinstance(value, (bool, str)):
         return {"kind": "json", "value": value}
     if isinstance(value, numbers.Integral):
         return {"kind": "json", "value": int(value)}
     if isinstance(value, numbers.Real):
         return {"kind": "json", "value": float(value)}
-    if _is_key(value):
-        return None
-    if isinstance(value, (np.ndarray, np.generic, jax.Array)):
+    if isinstance(value, (np.ndarray, np.generic, jax.Array)) and not _is_key(value):
         arr = np.asarray(value)
         if arr.dtype == object:
-            return None
-        arrays[f"{prefix}/{name}"] = arr
-        return {"kind": "jax" if isinstance(value, jax.Array) else "array"}
-    if isinstance(value, (list, tuple)) and all(
-            v is None or isinstance(v, (bool, str, numbers.Real)) for v in value):
-        return {"kind": "tuple" if isinstance(value, tuple) else "json",
-                "value": [v if v is None or isinstance(v, (bool, str)) else
-                          (int(v) if isinstance(v, numbers.Integral) else float(v)) for v in value]}
-    return None
+            raise _Unstorable(key)
+        arrays[key] = arr
+        return {"kind": "jax" if isinstance(value, jax.Array) else "array", "key": key}
+    if isinstance(value, range):
+        return {"kind": "range", "value": [value.start, value.stop, value.step]}
+    if isinstance(value, (list, tuple)):
+        return {"kind": type(value).__name__ if type(value) in (list, tuple) else "list",
+                "items": [_encode(v, f"{key}/{i}", arrays) for i, v in enumerate(value)]}
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {"kind": "dict", "items": {k: _encode(v, f"{key}/{k}", arrays)
+                                          for k, v in value.items()}}
+    raise _Unstorable(key)
 
 
-def _decode(entry: dict, name: str, arrays: dict, prefix: str):
+def _decode(entry: dict, arrays: dict):
     kind = entry["kind"]
     if kind == "json":
         return entry["value"]
-    if kind == "tuple":
-        return tuple(entry["value"])
-    arr = arrays[f"{prefix}/{name}"]
+    if kind == "range":
+        return range(*entry["value"])
+    if kind in ("list", "tuple"):
+        items = [_decode(e, arrays) for e in entry["items"]]
+        return items if kind == "list" else tuple(items)
+    if kind == "dict":
+        return {k: _decode(e, arrays) for k, e in entry["items"].items()}
+    if kind not in ("array", "jax"):
+        raise KeyError(f"value kind {kind!r}")
+    arr = arrays[entry["key"]]
     return jax.numpy.asarray(arr) if kind == "jax" else arr
+
+
+def _try_encode(value, key: str, arrays: dict):
+    """``_encode``, or ``None`` (and ``arrays`` untouched) when the value is not storable."""
+    staged: dict = {}
+    try:
+        entry = _encode(value, key, staged)
+    except _Unstorable:
+        return None
+    arrays.update(staged)
+    return entry
 
 
 def _fitted_state(estimator) -> dict:
@@ -107,14 +137,14 @@ def save(estimator, path) -> str:
     arrays: dict[str, np.ndarray] = {}
     params, dropped = {}, []
     for name, value in estimator.get_params().items():
-        entry = _encode(value, name, arrays, "param")
+        entry = _try_encode(value, f"param/{name}", arrays)
         if entry is None:
             dropped.append(name)
             entry = {"kind": "json", "value": None}
         params[name] = entry
     attributes = {}
     for name, value in _fitted_state(estimator).items():
-        entry = _encode(value, name, arrays, "attr")
+        entry = _try_encode(value, f"attr/{name}", arrays)
         if entry is not None:  # e.g. fit_result_: a summary of the fit, not needed to predict
             attributes[name] = entry
     if dropped:
@@ -198,9 +228,8 @@ def load(path):
     meta, arrays = _read(path)
     try:
         cls = _class_from(meta["class"], path)
-        params = {name: _decode(entry, name, arrays, "param") for name, entry in meta["params"].items()}
-        state = {name: _decode(entry, name, arrays, "attr")
-                 for name, entry in meta["attributes"].items()}
+        params = {name: _decode(entry, arrays) for name, entry in meta["params"].items()}
+        state = {name: _decode(entry, arrays) for name, entry in meta["attributes"].items()}
     except (KeyError, TypeError) as err:
         raise ValueError(f"{path}: truncated or corrupted jaxem model file (missing {err})") from None
     try:
