@@ -1,0 +1,85 @@
+"""Diagonal-precision distances and moments as a few matrix products, accurate in float32.
+
+Expanding ``Σ_d p_kd (x_d - μ_kd)²`` into ``x²·p - 2 x·(μp) + μ²·p`` turns the E-step into matrix
+products but loses ``eps · (|x| / σ)²`` to cancellation, which for clusters far apart (in units of
+their spread) ruins float32. Taking every row about its *nearest* centre first, ``x' = x - μ_j``,
+keeps the products: with ``Δ_kj = μ_k - μ_j``,
+
+    Σ_d p_kd (x_d - μ_kd)² = x'²·p_k - 2 x'·(p_k Δ_kj) + Σ_d p_kd Δ_kjd²
+
+and ``x'·(p_k Δ_kj) = x'·(p_k μ_k) - (x' μ_j)·p_k``: three row-by-``[D, K]`` products on ``[x'², x' μ_j,
+x']`` plus a ``[K, K]`` table. The error is now ``eps · |x'| · |Δ| / σ²``, small for every component
+that matters to the row (those near it). The M-step's moments about each component's previous
+mean follow from the same shifted rows, again as one product ``Rᵀ [x', x'², x' μ_j, onehot(j)]``.
+Everything is also taken about the centres' mean, so data far from the origin lose nothing.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+class Shifted(NamedTuple):
+    """Rows taken about their nearest centre (in coordinates centred on the centres' mean)."""
+
+    nearest: Array   # [B] index j of each row's nearest centre
+    rows: Array      # [B, D] x' = x - μ_j
+    centre: Array    # [B, D] μ_j - c, the nearest centre about the centres' mean c
+
+
+def shift_to_nearest(X: Array, means: Array, precision: Array) -> Shifted:
+    """Pick each row's nearest centre by the (cheap, expanded) distance and shift the row to it.
+
+    Args:
+        X: ``[B, D]`` rows.
+        means: ``[K, D]`` centres.
+        precision: ``[K, D]`` per-coordinate precisions ``1/σ²`` (for choosing the nearest only;
+            any nearby centre works, so the expanded form's round-off is harmless here).
+    """
+    c = jnp.mean(means, axis=0)
+    Xc, Mc = X - c, means - c
+    expanded = (jnp.concatenate([Xc * Xc, Xc], axis=1)
+                @ jnp.concatenate([precision.T, -2.0 * (Mc * precision).T], axis=0))
+    nearest = jnp.argmin(expanded + jnp.sum(Mc * Mc * precision, axis=1), axis=1)
+    centre = Mc[nearest]
+    return Shifted(nearest, Xc - centre, centre)
+
+
+def _pair_offsets(means: Array) -> Array:
+    """``[K, K, D]`` ``Δ_kj = μ_k - μ_j``."""
+    return means[:, None, :] - means[None, :, :]
+
+
+def squared_distances(shifted: Shifted, means: Array, precision: Array) -> Array:
+    """``[B, K]`` ``Σ_d p_kd (x_d - μ_kd)²`` from rows shifted by :func:`shift_to_nearest`."""
+    Mc = means - jnp.mean(means, axis=0)
+    xs, mj = shifted.rows, shifted.centre
+    weights = jnp.concatenate([precision.T, 2.0 * precision.T, -2.0 * (Mc * precision).T], axis=0)
+    table = jnp.einsum("kd,kjd->jk", precision, jnp.square(_pair_offsets(means)))
+    products = jnp.concatenate([xs * xs, xs * mj, xs], axis=1) @ weights
+    return jnp.maximum(products + table[shifted.nearest], 0.0)
+
+
+def moments(shifted: Shifted, means: Array, resp: Array) -> tuple[Array, Array]:
+    """Moments of the rows about each component's mean ``μ_k`` under ``resp [B, K]``.
+
+    Returns:
+        ``(first [K, D], second [K, D])``: ``Σ_n r_nk (x_n - μ_k)`` and ``Σ_n r_nk (x_n - μ_k)²``.
+    """
+    k, d = means.shape
+    Mc = means - jnp.mean(means, axis=0)
+    xs, mj = shifted.rows, shifted.centre
+    onehot = jax.nn.one_hot(shifted.nearest, k, dtype=xs.dtype)
+    sums = resp.T @ jnp.concatenate([xs, xs * xs, xs * mj, onehot], axis=1)
+    r_x, r_xx, r_xm, counts = sums[:, :d], sums[:, d:2 * d], sums[:, 2 * d:3 * d], sums[:, 3 * d:]
+    delta = _pair_offsets(means)                       # μ_k - μ_j
+    first = r_x - jnp.einsum("kj,kjd->kd", counts, delta)
+    # Σ_n r_nk x'_n Δ_{k j(n)} = μ_k Σ r x' - Σ r x' μ_j (both about the centres' mean).
+    cross = Mc * r_x - r_xm
+    second = r_xx - 2.0 * cross + jnp.einsum("kj,kjd->kd", counts, jnp.square(delta))
+    return first, second
