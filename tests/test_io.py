@@ -256,3 +256,79 @@ def test_save_refuses_objects_that_are_not_jaxem_estimators(tmp_path):
     with pytest.raises(TypeError, match="expects a jaxem estimator"):
         jio.save(object(), tmp_path / "m.npz")
     assert list(tmp_path.iterdir()) == []
+
+
+# -- reading data tables ----------------------------------------------------------------------------
+def test_read_table_formats_agree(tmp_path):
+    X = np.array([[1.5, -2.0, 3.0], [4.0, 5.25, -6.0], [7.0, 8.0, 9.5]])
+    (tmp_path / "a.csv").write_text("\ufeffa, b ,c\n1.5,-2,3\n\n4,5.25,-6\n7,8,9.5\n")  # BOM, blank
+    (tmp_path / "a.tsv").write_text("a\tb\tc\n1.5\t-2\t3\n4\t5.25\t-6\n7\t8\t9.5\n")
+    (tmp_path / "noheader.txt").write_text("1.5\t-2\t3\n4\t5.25\t-6\n7\t8\t9.5\n")
+    np.save(tmp_path / "a.npy", X)
+    for name, names in [("a.csv", ["a", "b", "c"]), ("a.tsv", ["a", "b", "c"]),
+                        ("noheader.txt", ["x0", "x1", "x2"]), ("a.npy", ["x0", "x1", "x2"])]:
+        got, got_names = jio.read_table(tmp_path / name)
+        assert got.dtype == np.float64 and np.array_equal(got, X), name
+        assert got_names == names, name
+    got, names = jio.read_table(tmp_path / "a.csv", columns=["c", "0"])
+    assert names == ["c", "a"] and np.array_equal(got, X[:, [2, 0]])
+    one_d, _ = jio.read_table(_saved(tmp_path / "v.npy", X[:, 0]))
+    assert one_d.shape == (3, 1)
+
+
+def _saved(path, arr):
+    np.save(path, arr)
+    return path
+
+
+def test_read_table_parquet(tmp_path):
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:  # without the 'parquet' extra the error says how to get it
+        (tmp_path / "a.parquet").write_bytes(b"PAR1")
+        with pytest.raises(ImportError, match=r"pip install 'jaxem\[parquet\]'"):
+            jio.read_table(tmp_path / "a.parquet")
+        return
+    pq.write_table(pa.table({"n": [1, 2, 3], "x": [0.5, 1.5, -2.0], "ok": [True, False, True]}),
+                   tmp_path / "a.parquet")
+    X, names = jio.read_table(tmp_path / "a.parquet")
+    assert names == ["n", "x", "ok"]
+    assert np.array_equal(X, [[1, 0.5, 1], [2, 1.5, 0], [3, -2.0, 1]])
+    pq.write_table(pa.table({"x": [1.0, None], "s": ["a", "b"]}), tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="column 'x' .* missing value at row 2"):
+        jio.read_table(tmp_path / "bad.parquet")
+    pq.write_table(pa.table({"s": ["a", "b"]}), tmp_path / "text.parquet")
+    with pytest.raises(ValueError, match="column 's' .* not numeric"):
+        jio.read_table(tmp_path / "text.parquet")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a,b\n1,2\n3,x\n", r"column 'b' \(column 2\) is not numeric: line 3 holds 'x'"),
+    ("a,b\n1,2\n3,\n", r"column 'b' .* line 3 is empty"),
+    ("a,b\n1,2\n3,4,5\n", "line 3 has 3 fields but the header has 2"),
+    ("a,b\n1,inf\n", "not a finite number"),
+    ("a,b\n", "no data rows"),
+    ("\n\n", "the file is empty"),
+])
+def test_read_table_names_the_bad_cell(tmp_path, text, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        jio.read_table(path)
+
+
+def test_read_table_missing_file_and_bad_columns(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        jio.read_table(tmp_path / "nope.csv")
+    with pytest.raises(FileNotFoundError, match="not a file"):
+        jio.read_table(tmp_path)
+    path = tmp_path / "a.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="no column 'z'"):
+        jio.read_table(path, columns=["z"])
+    with pytest.raises(ValueError, match="index 5 is out of range"):
+        jio.read_table(path, columns=[5])
+    np.save(tmp_path / "s.npy", np.array(["a", "b"]))
+    with pytest.raises(ValueError, match="not numeric"):
+        jio.read_table(tmp_path / "s.npy")
