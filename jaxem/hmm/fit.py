@@ -204,7 +204,8 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
             ``[B, T, ...]`` with ``mask``.
         lengths: optional ``[B]`` sequence lengths summing to ``N`` (hmmlearn's convention).
         mask: optional ``[B, T]`` bool for padded ``X`` (real steps first in each row).
-        key: PRNG key (split per restart) or ``[R]`` keys, as in :func:`jaxem.fit`.
+        key: PRNG key (split per restart) or ``[R]`` keys, as in :func:`jaxem.fit`; optional
+            with ``init_params``.
         n_restarts: random starts, vmapped into one program (default 1 or the number of keys).
         max_iter: most EM iterations per restart.
         tol: stop when the relative change of the objective is ``<= tol``.
@@ -240,6 +241,8 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
     method = inference.choose_method(method, seqs.X.shape[1])
     if seqs.rows.shape[0] < hmm.n_states:
         raise ValueError(f"n_states={hmm.n_states} but only {seqs.rows.shape[0]} observations")
+    if key is None and init_params is not None:
+        key = jax.random.key(0)    # never used: every restart starts from init_params
     keys = _restart_keys(key, n_restarts)
     Xp, maskp, rows = _as_float(seqs)
     if init_params is not None:
