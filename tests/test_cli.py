@@ -230,3 +230,29 @@ def test_count_families_fit_and_save(family, tmp_path, capsys):
     est = jem.load(tmp_path / "m.npz")
     assert type(est) is available_models()[family]
     assert read_number("BIC", out) == pytest.approx(est.bic(X.astype(float)), abs=1e-2)
+
+
+def test_hmm_fit_predict_with_sequence_lengths(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    states = np.tile(np.repeat([0, 1], 15), 4)  # two sequences of 60 steps, regimes of 15
+    data = tmp_path / "seq.csv"
+    np.savetxt(data, rng.normal(np.where(states, 3.0, -3.0), 1.0)[:, None], header="level",
+               comments="", fmt="%.6f")
+    X = jio.read_table(data)[0]
+    model, plot_file = tmp_path / "hmm.npz", tmp_path / "hmm.png"
+    assert main(["fit", str(data), "--model", "hmm", "-k", "2", "-r", "2", "-q", "--lengths",
+                 "60,60", "--out", str(model), "--plot", str(plot_file)]) == 0
+    out = capsys.readouterr().out
+    hmm = jem.load(model)
+    assert type(hmm) is available_models()["hmm"]
+    lengths = np.array([60, 60])
+    # HMM scores are totals over the sequences; the summary prints them as such
+    assert read_number("log-likelihood", out) == pytest.approx(hmm.score(X, lengths), abs=1e-2)
+    assert read_number("BIC", out) == pytest.approx(hmm.bic(X, lengths), abs=1e-2)
+    assert_png(plot_file)
+
+    assert main(["predict", str(model), str(data), "--lengths", "60,60"]) == 0
+    table = np.loadtxt(capsys.readouterr().out.splitlines()[1:], delimiter=",")
+    assert np.array_equal(table[:, 0], hmm.predict(X, lengths))  # the Viterbi path
+    agreement = np.mean(table[:, 0] == states)
+    assert max(agreement, 1 - agreement) > 0.95
