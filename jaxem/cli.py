@@ -26,6 +26,7 @@ import numpy as np
 
 import jaxem
 from jaxem import io as jio
+from jaxem._report import format_table, summary, total_log_likelihood
 from jaxem.datasets import load_old_faithful
 
 # Command-line name -> estimator class name. A class appears once jaxem (or jaxem.hmm) exports
@@ -271,65 +272,6 @@ def _check_writable(path: str | None, what: str) -> None:
             raise _UsageError(f"cannot write {what} to {path!r}: folder {folder!r} does not exist")
 
 
-# -- output -------------------------------------------------------------------------------------
-def _format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """Right-aligned columns, two spaces apart."""
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-            for row in [header, *rows]]
-
-
-def _total_log_likelihood(est, X, fit_kwargs) -> float:
-    """Total log-likelihood of ``X``: HMMs' ``score`` is a total already, mixtures' a mean."""
-    score = est.score(X, **fit_kwargs)
-    return score if "lengths" in inspect.signature(est.fit).parameters else score * X.shape[0]
-
-
-def summary(est, X, names: Sequence[str], title: str, shown: dict, elapsed: float,
-            fit_kwargs: dict | None = None) -> list[str]:
-    """The lines ``jaxem demo`` and ``jaxem fit`` print about a fitted estimator.
-
-    Args:
-        est: the fitted estimator; X: its data ``[N, D]``; names: the ``D`` column names.
-        title: the first line; shown: the hyperparameters to show in the model line.
-        elapsed: wall seconds of the fit; fit_kwargs: extra arguments of ``fit`` (HMM lengths).
-    """
-    fit_kwargs = fit_kwargs or {}
-    n, d = X.shape
-    total = _total_log_likelihood(est, X, fit_kwargs)
-    model = ", ".join(f"{k}={v!r}" for k, v in shown.items()
-                      if k not in ("n_restarts", "random_state", "verbose"))
-    result = getattr(est, "fit_result_", None)
-    lines = [title,
-             f"  data            {n} samples x {d} features ({', '.join(names[:8])}"
-             f"{', ...' if d > 8 else ''})",
-             f"  model           {type(est).__name__}({model})"]
-    if result is not None:
-        r = len(result.converged)
-        lines.append(f"  restarts        {r}, run as one vmapped program (seed {shown.get('random_state')}); "
-                     f"best is #{result.best_restart}, {int(np.sum(result.converged))}/{r} converged")
-    lines += [f"  log-likelihood  {total:.4f} total, {total / n:.6f} per sample",
-              f"  BIC             {est.bic(X, **fit_kwargs):.4f}",
-              f"  AIC             {est.aic(X, **fit_kwargs):.4f}",
-              f"  converged       {'yes' if est.converged_ else 'no (iteration limit reached)'}, "
-              f"after {est.n_iter_} iterations"]
-    timing = f"  fit time        {elapsed:.3f} s wall"
-    if result is not None and getattr(result, "compile_time", None) is not None:
-        timing += f" ({result.compile_time:.3f} s compiling, {result.fit_time:.3f} s running EM)"
-    lines += [timing + "; the first call includes JIT compilation", ""]
-    proba = np.asarray(est.predict_proba(X, **fit_kwargs), np.float64)
-    weights = np.asarray(getattr(est, "weights_", proba.mean(axis=0)), np.float64)
-    means = getattr(est, "means_", None)
-    if means is None or np.shape(means) != (est.n_components, d):
-        # families without means_: the mean of the data under each component's responsibilities
-        means = (proba.T @ X) / np.maximum(proba.sum(axis=0), 1e-300)[:, None]
-    shown_d = min(d, 8)
-    header = ["component", "weight", *(f"mean {name}" for name in names[:shown_d])]
-    rows = [[str(c), f"{w:.4f}", *(f"{m:.4f}" for m in np.asarray(means)[c, :shown_d])]
-            for c, w in enumerate(weights)]
-    return lines + ["  " + line for line in _format_table(header, rows)]
-
-
 def _save_plot(est, X, names, path, fit_kwargs) -> None:
     try:
         from jaxem.plot import plot_fit
@@ -411,7 +353,7 @@ def run_select(args: argparse.Namespace) -> int:
         score = {"bic": est.bic(X, **fit_kwargs), "aic": est.aic(X, **fit_kwargs)}
         if best is None or score[args.criterion] < best[1]:
             best = (k, score[args.criterion])
-        rows.append([str(k), f"{_total_log_likelihood(est, X, fit_kwargs):.4f}",
+        rows.append([str(k), f"{total_log_likelihood(est, X, fit_kwargs):.4f}",
                      f"{score['bic']:.4f}", f"{score['aic']:.4f}",
                      "yes" if est.converged_ else "no", f"{elapsed:.2f}"])
     for row in rows:
@@ -419,7 +361,7 @@ def run_select(args: argparse.Namespace) -> int:
     print(f"jaxem select: {cls.__name__} on {args.data} ({X.shape[0]} x {X.shape[1]}), "
           f"{args.restarts} restarts per K")
     header = ["K", "log-likelihood", "BIC", "AIC", "converged", "seconds", ""]
-    print("\n".join(_format_table(header, rows)))
+    print("\n".join(format_table(header, rows)))
     print(f"best K by {args.criterion.upper()}: {best[0]}")
     return 0
 
