@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _passes
+from .distributed import sharded_pass
 from .estep import EStepRule
 from .model import Model
 from .mstep import gradient_m_step
@@ -47,10 +48,13 @@ def _report(iteration, objective, converged, running):
                        np.asarray(running))
 
 
-def _objective_pass(model: Model, use_gradient: bool, rule: EStepRule, rows, params, iteration):
-    """One pass at ``params``: ``(objective, aux)`` where aux feeds the next M-step."""
+def _objective_pass(model: Model, use_gradient: bool, rule: EStepRule, rows, params, iteration,
+                    mesh=None):
+    """One pass at ``params``: ``(objective, aux)`` where aux feeds the next M-step. With a
+    ``mesh`` the row blocks are split over its devices and the sums added across them."""
     temperature = rule.temperature(iteration, rows.weights.dtype)
     pass_fn = _passes.responsibility_pass if use_gradient else _passes.stats_pass
+    pass_fn = sharded_pass(pass_fn, mesh, sum_aux=not use_gradient)
     objective, aux = pass_fn(model, params, rows, rule.hard, temperature)
     if model.log_prior is not None:
         objective = objective + model.log_prior(params)
@@ -65,8 +69,9 @@ def _select(mask: Array, new, old):
 
 
 def run_restarts(model: Model, params, rows, tol, *, max_iter: int, use_gradient: bool, optimizer,
-                 m_step_iters: int, rule: EStepRule, report: bool) -> LoopOutput:
-    """EM for a batch of restarts ``params`` (leading axis ``R``) on blocked ``rows``."""
+                 m_step_iters: int, rule: EStepRule, report: bool, mesh=None) -> LoopOutput:
+    """EM for a batch of restarts ``params`` (leading axis ``R``) on blocked ``rows``; with a
+    ``mesh`` (see :mod:`jaxem.distributed`) each pass is split over its devices."""
     if use_gradient:
         def m_step(p, resp_blocks):
             return gradient_m_step(model, p, rows.X, resp_blocks, optimizer, m_step_iters)
@@ -75,7 +80,8 @@ def run_restarts(model: Model, params, rows, tol, *, max_iter: int, use_gradient
             return model.maximize(stats, p)
 
     def e_pass(p, iteration):
-        return jax.vmap(lambda q: _objective_pass(model, use_gradient, rule, rows, q, iteration))(p)
+        return jax.vmap(
+            lambda q: _objective_pass(model, use_gradient, rule, rows, q, iteration, mesh))(p)
 
     zero = jnp.zeros((), jnp.int32)
     obj0, aux0 = e_pass(params, zero)
@@ -116,7 +122,7 @@ def run_restarts(model: Model, params, rows, tol, *, max_iter: int, use_gradient
 
 
 def _program(keys, init_params, X, weights, labels, tol, *, n_blocks, rows, max_iter,
-             use_gradient, optimizer, m_step_iters, rule, report, model):
+             use_gradient, optimizer, m_step_iters, rule, report, model, mesh=None):
     blocked = _passes.block_rows(X, weights, labels, n_blocks, rows)
     if init_params is None:
         init_params = jax.vmap(model.init, in_axes=(0, None))(keys, X)
@@ -124,11 +130,11 @@ def _program(keys, init_params, X, weights, labels, tol, *, n_blocks, rows, max_
             init_params = jax.vmap(lambda p: _passes.align_to_labels(model, p, blocked))(init_params)
     return run_restarts(model, init_params, blocked, tol, max_iter=max_iter,
                         use_gradient=use_gradient, optimizer=optimizer,
-                        m_step_iters=m_step_iters, rule=rule, report=report)
+                        m_step_iters=m_step_iters, rule=rule, report=report, mesh=mesh)
 
 
 _STATIC = ("model", "n_blocks", "rows", "max_iter", "use_gradient", "optimizer", "m_step_iters",
-           "rule", "report")
+           "rule", "report", "mesh")
 _jitted_program = jax.jit(_program, static_argnames=_STATIC)
 
 # Compiled executables by (static arguments, argument shapes/dtypes/shardings). Compiling ahead

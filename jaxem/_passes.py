@@ -27,14 +27,18 @@ _FLUSH_LOG = -80.0
 DEFAULT_BLOCK_ROWS = 4096
 
 
-def plan_blocks(n_rows: int, block_size: int | None) -> tuple[int, int]:
-    """Choose ``(n_blocks, rows_per_block)`` covering ``n_rows`` with little padding."""
+def plan_blocks(n_rows: int, block_size: int | None, n_shards: int = 1) -> tuple[int, int]:
+    """Choose ``(n_blocks, rows_per_block)`` covering ``n_rows`` with little padding; ``n_blocks``
+    is a multiple of ``n_shards`` (the devices the blocks are split over)."""
     target = DEFAULT_BLOCK_ROWS if block_size is None else block_size
     n_blocks = max(1, math.ceil(n_rows / target))
     rows = math.ceil(n_rows / n_blocks)
     if n_blocks > 1:
         rows = 8 * math.ceil(rows / 8)
         n_blocks = math.ceil(n_rows / rows)
+    if n_blocks % n_shards:
+        n_blocks = n_shards * math.ceil(n_blocks / n_shards)
+        rows = math.ceil(n_rows / n_blocks)
     return n_blocks, rows
 
 
@@ -67,10 +71,19 @@ def block_rows(X: Array, weights: Array, labels: Array | None, n_blocks: int, ro
     return Rows(Xb, wb, labels)
 
 
+def _carry_zeros(shapes, like: Array) -> Any:
+    """Zeros of ``shapes`` (a pytree of shape/dtype structs) to start a sum over the blocks of
+    ``like``. Inside ``shard_map`` (see :mod:`jaxem.distributed`) each device sums its own blocks,
+    so the zeros must vary over the same device axes as the data do."""
+    # full_like takes only the type of ``like`` (its device-axis variance), never its values.
+    return jax.tree.map(lambda s: jax.lax.full_like(like, 0, s.dtype, s.shape), shapes)
+
+
 def _sum_over_blocks(block_fn, blocks) -> Any:
     """``Σ_b block_fn(*blocks[b])`` leaf by leaf, as a ``lax.scan`` (one block live at a time)."""
-    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                        jax.eval_shape(block_fn, *jax.tree.map(lambda b: b[0], tuple(blocks))))
+    blocks = tuple(blocks)
+    zero = _carry_zeros(jax.eval_shape(block_fn, *jax.tree.map(lambda b: b[0], blocks)),
+                        blocks[0])
 
     def body(total, block):
         return jax.tree.map(jnp.add, total, block_fn(*block)), None
@@ -138,7 +151,7 @@ def weighted_sum(row_values: Array, weights: Array) -> Array:
 
 
 def stats_pass(model: Model, params: Any, rows: Rows, hard: bool = False,
-               temperature: Array | None = None) -> tuple[Array, Any]:
+               temperature: Array | None = None, centre: Any = None) -> tuple[Array, Any]:
     """E-step at ``params`` fused with the sufficient statistics the closed-form M-step needs.
 
     Args:
@@ -146,6 +159,9 @@ def stats_pass(model: Model, params: Any, rows: Rows, hard: bool = False,
         params: its parameters.
         rows: the blocked data (see :func:`block_rows`).
         hard, temperature: the E-step rule (see :func:`posterior`).
+        centre: the parameters handed to ``model.suff_stats`` (the point its statistics are taken
+            about); ``None`` means ``params``. Online EM keeps one fixed centre so that statistics
+            from different steps can be averaged.
 
     Returns:
         ``(objective, stats)``: the weighted total of the rows' objectives (the log-likelihood,
@@ -156,7 +172,7 @@ def stats_pass(model: Model, params: Any, rows: Rows, hard: bool = False,
     def block_stats(xb, w, labels):
         lj = mask_labels(model.log_joint_matrix(params, xb), labels)
         row_ll, resp = posterior(lj, hard, temperature)
-        stats = model.suff_stats(params, xb, resp * w[:, None])
+        stats = model.suff_stats(params if centre is None else centre, xb, resp * w[:, None])
         return weighted_sum(row_ll, w), stats
 
     return _sum_over_blocks(block_stats, rows)
@@ -218,7 +234,8 @@ def responsibility_pass(model: Model, params: Any, rows: Rows, hard: bool = Fals
         row_ll, resp = posterior(lj, hard, temperature)
         return total + weighted_sum(row_ll, w), resp * w[:, None]
 
-    return jax.lax.scan(body, jnp.zeros((), rows.weights.dtype), rows)
+    zero = _carry_zeros(jax.ShapeDtypeStruct((), rows.weights.dtype), rows.weights)
+    return jax.lax.scan(body, zero, rows)
 
 
 def expected_log_joint_blocks(model: Model, params: Any, Xb: Array, Rb: Array) -> Array:

@@ -1,0 +1,112 @@
+"""The data axis over several devices: a one-axis mesh, and passes that psum their statistics.
+
+EM's statistics (the log-likelihood, the expected sufficient statistics, the gradient of Q) are
+sums over rows, so a pass splits the row blocks over the devices of a mesh, lets every device sum
+its own blocks (``jax.shard_map``), and adds the parts with one ``psum``. The M-step then runs on
+the summed statistics, identically on every device. The result equals the single-device fit up to
+the order of float additions.
+
+Several hosts: start every process with ``jax.distributed.initialize()`` (coordinator address,
+number of processes and process id from arguments or the cluster's environment, e.g. SLURM), then
+make the same call in every process; ``jax.devices()`` then lists the devices of all hosts and
+``devices="all"`` shards over all of them::
+
+    import jax, jaxem as jem
+    jax.distributed.initialize()          # once per process, before any other JAX call
+    result = jem.fit_chunked(model, "/shared/X.npy", key=jax.random.key(0), devices="all")
+
+Each process then reads only the rows of the chunks its own devices hold (the data must be
+readable by every process, e.g. a ``.npy`` on a shared file system). With :func:`jaxem.fit` every
+process passes the same in-memory ``X``. jaxem adds no cluster layer of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def data_mesh(devices) -> Mesh | None:
+    """A one-axis mesh named ``"data"`` over ``devices``.
+
+    Args:
+        devices: ``None`` (no mesh: the single-device path), ``"all"`` (``jax.devices()``, every
+            device of every process), a sequence of devices, or a :class:`jax.sharding.Mesh`
+            with a ``"data"`` axis.
+
+    Returns:
+        The mesh, or ``None`` for ``devices=None`` or a single device.
+    """
+    if devices is None:
+        return None
+    if isinstance(devices, Mesh):
+        if DATA_AXIS not in devices.axis_names or len(devices.axis_names) != 1:
+            raise ValueError(f"a mesh for EM needs exactly one axis named {DATA_AXIS!r}, got "
+                             f"{devices.axis_names}")
+        return devices if devices.size > 1 else None
+    if isinstance(devices, str):
+        if devices != "all":
+            raise ValueError(f"devices must be None, 'all', a list of devices or a Mesh, got "
+                             f"{devices!r}")
+        devices = jax.devices()
+    if not isinstance(devices, Sequence) or not devices:
+        raise ValueError(f"devices must be None, 'all', a non-empty list of devices or a Mesh, "
+                         f"got {devices!r}")
+    if len(devices) == 1:
+        return None
+    return Mesh(np.asarray(devices, dtype=object), (DATA_AXIS,))
+
+
+def n_shards(mesh: Mesh | None) -> int:
+    """How many parts the row blocks are split into (1 without a mesh)."""
+    return 1 if mesh is None else mesh.size
+
+
+def sharded_pass(pass_fn: Callable, mesh: Mesh | None, sum_aux: bool = True) -> Callable:
+    """``pass_fn(model, params, rows, hard, temperature) -> (objective, aux)`` over a mesh.
+
+    Each device runs ``pass_fn`` on its share of ``rows`` (split along the block axis, whose length
+    must be a multiple of the mesh size) with the same ``params`` and ``temperature``; the
+    objectives are summed with ``psum``, and so are the auxiliary statistics when ``sum_aux``
+    (else, e.g. per-row responsibilities, they stay split along the block axis). Without a mesh,
+    ``pass_fn`` itself is returned.
+    """
+    if mesh is None:
+        return pass_fn
+
+    def run(model, params, rows, hard=False, temperature=None):
+        # Parameters go in as explicit replicated arguments, not closed over: a closed-over array
+        # placed on the mesh outside would carry a sharding that clashes inside shard_map.
+        def local(params, local_rows, temperature):
+            objective, aux = pass_fn(model, params, local_rows, hard, temperature)
+            objective = jax.lax.psum(objective, DATA_AXIS)
+            return objective, jax.lax.psum(aux, DATA_AXIS) if sum_aux else aux
+
+        out_specs = (P(), P() if sum_aux else P(DATA_AXIS))
+        return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()),
+                             out_specs=out_specs)(params, rows, temperature)
+
+    return run
+
+
+def put_blocks(blocks: np.ndarray, mesh: Mesh | None) -> jax.Array:
+    """Place host ``blocks [n_blocks, ...]`` on the devices, split along the block axis.
+
+    Each process reads (slices) only the blocks its own devices hold, so with a memmap every host
+    touches just its share of a chunk.
+    """
+    if mesh is None:
+        return jax.device_put(blocks)
+    sharding = NamedSharding(mesh, P(DATA_AXIS))
+    return jax.make_array_from_callback(blocks.shape, sharding, lambda index: blocks[index])
+
+
+def replicate(tree, mesh: Mesh):
+    """Every array of ``tree`` (``None`` leaves kept) as a copy on each device of ``mesh``."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))

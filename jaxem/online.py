@@ -1,0 +1,173 @@
+"""Stochastic (online) EM for very large N (Cappé & Moulines, 2009), closed-form families.
+
+Instead of a full pass per M-step, each minibatch updates a running average of the expected
+sufficient statistics, scaled to the whole data set, and the M-step follows at once::
+
+    ŝ_t = (N / |B_t|) · Σ_{n ∈ B_t} stats(x_n, r_n(θ_{t-1}))
+    s_t = (1 - ρ_t) s_{t-1} + ρ_t ŝ_t,        θ_t = maximize(s_t)
+
+with step sizes ``ρ_t = ((t0 + 1) / (t0 + t))^κ``, ``κ ∈ (0.5, 1]``: ``ρ_1 = 1`` (the first
+minibatch's statistics start the average), then ``ρ_t ∝ t^-κ``, which satisfies ``Σ ρ_t = ∞``,
+``Σ ρ_t² < ∞`` (the Robbins-Monro conditions of the convergence proof).
+
+Averaging statistics from different steps needs them in one fixed coordinate system: the models'
+statistics may be taken about a point (Gaussian moments are about each component's mean), so
+every step takes them about the *initial* parameters (``centre``), and the M-step reads them from
+there. This is exact for families whose ``suff_stats`` use ``params`` only as such a centring
+point (Gaussian, Bernoulli, Poisson, categorical and the other exponential families); families
+whose statistics depend on the parameters in other ways (Student-t's latent scales) are outside
+the method: their averaged statistics would be biased, and nothing can detect that here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _passes
+from .data import as_source
+from .em import _restart_keys
+from .model import Model
+from .streaming import DEFAULT_INIT_ROWS, _host_blocks
+from .validation import check_nonnegative_float, check_positive_int, default_float_dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineResult:
+    """What :func:`fit_online` returns.
+
+    Attributes:
+        params: the parameters after the last step (pytree).
+        n_steps: minibatch steps taken.
+        n_epochs: passes over the data that makes (``n_steps * batch_size / N``).
+        history: ``[n_steps]`` each minibatch's mean log-likelihood per row under the parameters
+            before its step (a noisy running view; score the full data for a final figure).
+        step_sizes: ``[n_steps]`` the ``ρ_t`` used.
+        fit_time: seconds of the whole loop (reading, compiling and computing).
+    """
+
+    params: Any
+    n_steps: int
+    n_epochs: float
+    history: np.ndarray
+    step_sizes: np.ndarray
+    fit_time: float
+
+
+def step_sizes(n_steps: int, kappa: float = 0.6, t0: float = 2.0) -> np.ndarray:
+    """``[n_steps]`` Cappé-Moulines step sizes ``ρ_t = ((t0 + 1) / (t0 + t))^κ``, ``t = 1..``."""
+    t = np.arange(1, n_steps + 1, dtype=np.float64)
+    return ((t0 + 1.0) / (t0 + t)) ** kappa
+
+
+@functools.partial(jax.jit, static_argnames=("model",), donate_argnums=2)
+def _step(params, centre, average, rows, rho, scale, *, model):
+    """One online-EM step: minibatch statistics about ``centre``, averaged in, then maximized."""
+    objective, stats = _passes.stats_pass(model, params, rows, centre=centre)
+    average = jax.tree.map(lambda a, s: (1.0 - rho) * a + (rho * scale) * s, average, stats)
+    return model.maximize(average, centre), average, objective
+
+
+def fit_online(model: Model, source, *, batch_size: int = 8192, n_epochs: float = 1.0,
+               max_steps: int | None = None, max_seconds: float | None = None,
+               kappa: float = 0.6, t0: float = 2.0, key=None, init_params: Any = None,
+               init_size: int = DEFAULT_INIT_ROWS, shuffle: bool = True,
+               block_size: int | None = None, progress: Callable | None = None) -> OnlineResult:
+    """Fit ``model`` by stochastic (online) EM over minibatches of ``source``.
+
+    Args:
+        model: a :class:`jaxem.Model` with a closed-form M-step (see the module docstring for
+            which families average exactly).
+        source: data ``[N, ...]``: an array, memmap, ``.npy`` path or callable returning an
+            iterable of arrays (see :mod:`jaxem.data`); rows should be in random order when
+            ``shuffle`` cannot apply (iterables are read in order).
+        batch_size: rows per minibatch (the last one of an epoch is padded under weight 0).
+        n_epochs: passes over the data (may be fractional).
+        max_steps: stop after this many minibatches (overrides ``n_epochs``).
+        max_seconds: stop after this much wall-clock time (checked after each step).
+        kappa: step-size exponent in ``(0.5, 1]``; smaller forgets old statistics faster.
+        t0: step-size offset ``>= 0``; larger keeps early steps larger.
+        key: PRNG key for initialisation and the minibatch order.
+        init_params: optional starting parameters (else ``model.init`` on ``init_size`` rows).
+        init_size: rows the initialiser sees.
+        shuffle: visit minibatches in a new random order each epoch (indexable sources).
+        block_size: rows per block inside a minibatch.
+        progress: optional ``progress(step, minibatch mean log-likelihood)``.
+
+    Returns:
+        :class:`OnlineResult`.
+    """
+    batch_size = check_positive_int(batch_size, "batch_size")
+    init_size = check_positive_int(init_size, "init_size")
+    if not (isinstance(kappa, (int, float)) and 0.5 < kappa <= 1.0):
+        raise ValueError(f"kappa must be in (0.5, 1], got {kappa!r}")
+    t0 = check_nonnegative_float(t0, "t0")
+    if max_steps is not None:
+        max_steps = check_positive_int(max_steps, "max_steps")
+    if max_seconds is not None:
+        max_seconds = check_nonnegative_float(max_seconds, "max_seconds")
+    if not (check_nonnegative_float(n_epochs, "n_epochs") > 0):
+        raise ValueError(f"n_epochs must be > 0, got {n_epochs!r}")
+    if not model.has_closed_form:
+        raise ValueError(f"{model.name!r} has no closed-form M-step; online EM averages "
+                         "sufficient statistics and needs one")
+    if key is None and init_params is not None:
+        key = jax.random.key(0)
+    key = _restart_keys(key, 1)[0]
+    source = as_source(source)
+    dtype = np.dtype(default_float_dtype())
+    rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
+    if init_params is None:
+        _, sample = source.sample(init_size, rng, dtype)
+        init_params = jax.jit(model.init)(key, jnp.asarray(sample))
+    centre = jax.tree.map(lambda p: jnp.asarray(p, dtype), init_params)
+    if source.n_rows is None:                         # an iterable: count its rows once
+        for _ in source.chunks(batch_size, dtype=dtype):
+            pass
+    n_rows = source.n_rows
+    batch_size = min(batch_size, n_rows)
+    batches_per_epoch = math.ceil(n_rows / batch_size)
+    total = max_steps or max(1, math.ceil(n_epochs * batches_per_epoch))
+    n_blocks, rows_per_block = _passes.plan_blocks(batch_size, block_size)
+    rhos = step_sizes(total, kappa, t0)
+
+    def batches():
+        while True:
+            if source.indexable:
+                order = rng.permutation(batches_per_epoch) if shuffle else range(batches_per_epoch)
+                for b in order:
+                    start = int(b) * batch_size
+                    yield source.rows(start, min(start + batch_size, n_rows), dtype=dtype)
+            else:
+                for _, chunk in source.chunks(batch_size, dtype=dtype):
+                    yield chunk
+
+    params, average, history = centre, None, []
+    begin = time.perf_counter()
+    for step, chunk in enumerate(batches()):
+        if step == total or (max_seconds is not None and step
+                             and time.perf_counter() - begin >= max_seconds):
+            break
+        rows = jax.tree.map(jnp.asarray, _host_blocks(chunk, chunk.shape[0], None, None, n_blocks,
+                                                      rows_per_block))
+        if average is None:
+            shapes = jax.eval_shape(functools.partial(_passes.stats_pass, model), centre, rows)[1]
+            average = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        scale = jnp.asarray(n_rows / chunk.shape[0], dtype)
+        params, average, objective = _step(params, centre, average, rows,
+                                           jnp.asarray(rhos[step], dtype), scale, model=model)
+        history.append(objective / chunk.shape[0])    # left on the device: no sync per step
+        if progress is not None:
+            progress(step + 1, float(history[-1]))
+    n_steps = len(history)
+    return OnlineResult(params=params, n_steps=n_steps, n_epochs=n_steps * batch_size / n_rows,
+                        history=np.asarray(jnp.stack(history)),
+                        step_sizes=rhos[:n_steps], fit_time=time.perf_counter() - begin)
