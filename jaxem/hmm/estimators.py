@@ -63,10 +63,11 @@ class _BaseHMM:
     @classmethod
     def _param_names(cls):
         names = []
-        for klass in cls.__mro__:
+        for klass in cls.__mro__[:-1]:         # object's (*args, **kwargs) are not parameters
             if "__init__" in klass.__dict__:
-                names += [p for p in inspect.signature(klass.__init__).parameters
-                          if p not in ("self", "kwargs") and p not in names]
+                names += [name for name, p in inspect.signature(klass.__init__).parameters.items()
+                          if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                          and name not in names]
         return names
 
     def get_params(self, deep: bool = True) -> dict:

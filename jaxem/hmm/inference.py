@@ -77,26 +77,65 @@ def _normalise(u: Array) -> Array:
     return u / jnp.where(total > 0, total, 1.0)
 
 
-def _filter_scan(initial: Array, A: Array, B: Array) -> Array:
-    """Normalised forward messages ``alpha [T, K]``, ``alpha_t ∝ p(z_t, x_{0:t})``."""
-    def step(alpha, b):
-        alpha = _normalise((alpha @ A) * b)
-        return alpha, alpha
-
-    alpha0 = _normalise(initial * B[0])
-    _, rest = jax.lax.scan(step, alpha0, B[1:])
-    return jnp.concatenate([alpha0[None], rest])
+def _safe(total: Array) -> Array:
+    return jnp.where(total > 0, total, 1.0)
 
 
-def _smooth_scan(A: Array, B: Array) -> Array:
-    """Normalised backward messages ``beta [T, K]``, ``beta_t ∝ p(x_{t+1:T} | z_t)``."""
-    def step(beta, b):
-        beta = _normalise(A @ (b * beta))
-        return beta, beta
+def _scan_posterior(initial: Array, A: Array, B: Array, mask: Array):
+    """Sequential forward then backward pass; the backward pass also forms the marginals and
+    accumulates the transition counts, so no ``[T, K]`` array is read twice.
 
-    last = jnp.ones_like(B[0])
-    _, rest = jax.lax.scan(step, last, B[1:], reverse=True)
-    return jnp.concatenate([rest, last[None]])
+    Returns:
+        ``(marginals [T, K], transitions [K, K], norms [T])``; ``norms[t] = p(x_t | x_{0:t-1})``
+        divided by ``exp(shift[t])``.
+    """
+    def forward(alpha, b):
+        u = (alpha @ A) * b
+        norm = jnp.sum(u)
+        alpha = u / _safe(norm)
+        return alpha, (alpha, norm)
+
+    u0 = initial * B[0]
+    alpha0 = u0 / _safe(jnp.sum(u0))
+    _, (alphas, norms) = jax.lax.scan(forward, alpha0, B[1:])
+    alpha = jnp.concatenate([alpha0[None], alphas])
+
+    def backward(carry, inputs):
+        beta, counts, carried = carry
+        a, b, keep = inputs                       # alpha_t, B[t + 1], mask[t + 1]
+        ahead = b * beta                          # B[t+1] beta_{t+1}
+        v = A @ ahead                             # beta_t, unnormalised
+        z = a @ v                                 # Σ_ij alpha_t(i) A_ij B[t+1]_j beta_{t+1}(j)
+        term = jnp.where(keep, 1.0 / _safe(z), 0.0) * jnp.outer(a, ahead) - carried
+        # Compensated (Kahan) summation: a running float32 sum over 10^5 steps would otherwise
+        # lose about T * eps of the counts.
+        total = counts + term
+        carried = (total - counts) - term
+        beta = v / _safe(jnp.sum(v))
+        return (beta, total, carried), _normalise(a * beta)
+
+    K = A.shape[0]
+    zeros = jnp.zeros((K, K), B.dtype)
+    start = (jnp.ones((K,), B.dtype), zeros, zeros)
+    (_, counts, _), marginals = jax.lax.scan(backward, start, (alpha[:-1], B[1:], mask[1:]),
+                                             reverse=True)
+    marginals = jnp.concatenate([marginals, alpha[-1:]])
+    return marginals, A * counts, jnp.concatenate([jnp.sum(u0)[None], norms])
+
+
+def _message_posterior(initial: Array, A: Array, B: Array, mask: Array, alpha: Array,
+                       beta: Array):
+    """The same three outputs as :func:`_scan_posterior` from whole message arrays
+    ``alpha [T, K]`` (normalised filter) and ``beta [T, K]`` (any positive scale per step)."""
+    valid = mask.astype(B.dtype)
+    # One-step predictions p(z_t | x_{0:t-1}); their overlap with B[t] is step t's normaliser.
+    predicted = jnp.concatenate([initial[None], alpha[:-1] @ A])
+    norms = jnp.sum(predicted * B, axis=1)
+    marginals = _normalise(alpha * beta)
+    # xi_t(i, j) = alpha_t(i) A_ij B_{t+1}(j) beta_{t+1}(j) / z_t, summed over t as one product.
+    ahead = B[1:] * beta[1:]
+    weight = valid[1:] / _safe(jnp.sum(predicted[1:] * ahead, axis=1))
+    return marginals, A * (alpha[:-1].T @ (ahead * weight[:, None])), norms
 
 
 def _compose(first, second):
@@ -176,21 +215,14 @@ def forward_backward(initial: Array, transition: Array, log_obs: Array, mask: Ar
         mask = jnp.ones((T,), bool)
     B, shift = scaled_emissions(log_obs, mask)
     if choose_method(method, T) == "scan":
-        alpha, beta = _filter_scan(initial, transition, B), _smooth_scan(transition, B)
+        marginals, transitions, norms = _scan_posterior(initial, transition, B, mask)
     else:
         alpha, beta = _filter_smooth_associative(initial, transition, B)
-    valid = mask.astype(log_obs.dtype)
-    # One-step predictions p(z_t | x_{0:t-1}); their overlap with B[t] is step t's normaliser.
-    predicted = jnp.concatenate([initial[None], alpha[:-1] @ transition])
-    norms = jnp.sum(predicted * B, axis=1)
+        marginals, transitions, norms = _message_posterior(initial, transition, B, mask, alpha,
+                                                           beta)
     log_likelihood = jnp.sum(jnp.where(mask, jnp.log(norms) + shift, 0.0))
-    marginals = _normalise(alpha * beta) * valid[:, None]
-    # xi_t(i, j) = alpha_t(i) A_ij B_{t+1}(j) beta_{t+1}(j) / z_t, summed over t as one product.
-    ahead = B[1:] * beta[1:]
-    z = jnp.sum(predicted[1:] * ahead, axis=1)
-    weight = valid[1:] / jnp.where(z > 0, z, 1.0)
-    transitions = transition * (alpha[:-1].T @ (ahead * weight[:, None]))
-    return Posterior(marginals, transitions, log_likelihood)
+    return Posterior(marginals * mask[:, None].astype(marginals.dtype), transitions,
+                     log_likelihood)
 
 
 def log_likelihood(initial: Array, transition: Array, log_obs: Array,
