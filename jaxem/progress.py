@@ -17,6 +17,7 @@ seconds, so the bar costs microseconds per iteration on top of the engine's host
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -79,9 +80,12 @@ class ProgressBar:
         if self._start is None:
             self._start = time.perf_counter()
             if self._tqdm_class is not None:
+                # tqdm hides its bar on a terminal that reports a size of 0 x 0 (some ptys)
+                size = shutil.get_terminal_size((100, 24))
                 self._tqdm = self._tqdm_class(
                     total=self.max_iter, desc=self.desc, unit="it", file=self.stream,
-                    delay=self.delay, mininterval=self.min_interval, leave=True, dynamic_ncols=True)
+                    delay=self.delay, mininterval=self.min_interval, leave=True,
+                    ncols=size.columns, nrows=size.lines)
         if self._tqdm is not None:
             self._tqdm.set_postfix_str(self._summary(), refresh=False)
             self._tqdm.update(self.last[0] - self._tqdm.n)
@@ -103,7 +107,12 @@ class ProgressBar:
 
     def close(self) -> None:
         """Draw the final state (if the bar is showing) and end its line."""
+        if self.last is not None and self.last[0] < self.max_iter:
+            self.max_iter = self.last[0]  # every restart stopped early: end on a full bar
         if self._tqdm is not None:
+            if time.perf_counter() - self._start >= self.delay:  # only if it is showing
+                self._tqdm.total = self.max_iter
+                self._tqdm.refresh()
             self._tqdm.close()
             return
         if self._drawn:
