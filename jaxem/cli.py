@@ -323,6 +323,11 @@ def run_predict(args: argparse.Namespace) -> int:
     """``jaxem predict``: a CSV of labels and component probabilities, one row per DATA row."""
     _check_writable(args.out, "the predictions")
     est = jio.load(args.model_file)
+    needs = [p for p in inspect.signature(est.predict_proba).parameters.values()
+             if p.default is inspect.Parameter.empty and p.name != "X"]
+    if needs:  # e.g. regression mixtures: their posterior needs the response y as well
+        raise _UsageError(f"{type(est).__name__}.predict_proba needs {needs[0].name!r} besides X; "
+                          "predict from Python")
     X, _ = _read(args)
     fit_kwargs = _lengths(args, X.shape[0], type(est))
     proba = np.asarray(est.predict_proba(X, **fit_kwargs))

@@ -163,6 +163,8 @@ def test_more_components_than_rows_is_a_one_line_error(blobs_csv):
 
 def test_usage_errors_are_one_line_with_status_2(blobs_csv, tmp_path, capsys):
     data = str(blobs_csv[0])
+    regression = str(tmp_path / "regression.npz")
+    jem.MixtureOfLinearRegressions(2).save(regression)  # its posterior needs y as well as X
     cases = [
         (["demo", "--components", "0"], "--components"),
         ([], "required"),
@@ -176,6 +178,7 @@ def test_usage_errors_are_one_line_with_status_2(blobs_csv, tmp_path, capsys):
         (["select", data, "--ks", "3-1"], "--ks"),
         (["select", data, "--ks", "1,200"], "200 components"),
         (["predict", data, data], "not a jaxem model file"),
+        (["predict", regression, data], "needs 'y' besides X"),
     ]
     for argv, fragment in cases:
         assert main(argv) == 2, argv
