@@ -164,10 +164,15 @@ class _BaseHMM:
         check_positive_int(self.n_restarts, "n_restarts")
         check_positive_int(self.n_iter, "n_iter")
         check_nonnegative_float(self.tol, "tol")
-        for letter in self._letters():
-            for name in self._attributes.get(letter, ()):
-                self.__dict__.pop(name, None)
-        seqs = self._sequences(X, lengths)
+        # What init_params names is re-initialised, so old values must not constrain the data
+        # check (a refit may change D); they come back if the data are refused.
+        names = [n for letter in self._letters() for n in self._attributes.get(letter, ())]
+        dropped = {n: self.__dict__.pop(n) for n in names if n in self.__dict__}
+        try:
+            seqs = self._sequences(X, lengths)
+        except ValueError:
+            self.__dict__.update(dropped)
+            raise
         key = _as_key(self.random_state)
         start = self._start(seqs, key)
         result = fit(self._hmm(), seqs.X, mask=seqs.mask, key=key,
