@@ -76,20 +76,24 @@ def _mixture_part(params, rows, temperature, *, model, hard, mesh):
     return jax.vmap(lambda p: pass_fn(model, p, rows, hard, temperature))(params)
 
 
-def _hmm_part(params, rows, temperature, *, model, hard, mesh, layout, method):
-    """``(log-likelihood [R], (chain counts, emission stats))`` of one chunk of sequences."""
-    del hard, temperature
+def _hmm_part(params, rows, temperature, *, model, hard, layout, method):
+    """``(log-likelihood [R], (chain counts, emission stats))`` of one chunk of sequences.
 
-    def local(hmm, p, seqs, *_):
-        X, mask = seqs
-        objective, aux = _hmm_e_pass(hmm, p, layout.observation_blocks(X), mask, layout,
-                                         method, False)
+    With a mesh the chunk's sequences arrive split over the devices and XLA partitions the
+    vmapped forward-backward by them (the HMM scans' carries are not yet written for
+    ``shard_map``, which the mixtures' passes use).
+    """
+    del hard, temperature
+    X, mask = rows
+
+    def one(p):
+        objective, aux = _hmm_e_pass(model, p, layout.observation_blocks(X), mask, layout, method,
+                                     False)
         # The pass adds the chain's log prior; chunks must not each add it (it is added once per
         # pass). It is exactly 0 unless a Dirichlet concentration exceeds 1.
-        return objective - hmm.log_prior(p), aux
+        return objective - model.log_prior(p), aux
 
-    pass_fn = distributed.sharded_pass(local, mesh)
-    return jax.vmap(lambda p: pass_fn(model, p, rows))(params)
+    return jax.vmap(one)(params)
 
 
 @functools.partial(jax.jit, static_argnames=("part", "static"), donate_argnums=1)
@@ -343,9 +347,8 @@ def _hmm_plan(hmm: HMM, source: ChunkSource, lengths, chunk_size, keys, init_par
     shards = distributed.n_shards(mesh)
     per_chunk = shards * -(-per_chunk // shards)
     method = choose_method(method, T)
-    layout = _HMMLayout(per_chunk // shards, T, block_size)
-    static = (("model", hmm), ("hard", False), ("mesh", mesh), ("layout", layout),
-              ("method", method))
+    layout = _HMMLayout(per_chunk, T, block_size)
+    static = (("model", hmm), ("hard", False), ("layout", layout), ("method", method))
     steps = np.arange(T)
 
     def device_rows():
