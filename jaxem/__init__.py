@@ -38,7 +38,9 @@ from .models import (
     poisson_mixture,
     student_t_mixture,
 )
+from .online import OnlineResult, fit_online
 from .selection import ComponentSelection, select_components
+from .streaming import fit_chunked, log_likelihood_chunked
 from .validation import ConvergenceWarning, NotFittedError
 
 __version__ = "0.1.0"
@@ -92,4 +94,8 @@ __all__ = [
     "mixture_of_experts",
     "mixture_of_linear_regressions",
     "select_components",
+    "OnlineResult",
+    "fit_chunked",
+    "fit_online",
+    "log_likelihood_chunked",
 ]
