@@ -52,7 +52,8 @@ class ComponentSelection:
     """What :func:`select_components` returns.
 
     Attributes:
-        table: one dict per ``K`` with ``k``, ``log_likelihood`` (total, of the best restart),
+        table: one dict per ``K`` with ``k``, ``log_likelihood`` (total, of the best restart;
+            the penalised one when the model has a ``log_prior``),
             ``bic``, ``aic``, ``n_parameters`` and ``best_restart``.
         best_k: the ``K`` with the lowest value of ``criterion``.
         criterion: ``"bic"`` or ``"aic"``.

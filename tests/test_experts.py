@@ -42,6 +42,10 @@ def test_recovers_gate_and_experts():
     np.testing.assert_allclose(est.predict(X), expected, rtol=1e-6)
     model, params = est._model(), est._params()
     rows = est._transform(est._joint(X, y))
+    # The gate in user units is the engine's gate on centred rows.
+    np.testing.assert_allclose(est.gate_proba(X),
+                               E.gate_probabilities(est.fit_result_.params, jnp.asarray(rows)),
+                               rtol=1e-4, atol=1e-6)
     resp, loglik = jem.e_step(model, params, rows)
     assert float(jem.elbo(model, params, rows, resp)) == pytest.approx(float(loglik), rel=1e-5)
     assert float(loglik) / len(y) == pytest.approx(est.score(X, y), rel=1e-5)

@@ -10,6 +10,13 @@ Parameters (a dict):
 Sufficient statistics are moments about each component's previous mean ``m_k``
 (``Σ_n r_nk (x_n - m_k)``, ``Σ_n r_nk (x_n - m_k)(x_n - m_k)^T``): additive over rows, computed as
 batched matrix products, and without the float32 cancellation of moments about a common point.
+
+Variants, chosen when the model is built so the plain fast path is untouched:
+    MAP-EM (``prior=``, :mod:`jaxem.models.gaussian_prior`): the same statistics, and an M-step
+        that is the mode of likelihood x prior; the model carries ``log_prior``.
+    Missing values (``missing=True``): NaN entries are marginalised exactly; the statistics are the
+        expected complete-data ones (conditional means of the missing coordinates, conditional
+        covariances added to the second moment), in the same layout, so the M-step is shared.
 """
 
 from __future__ import annotations
