@@ -169,6 +169,8 @@ class IndependentMixture(FeatureMixture):
         return groups
 
     def _specs(self):
+        if not hasattr(self, "_specs_cache"):  # after jem.load: rebuilt from the stored state
+            self._specs_cache = independent_family.normalize_features(self._groups(None))
         return self._specs_cache
 
     def _validate(self, X, fitting: bool) -> np.ndarray:
@@ -205,7 +207,7 @@ class IndependentMixture(FeatureMixture):
 
     def _model(self):
         return independent_family.product_mixture(
-            self.n_components, self._specs_cache, missing=True, init=self.init_params,
+            self.n_components, self._specs(), missing=True, init=self.init_params,
             dirichlet_alpha=float(self.dirichlet_alpha))
 
     def _params(self):

@@ -45,8 +45,12 @@ class KMeans(MixtureEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    # The base class speaks of components, and fits with these fixed engine options.
-    n_components = property(lambda self: self.n_clusters)
+    @property
+    def n_components(self) -> int:
+        """The number of clusters (the name the shared mixture machinery uses)."""
+        return self.n_clusters
+
+    # k-means is hard EM with the closed-form M-step; these are not hyperparameters.
     e_step = "hard"
     m_step = "closed_form"
     optimizer = None
