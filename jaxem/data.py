@@ -235,3 +235,20 @@ def pad_rows(rows: np.ndarray, n_rows: int, fill=None) -> np.ndarray:
     tail = (np.broadcast_to(rows[:1], (pad,) + rows.shape[1:]) if fill is None
             else np.full((pad,) + rows.shape[1:], fill, rows.dtype))
     return np.concatenate([rows, tail])
+
+
+def map_source(source: ChunkSource, fn: Callable[[np.ndarray], np.ndarray]) -> ChunkSource:
+    """A source whose chunks (and samples, and row ranges) are ``fn(chunk)`` of ``source``'s, e.g.
+    an estimator's value checks and change of coordinates applied as the data stream by."""
+
+    def read(chunk_size):
+        for start, chunk in source._read(chunk_size):
+            yield start, fn(np.asarray(chunk))
+
+    def sample(k, rng):
+        index, rows = source._sample(k, rng)
+        return index, fn(np.asarray(rows))
+
+    read_rows = None if source._read_rows is None else (
+        lambda start, stop: fn(np.asarray(source._read_rows(start, stop))))
+    return ChunkSource(read, source.n_rows, sample, read_rows)

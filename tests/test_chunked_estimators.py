@@ -1,0 +1,51 @@
+"""Estimators fitted from chunk sources leave the same attributes as ``fit(X)`` from the same start."""
+
+import numpy as np
+import pytest
+from conftest import three_blobs
+
+import jaxem as jem
+from jaxem.chunked_estimators import fit_hmm, fit_mixture
+
+pytestmark = pytest.mark.filterwarnings("ignore::jaxem.ConvergenceWarning")  # fixed iterations
+
+
+def test_gaussian_mixture_from_npy_matches_fit(tmp_path):
+    X = three_blobs(601) + 50.0                  # far from the origin: the centring matters
+    path = tmp_path / "X.npy"
+    np.save(path, X)
+    start = dict(means_init=X[[0, 300, 500]], weights_init=np.full(3, 1 / 3),
+                 precisions_init=np.broadcast_to(np.eye(2), (3, 2, 2)))
+    kw = dict(max_iter=15, tol=0.0, **start)
+    ref = jem.GaussianMixture(3, **kw).fit(X)
+    est = fit_mixture(jem.GaussianMixture(3, **kw), str(path), chunk_size=128, init_size=200)
+    np.testing.assert_allclose(est.history_, ref.history_, rtol=1e-5)
+    np.testing.assert_allclose(est.means_, ref.means_, atol=1e-3)
+    np.testing.assert_allclose(est.covariances_, ref.covariances_, atol=1e-3)
+    np.testing.assert_allclose(est.predict_proba(X), ref.predict_proba(X), atol=1e-3)
+    with pytest.raises(ValueError, match="closed-form"):
+        fit_mixture(jem.GaussianMixture(3, m_step="gradient"), X)
+
+
+def test_gaussian_hmm_from_memmap_matches_fit(tmp_path):
+    rng = np.random.default_rng(0)
+    lengths = np.array([40, 25, 60, 33, 51])
+    states = rng.integers(0, 2, size=lengths.sum())
+    X = rng.normal(size=(lengths.sum(), 2)) + 3.0 * states[:, None]
+    np.save(tmp_path / "X.npy", X)
+    memmap = np.load(tmp_path / "X.npy", mmap_mode="r")
+
+    def start():
+        hmm = jem.GaussianHMM(2, "diag", init_params="", n_iter=10, tol=0.0)
+        hmm.startprob_ = np.array([0.6, 0.4])
+        hmm.transmat_ = np.array([[0.8, 0.2], [0.3, 0.7]])
+        hmm.means_ = np.array([[0.0, 0.0], [2.0, 2.0]])
+        hmm.covars_ = np.ones((2, 2))
+        return hmm
+
+    ref = start().fit(X, lengths)
+    est = fit_hmm(start(), memmap, lengths, chunk_size=2)
+    np.testing.assert_allclose(est.history_, ref.history_, rtol=1e-5)
+    np.testing.assert_allclose(est.transmat_, ref.transmat_, atol=1e-5)
+    np.testing.assert_allclose(est.means_, ref.means_, atol=1e-4)
+    assert est.score(X, lengths) == pytest.approx(ref.score(X, lengths), rel=1e-5)
