@@ -1,0 +1,112 @@
+"""Compile time of a fit: the first call in a fresh process, and a second process using JAX's
+persistent compilation cache (jaxem enables it on import, in ``$JAXEM_CACHE_DIR``).
+
+For each case, three fresh processes run the same fit: ``cold`` (cache off:
+``JAXEM_COMPILATION_CACHE=0``), ``first`` (an empty temporary cache directory, which it fills) and
+``second`` (the same directory, now warm). Each reports ``FitResult.compile_time`` (tracing,
+lowering and compiling, or loading from the cache), the wall time of the whole first ``jem.fit``
+call, a second call at another N in the same process (a new shape: compiles again) and the time of
+``import jaxem``.
+
+    python benchmarks/compile.py [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _harness import machine_line
+
+# (name, model factory arguments, N, D, EM iterations)
+CASES = [
+    ("GMM full K=16", ("gaussian", 16, "full"), 100_000, 16, 10),
+    ("GMM diag K=32", ("gaussian", 32, "diag"), 100_000, 32, 10),
+    ("Bernoulli K=10", ("bernoulli", 10), 10_000, 784, 10),
+]
+QUICK_N = 5_000
+TARGET_FIRST_S, TARGET_CACHED_S = 1.0, 0.3
+
+
+def _worker(case: int, n: int) -> None:
+    start = time.perf_counter()
+    import jax
+    import numpy as np
+
+    import jaxem as jem
+    import_s = time.perf_counter() - start
+
+    _, spec, _, d, iters = CASES[case]
+    model = (jem.gaussian_mixture(spec[1], spec[2]) if spec[0] == "gaussian"
+             else jem.bernoulli_mixture(spec[1]))
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    if spec[0] == "bernoulli":
+        X = (X > 0.5).astype(np.float32)
+    start = time.perf_counter()
+    res = jem.fit(model, X, key=jax.random.key(0), max_iter=iters, tol=0.0)
+    call_s = time.perf_counter() - start
+    other = jem.fit(model, X[: n // 2], key=jax.random.key(0), max_iter=iters, tol=0.0)
+    print(json.dumps({"import_s": import_s, "compile_s": res.compile_time, "call_s": call_s,
+                      "fit_s": res.fit_time, "new_shape_compile_s": other.compile_time}))
+
+
+def _spawn(case: int, n: int, env: dict) -> dict:
+    cmd = [sys.executable, __file__, "--_worker", str(case), "--_n", str(n)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help=f"N={QUICK_N} for every case")
+    p.add_argument("--json", metavar="PATH")
+    p.add_argument("--_worker", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--_n", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args._worker is not None:
+        _worker(args._worker, args._n)
+        return {}
+
+    print(f"machine: {machine_line()}")
+    print("\n### Compile time of a fit (fresh processes; `jem.fit`, k-means initialisation inside)\n")
+    print("| case | process | import jaxem s | compile_time s | whole first call s | fit_time s "
+          "| new shape compile s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="jaxem-cache-") as cache:
+        for i, (name, _, n, d, _) in enumerate(CASES):
+            n = QUICK_N if args.quick else n
+            base = dict(os.environ, JAXEM_CACHE_DIR=str(Path(cache) / str(i)))
+            for label, env in (("cold (cache off)", dict(base, JAXEM_COMPILATION_CACHE="0")),
+                               ("first (empty cache)", base), ("second (cache warm)", base)):
+                r = dict(_spawn(i, n, env), case=f"{name} [{n}, {d}]", process=label)
+                rows.append(r)
+                print(f"| {r['case']} | {label} | {r['import_s']:.2f} | {r['compile_s']:.2f} "
+                      f"| {r['call_s']:.2f} | {r['fit_s']:.2f} | {r['new_shape_compile_s']:.2f} |")
+    print()
+    checks = []
+    for r in rows:
+        if r["case"].startswith("GMM") and r["process"] != "first (empty cache)":
+            bound = TARGET_FIRST_S if r["process"].startswith("cold") else TARGET_CACHED_S
+            ok = r["compile_s"] <= bound
+            print(f"- target {r['case']} {r['process']}: compile_time {r['compile_s']:.2f} s "
+                  f"(needs <= {bound:g} s): {'met' if ok else 'MISSED'}")
+            checks.append({"case": r["case"], "process": r["process"], "value": r["compile_s"],
+                           "bound": bound, "ok": ok})
+    report = {"machine": machine_line(), "rows": rows, "targets": checks}
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
