@@ -83,9 +83,53 @@ class FitResult:
     fit_time: float = 0.0
 
 
-def _as_data(X, allow_nan: bool = False) -> Array:
-    arr = check_data(X, allow_nan=allow_nan)
+def _as_data(X, model: Model) -> Array:
+    arr = check_data(X, allow_nan=model.handles_missing)
+    check_model_data = getattr(model, "check_data", None)
+    if check_model_data is not None:
+        check_model_data(arr)
     return jnp.asarray(arr, dtype=default_float_dtype())
+
+
+def _shape_error(X: Array, err: Exception) -> ValueError:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ValueError(f"X has shape {tuple(X.shape)}, which does not fit the model (rows of shape "
+                      f"{tuple(X.shape[1:])}): {reason}")
+
+
+def _check_rows_fit(model: Model, params: Any, X: Array) -> None:
+    """Refuse rows that ``params`` cannot score (wrong rank or feature count), before compute."""
+    try:
+        jax.eval_shape(model.log_joint_matrix, params, X[:1])
+    except (TypeError, ValueError, IndexError) as err:
+        raise _shape_error(X, err) from None
+
+
+def _is_concrete(*arrays) -> bool:
+    """Whether every array holds values (not a tracer inside ``jit`` or ``grad``), so it can be
+    checked on the host."""
+    return not any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+def _checked(model: Model, params: Any, X, sample_weight, q=None):
+    """``(X, sample_weight, q)`` checked before compute when they hold values; tracers (inside a
+    user's ``jit`` or ``grad``) pass through unchecked."""
+    if not _is_concrete(X, sample_weight, q):
+        return X, sample_weight, q
+    X = _as_data(X, model)
+    _check_rows_fit(model, params, X)
+    if sample_weight is not None:
+        sample_weight = jnp.asarray(check_sample_weight(sample_weight, X.shape[0]), X.dtype)
+    if q is not None:
+        q_arr = np.asarray(q)
+        if q_arr.ndim != 2 or q_arr.shape[0] != X.shape[0]:
+            raise ValueError(f"q must have shape ({X.shape[0]}, K) to match X, got {q_arr.shape}")
+        bad = ~np.isfinite(q_arr) | (q_arr < 0)
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"q must hold finite probabilities >= 0; got {q_arr[row, col]} at row "
+                             f"{row}, column {col}")
+    return X, sample_weight, q
 
 
 def _as_weights(sample_weight, n_rows: int, dtype) -> Array:
@@ -114,7 +158,8 @@ def e_step(model: Model, params: Any, X, sample_weight=None) -> tuple[Array, Arr
         ``(resp, log_likelihood)``: ``resp [N, K]`` with ``resp[n] = softmax_k log p(x_n, z=k)``,
         and the scalar ``Σ_n w_n logsumexp_k log p(x_n, z=k)``.
     """
-    X = _as_data(X, allow_nan=model.handles_missing)
+    X = _as_data(X, model)
+    _check_rows_fit(model, params, X)
     resp, row_ll = posterior_rows(model, params, X)
     return resp, _passes.weighted_sum(row_ll, _as_weights(sample_weight, X.shape[0], X.dtype))
 
@@ -123,7 +168,9 @@ def log_likelihood(model: Model, params: Any, X, sample_weight=None) -> Array:
     """Total (weighted) incomplete-data log-likelihood ``Σ_n w_n log p(x_n | params)`` (scalar).
 
     Differentiable with respect to ``params`` when called with arrays inside a traced function.
+    Concrete inputs are checked first, as in :func:`e_step`.
     """
+    X, sample_weight, _ = _checked(model, params, X, sample_weight)
     X = jnp.asarray(X)
     row_ll = jax.nn.logsumexp(model.log_joint_matrix(params, X), axis=-1)
     return row_ll.sum() if sample_weight is None else jnp.sum(jnp.asarray(sample_weight) * row_ll)
@@ -136,6 +183,7 @@ def expected_log_joint(model: Model, params: Any, X, resp, sample_weight=None) -
     ``-inf``. By the Fisher identity, ``grad Q`` at the parameters that produced ``resp`` equals
     ``grad log_likelihood`` there.
     """
+    X, sample_weight, resp = _checked(model, params, X, sample_weight, resp)
     X = jnp.asarray(X)
     resp = jnp.asarray(resp)
     if sample_weight is not None:
@@ -157,10 +205,10 @@ def elbo(model: Model, params: Any, X, q, sample_weight=None) -> Array:
     Returns:
         Scalar ``L(q, θ) <= log p(X | θ)``, with equality when ``q`` is the exact posterior.
     """
+    expected = expected_log_joint(model, params, X, q, sample_weight)  # checks the inputs first
     q = jnp.asarray(q)
     w = 1.0 if sample_weight is None else jnp.asarray(sample_weight)[:, None]
-    entropy = -jnp.sum(w * jax.scipy.special.xlogy(q, q))
-    return expected_log_joint(model, params, X, q, sample_weight) + entropy
+    return expected - jnp.sum(w * jax.scipy.special.xlogy(q, q))
 
 
 def _restart_keys(key, n_restarts: int | None):
@@ -245,7 +293,7 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
     if progress is not None and not callable(progress):
         raise ValueError(f"progress must be callable or None, got {type(progress).__name__}")
 
-    X = _as_data(X, allow_nan=model.handles_missing)
+    X = _as_data(X, model)
     weights = _as_weights(sample_weight, X.shape[0], X.dtype)
     if model.n_components is not None:
         check_enough_rows(int(jnp.sum(weights > 0)), model.n_components)
@@ -268,8 +316,14 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
     if mesh is not None:
         static["mesh"] = mesh
         X, weights, labels = distributed.replicate((X, weights, labels), mesh)
-    out, compile_time, fit_time = _loop.run_compiled(
-        (keys, init_params, X, weights, labels, jnp.asarray(tol, X.dtype)), static, progress)
+    try:
+        out, compile_time, fit_time = _loop.run_compiled(
+            (keys, init_params, X, weights, labels, jnp.asarray(tol, X.dtype)), static, progress)
+    except (TypeError, ValueError, IndexError) as err:
+        # Tracing failed before any compute; when the model cannot even score these rows (wrong
+        # rank or feature count), say that instead of JAX's shape error deep in the model.
+        _diagnose_rows(model, keys[0], X, init_params, err)
+        raise
 
     ll = np.asarray(out.objective)
     failed = ~np.isfinite(ll)
@@ -300,6 +354,18 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         compile_time=compile_time,
         fit_time=fit_time,
     )
+
+
+def _diagnose_rows(model: Model, key, X: Array, init_params: Any, err: Exception) -> None:
+    """Raise a ValueError naming ``X``'s shape when the model cannot initialise on or score it."""
+    def score(k, x, p):
+        p = model.init(k, x) if p is None else jax.tree.map(lambda a: a[0], p)
+        return model.log_joint_matrix(p, x[:1])
+
+    try:
+        jax.eval_shape(score, key, X, init_params)
+    except (TypeError, ValueError, IndexError):
+        raise _shape_error(X, err) from None
 
 
 def _n_components(model: Model, key, X: Array) -> int:

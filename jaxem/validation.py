@@ -58,7 +58,9 @@ def check_data(X, *, name: str = "X", ndim: int | None = None, allow_nan: bool =
             where = _first_bad(bad)
             value = arr[where]
             place = f"row {where[0]}" + (f", column {where[1]}" if len(where) > 1 else "")
-            raise ValueError(f"{name} contains {value} at {place}; remove or impute it")
+            what = ("NaN (missing values are not supported here)" if np.isnan(value)
+                    else str(value))
+            raise ValueError(f"{name} contains {what} at {place}; remove or impute it")
     return arr
 
 
@@ -78,6 +80,33 @@ def check_sample_weight(sample_weight, n_rows: int) -> np.ndarray | None:
     if not (w > 0).any():
         raise ValueError("sample_weight is zero everywhere; at least one row must have weight > 0")
     return w
+
+
+def check_values(X: np.ndarray, bad: np.ndarray, requirement: str, who: str = "X") -> None:
+    """Refuse data whose entries break a family's requirement, naming the first bad entry.
+
+    Args:
+        X: ``[N]`` or ``[N, D]`` validated data.
+        bad: bool array of ``X``'s shape, ``True`` where an entry is not allowed.
+        requirement: what the entries must be, e.g. ``"0 or 1"``.
+        who: the model or estimator asking, for the message.
+
+    Raises:
+        ValueError: ``"{who} needs {requirement}; got {value} at row r, column c (n such entries)"``.
+    """
+    if not bad.any():
+        return
+    where = _first_bad(bad)
+    place = f"row {where[0]}" + (f", column {where[1]}" if len(where) > 1 else "")
+    count = int(np.count_nonzero(bad))
+    more = f" ({count} such entries)" if count > 1 else ""
+    raise ValueError(f"{who} needs {requirement}; got {X[where]} at {place}{more}")
+
+
+def check_choice(value, name: str, choices: tuple) -> None:
+    """Refuse ``value`` unless it is one of ``choices`` (a hyperparameter given by name)."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
 def check_positive_int(value, name: str, minimum: int = 1) -> int:
