@@ -58,9 +58,8 @@ def check_data(X, *, name: str = "X", ndim: int | None = None, allow_nan: bool =
             where = _first_bad(bad)
             value = arr[where]
             place = f"row {where[0]}" + (f", column {where[1]}" if len(where) > 1 else "")
-            what = ("NaN (missing values are not supported here)" if np.isnan(value)
-                    else str(value))
-            raise ValueError(f"{name} contains {what} at {place}; remove or impute it")
+            hint = " (this model takes no missing values)" if np.isnan(value) else ""
+            raise ValueError(f"{name} contains {value} at {place}; remove or impute it{hint}")
     return arr
 
 
