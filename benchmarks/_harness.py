@@ -72,7 +72,8 @@ class Target:
 
 @dataclasses.dataclass
 class Workload:
-    """One table: ``cfg`` (with ``iters``) and ``quick`` overrides for ``--quick``."""
+    """One table: ``cfg`` (with ``iters``) and ``quick`` overrides for ``--quick``; ``title`` is a
+    format string over ``cfg``."""
 
     name: str
     title: str
@@ -194,7 +195,7 @@ def run_workload(script: str, workload: Workload, cfg: dict, prepare, loglik, li
 
 def print_table(workload: Workload, cfg: dict, rows: list[dict]) -> None:
     """One Markdown table; skipped and failed libraries are listed under it with the reason."""
-    print(f"\n### {workload.title}\n")
+    print(f"\n### {workload.title.format(**cfg)}\n")
     print(f"`{json.dumps(cfg, separators=(',', '='))}`\n")
     print("| library | s/iter | vs jaxem | mean loglik | rel. diff vs jaxem | compile / warm-up s "
           "| peak RSS MB | iters | note |")
@@ -257,7 +258,7 @@ def main(script: str, description: str, workloads: list[Workload], prepare, logl
         print()
         checks = check_targets(results, w.name, w.targets)
         report["workloads"][w.name] = {
-            "title": w.title, "cfg": cfg, "targets": checks,
+            "title": w.title.format(**cfg), "cfg": cfg, "targets": checks,
             "rows": [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()}
                      for r in rows]}
     if args.json:

@@ -32,7 +32,7 @@ BLOCK = 4096
 FLUSH = np.float32(-80.0)
 
 WORKLOADS = [
-    Workload("bernoulli", "Bernoulli mixture, N=70000 D=784 K=10, 30 iterations",
+    Workload("bernoulli", "Bernoulli mixture, N={n} D={d} K={k}, {iters} iterations",
              {"n": 70_000, "d": 784, "k": 10, "iters": 30},
              ("limit", "jaxem", "numpy", "pomegranate"),
              (Target("jaxem faster than the plain NumPy EM", "numpy", "jaxem", ">=", 1.0),

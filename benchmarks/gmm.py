@@ -42,7 +42,7 @@ BLOCK = 4096
 _QUICK = {"n": 20_000, "d": 8, "k": 8, "iters": 10}
 
 WORKLOADS = [
-    Workload("full", "GMM full covariance, N=100000 D=16 K=16, 50 iterations, 1 restart",
+    Workload("full", "GMM full covariance, N={n} D={d} K={k}, {iters} iterations, 1 restart",
              {"n": 100_000, "d": 16, "k": 16, "cov": "full", "iters": 50, "restarts": 1},
              ("limit", "jaxem", "sklearn", "gmmx", "pomegranate"),
              (Target("jaxem ≥ 1.5× pomegranate", "pomegranate", "jaxem", ">=", 1.5),
@@ -51,14 +51,14 @@ WORKLOADS = [
               Target("jaxem peak memory ≤ pomegranate's", "jaxem", "pomegranate", "<=", 1.0,
                      "peak MB")),
              _QUICK),
-    Workload("full_x8", "GMM full covariance, same data, 8 restarts (per restart-iteration)",
+    Workload("full_x8", "GMM full covariance, same data, {restarts} restarts (per restart-iteration)",
              {"n": 100_000, "d": 16, "k": 16, "cov": "full", "iters": 50, "restarts": 8},
              ("jaxem", "pomegranate"),
              (Target("8 vmapped restarts no slower per restart-iteration than 1 restart",
                      "jaxem", "full:jaxem", "<=", 1.0),
               Target("jaxem x8 ≥ 2× pomegranate looped 8 times", "pomegranate", "jaxem", ">=", 2)),
              _QUICK),
-    Workload("diag", "GMM diagonal covariance, N=1000000 D=32 K=32, 20 iterations",
+    Workload("diag", "GMM diagonal covariance, N={n} D={d} K={k}, {iters} iterations",
              {"n": 1_000_000, "d": 32, "k": 32, "cov": "diag", "iters": 20, "restarts": 1,
               "pomegranate_iters": 1},
              ("limit", "jaxem", "sklearn", "gmmx", "pomegranate"),
