@@ -162,12 +162,17 @@ def fit_online(model: Model, source, *, batch_size: int = 8192, n_epochs: float 
             shapes = jax.eval_shape(functools.partial(_passes.stats_pass, model), centre, rows)[1]
             average = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         scale = jnp.asarray(n_rows / chunk.shape[0], dtype)
+        # One step in flight: the next minibatch is read while this one computes, and neither
+        # host memory nor the max_seconds clock runs ahead of the device.
+        jax.block_until_ready(params)
         params, average, objective = _step(params, centre, average, rows,
                                            jnp.asarray(rhos[step], dtype), scale, model=model)
         history.append(objective / chunk.shape[0])    # left on the device: no sync per step
         if progress is not None:
             progress(step + 1, float(history[-1]))
     n_steps = len(history)
+    # One small transfer per step: stacking thousands of device scalars would compile a concat.
+    history = np.array([float(h) for h in history])
     return OnlineResult(params=params, n_steps=n_steps, n_epochs=n_steps * batch_size / n_rows,
-                        history=np.asarray(jnp.stack(history)),
+                        history=history,
                         step_sizes=rhos[:n_steps], fit_time=time.perf_counter() - begin)

@@ -106,6 +106,10 @@ def _run_chunks(part, static: tuple, params, chunks, temperature):
     """Totals of ``part`` over ``chunks`` (device-ready row pytrees), one compiled call each."""
     total = None
     for rows in chunks:
+        # The next chunk is read while the device works on the previous one; waiting for that
+        # before dispatching keeps one chunk in flight, so asynchronous dispatch cannot queue up
+        # the whole data set in memory.
+        jax.block_until_ready(total)
         if total is None:
             shapes = jax.eval_shape(functools.partial(part, **dict(static)), params, rows,
                                     temperature)
