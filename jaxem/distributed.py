@@ -15,9 +15,10 @@ make the same call in every process; ``jax.devices()`` then lists the devices of
     jax.distributed.initialize()          # once per process, before any other JAX call
     result = jem.fit_chunked(model, "/shared/X.npy", key=jax.random.key(0), devices="all")
 
-Each process then reads only the rows of the chunks its own devices hold (the data must be
-readable by every process, e.g. a ``.npy`` on a shared file system). With :func:`jaxem.fit` every
-process passes the same in-memory ``X``. jaxem adds no cluster layer of its own.
+Every process reads each chunk (the data must be readable by every process, e.g. a ``.npy`` on
+a shared file system) and places on its own devices only the blocks they hold. With
+:func:`jaxem.fit` every process passes the same in-memory ``X``. jaxem adds no cluster layer of
+its own; multi-host runs have not been tested here (only several devices in one process).
 """
 
 from __future__ import annotations
@@ -96,11 +97,8 @@ def sharded_pass(pass_fn: Callable, mesh: Mesh | None, sum_aux: bool = True) -> 
 
 
 def put_blocks(blocks: np.ndarray, mesh: Mesh | None) -> jax.Array:
-    """Place host ``blocks [n_blocks, ...]`` on the devices, split along the block axis.
-
-    Each process reads (slices) only the blocks its own devices hold, so with a memmap every host
-    touches just its share of a chunk.
-    """
+    """Place host ``blocks [n_blocks, ...]`` on the devices, split along the block axis (each
+    process copies only the blocks its own devices hold)."""
     if mesh is None:
         return jax.device_put(blocks)
     sharding = NamedSharding(mesh, P(DATA_AXIS))
