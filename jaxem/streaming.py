@@ -15,9 +15,9 @@ Initialisation needs data in memory, so a model's ``init`` sees ``init_size`` ro
 random (without replacement) from arrays, memmaps and ``.npy`` files, the first ``init_size`` rows
 of an iterable source. Give ``init_params`` to start elsewhere.
 
-Gradient M-steps are not chunked: an optimiser step needs Q and its gradient over all rows, i.e.
-a full pass per step (and L-BFGS's line search several), so chunked fits take closed-form models
-only and refuse others with a ValueError.
+A gradient M-step needs Q and its gradient over all rows at every optimiser step: chunked, each
+step is one pass (responsibilities recomputed from the E-step's parameters chunk by chunk), with
+an optimiser that needs only gradients (see :mod:`jaxem._chunked_gradient`).
 
 Hidden Markov models (:class:`jaxem.hmm.HMM`) are chunked by sequences: ``chunk_size`` sequences
 at a time, each padded to the longest sequence; their chain counts and emission statistics are
@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _loop, _passes, distributed
+from . import _chunked_gradient, _loop, _passes, distributed
 from .data import ChunkSource, as_source, pad_rows
 from .em import FitError, FitResult, _restart_keys
 from .estep import resolve_e_step
@@ -186,14 +186,15 @@ def _em_loop(run_pass: Callable, m_step: Callable, params, *, max_iter: int, tol
 def fit_chunked(model: Model | HMM, source, *, chunk_size: int | None = None, lengths=None,
                 key=None, n_restarts: int | None = None, max_iter: int = 100, tol: float = 1e-6,
                 sample_weight=None, labels=None, init_params: Any = None,
-                init_size: int = DEFAULT_INIT_ROWS, e_step="soft", method: str = "auto",
+                init_size: int = DEFAULT_INIT_ROWS, e_step="soft", m_step: str = "auto",
+                optimizer=None, m_step_iters: int = 10, method: str = "auto",
                 block_size: int | None = None, devices=None,
                 progress: Callable | None = None) -> FitResult:
     """Fit ``model`` by exact EM reading ``source`` in chunks (data larger than memory).
 
     Args:
-        model: a :class:`jaxem.Model` with a closed-form M-step, or a :class:`jaxem.hmm.HMM` with
-            a closed-form emission M-step.
+        model: a :class:`jaxem.Model`, or a :class:`jaxem.hmm.HMM` with a closed-form emission
+            M-step.
         source: the data ``[N, ...]``: an array, a ``np.memmap``, a ``.npy`` path, or a callable
             returning a fresh iterable of arrays per call (see :mod:`jaxem.data`). For an HMM,
             the rows of all sequences one after another (an array, memmap or ``.npy`` path).
@@ -205,6 +206,10 @@ def fit_chunked(model: Model | HMM, source, *, chunk_size: int | None = None, le
             HMMs take none of them and only the soft E-step).
         init_size: rows the model's initialiser sees (a random sample, or the first rows of an
             iterable source); ignored with ``init_params``.
+        m_step: ``"auto"`` (closed form when the model has one), ``"closed_form"`` or
+            ``"gradient"``: ``m_step_iters`` steps of ``optimizer`` (default ``optax.adam(1e-2)``;
+            one that needs only the gradient) per M-step, each step one pass over the data (see
+            :mod:`jaxem._chunked_gradient`). Mixtures only.
         method: HMMs only: forward-backward by ``"scan"``, ``"associative"`` or ``"auto"``.
         block_size: rows per block inside a chunk (default about 4096).
         devices: ``None``, ``"all"``, a list of devices or a mesh: every chunk is split over the
@@ -215,8 +220,8 @@ def fit_chunked(model: Model | HMM, source, *, chunk_size: int | None = None, le
         count in ``fit_time``).
 
     Raises:
-        ValueError: bad arguments or data (non-finite values name the global row), a model
-            without a closed-form M-step.
+        ValueError: bad arguments or data (non-finite values name the global row), an optimiser
+            with a line search.
         FitError: every restart's log-likelihood became NaN or infinite.
     """
     max_iter = check_positive_int(max_iter, "max_iter")
@@ -230,9 +235,17 @@ def fit_chunked(model: Model | HMM, source, *, chunk_size: int | None = None, le
         chunk_size = check_positive_int(chunk_size, "chunk_size")
     if progress is not None and not callable(progress):
         raise ValueError(f"progress must be callable or None, got {type(progress).__name__}")
-    if not model.has_closed_form:
-        raise ValueError(f"{model.name!r} has no closed-form M-step; chunked EM needs one (a "
-                         "gradient M-step would need a full pass per optimiser step)")
+    m_step_iters = check_positive_int(m_step_iters, "m_step_iters")
+    if m_step not in ("auto", "closed_form", "gradient"):
+        raise ValueError(f"m_step must be 'auto', 'closed_form' or 'gradient', got {m_step!r}")
+    if m_step == "closed_form" and not model.has_closed_form:
+        raise ValueError(f"{model.name!r} has no closed-form M-step; use m_step='gradient'")
+    gradient = None
+    if m_step == "gradient" or not model.has_closed_form:
+        if isinstance(model, HMM):
+            raise ValueError("chunked HMM fits need a closed-form emission M-step")
+        gradient = (_chunked_gradient.check_optimizer(
+            optimizer or _chunked_gradient.default_optimizer()), m_step_iters)
     rule = resolve_e_step(e_step)
     mesh = distributed.data_mesh(devices)
     source = as_source(source)
@@ -258,7 +271,8 @@ def fit_chunked(model: Model | HMM, source, *, chunk_size: int | None = None, le
             raise ValueError("lengths are for HMMs; a mixture's rows are independent")
         run_pass, m_step, params = _mixture_plan(model, source, chunk_size or DEFAULT_CHUNK_ROWS,
                                                  keys, init_params, init_size, rng, rule,
-                                                 sample_weight, labels, block_size, mesh, dtype)
+                                                 sample_weight, labels, block_size, mesh, dtype,
+                                                 gradient)
     start = time.perf_counter()
     params, obj, obj0, n_iter, converged, history = _em_loop(
         run_pass, m_step, params, max_iter=max_iter, tol=tol, rule=rule, progress=progress)
@@ -300,8 +314,9 @@ def log_likelihood_chunked(model: Model, params: Any, source, *, chunk_size: int
 
 
 def _mixture_plan(model: Model, source: ChunkSource, chunk_size, keys, init_params, init_size,
-                  rng, rule, sample_weight, labels, block_size, mesh, dtype):
-    """``(run_pass, m_step, initial params)`` of a chunked mixture fit."""
+                  rng, rule, sample_weight, labels, block_size, mesh, dtype, gradient=None):
+    """``(run_pass, m_step, initial params)`` of a chunked mixture fit; ``gradient`` is ``None``
+    (closed-form M-step) or ``(optimizer, steps)`` for the gradient M-step."""
     allow_nan = model.handles_missing
     weights, labels = _check_row_arrays(source, sample_weight, labels, model.n_components)
     n_blocks, rows = _passes.plan_blocks(chunk_size, block_size, distributed.n_shards(mesh))
@@ -316,23 +331,38 @@ def _mixture_plan(model: Model, source: ChunkSource, chunk_size, keys, init_para
             yield _passes.Rows(*(None if a is None else distributed.put_blocks(a, mesh)
                                  for a in host))
 
+    part = _mixture_part if gradient is None else _chunked_gradient.q_part
+
     def run_pass(params, iteration):
         temperature = rule.temperature(jnp.asarray(iteration), dtype)
-        objective, stats = _run_chunks(_mixture_part, static, params, device_rows(), temperature)
+        # The gradient M-step's first Q evaluation is fused into the E-step pass, at u = θ.
+        inputs = params if gradient is None else (
+            _chunked_gradient.unconstrain(params, model=model), params)
+        objective, aux = _run_chunks(part, static, inputs, device_rows(), temperature)
         if model.log_prior is not None:
             objective = objective + _log_prior(params, model=model)
-        return np.asarray(objective), stats
+        return np.asarray(objective), aux if gradient is None else (aux, temperature)
+
+    def gradient_m_step(theta, aux):
+        q, temperature = aux
+        total = source.n_rows if weights is None else float(np.sum(weights))
+        return _chunked_gradient.m_step(
+            theta, q, model=model, total_weight=total, optimizer=gradient[0], n_steps=gradient[1],
+            q_pass=lambda u, th: _run_chunks(part, static, (u, th), device_rows(), temperature))
 
     if init_params is None:
         index, sample = source.sample(init_size, rng, dtype, allow_nan)
         init_params = _init(keys, jnp.asarray(sample), model=model)
-        if labels is not None:
+        if labels is not None and gradient is None:
             n_b, r = _passes.plan_blocks(sample.shape[0], block_size)
             w = np.ones(sample.shape[0], dtype) if weights is None else weights[index]
             blocked = _passes.block_rows(jnp.asarray(sample), jnp.asarray(w, dtype),
                                          jnp.asarray(labels[index]), n_b, r)
             init_params = _align(init_params, blocked, model=model)
-    return run_pass, functools.partial(_maximize, model=model), init_params
+    if gradient is not None:
+        _chunked_gradient.check_update(init_params, model=model, optimizer=gradient[0])
+    m_step = functools.partial(_maximize, model=model) if gradient is None else gradient_m_step
+    return run_pass, m_step, init_params
 
 
 def _hmm_plan(hmm: HMM, source: ChunkSource, lengths, chunk_size, keys, init_params, init_size,
