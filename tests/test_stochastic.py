@@ -26,6 +26,7 @@ def test_step_sizes_follow_cappe_moulines():
     assert rho[-1] * 1000**0.6 == pytest.approx(3.0**0.6, rel=0.01)
 
 
+@pytest.mark.filterwarnings("ignore::jaxem.ConvergenceWarning")  # one iteration by design
 def test_one_full_batch_step_is_one_em_iteration():
     """With the whole data as the minibatch, ρ_1 = 1 makes step 1 exactly a batch M-step."""
     X = _shuffled_blobs(3000)
