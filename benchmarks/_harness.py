@@ -84,8 +84,19 @@ class Workload:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB (``ru_maxrss`` is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak resident memory of this process so far, in MB.
+
+    ``VmHWM`` from ``/proc/self/status``: it starts afresh at ``exec``. ``ru_maxrss`` does not: on
+    Linux a worker forked from the parent inherits the parent's peak (1 GB after preparing the
+    Bernoulli data), so it is only the fallback where ``/proc`` is missing.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def timed(fn: Callable, *args, **kwargs):
