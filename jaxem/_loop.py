@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -43,7 +44,8 @@ _progress_sink: Any = None
 
 
 def _report(iteration, objective, converged, running):
-    if _progress_sink is not None:
+    # Trip 0 is the initial E-step, not an iteration.
+    if _progress_sink is not None and int(iteration) > 0:
         _progress_sink(int(iteration), np.asarray(objective), np.asarray(converged),
                        np.asarray(running))
 
@@ -68,10 +70,73 @@ def _select(mask: Array, new, old):
     return jax.tree.map(pick, new, old)
 
 
+def iterate(e_pass: Callable, m_step: Callable, params, tol, *, max_iter: int,
+            may_stop: Callable = lambda iteration: True, report: bool = False) -> LoopOutput:
+    """The EM loop for a batch of restarts, whatever the model: mixtures and HMMs alike.
+
+    Args:
+        e_pass: ``e_pass(params, iteration) -> (objective [R], aux)`` for the whole batch
+            (leading axis ``R``): the E-step at ``params`` after ``iteration`` M-steps, plus what
+            the next M-step needs.
+        m_step: ``m_step(params, aux) -> params`` for ONE restart (vmapped here).
+        params: starting parameters with a leading ``[R]`` axis.
+        tol: relative tolerance on the objective.
+        max_iter: the most M-steps.
+        may_stop: ``may_stop(iteration) -> bool`` whether convergence may be declared yet.
+        report: call the module's progress sink once per iteration.
+
+    The loop's first trip is the initial E-step (its M-step result is discarded), so the pass,
+    by far the largest part of the program, is traced and compiled once rather than twice.
+    """
+    aux_shapes = jax.eval_shape(e_pass, params, jnp.zeros((), jnp.int32))
+    obj_dtype = aux_shapes[0].dtype
+    n_restarts = aux_shapes[0].shape[0]
+    # A change within float round-off of the objective is no progress: tol=0 then means "until
+    # nothing changes", which otherwise could spin on last-bit noise until max_iter.
+    rel_tol = jnp.maximum(tol, 4 * jnp.finfo(obj_dtype).eps)
+    nan = jnp.full((n_restarts,), jnp.nan, obj_dtype)
+    state = dict(params=params, objective=nan, initial=nan,
+                 aux=jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shapes[1]),
+                 trips=jnp.zeros((), jnp.int32), n_iter=jnp.zeros((n_restarts,), jnp.int32),
+                 converged=jnp.zeros((n_restarts,), bool), running=jnp.ones((n_restarts,), bool),
+                 history=jnp.full((n_restarts, max_iter), jnp.nan, obj_dtype))
+
+    def keep_going(s):
+        return jnp.any(s["running"]) & (s["trips"] <= max_iter)
+
+    def body(s):
+        first, iteration = s["trips"] == 0, s["trips"]
+        running = s["running"] & ~first
+        stepped = jax.vmap(m_step)(s["params"], s["aux"])
+        new_params = _select(running, stepped, s["params"])
+        obj, aux = e_pass(new_params, iteration)
+        change_small = jnp.abs(obj - s["objective"]) <= rel_tol * jnp.abs(s["objective"])
+        converged = running & change_small & may_stop(iteration)
+        row = jnp.maximum(iteration - 1, 0)
+        history = s["history"].at[:, row].set(jnp.where(running, obj, s["history"][:, row]))
+        still = jnp.where(first, jnp.isfinite(obj),
+                          running & ~converged & jnp.isfinite(obj) & (iteration < max_iter))
+        out = dict(params=new_params,
+                   objective=jnp.where(first | running, obj, s["objective"]),
+                   initial=jnp.where(first, obj, s["initial"]),
+                   # A stopped restart's stale statistics are never used for a kept update.
+                   aux=aux, trips=iteration + 1, n_iter=s["n_iter"] + running,
+                   converged=s["converged"] | converged, running=still, history=history)
+        if report:
+            jax.debug.callback(_report, iteration, out["objective"], out["converged"],
+                               out["running"])
+        return out
+
+    s = jax.lax.while_loop(keep_going, body, state)
+    return LoopOutput(s["params"], s["objective"], s["initial"], s["n_iter"], s["converged"],
+                      s["history"])
+
+
 def run_restarts(model: Model, params, rows, tol, *, max_iter: int, use_gradient: bool, optimizer,
                  m_step_iters: int, rule: EStepRule, report: bool, mesh=None) -> LoopOutput:
-    """EM for a batch of restarts ``params`` (leading axis ``R``) on blocked ``rows``; with a
-    ``mesh`` (see :mod:`jaxem.distributed`) each pass is split over its devices."""
+    """EM for a batch of restarts of ``model`` (params with a leading axis ``R``) on blocked
+    ``rows``; with a ``mesh`` (see :mod:`jaxem.distributed`) each pass is split over its
+    devices."""
     if use_gradient:
         def m_step(p, resp_blocks):
             return gradient_m_step(model, p, rows.X, resp_blocks, optimizer, m_step_iters)
@@ -83,42 +148,8 @@ def run_restarts(model: Model, params, rows, tol, *, max_iter: int, use_gradient
         return jax.vmap(
             lambda q: _objective_pass(model, use_gradient, rule, rows, q, iteration, mesh))(p)
 
-    zero = jnp.zeros((), jnp.int32)
-    obj0, aux0 = e_pass(params, zero)
-    # A change within float round-off of the objective is no progress: tol=0 then means "until
-    # nothing changes", which otherwise could spin on last-bit noise until max_iter.
-    rel_tol = jnp.maximum(tol, 4 * jnp.finfo(obj0.dtype).eps)
-    n_restarts = obj0.shape[0]
-    state = dict(params=params, objective=obj0, aux=aux0, iteration=zero,
-                 n_iter=jnp.zeros((n_restarts,), jnp.int32),
-                 converged=jnp.zeros((n_restarts,), bool),
-                 running=jnp.isfinite(obj0),
-                 history=jnp.full((n_restarts, max_iter), jnp.nan, obj0.dtype))
-
-    def keep_going(s):
-        return jnp.any(s["running"]) & (s["iteration"] < max_iter)
-
-    def body(s):
-        running, iteration = s["running"], s["iteration"] + 1
-        new_params = jax.vmap(m_step)(s["params"], s["aux"])
-        obj, aux = e_pass(new_params, iteration)
-        change_small = jnp.abs(obj - s["objective"]) <= rel_tol * jnp.abs(s["objective"])
-        converged = running & change_small & rule.may_stop(iteration)
-        history = s["history"].at[:, iteration - 1].set(jnp.where(running, obj, jnp.nan))
-        out = dict(params=_select(running, new_params, s["params"]),
-                   objective=jnp.where(running, obj, s["objective"]),
-                   # A stopped restart's stale statistics are never used for a kept update.
-                   aux=aux, iteration=iteration, n_iter=s["n_iter"] + running,
-                   converged=s["converged"] | converged,
-                   running=running & ~converged & jnp.isfinite(obj),
-                   history=history)
-        if report:
-            jax.debug.callback(_report, iteration, out["objective"], out["converged"],
-                               out["running"])
-        return out
-
-    s = jax.lax.while_loop(keep_going, body, state)
-    return LoopOutput(s["params"], s["objective"], obj0, s["n_iter"], s["converged"], s["history"])
+    return iterate(e_pass, m_step, params, tol, max_iter=max_iter, may_stop=rule.may_stop,
+                   report=report)
 
 
 def _program(keys, init_params, X, weights, labels, tol, *, n_blocks, rows, max_iter,
@@ -149,35 +180,38 @@ def _signature(tree) -> tuple:
                           for x in leaves)
 
 
-def run_compiled(dynamic: tuple, static: dict, progress=None) -> tuple:
-    """Compile (or reuse) the fit program for these arguments and run it.
+def run_compiled(dynamic: tuple, static: dict, progress=None, program=None) -> tuple:
+    """Compile (or reuse) a fit program for these arguments and run it.
 
     Args:
-        dynamic: ``(keys, init_params, X, weights, labels, tol)``.
-        static: the static arguments of ``_program`` except ``report`` (models hash by identity,
-            so the cache key keeps the model itself alive).
+        dynamic: the program's positional (traced) arguments; for the mixture program
+            ``(keys, init_params, X, weights, labels, tol)``.
+        static: its static keyword arguments except ``report`` (models hash by identity, so the
+            cache key keeps the model itself alive).
         progress: optional ``progress(iteration, objective [R], converged [R], running [R])``
             called once per EM iteration from inside the compiled loop.
+        program: the jitted program (default: the mixture fit); it must accept ``report``.
 
     Returns:
-        ``(LoopOutput, compile_seconds, run_seconds)``; ``compile_seconds`` is 0 when an executable
+        ``(output, compile_seconds, run_seconds)``; ``compile_seconds`` is 0 when an executable
         for these shapes was already in memory (JAX's persistent cache, when enabled, also serves
         a new process, which then reports only the time to load it).
     """
     global _progress_sink
+    program = _jitted_program if program is None else program
     static = dict(static, report=progress is not None)
-    cache_key = (tuple(static[name] for name in sorted(static)), _signature(dynamic))
+    cache_key = (program, tuple(sorted(static.items(), key=lambda item: item[0])),
+                 _signature(dynamic))
     compile_seconds = 0.0
-    entry = _EXECUTABLES.get(cache_key)
-    if entry is None:
+    executable = _EXECUTABLES.get(cache_key)
+    if executable is None:
         start = time.perf_counter()
-        executable = _jitted_program.lower(*dynamic, **static).compile()
+        executable = program.lower(*dynamic, **static).compile()
         compile_seconds = time.perf_counter() - start
         _EXECUTABLES[cache_key] = executable
         if len(_EXECUTABLES) > _MAX_EXECUTABLES:
             _EXECUTABLES.popitem(last=False)
     else:
-        executable = entry
         _EXECUTABLES.move_to_end(cache_key)
     _progress_sink = progress
     try:
