@@ -142,7 +142,10 @@ def posterior_rows(model: Model, params: Any, X: Array) -> tuple[Array, Array]:
     """Exact (unflushed) responsibilities ``[N, K]`` and per-row log-likelihoods ``[N]``."""
     log_joint = model.log_joint_matrix(params, X)
     row_ll = jax.nn.logsumexp(log_joint, axis=-1)
-    return jnp.exp(log_joint - row_ll[:, None]), row_ll
+    # exp(ℓ - logsumexp ℓ) sums to 1 only to about eps * |ℓ| (1e-5 in float32 when log-joints are
+    # in the hundreds); dividing by the sum makes every row a distribution to float round-off.
+    resp = jnp.exp(log_joint - row_ll[:, None])
+    return resp / jnp.sum(resp, axis=-1, keepdims=True), row_ll
 
 
 def e_step(model: Model, params: Any, X, sample_weight=None) -> tuple[Array, Array]:
@@ -325,20 +328,39 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         _diagnose_rows(model, keys[0], X, init_params, err)
         raise
 
+    return result_from_loop(out, keys, max_iter=max_iter, tol=tol, compile_time=compile_time,
+                            fit_time=fit_time, hint="check the data scale and the model (for "
+                            "Gaussian mixtures, increase reg_covar)")
+
+
+def result_from_loop(out: _loop.LoopOutput, keys, *, max_iter: int, tol: float,
+                     compile_time: float = 0.0, fit_time: float = 0.0, hint: str = "",
+                     stacklevel: int = 3) -> FitResult:
+    """The :class:`FitResult` of a finished loop (every fit driver's last step): picks the best
+    restart that did not fail, raises :class:`FitError` when all failed, warns
+    :class:`ConvergenceWarning` when none converged.
+
+    Args:
+        out: the loop's output (leading ``[R]`` axis on every leaf).
+        keys: ``[R]`` the restarts' keys.
+        max_iter, tol: the fit's settings, for the messages.
+        compile_time, fit_time: seconds, reported in the result.
+        hint: what to check, appended to the all-failed message.
+        stacklevel: for the warning, so it points at the user's call.
+    """
     ll = np.asarray(out.objective)
     failed = ~np.isfinite(ll)
     if failed.all():
         raise FitError(
             f"all {ll.shape[0]} restarts failed: the log-likelihood became "
-            f"{'NaN' if np.isnan(ll).any() else 'infinite'}; check the data scale and the model "
-            "(for Gaussian mixtures, increase reg_covar)")
+            f"{'NaN' if np.isnan(ll).any() else 'infinite'}" + (f"; {hint}" if hint else ""))
     best = int(np.argmax(np.where(failed, -np.inf, ll)))
     converged = np.asarray(out.converged)
     if not converged[~failed].any():
         warnings.warn(
             f"no restart converged within max_iter={max_iter} iterations (relative change of the "
             f"log-likelihood still above tol={tol:g}); increase max_iter or tol",
-            ConvergenceWarning, stacklevel=2)
+            ConvergenceWarning, stacklevel=stacklevel)
     return FitResult(
         params=jax.tree.map(lambda p: p[best], out.params),
         log_likelihood=float(ll[best]),

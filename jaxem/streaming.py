@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +37,7 @@ import numpy as np
 
 from . import _chunked_gradient, _loop, _passes, distributed
 from .data import ChunkSource, as_source, pad_rows
-from .em import FitError, FitResult, _restart_keys
+from .em import FitResult, _restart_keys, result_from_loop
 from .estep import resolve_e_step
 from .hmm.fit import _e_pass as _hmm_e_pass
 from .hmm.fit import _Layout as _HMMLayout
@@ -47,7 +46,6 @@ from .hmm.inference import choose_method
 from .hmm.model import HMM, _check_lengths
 from .model import Model
 from .validation import (
-    ConvergenceWarning,
     check_enough_rows,
     check_labels,
     check_nonnegative_float,
@@ -277,20 +275,8 @@ def fit_chunked(model: Model | HMM, source, *, chunk_size: int | None = None, le
     params, obj, obj0, n_iter, converged, history = _em_loop(
         run_pass, m_step, params, max_iter=max_iter, tol=tol, rule=rule, progress=progress)
     fit_time = time.perf_counter() - start
-    failed = ~np.isfinite(obj)
-    if failed.all():
-        raise FitError(f"all {obj.shape[0]} restarts failed: the log-likelihood became "
-                       f"{'NaN' if np.isnan(obj).any() else 'infinite'}")
-    best = int(np.argmax(np.where(failed, -np.inf, obj)))
-    if not converged[~failed].any():
-        warnings.warn(f"no restart converged within max_iter={max_iter} iterations (relative "
-                      f"change still above tol={tol:g}); increase max_iter or tol",
-                      ConvergenceWarning, stacklevel=2)
-    return FitResult(
-        params=jax.tree.map(lambda p: p[best], params), log_likelihood=float(obj[best]),
-        history=history, initial_log_likelihood=obj0, converged=converged, n_iter=n_iter,
-        failed=failed, all_params=params, all_log_likelihoods=obj, best_restart=best,
-        restart_keys=keys, compile_time=0.0, fit_time=fit_time)
+    out = _loop.LoopOutput(params, obj, obj0, n_iter, converged, history)
+    return result_from_loop(out, keys, max_iter=max_iter, tol=tol, fit_time=fit_time)
 
 
 def log_likelihood_chunked(model: Model, params: Any, source, *, chunk_size: int | None = None,

@@ -10,8 +10,6 @@ posteriors (gradient M-step). All of it is additive over sequences. The EM loop 
 from __future__ import annotations
 
 import functools
-import time
-import warnings
 from typing import Any
 
 import jax
@@ -19,12 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .. import _passes
-from ..em import FitError, FitResult, _restart_keys
+from .. import _loop, _passes
+from ..em import FitResult, _restart_keys, result_from_loop
 from ..models._common import mixing_weights
 from ..mstep import DEFAULT_M_STEP_ITERS, default_optimizer, gradient_m_step
 from ..validation import (
-    ConvergenceWarning,
     check_nonnegative_float,
     check_positive_int,
     default_float_dtype,
@@ -115,75 +112,25 @@ def _m_step(hmm: HMM, params, aux, Xb: Array, use_gradient: bool, optimizer, m_s
     return {"initial": initial, "transition": transition, "emission": emission}
 
 
-def _fit_one(hmm: HMM, params, Xb, mask, tol, *, layout, method, max_iter, use_gradient,
-             optimizer, m_step_iters):
-    e_pass = functools.partial(_e_pass, hmm, Xb=Xb, mask=mask, layout=layout, method=method,
-                               use_gradient=use_gradient)
-    # The loop's first trip is the initial E-step (its M-step result is discarded), so the pass,
-    # by far the largest part of the program, is compiled once rather than twice.
-    aux_shape = jax.eval_shape(e_pass, params)[1]
-    aux0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)
-    dtype = params["transition"].dtype
-    nan = jnp.full((), jnp.nan, dtype)
-
-    def keep_going(state):
-        _, obj, _, it, converged, _, _ = state
-        return (it <= max_iter) & ~converged & ~(jnp.isinf(obj) | (jnp.isnan(obj) & (it > 0)))
-
-    def body(state):
-        p, obj, aux, it, _, obj0, history = state
-        updated = _m_step(hmm, p, aux, Xb, use_gradient, optimizer, m_step_iters)
-        p_new = jax.tree.map(lambda a, b: jnp.where(it > 0, a, b), updated, p)
-        obj_new, aux_new = e_pass(p_new)
-        converged = (it > 0) & (jnp.abs(obj_new - obj) <= tol * jnp.abs(obj))
-        history = history.at[jnp.maximum(it - 1, 0)].set(jnp.where(it > 0, obj_new, nan))
-        obj0 = jnp.where(it > 0, obj0, obj_new)
-        return p_new, obj_new, aux_new, it + 1, converged, obj0, history
-
-    history = jnp.full((max_iter,), jnp.nan, dtype)
-    state = (params, nan, aux0, jnp.zeros((), jnp.int32), jnp.zeros((), bool), nan, history)
-    p, obj, _, trips, converged, obj0, history = jax.lax.while_loop(keep_going, body, state)
-    return p, obj, obj0, trips - 1, converged, history
-
-
 def _program(keys, init_params, X, mask, rows, tol, *, hmm, layout, method, max_iter,
-             use_gradient, optimizer, m_step_iters):
+             use_gradient, optimizer, m_step_iters, report):
     if init_params is None:
         emission = jax.vmap(hmm.init, in_axes=(0, None))(keys, rows)
         chain = hmm.uniform_chain(X.dtype)
         init_params = {**jax.tree.map(lambda a: jnp.broadcast_to(a, (keys.shape[0],) + a.shape),
                                       chain), "emission": emission}
-    run = functools.partial(_fit_one, hmm, Xb=layout.observation_blocks(X), mask=mask, tol=tol,
-                            layout=layout, method=method, max_iter=max_iter,
-                            use_gradient=use_gradient, optimizer=optimizer,
-                            m_step_iters=m_step_iters)
-    return jax.vmap(run)(init_params)
+    Xb = layout.observation_blocks(X)
+    one_pass = functools.partial(_e_pass, hmm, Xb=Xb, mask=mask, layout=layout, method=method,
+                                 use_gradient=use_gradient)
+    m_step = functools.partial(_m_step, hmm, Xb=Xb, use_gradient=use_gradient,
+                               optimizer=optimizer, m_step_iters=m_step_iters)
+    return _loop.iterate(lambda p, iteration: jax.vmap(one_pass)(p), m_step, init_params, tol,
+                         max_iter=max_iter, report=report)
 
 
-_STATIC = ("hmm", "layout", "method", "max_iter", "use_gradient", "optimizer", "m_step_iters")
+_STATIC = ("hmm", "layout", "method", "max_iter", "use_gradient", "optimizer", "m_step_iters",
+           "report")
 _jitted = jax.jit(_program, static_argnames=_STATIC)
-_EXECUTABLES: dict = {}
-_MAX_EXECUTABLES = 32
-
-
-def _run(dynamic: tuple, static: dict):
-    """Compile (once per shapes and static arguments) and run; ``(out, compile_s, run_s)``."""
-    signature = tuple((jnp.shape(x), jnp.result_type(x)) for x in jax.tree.leaves(dynamic))
-    cache_key = (tuple(static[k] for k in _STATIC[1:]), id(static["hmm"]),
-                 jax.tree.structure(dynamic), signature)
-    compile_s = 0.0
-    entry = _EXECUTABLES.get(cache_key)
-    if entry is None:
-        start = time.perf_counter()
-        executable = _jitted.lower(*dynamic, **static).compile()
-        compile_s = time.perf_counter() - start
-        # The HMM is kept alongside so its id cannot be reused by another object while cached.
-        _EXECUTABLES[cache_key] = entry = (executable, static["hmm"])
-        if len(_EXECUTABLES) > _MAX_EXECUTABLES:
-            del _EXECUTABLES[next(iter(_EXECUTABLES))]
-    start = time.perf_counter()
-    out = jax.block_until_ready(entry[0](*dynamic))
-    return out, compile_s, time.perf_counter() - start
 
 
 def _as_float(seqs: Sequences):
@@ -195,7 +142,8 @@ def _as_float(seqs: Sequences):
 def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | None = None,
         max_iter: int = 100, tol: float = 1e-6, init_params: Any = None, m_step: str = "auto",
         method: str = "auto", optimizer: optax.GradientTransformation | None = None,
-        m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None) -> FitResult:
+        m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
+        progress=None) -> FitResult:
     """Fit ``hmm`` by Baum-Welch (EM) from several starts at once.
 
     Args:
@@ -216,6 +164,8 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
         method: forward-backward by ``"scan"``, ``"associative"`` or ``"auto"``.
         optimizer, m_step_iters: the gradient M-step's optimiser (default L-BFGS) and steps.
         block_size: rows per block when evaluating emissions and statistics.
+        progress: optional ``progress(iteration, log_likelihood [R], converged [R], running [R])``
+            called once per iteration, as in :func:`jaxem.fit`.
 
     Returns:
         :class:`jaxem.FitResult`; ``history`` and ``log_likelihood`` are the total log-likelihood
@@ -253,26 +203,11 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
     static = dict(hmm=hmm, layout=layout, method=method, max_iter=max_iter,
                   use_gradient=use_gradient, m_step_iters=m_step_iters,
                   optimizer=(optimizer or _DEFAULT_OPTIMIZER) if use_gradient else None)
-    out, compile_s, run_s = _run((keys, init_params, Xp, maskp, rows, jnp.asarray(tol, Xp.dtype)),
-                                 static)
-    params, obj, obj0, n_iter, converged, history = out
-    obj = np.asarray(obj)
-    failed = ~np.isfinite(obj)
-    if failed.all():
-        raise FitError(f"all {obj.shape[0]} restarts failed: the log-likelihood became "
-                       f"{'NaN' if np.isnan(obj).any() else 'infinite'}")
-    best = int(np.argmax(np.where(failed, -np.inf, obj)))
-    converged = np.asarray(converged)
-    if not converged[~failed].any():
-        warnings.warn(f"no restart converged within max_iter={max_iter} iterations (relative "
-                      f"change still above tol={tol:g}); increase max_iter or tol",
-                      ConvergenceWarning, stacklevel=2)
-    return FitResult(
-        params=jax.tree.map(lambda p: p[best], params), log_likelihood=float(obj[best]),
-        history=np.asarray(history), initial_log_likelihood=np.asarray(obj0),
-        converged=converged, n_iter=np.asarray(n_iter), failed=failed, all_params=params,
-        all_log_likelihoods=obj, best_restart=best, restart_keys=keys,
-        compile_time=compile_s, fit_time=run_s)
+    out, compile_s, run_s = _loop.run_compiled(
+        (keys, init_params, Xp, maskp, rows, jnp.asarray(tol, Xp.dtype)), static, progress,
+        program=_jitted)
+    return result_from_loop(out, keys, max_iter=max_iter, tol=tol, compile_time=compile_s,
+                            fit_time=run_s)
 
 
 @functools.partial(jax.jit, static_argnames=("hmm", "layout", "method"))
