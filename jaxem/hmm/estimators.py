@@ -18,6 +18,7 @@ import numpy as np
 
 from ..estimators._base import _as_key
 from ..models.gaussian import covariances_from_prec_chol
+from ..progress import progress_bar
 from ..validation import NotFittedError, check_nonnegative_float, check_positive_int
 from ..validation import default_float_dtype as _float
 from . import emissions
@@ -46,7 +47,8 @@ class _BaseHMM:
     def __init__(self, n_components: int = 1, *, startprob_prior: float = 1.0,
                  transmat_prior: float = 1.0, n_iter: int = 100, tol: float = 1e-6,
                  n_restarts: int = 1, init_params: str | None = None, random_state=None,
-                 method: str = "auto", m_step: str = "auto", optimizer=None):
+                 method: str = "auto", m_step: str = "auto", optimizer=None,
+                 verbose: int = 0):
         self.n_components = n_components
         self.startprob_prior = startprob_prior
         self.transmat_prior = transmat_prior
@@ -58,6 +60,7 @@ class _BaseHMM:
         self.method = method
         self.m_step = m_step
         self.optimizer = optimizer
+        self.verbose = verbose
 
     # -- scikit-learn parameter protocol -------------------------------------------------------
     @classmethod
@@ -175,10 +178,11 @@ class _BaseHMM:
             raise
         key = _as_key(self.random_state)
         start = self._start(seqs, key)
-        result = fit(self._hmm(), seqs.X, mask=seqs.mask, key=key,
-                     n_restarts=1 if start is not None else self.n_restarts, max_iter=self.n_iter,
-                     tol=self.tol, init_params=start, m_step=self.m_step, method=self.method,
-                     optimizer=self.optimizer)
+        with progress_bar(self.verbose, self.n_iter, desc=type(self).__name__) as bar:
+            result = fit(self._hmm(), seqs.X, mask=seqs.mask, key=key,
+                         n_restarts=1 if start is not None else self.n_restarts,
+                         max_iter=self.n_iter, tol=self.tol, init_params=start, m_step=self.m_step,
+                         method=self.method, optimizer=self.optimizer, progress=bar)
         p = result.params
         self.startprob_ = np.asarray(p["initial"])
         self.transmat_ = np.asarray(p["transition"])
@@ -251,6 +255,7 @@ class GaussianHMM(_BaseHMM):
         init: emission start, as in :func:`jaxem.hmm.gaussian_hmm` (default k-means).
         random_state, method (forward-backward ``"auto"|"scan"|"associative"``), m_step,
             optimizer: as elsewhere in jaxem.
+        verbose: ``0`` no progress bar, ``1`` one on a terminal for long fits, ``2`` always.
 
     Fitted attributes:
         ``startprob_ [K]``, ``transmat_ [K, K]``, ``means_ [K, D]``, ``covars_`` (read as full
