@@ -45,7 +45,24 @@ def test_gaussian_hmm_from_memmap_matches_fit(tmp_path):
 
     ref = start().fit(X, lengths)
     est = fit_hmm(start(), memmap, lengths, chunk_size=2)
-    np.testing.assert_allclose(est.history_, ref.history_, rtol=1e-5)
+    # With tol=0 a fit stops once a step changes the float32 log-likelihood by round-off only,
+    # which the two summation orders may reach one iteration apart.
+    both = min(est.n_iter_, ref.n_iter_)
+    assert both >= 8
+    np.testing.assert_allclose(est.history_[:both], ref.history_[:both], rtol=1e-5)
     np.testing.assert_allclose(est.transmat_, ref.transmat_, atol=1e-5)
     np.testing.assert_allclose(est.means_, ref.means_, atol=1e-4)
     assert est.score(X, lengths) == pytest.approx(ref.score(X, lengths), rel=1e-5)
+
+
+def test_estimator_methods_fit_chunked_like_the_module_functions():
+    """``est.fit_chunked`` (mixtures and HMMs) is the chunked fit users find on the estimator."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(1200, 2))
+    X[:600] += 4
+    est = jem.GaussianMixture(2, random_state=0, max_iter=20).fit_chunked(X, chunk_size=500)
+    full = jem.GaussianMixture(2, random_state=0, max_iter=20).fit(X)
+    np.testing.assert_allclose(np.sort(est.means_[:, 0]), np.sort(full.means_[:, 0]), atol=1e-3)
+    hmm = jem.GaussianHMM(2, random_state=0, n_iter=10).fit_chunked(X, lengths=[400, 800],
+                                                                    chunk_size=1)
+    assert np.all(np.isfinite(hmm.means_)) and hmm.transmat_.shape == (2, 2)

@@ -171,6 +171,26 @@ class MixtureEstimator:
         self.fit_result_ = result
         return self
 
+    def fit_chunked(self, source, y=None, sample_weight=None, *, chunk_size=None,
+                    init_size: int = 65536, devices=None):
+        """Fit by exact EM reading ``source`` in chunks, for data larger than memory.
+
+        Args:
+            source: ``[N, D]`` rows: an array, ``np.memmap``, ``.npy`` path, or a callable
+                returning a fresh iterable of arrays (see :mod:`jaxem.data`).
+            y, sample_weight: as in :meth:`fit`.
+            chunk_size: rows per chunk (peak memory grows with it, not with ``N``).
+            init_size: rows the initialiser sees (a random sample).
+            devices: ``None`` (one device), ``"all"`` or a list of devices to split chunks over.
+
+        Returns:
+            ``self``, fitted as by :meth:`fit` (see :func:`jaxem.chunked_estimators.fit_mixture`).
+        """
+        from ..chunked_estimators import fit_mixture
+
+        return fit_mixture(self, source, chunk_size=chunk_size, y=y, sample_weight=sample_weight,
+                           init_size=init_size, devices=devices)
+
     def _prepare(self, X: np.ndarray) -> None:
         """Record data-dependent constants before fitting (none by default)."""
 

@@ -194,6 +194,25 @@ class _BaseHMM:
         self.fit_result_ = result
         return self
 
+    def fit_chunked(self, source, lengths=None, *, chunk_size=None, init_size: int = 65536,
+                    devices=None):
+        """Baum-Welch reading whole sequences in chunks, for data larger than memory.
+
+        Args:
+            source: ``[N, D]`` rows of all sequences one after another: an array, ``np.memmap``
+                or ``.npy`` path.
+            lengths: optional ``[B]`` sequence lengths summing to ``N``.
+            chunk_size: sequences per chunk; init_size: rows the initialiser sees;
+            devices: ``None``, ``"all"`` or a list of devices.
+
+        Returns:
+            ``self`` (see :func:`jaxem.chunked_estimators.fit_hmm`).
+        """
+        from ..chunked_estimators import fit_hmm
+
+        return fit_hmm(self, source, lengths, chunk_size=chunk_size, init_size=init_size,
+                       devices=devices)
+
     # -- inference -------------------------------------------------------------------------------
     def score_samples(self, X, lengths=None) -> tuple[float, np.ndarray]:
         """``(log p(X), posteriors [N, K])``: total log-likelihood and smoothed state marginals."""
