@@ -193,6 +193,44 @@ def _impute_column_means(X: Array) -> Array:
     return jnp.where(jnp.isnan(X), jnp.nanmean(X, axis=0), X)
 
 
+# The missing-value variant factors one small matrix per (row, component). jaxlib's batched CPU
+# LAPACK kernels (potrf, trsm) split a large batch over the intra-op thread pool and wait on it;
+# two such calls running at once (the E-step's and the statistics') can take every worker of a
+# small pool and deadlock (seen with jaxlib 0.10.2 on 2 cores). These plain-JAX loops over D
+# avoid the custom calls; D is small whenever per-row factorisations are affordable at all.
+def _cholesky(M: Array) -> Array:
+    """Lower Cholesky factor of symmetric positive definite ``M [..., D, D]``, column by column."""
+    d = M.shape[-1]
+    cols = []
+    for j in range(d):
+        v = M[..., :, j]
+        if j:
+            done = jnp.stack(cols, axis=-1)                          # [..., D, j]
+            v = v - jnp.einsum("...ik,...k->...i", done, done[..., j, :])
+        col = v / jnp.sqrt(v[..., j])[..., None]
+        cols.append(jnp.where(jnp.arange(d) >= j, col, 0.0))
+    return jnp.stack(cols, axis=-1)
+
+
+def _solve_lower(L: Array, B: Array) -> Array:
+    """``X`` with ``L X = B`` for lower-triangular ``L [..., D, D]`` and ``B [..., D, m]``."""
+    rows = []
+    for i in range(L.shape[-1]):
+        r = B[..., i, :]
+        if i:
+            r = r - jnp.einsum("...k,...km->...m", L[..., i, :i], jnp.stack(rows, axis=-2))
+        rows.append(r / L[..., i, i][..., None])
+    return jnp.stack(rows, axis=-2)
+
+
+def _dense_covariances(params, covariance_type: str) -> Array:
+    """``[K, D, D]`` covariances ``Σ = A^-1 A^-T`` (full or tied), without LAPACK calls."""
+    A = params["prec_chol"]
+    inv = _solve_lower(A, jnp.broadcast_to(jnp.eye(A.shape[-1], dtype=A.dtype), A.shape))
+    cov = inv @ jnp.swapaxes(inv, -1, -2)
+    return jnp.broadcast_to(cov, (params["means"].shape[0],) + cov.shape[-2:])
+
+
 def _observed_terms(params, X: Array, covariance_type: str):
     """The Gaussian marginal of every row's observed coordinates under every component.
 
@@ -212,13 +250,12 @@ def _observed_terms(params, X: Array, covariance_type: str):
     A = params["prec_chol"]
     chol = None
     if covariance_type in ("full", "tied"):
-        cov = covariances_from_prec_chol(A, covariance_type)
-        cov = jnp.broadcast_to(cov, (params["means"].shape[0],) + cov.shape[-2:])
+        cov = _dense_covariances(params, covariance_type)
         eye = jnp.eye(X.shape[1], dtype=X.dtype)
         M = (obs[:, None, :, None] * obs[:, None, None, :] * cov[None]
              + (1.0 - obs)[:, None, :, None] * eye)
-        chol = jnp.linalg.cholesky(M)
-        z = jax.scipy.linalg.solve_triangular(chol, diff[..., None], lower=True)[..., 0]
+        chol = _cholesky(M)
+        z = _solve_lower(chol, diff[..., None])[..., 0]
         log_det = 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
     else:
         A = A if covariance_type == "diag" else A[:, None] * jnp.ones_like(params["means"])
@@ -245,17 +282,19 @@ def _missing_suff_stats(params, X: Array, resp: Array, covariance_type: str):
     A = params["prec_chol"]
     missing = (~observed).astype(X.dtype)
     if covariance_type in ("full", "tied"):
-        k, d = params["means"].shape
-        cov = jnp.broadcast_to(covariances_from_prec_chol(A, covariance_type), (k, d, d))
-        # M^-1 on the observed block is Σ_oo^-1, zero across, the identity on the missing block.
-        solve = functools.partial(jax.scipy.linalg.cho_solve, (chol, True))
-        centred = jnp.where(observed[:, None, :], diff,
-                            jnp.einsum("kde,bke->bkd", cov, solve(diff[..., None])[..., 0]))
+        d = params["means"].shape[1]
+        cov = _dense_covariances(params, covariance_type)
+        # M^-1 = W^T W with W = chol^-1: on the observed block Σ_oo^-1, zero across, the
+        # identity on the missing block.
+        eye = jnp.eye(d, dtype=X.dtype)
+        white = _solve_lower(chol, jnp.broadcast_to(eye, chol.shape))
+        m_inv_diff = jnp.einsum("bkji,bkj->bki", white, jnp.einsum("bkjl,bkl->bkj", white, diff))
+        centred = jnp.where(observed[:, None, :], diff, jnp.einsum("kde,bke->bkd", cov, m_inv_diff))
         # Σ_n r_nk C_nk = R_k Σ_k - Σ_k (Σ_n r_nk P_nk) Σ_k with P the zero-padded Σ_oo^-1;
         # complete rows (C = 0 exactly) are left out so they add no round-off.
         r_miss = resp * (jnp.sum(missing, axis=1) > 0)[:, None].astype(X.dtype)
-        eye = jnp.eye(d, dtype=X.dtype)
-        padded_inv = solve(jnp.broadcast_to(eye, chol.shape)) - missing[:, None, :, None] * eye
+        m_inv = jnp.swapaxes(white, -1, -2) @ white
+        padded_inv = m_inv - missing[:, None, :, None] * eye
         G = jnp.einsum("bk,bkde->kde", r_miss, padded_inv)
         cond_cov = jnp.sum(r_miss, axis=0)[:, None, None] * cov - cov @ G @ cov
         second = jnp.einsum("bk,bkd,bke->kde", resp, centred, centred)
