@@ -118,9 +118,12 @@ def test_bad_hyperparameters_are_named(blobs, kwargs, message):
 
 def test_bad_data_is_named_before_any_compute(blobs):
     X = blobs.copy()
-    X[17, 1] = np.nan
-    with pytest.raises(ValueError, match="contains nan at row 17, column 1"):
+    # A NaN entry is a missing value for GaussianMixture; a row with nothing observed is an error.
+    X[17, :] = np.nan
+    with pytest.raises(ValueError, match="row 17 is all NaN"):
         jem.GaussianMixture(2).fit(X)
+    with pytest.raises(ValueError, match="contains nan at row 17, column 0"):
+        jem.BernoulliMixture(2).fit(X)
     X[17, 1] = np.inf
     with pytest.raises(ValueError, match="contains inf at row 17, column 1"):
         jem.GaussianMixture(2).fit(X)

@@ -224,12 +224,14 @@ class MixtureEstimator:
 
     def bic(self, X) -> float:
         """Bayesian information criterion on ``X`` (lower is better)."""
-        X = check_data(X)
+        # NaN passes here; score() decides whether this family accepts missing values.
+        X = check_data(X, allow_nan=True)
         return -2 * self.score(X) * X.shape[0] + self._n_parameters() * math.log(X.shape[0])
 
     def aic(self, X) -> float:
         """Akaike information criterion on ``X`` (lower is better)."""
-        return -2 * self.score(X) * check_data(X).shape[0] + 2 * self._n_parameters()
+        return (-2 * self.score(X) * check_data(X, allow_nan=True).shape[0]
+                + 2 * self._n_parameters())
 
     def _sample_components(self, n_samples: int, rng: np.random.Generator) -> np.ndarray:
         weights = np.asarray(self.weights_, dtype=np.float64)
