@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -106,6 +107,33 @@ def check_choice(value, name: str, choices: tuple) -> None:
     """Refuse ``value`` unless it is one of ``choices`` (a hyperparameter given by name)."""
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def warn_if_regularisation_dominates(X: np.ndarray, reg: float, name: str = "reg_covar",
+                                    share: float = 0.01) -> None:
+    """Warn when ``reg``, added to every variance, is at least ``share`` of a column's variance.
+
+    An absolute ``reg_covar`` of 1e-6 is nothing for data in metres but swamps data in
+    micrometres: every covariance is then mostly regularisation (clusters merge), and since the
+    regularised M-step no longer maximises the expected log-likelihood, the history may fall.
+    Constant columns (variance 0) are what the regularisation is for and are not reported.
+
+    Args:
+        X: ``[N, D]`` data (NaN = missing).
+        reg: the value added to the diagonal of every covariance.
+        name: the hyperparameter's name, for the message.
+        share: the fraction of a column's variance above which to warn.
+    """
+    if reg <= 0 or X.ndim != 2 or X.shape[0] < 2:
+        return
+    var = np.nanvar(np.asarray(X, np.float64), axis=0)
+    small = (var > 0) & (reg >= share * var)
+    if small.any():
+        col = int(np.argmax(np.where(small, reg / np.where(var > 0, var, 1.0), 0.0)))
+        warnings.warn(
+            f"{name}={reg:g} is {reg / var[col]:.3g} times the variance of column {col} "
+            f"({var[col]:.3g}): the fit mostly describes the regularisation; rescale the data or "
+            f"lower {name}", UserWarning, stacklevel=4)  # the user's call to fit
 
 
 def check_positive_int(value, name: str, minimum: int = 1) -> int:

@@ -8,7 +8,12 @@ import numpy as np
 from .. import em
 from ..models import gaussian as gaussian_family
 from ..models.gaussian_prior import GaussianPrior, gaussian_prior
-from ..validation import check_data, check_nonnegative_float, check_positive_int
+from ..validation import (
+    check_data,
+    check_nonnegative_float,
+    check_positive_int,
+    warn_if_regularisation_dominates,
+)
 from ._base import MixtureEstimator
 
 
@@ -113,6 +118,7 @@ class GaussianMixture(MixtureEstimator):
         # data far from the origin; means_ are reported in the user's coordinates.
         self._offset = np.nanmean(X, axis=0)
         self._prior = self._make_prior(X - self._offset)
+        warn_if_regularisation_dominates(X, float(self.reg_covar))
 
     def _make_prior(self, Xc: np.ndarray) -> GaussianPrior | None:
         """The prior in centred coordinates, or ``None`` for maximum likelihood."""
