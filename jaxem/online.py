@@ -37,7 +37,12 @@ from .data import as_source
 from .em import _restart_keys
 from .model import Model
 from .streaming import DEFAULT_INIT_ROWS, _host_blocks
-from .validation import check_nonnegative_float, check_positive_int, default_float_dtype
+from .validation import (
+    check_enough_rows,
+    check_nonnegative_float,
+    check_positive_int,
+    default_float_dtype,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +128,11 @@ def fit_online(model: Model, source, *, batch_size: int = 8192, n_epochs: float 
         key = jax.random.key(0)
     key = _restart_keys(key, 1)[0]
     source = as_source(source)
+    if source.n_rows is not None:  # arrays and files: their size is known before any compute
+        if source.n_rows == 0:
+            raise ValueError("X has 0 rows but at least 1 are needed")
+        if model.n_components is not None:
+            check_enough_rows(source.n_rows, model.n_components)
     dtype = np.dtype(default_float_dtype())
     rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
     if init_params is None:

@@ -18,6 +18,7 @@ from .. import constraints as C
 from .. import init as initialisers
 from ..models import gaussian as G
 from ..models._common import empty_components, mixing_weights
+from ..validation import check_nonnegative_float
 from .model import HMM
 
 Array = jax.Array
@@ -77,6 +78,7 @@ def gaussian_hmm(n_states: int, covariance_type: str = "full", reg_covar: float 
                          f"{covariance_type!r}")
     if init not in G.INIT_METHODS:
         raise ValueError(f"init must be one of {G.INIT_METHODS}, got {init!r}")
+    check_nonnegative_float(reg_covar, "reg_covar")
     ct = covariance_type
     constraints = _drop_weights(G.constraints_for(ct))
     return HMM(

@@ -293,6 +293,7 @@ class GaussianHMM(_BaseHMM):
         self.init = init
 
     def _hmm(self):
+        check_nonnegative_float(self.min_covar, "min_covar")
         return emissions.gaussian_hmm(self.n_components, self.covariance_type,
                                       float(self.min_covar), self.init,
                                       float(self.startprob_prior), float(self.transmat_prior))

@@ -21,6 +21,7 @@ from jax.scipy.special import gammaln
 from .. import constraints as C
 from .. import init as initialisers
 from ..model import Model
+from ..validation import check_positive_int
 
 Array = jax.Array
 
@@ -100,6 +101,8 @@ def bernoulli_mixture(n_components: int, n_trials: int = 1, init: str = "kmeans"
     Returns:
         A memoised :class:`jaxem.Model` for data ``[N, D]`` with a closed-form M-step.
     """
+    check_positive_int(n_components, "n_components")
+    check_positive_int(n_trials, "n_trials")
     if init not in INIT_METHODS:
         raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r}")
     return Model(

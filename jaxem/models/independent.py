@@ -26,6 +26,7 @@ from .. import _passes
 from .. import constraints as C
 from .. import init as initialisers
 from ..model import Model
+from ..validation import check_positive_int
 from . import _distributions as dist
 from ._common import dirichlet_log_prior, mixing_weights
 
@@ -145,6 +146,7 @@ def product_mixture(n_components: int, specs: Specs, *, flat: bool = False, miss
     Returns:
         A memoised :class:`jaxem.Model` for data ``[N, D]`` with a closed-form M-step.
     """
+    check_positive_int(n_components, "n_components")
     if init not in INIT_METHODS:
         raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r}")
     if not dirichlet_alpha >= 1.0:
