@@ -129,6 +129,21 @@ def test_components_sit_on_distinct_points():
     np.testing.assert_allclose(np.sort(gm.weights_[used])[-2:], [0.5, 0.5], atol=1e-3)
 
 
+def test_warning_when_reg_covar_swamps_a_feature():
+    """An absolute reg_covar of 1e-6 is most of the variance of data measured at 1e-4: say so."""
+    X = (1e-4 * _normal(6)).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"reg_covar=1e-06 is .* times the variance of column"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", jem.ConvergenceWarning)
+            jem.GaussianMixture(K, covariance_type="full", n_restarts=2, max_iter=30,
+                                random_state=0).fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # data at unit scale: no warning
+        warnings.simplefilter("ignore", jem.ConvergenceWarning)
+        jem.GaussianMixture(K, covariance_type="full", n_restarts=2, max_iter=30,
+                            random_state=0).fit(1e4 * X)
+
+
 def test_extreme_outlier_gets_its_own_component_not_the_bulk():
     X = extreme_outliers().astype(np.float32)
     with warnings.catch_warnings():
