@@ -103,12 +103,6 @@ def check_values(X: np.ndarray, bad: np.ndarray, requirement: str, who: str = "X
     raise ValueError(f"{who} needs {requirement}; got {X[where]} at {place}{more}")
 
 
-def check_choice(value, name: str, choices: tuple) -> None:
-    """Refuse ``value`` unless it is one of ``choices`` (a hyperparameter given by name)."""
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-
-
 def warn_if_regularisation_dominates(X: np.ndarray, reg: float, name: str = "reg_covar",
                                     share: float = 0.01) -> None:
     """Warn when ``reg``, added to every variance, is at least ``share`` of a column's variance.

@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import em
 from ..models import bernoulli as bernoulli_family
-from ..validation import check_positive_int
+from ..validation import check_positive_int, check_values
 from ._base import MixtureEstimator
 
 
@@ -50,12 +50,9 @@ class BernoulliMixture(MixtureEstimator):
                              f"{self.init_params!r}")
 
     def _check_values(self, X: np.ndarray) -> None:
-        bad = (X < 0) | (X > self.n_trials) | (X != np.round(X))
-        if bad.any():
-            row, col = (int(i) for i in np.argwhere(bad)[0])
-            allowed = "0 or 1" if self.n_trials == 1 else f"integers in [0, {self.n_trials}]"
-            raise ValueError(f"{type(self).__name__} needs data in {allowed}; got {X[row, col]} "
-                             f"at row {row}, column {col}")
+        allowed = "0 or 1" if self.n_trials == 1 else f"integers in [0, {self.n_trials}]"
+        check_values(X, (X < 0) | (X > self.n_trials) | (X != np.round(X)), f"data in {allowed}",
+                     type(self).__name__)
 
     def _model(self):
         return bernoulli_family.bernoulli_mixture(self.n_components, int(self.n_trials),
