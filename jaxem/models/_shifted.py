@@ -46,8 +46,9 @@ def shift_to_nearest(X: Array, means: Array, precision: Array) -> Shifted:
     expanded = (jnp.concatenate([Xc * Xc, Xc], axis=1)
                 @ jnp.concatenate([precision.T, -2.0 * (Mc * precision).T], axis=0))
     nearest = jnp.argmin(expanded + jnp.sum(Mc * Mc * precision, axis=1), axis=1)
-    centre = Mc[nearest]
-    return Shifted(nearest, Xc - centre, centre)
+    # x - μ_j in one subtraction: going through x - c would round x to the scale of c, which
+    # is far from the data when some centre sits on a distant outlier.
+    return Shifted(nearest, X - means[nearest], Mc[nearest])
 
 
 def _pair_offsets(means: Array) -> Array:
@@ -62,7 +63,11 @@ def squared_distances(shifted: Shifted, means: Array, precision: Array) -> Array
     weights = jnp.concatenate([precision.T, 2.0 * precision.T, -2.0 * (Mc * precision).T], axis=0)
     table = jnp.einsum("kd,kjd->jk", precision, jnp.square(_pair_offsets(means)))
     products = jnp.concatenate([xs * xs, xs * mj, xs], axis=1) @ weights
-    return jnp.maximum(products + table[shifted.nearest], 0.0)
+    # The row's own (nearest) centre decides its likelihood; its distance is x'²·p_j exactly,
+    # without the two large cross terms that cancel only up to eps·|x'|·|μ|.
+    own = jnp.sum(xs * xs * precision[shifted.nearest], axis=1)
+    is_own = shifted.nearest[:, None] == jnp.arange(means.shape[0])
+    return jnp.where(is_own, own[:, None], jnp.maximum(products + table[shifted.nearest], 0.0))
 
 
 def moments(shifted: Shifted, means: Array, resp: Array) -> tuple[Array, Array]:
@@ -75,11 +80,13 @@ def moments(shifted: Shifted, means: Array, resp: Array) -> tuple[Array, Array]:
     Mc = means - jnp.mean(means, axis=0)
     xs, mj = shifted.rows, shifted.centre
     onehot = jax.nn.one_hot(shifted.nearest, k, dtype=xs.dtype)
-    sums = resp.T @ jnp.concatenate([xs, xs * xs, xs * mj, onehot], axis=1)
-    r_x, r_xx, r_xm, counts = sums[:, :d], sums[:, d:2 * d], sums[:, 2 * d:3 * d], sums[:, 3 * d:]
+    sums = resp.T @ jnp.concatenate([xs, xs * xs, onehot], axis=1)
+    r_x, r_xx, counts = sums[:, :d], sums[:, d:2 * d], sums[:, 2 * d:]
+    # Σ_n r_nk x'_n Δ_{k j(n)} = μ_k Σ r x' - Σ r x' μ_j over rows whose nearest centre j is not
+    # k (for j = k, Δ = 0): leaving those rows out keeps their large, cancelling terms out.
+    off = (resp * (1.0 - onehot)).T @ jnp.concatenate([xs, xs * mj], axis=1)
+    cross = Mc * off[:, :d] - off[:, d:]
     delta = _pair_offsets(means)                       # μ_k - μ_j
     first = r_x - jnp.einsum("kj,kjd->kd", counts, delta)
-    # Σ_n r_nk x'_n Δ_{k j(n)} = μ_k Σ r x' - Σ r x' μ_j (both about the centres' mean).
-    cross = Mc * r_x - r_xm
     second = r_xx - 2.0 * cross + jnp.einsum("kj,kjd->kd", counts, jnp.square(delta))
     return first, second

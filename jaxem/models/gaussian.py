@@ -31,6 +31,7 @@ from .. import _passes
 from .. import constraints as C
 from .. import init as initialisers
 from ..model import Model
+from . import _shifted
 from ._common import empty_components, mixing_weights
 from .gaussian_prior import GaussianPrior, check_prior, log_prior, prior_constants
 
@@ -54,9 +55,11 @@ def _log_normaliser(prec_chol: Array, covariance_type: str, n_features: int) -> 
 def _mahalanobis(params, X: Array, covariance_type: str) -> Array:
     """``[N, K]`` squared Mahalanobis distances.
 
-    Every form whitens first and squares last: ``|A x - A μ|^2``. Expanding the square
+    Full and tied whiten first and square last: ``|A x - A μ|^2``. Expanding the square
     (``x'Λx - 2x'Λμ + μ'Λμ``) would be a few flops cheaper but loses ``eps * (|x|/σ)^2`` to
-    cancellation, which in float32 ruins the likelihood of clusters far from the origin.
+    cancellation, which in float32 ruins the likelihood of clusters far from the origin. Diagonal
+    and spherical precisions take each row about its nearest mean first (:mod:`._shifted`), which
+    keeps the expanded form's matrix products without that cancellation.
     """
     means, A = params["means"], params["prec_chol"]
     n, d = X.shape
@@ -67,11 +70,17 @@ def _mahalanobis(params, X: Array, covariance_type: str) -> Array:
         y = (X @ W).reshape(n, k, d) - jnp.einsum("kd,ked->ke", means, A)[None]
     elif covariance_type == "tied":
         y = (X @ A.T)[:, None, :] - (means @ A.T)[None]
-    elif covariance_type == "diag":
-        y = X[:, None, :] * A[None] - (means * A)[None]
     else:
-        y = (X[:, None, :] - means[None]) * A[None, :, None]
+        precision = _diagonal_precision(A, means)
+        return _shifted.squared_distances(_shifted.shift_to_nearest(X, means, precision), means,
+                                          precision)
     return jnp.sum(y * y, axis=-1)
+
+
+def _diagonal_precision(A: Array, means: Array) -> Array:
+    """``[K, D]`` per-coordinate precisions ``1/σ²`` from diag ``[K, D]`` or spherical ``[K]``."""
+    A = A if A.ndim == 2 else jnp.broadcast_to(A[:, None], means.shape)
+    return A * A
 
 
 def _batch_log_joint(params, X: Array, covariance_type: str) -> Array:
@@ -88,14 +97,18 @@ def _suff_stats(params, X: Array, resp: Array, covariance_type: str):
     # Moments about each component's previous mean: additive over rows (the means are fixed
     # during a pass) and accurate in float32 even for clusters many standard deviations from the
     # origin, where moments about one common point lose the variance to cancellation. The
-    # component-major [K, B, D] layout turns the sums into K batched matrix products.
-    centred = X[None, :, :] - params["means"][:, None, :]
-    resp_k = resp.T
-    first = jnp.einsum("kb,kbd->kd", resp_k, centred)
+    # component-major [K, B, D] layout turns the sums into K batched matrix products; diagonal
+    # types get the same moments as one product over rows taken about their nearest mean.
+    means = params["means"]
     if covariance_type in ("full", "tied"):
+        centred = X[None, :, :] - means[:, None, :]
+        resp_k = resp.T
+        first = jnp.einsum("kb,kbd->kd", resp_k, centred)
         second = jnp.einsum("kbd,kbe->kde", resp_k[:, :, None] * centred, centred)
     else:
-        second = jnp.einsum("kb,kbd->kd", resp_k, centred * centred)
+        precision = _diagonal_precision(params["prec_chol"], means)
+        first, second = _shifted.moments(_shifted.shift_to_nearest(X, means, precision), means,
+                                         resp)
     return {"nk": jnp.sum(resp, axis=0), "first": first, "second": second}
 
 
