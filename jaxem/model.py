@@ -53,6 +53,9 @@ class Model:
             gradient M-step adds it to Q, and the reported history includes it.
         handles_missing: whether ``log_joint`` marginalises NaN entries of an observation (missing
             values) and ``suff_stats`` accounts for them; only then does ``fit`` accept NaN.
+        check_data: optional ``check_data(X)`` run by :func:`jaxem.fit` and :func:`jaxem.e_step`
+            on the validated NumPy data ``[N, ...]`` before any compute; raises ``ValueError``
+            naming the first value the family cannot take (e.g. a count that is not an integer).
     """
 
     init: Callable[[Array, Array], Params]
@@ -65,6 +68,7 @@ class Model:
     name: str = "custom"
     log_prior: Callable[[Params], Array] | None = None
     handles_missing: bool = False
+    check_data: Callable[[Any], None] | None = None
 
     def __post_init__(self):
         if (self.suff_stats is None) != (self.maximize is None):

@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import em
 from ..models import bernoulli as bernoulli_family
-from ..validation import check_positive_int, check_values
+from ..validation import check_positive_int
 from ._base import MixtureEstimator
 
 
@@ -50,9 +50,7 @@ class BernoulliMixture(MixtureEstimator):
                              f"{self.init_params!r}")
 
     def _check_values(self, X: np.ndarray) -> None:
-        allowed = "0 or 1" if self.n_trials == 1 else f"integers in [0, {self.n_trials}]"
-        check_values(X, (X < 0) | (X > self.n_trials) | (X != np.round(X)), f"data in {allowed}",
-                     type(self).__name__)
+        bernoulli_family.check_counts(X, self.n_trials, type(self).__name__)
 
     def _model(self):
         return bernoulli_family.bernoulli_mixture(self.n_components, int(self.n_trials),

@@ -42,17 +42,7 @@ class FeatureMixture(MixtureEstimator):
             raise ValueError(f"dirichlet_alpha must be a number >= 1, got {alpha!r}")
 
     def _check_values(self, X: np.ndarray) -> None:
-        name = type(self).__name__
-        for feature, cols in self._specs():
-            cols = tuple(range(X.shape[1])) if cols is None else cols
-            if max(cols) >= X.shape[1]:
-                raise ValueError(f"{name} has a {feature.name} feature on column {max(cols)} but X "
-                                 f"has {X.shape[1]} columns")
-            bad, requirement = feature.check(X[:, list(cols)])
-            if bad.any():
-                row, j = (int(i) for i in np.argwhere(bad)[0])
-                raise ValueError(f"{name}: the {feature.name} feature needs {requirement}; got "
-                                 f"{X[row, cols[j]]} at row {row}, column {cols[j]}")
+        independent_family.check_feature_values(self._specs(), X, type(self).__name__)
 
     # -- parameters ----------------------------------------------------------------------------
     def _params(self):

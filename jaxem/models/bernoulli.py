@@ -16,12 +16,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import gammaln
 
 from .. import constraints as C
 from .. import init as initialisers
 from ..model import Model
-from ..validation import check_positive_int
+from ..validation import check_positive_int, check_values
 
 Array = jax.Array
 
@@ -114,4 +115,11 @@ def bernoulli_mixture(n_components: int, n_trials: int = 1, init: str = "kmeans"
         constraints={"weights": C.simplex, "probs": C.unit_interval},
         n_components=n_components,
         name=f"bernoulli_mixture({n_components}, n_trials={n_trials})",
+        check_data=functools.partial(check_counts, n_trials=n_trials, who="bernoulli_mixture"),
     )
+
+
+def check_counts(X, n_trials: int, who: str) -> None:
+    """Refuse entries outside ``{0, ..., n_trials}`` (``{0, 1}`` for Bernoulli), naming the first."""
+    allowed = "0 or 1" if n_trials == 1 else f"integers in [0, {n_trials}]"
+    check_values(X, (X < 0) | (X > n_trials) | (X != np.round(X)), f"data in {allowed}", who)

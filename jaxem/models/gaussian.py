@@ -31,6 +31,7 @@ from .. import _passes
 from .. import constraints as C
 from .. import init as initialisers
 from ..model import Model
+from ..validation import check_nonnegative_float, check_positive_int
 from . import _shifted
 from ._common import empty_components, mixing_weights
 from .gaussian_prior import GaussianPrior, check_prior, log_prior, prior_constants
@@ -351,6 +352,8 @@ def gaussian_mixture(n_components: int, covariance_type: str = "full", reg_covar
         A memoised :class:`jaxem.Model` for data ``[N, D]``; equal arguments give the same object,
         so repeated fits reuse compiled code.
     """
+    n_components = check_positive_int(n_components, "n_components")
+    reg_covar = check_nonnegative_float(reg_covar, "reg_covar")
     if covariance_type not in COVARIANCE_TYPES:
         raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got "
                          f"{covariance_type!r}")

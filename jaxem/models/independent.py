@@ -166,7 +166,30 @@ def product_mixture(n_components: int, specs: Specs, *, flat: bool = False, miss
         name=name or f"product_mixture({n_components}, {[f.name for f, _ in specs]})",
         log_prior=log_prior,
         handles_missing=missing,
+        check_data=functools.partial(check_feature_values, specs, who=name or "product_mixture"),
     )
+
+
+def check_feature_values(specs: Specs, X, who: str) -> None:
+    """Refuse values a feature group cannot take (NaN passes: missing), naming the first one.
+
+    Args:
+        specs: ``((feature, columns), ...)`` as in :func:`product_mixture`.
+        X: ``[N, D]`` validated NumPy data.
+        who: the model or estimator, for the message.
+    """
+    if X.ndim != 2:
+        raise ValueError(f"{who} expects 2-D data [n_samples, n_features], got shape {X.shape}")
+    for feature, cols in specs:
+        cols = tuple(range(X.shape[1])) if cols is None else tuple(cols)
+        if max(cols) >= X.shape[1]:
+            raise ValueError(f"{who} has a {feature.name} feature on column {max(cols)} but X has "
+                             f"{X.shape[1]} columns")
+        bad, requirement = feature.check(X[:, list(cols)])
+        if bad.any():
+            row, j = (int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"{who}: the {feature.name} feature needs {requirement}; got "
+                             f"{X[row, cols[j]]} at row {row}, column {cols[j]}")
 
 
 def feature_mixture(n_components: int, feature: dist.Feature, init: str, dirichlet_alpha: float,
