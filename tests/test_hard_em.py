@@ -154,3 +154,20 @@ def test_bound_plot_renders_a_png(tmp_path, x64):
     teaching.plot_bound(trace, parameter_name="shift of mean 0").savefig(path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert matplotlib.image.imread(path).shape[0] > 100
+
+
+@pytest.mark.parametrize("make", [
+    lambda: jem.GaussianMixture(3, covariance_type="diag", e_step="hard", random_state=0),
+    lambda: jem.PoissonMixture(2, e_step="hard", random_state=0),
+])
+def test_estimators_take_the_e_step_option(make):
+    rng = np.random.default_rng(0)
+    X = (three_blobs() if make().__class__ is jem.GaussianMixture
+         else rng.poisson([[2.0]] * 150 + [[20.0]] * 150).astype(float))
+    est = make().fit(X)
+    assert est.get_params()["e_step"] == "hard"
+    assert_non_decreasing(est.fit_result_)
+    # The objective is the classification log-likelihood: Σ_n max_k log p(x_n, z=k).
+    lj = est._model().log_joint_matrix(est._params(), jnp.asarray(est._transform(X), jnp.float32))
+    np.testing.assert_allclose(est.fit_result_.log_likelihood, float(jnp.sum(jnp.max(lj, axis=1))),
+                               rtol=1e-5)

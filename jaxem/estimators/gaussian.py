@@ -35,6 +35,9 @@ class GaussianMixture(MixtureEstimator):
         random_state: ``None``, an int seed, or a JAX key.
         m_step: ``"auto"``/``"closed_form"`` or ``"gradient"`` (optax ascent on Q).
         optimizer: optax transformation for the gradient M-step (default L-BFGS).
+        e_step: ``"soft"`` (EM), ``"hard"`` (classification EM) or ``"anneal"`` / a
+            :class:`jaxem.Annealing` schedule (deterministic annealing); see :func:`jaxem.fit`.
+        verbose: ``0`` no progress bar, ``1`` one on a terminal for long fits, ``2`` always.
         weight_concentration: ``α >= 1`` of a symmetric Dirichlet prior on the weights (MAP-EM;
             1 is flat, larger keeps every weight away from 0).
         mean_precision_prior, mean_prior, covariance_prior, degrees_of_freedom_prior: a
@@ -62,7 +65,8 @@ class GaussianMixture(MixtureEstimator):
                  means_init=None, precisions_init=None, random_state=None,
                  m_step: str = "auto", optimizer=None, weight_concentration: float = 1.0,
                  mean_precision_prior: float | None = None, mean_prior=None,
-                 covariance_prior=None, degrees_of_freedom_prior: float | None = None):
+                 covariance_prior=None, degrees_of_freedom_prior: float | None = None,
+                 e_step="soft", verbose: int = 0):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -76,6 +80,8 @@ class GaussianMixture(MixtureEstimator):
         self.random_state = random_state
         self.m_step = m_step
         self.optimizer = optimizer
+        self.e_step = e_step
+        self.verbose = verbose
         self.weight_concentration = weight_concentration
         self.mean_precision_prior = mean_precision_prior
         self.mean_prior = mean_prior

@@ -166,7 +166,7 @@ class MixtureOfLinearRegressions(_RegressionMixture):
     Args:
         n_components: number of regression lines (hyperplanes) ``K``.
         reg_var: non-negative value added to every noise variance in the M-step.
-        tol, max_iter, n_restarts, random_state, m_step, optimizer: as in
+        tol, max_iter, n_restarts, random_state, m_step, optimizer, e_step, verbose: as in
             :class:`jaxem.GaussianMixture`.
         init_params: starting responsibilities from clustering the rows ``[x, y]``:
             ``"kmeans"``, ``"k-means++"``, ``"random_from_data"`` or ``"random"``.
@@ -178,7 +178,8 @@ class MixtureOfLinearRegressions(_RegressionMixture):
 
     def __init__(self, n_components: int = 1, *, reg_var: float = 1e-6, tol: float = 1e-6,
                  max_iter: int = 100, n_restarts: int = 1, init_params: str = "kmeans",
-                 random_state=None, m_step: str = "auto", optimizer=None):
+                 random_state=None, m_step: str = "auto", optimizer=None,
+                 e_step="soft", verbose: int = 0):
         self.n_components = n_components
         self.reg_var = reg_var
         self.tol = tol
@@ -188,6 +189,8 @@ class MixtureOfLinearRegressions(_RegressionMixture):
         self.random_state = random_state
         self.m_step = m_step
         self.optimizer = optimizer
+        self.e_step = e_step
+        self.verbose = verbose
 
     def _model(self):
         return regression_family.mixture_of_linear_regressions(
@@ -226,7 +229,8 @@ class MixtureOfExperts(_RegressionMixture):
 
     def __init__(self, n_components: int = 2, *, reg_var: float = 1e-6, tol: float = 1e-6,
                  max_iter: int = 200, n_restarts: int = 1, init_params: str = "kmeans",
-                 random_state=None, m_step: str = "auto", optimizer=None):
+                 random_state=None, m_step: str = "auto", optimizer=None,
+                 e_step="soft", verbose: int = 0):
         self.n_components = n_components
         self.reg_var = reg_var
         self.tol = tol
@@ -236,6 +240,8 @@ class MixtureOfExperts(_RegressionMixture):
         self.random_state = random_state
         self.m_step = m_step
         self.optimizer = optimizer
+        self.e_step = e_step
+        self.verbose = verbose
 
     def _model(self):
         return experts_family.mixture_of_experts(
