@@ -25,6 +25,9 @@ _FLUSH_LOG = -80.0
 # Rows per block when the caller does not choose: large enough that per-block overhead is
 # negligible, small enough that a block's [block, K*D] temporaries stay in cache.
 DEFAULT_BLOCK_ROWS = 4096
+# The fewest rows per block the engine picks by itself (for many vmapped restarts): below this the
+# per-block overhead of the scan starts to show.
+MIN_BLOCK_ROWS = 256
 
 
 def plan_blocks(n_rows: int, block_size: int | None, n_shards: int = 1) -> tuple[int, int]:

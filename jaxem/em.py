@@ -263,7 +263,8 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
             or ``"gradient"``.
         optimizer: optax transformation for the gradient M-step (default: L-BFGS).
         m_step_iters: optimiser steps per gradient M-step.
-        block_size: rows per block of the data pass (default: about 4096).
+        block_size: rows per block of the data pass (default: about 4096 divided by the number
+            of restarts, at least 256, so the vmapped restarts' temporaries stay in cache).
         progress: optional ``progress(iteration, log_likelihood [R], converged [R], running [R])``
             called once per EM iteration from inside the compiled loop (see
             :mod:`jaxem.progress` for a progress bar); it does not trigger a recompilation.
@@ -306,6 +307,9 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
     if labels is not None:
         labels = jnp.asarray(check_labels(labels, X.shape[0], _n_components(model, keys[0], X)))
     mesh = distributed.data_mesh(devices)
+    if block_size is None:
+        # Vmapped restarts multiply every block's temporaries by R: keep R blocks in cache.
+        block_size = max(_passes.MIN_BLOCK_ROWS, _passes.DEFAULT_BLOCK_ROWS // keys.shape[0])
     n_blocks, rows = _passes.plan_blocks(X.shape[0], block_size, distributed.n_shards(mesh))
     if init_params is not None:
         init_params = jax.tree.map(
