@@ -189,7 +189,8 @@ def _greedy_matching(score: Array) -> Array:
     def take(_, state):
         match, score = state
         row, col = jnp.divmod(jnp.argmax(score), k)
-        return match.at[row].set(col), score.at[row, :].set(-jnp.inf).at[:, col].set(-jnp.inf)
+        return (match.at[row].set(col.astype(match.dtype)),
+                score.at[row, :].set(-jnp.inf).at[:, col].set(-jnp.inf))
 
     match, _ = jax.lax.fori_loop(0, k, take, (jnp.zeros((k,), jnp.int32), score))
     return match
