@@ -64,14 +64,7 @@ def fit_mixture(estimator, source, *, chunk_size: int | None = None, y=None, sam
         devices=devices)
     weights = check_sample_weight(sample_weight, source.n_rows)
     total_weight = source.n_rows if weights is None else float(np.sum(weights))
-    best = result.best_restart
-    est._set_params_from(result.params)
-    est.converged_ = bool(result.converged[best])
-    est.n_iter_ = int(result.n_iter[best])
-    est.lower_bound_ = result.log_likelihood / total_weight
-    est.history_ = result.history[best] / total_weight
-    est.fit_result_ = result
-    return est
+    return est._record_fit(result, total_weight)
 
 
 def fit_hmm(estimator, source, lengths=None, *, chunk_size: int | None = None,
@@ -110,13 +103,4 @@ def fit_hmm(estimator, source, lengths=None, *, chunk_size: int | None = None,
                          n_restarts=1 if start is not None else est.n_restarts,
                          max_iter=est.n_iter, tol=est.tol, init_params=start, method=est.method,
                          init_size=init_size, devices=devices)
-    p = result.params
-    est.startprob_ = np.asarray(p["initial"])
-    est.transmat_ = np.asarray(p["transition"])
-    est._set_emission(p["emission"])
-    best = result.best_restart
-    est.converged_ = bool(result.converged[best])
-    est.n_iter_ = int(result.n_iter[best])
-    est.history_ = result.history[best]
-    est.fit_result_ = result
-    return est
+    return est._record_fit(result)

@@ -162,6 +162,11 @@ class MixtureEstimator:
                 init_params=init_params, e_step=getattr(self, "e_step", "soft"),
                 m_step=self.m_step, optimizer=self.optimizer, progress=bar)
         total_weight = X.shape[0] if weights is None else float(np.sum(weights))
+        return self._record_fit(result, total_weight)
+
+    def _record_fit(self, result, total_weight: float):
+        """Set the fitted attributes from a :class:`jaxem.FitResult` (in-memory or chunked fit);
+        ``lower_bound_`` and ``history_`` are per unit of sample weight. Returns ``self``."""
         best = result.best_restart
         self._set_params_from(result.params)
         self.converged_ = bool(result.converged[best])

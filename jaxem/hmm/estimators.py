@@ -183,6 +183,11 @@ class _BaseHMM:
                          n_restarts=1 if start is not None else self.n_restarts,
                          max_iter=self.n_iter, tol=self.tol, init_params=start, m_step=self.m_step,
                          method=self.method, optimizer=self.optimizer, progress=bar)
+        return self._record_fit(result)
+
+    def _record_fit(self, result):
+        """Set the fitted attributes from a :class:`jaxem.FitResult` (in-memory or chunked
+        Baum-Welch). Returns ``self``."""
         p = result.params
         self.startprob_ = np.asarray(p["initial"])
         self.transmat_ = np.asarray(p["transition"])
