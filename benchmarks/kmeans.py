@@ -41,7 +41,7 @@ def run(n: int, d: int, k: int, iters: int, seed: int) -> list[dict]:
     centres, _ = kmeans_plusplus(X, k, random_state=seed)
     rows = []
 
-    model = jem.KMeans(k, init=centres, max_iter=iters, tol=0.0)
+    model = jem.KMeans(k, init=centres, max_iter=iters, tol=None)
     model.fit(X)  # compiles
     compile_time = model.fit_result_.compile_time
     start = time.perf_counter()

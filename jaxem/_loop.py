@@ -70,6 +70,18 @@ def _select(mask: Array, new, old):
     return jax.tree.map(pick, new, old)
 
 
+def _unchanged(new, old) -> Array:
+    """``[R]`` whether every parameter of restart ``r`` is bit-identical in ``new`` and ``old``."""
+    same = [jnp.all((a == b).reshape(a.shape[0], -1), axis=1) for a, b in
+            zip(jax.tree.leaves(new), jax.tree.leaves(old), strict=True)]
+    return jnp.all(jnp.stack(same), axis=0)
+
+
+def _fingerprint(aux) -> Array | None:
+    """The assignment fingerprint of a hard-EM pass's output (``None`` for other passes)."""
+    return aux.fingerprint if isinstance(aux, _passes.HardStats) else None
+
+
 def iterate(e_pass: Callable, m_step: Callable, params, tol, *, max_iter: int,
             may_stop: Callable = lambda iteration: True, report: bool = False) -> LoopOutput:
     """The EM loop for a batch of restarts, whatever the model: mixtures and HMMs alike.
@@ -80,7 +92,7 @@ def iterate(e_pass: Callable, m_step: Callable, params, tol, *, max_iter: int,
             the next M-step needs.
         m_step: ``m_step(params, aux) -> params`` for ONE restart (vmapped here).
         params: starting parameters with a leading ``[R]`` axis.
-        tol: relative tolerance on the objective.
+        tol: relative tolerance on the objective (traced scalar); negative: no objective test.
         max_iter: the most M-steps.
         may_stop: ``may_stop(iteration) -> bool`` whether convergence may be declared yet.
         report: call the module's progress sink once per iteration.
@@ -92,11 +104,15 @@ def iterate(e_pass: Callable, m_step: Callable, params, tol, *, max_iter: int,
     obj_dtype = aux_shapes[0].dtype
     n_restarts = aux_shapes[0].shape[0]
     # A change within float round-off of the objective is no progress: tol=0 then means "until
-    # nothing changes", which otherwise could spin on last-bit noise until max_iter.
+    # nothing changes", which otherwise could spin on last-bit noise until max_iter. A negative
+    # tol (``tol=None`` to the user) switches the objective test off.
+    test_objective = tol >= 0
     rel_tol = jnp.maximum(tol, 4 * jnp.finfo(obj_dtype).eps)
     nan = jnp.full((n_restarts,), jnp.nan, obj_dtype)
     state = dict(params=params, objective=nan, initial=nan,
                  aux=jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shapes[1]),
+                 consumed=_fingerprint(jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                                                    aux_shapes[1])),
                  trips=jnp.zeros((), jnp.int32), n_iter=jnp.zeros((n_restarts,), jnp.int32),
                  converged=jnp.zeros((n_restarts,), bool), running=jnp.ones((n_restarts,), bool),
                  history=jnp.full((n_restarts, max_iter), jnp.nan, obj_dtype))
@@ -111,7 +127,15 @@ def iterate(e_pass: Callable, m_step: Callable, params, tol, *, max_iter: int,
         new_params = _select(running, stepped, s["params"])
         obj, aux = e_pass(new_params, iteration)
         change_small = jnp.abs(obj - s["objective"]) <= rel_tol * jnp.abs(s["objective"])
-        converged = running & change_small & may_stop(iteration)
+        # Parameters an M-step left bit-identical are a fixed point: every later iteration would
+        # repeat this one, whatever the tolerance.
+        fixed_point = _unchanged(stepped, s["params"])
+        consumed = _fingerprint(s["aux"])
+        if consumed is not None:
+            # Hard EM: this M-step saw the same assignment as the one before it, so it changed
+            # nothing (the step counts, as k-means counts the pass that finds no row moved).
+            fixed_point |= (iteration >= 2) & _unchanged(consumed, s["consumed"])
+        converged = running & ((test_objective & change_small) | fixed_point) & may_stop(iteration)
         row = jnp.maximum(iteration - 1, 0)
         history = s["history"].at[:, row].set(jnp.where(running, obj, s["history"][:, row]))
         still = jnp.where(first, jnp.isfinite(obj),
@@ -120,7 +144,7 @@ def iterate(e_pass: Callable, m_step: Callable, params, tol, *, max_iter: int,
                    objective=jnp.where(first | running, obj, s["objective"]),
                    initial=jnp.where(first, obj, s["initial"]),
                    # A stopped restart's stale statistics are never used for a kept update.
-                   aux=aux, trips=iteration + 1, n_iter=s["n_iter"] + running,
+                   aux=aux, consumed=consumed, trips=iteration + 1, n_iter=s["n_iter"] + running,
                    converged=s["converged"] | converged, running=still, history=history)
         if report:
             jax.debug.callback(_report, iteration, out["objective"], out["converged"],
@@ -141,8 +165,8 @@ def run_restarts(model: Model, params, rows, tol, *, max_iter: int, use_gradient
         def m_step(p, resp_blocks):
             return gradient_m_step(model, p, rows.X, resp_blocks, optimizer, m_step_iters)
     else:
-        def m_step(p, stats):
-            return model.maximize(stats, p)
+        def m_step(p, aux):
+            return model.maximize(_passes.statistics(aux), p)
 
     def e_pass(p, iteration):
         return jax.vmap(

@@ -22,6 +22,9 @@ Array = jax.Array
 # the M-step many times slower on CPUs, and such weights are below float32 resolution of any sum.
 _FLUSH_LOG = -80.0
 
+# How many components' comparisons the hard E-step unrolls into one straight-line kernel.
+_UNROLL_COMPONENTS = 32
+
 # Rows per block when the caller does not choose: large enough that per-block overhead is
 # negligible, small enough that a block's [block, K*D] temporaries stay in cache.
 DEFAULT_BLOCK_ROWS = 4096
@@ -117,6 +120,57 @@ def mask_labels(log_joint: Array, labels: Array | None) -> Array:
     return jnp.where(keep, log_joint, -jnp.inf)
 
 
+def hard_assignment(log_joint: Array) -> tuple[Array, Array]:
+    """``(max_k ℓ_nk [N], first k attaining it [N])`` for ``log_joint [N, K]``.
+
+    Same result as ``max`` and ``argmax``, computed as a running comparison over the ``K``
+    columns, each an elementwise step over all rows: on CPUs XLA's reductions along a short
+    minor axis (and its ``argmax``, a reduction over value-index pairs) cost several times more.
+    A row whose first log-joint is NaN gets component 0 (its objective is NaN, failing the fit).
+    """
+    columns = log_joint.T
+
+    def compare(k, state):
+        best, component = state
+        better = columns[k] > best
+        return jnp.where(better, columns[k], best), jnp.where(better, k, component)
+
+    start = (columns[0], jnp.zeros(columns.shape[1:], jnp.int32))
+    return jax.lax.fori_loop(1, columns.shape[0], compare, start,
+                             unroll=min(columns.shape[0], _UNROLL_COMPONENTS))
+
+
+class HardStats(NamedTuple):
+    """What a hard-EM pass adds up: the model's statistics and a fingerprint of the assignment.
+
+    ``fingerprint [2]`` (uint32, wrapping sums over the rows of weight > 0) holds
+    ``Σ (k_n + 1)`` and ``Σ (k_n + 1) h_n``, with ``k_n`` the row's component and ``h_n`` an odd
+    hash of the row's values. It adds up over blocks, chunks and devices like the statistics,
+    does not depend on the parameters, and is unchanged from one pass to the next when no row
+    changed component; a change goes unseen only if both wrapped sums coincide (about one chance
+    in 2^32). That is the fixed point where hard EM, k-means included, stops.
+    """
+
+    stats: Any
+    fingerprint: Array
+
+
+def assignment_fingerprint(X: Array, component: Array, weights: Array) -> Array:
+    """``[2]`` uint32 fingerprint (see :class:`HardStats`) of rows ``X [N, ...]`` assigned to
+    ``component [N]``, counting only rows of positive ``weights [N]``."""
+    flat = jnp.nan_to_num(X.reshape(X.shape[0], -1).astype(jnp.float32))
+    signature = flat @ jnp.cos(1.0 + jnp.arange(flat.shape[1], dtype=jnp.float32))
+    row_hash = jax.lax.bitcast_convert_type(signature, jnp.uint32) | jnp.uint32(1)
+    label = jnp.where(weights > 0, component.astype(jnp.uint32) + 1, 0).astype(jnp.uint32)
+    return jnp.stack([jnp.sum(label, dtype=jnp.uint32),
+                      jnp.sum(label * row_hash, dtype=jnp.uint32)])
+
+
+def statistics(aux: Any) -> Any:
+    """The model's statistics from a pass's auxiliary output (hard or soft)."""
+    return aux.stats if isinstance(aux, HardStats) else aux
+
+
 def posterior(log_joint: Array, hard: bool = False,
               temperature: Array | None = None) -> tuple[Array, Array]:
     """Per-row objective ``[N]`` and responsibilities ``[N, K]`` (tiny ones flushed to 0).
@@ -129,9 +183,8 @@ def posterior(log_joint: Array, hard: bool = False,
             objective stays the log-likelihood ``logsumexp_k ℓ_nk``. ``None`` means ``T = 1``.
     """
     if hard:
-        best = jnp.argmax(log_joint, axis=-1)
-        return jnp.max(log_joint, axis=-1), jax.nn.one_hot(best, log_joint.shape[-1],
-                                                            dtype=log_joint.dtype)
+        best, component = hard_assignment(log_joint)
+        return best, jax.nn.one_hot(component, log_joint.shape[-1], dtype=log_joint.dtype)
     row_ll = jax.nn.logsumexp(log_joint, axis=-1)
     if temperature is None:
         log_r = log_joint - row_ll[:, None]
@@ -169,16 +222,31 @@ def stats_pass(model: Model, params: Any, rows: Rows, hard: bool = False,
     Returns:
         ``(objective, stats)``: the weighted total of the rows' objectives (the log-likelihood,
         or the classification log-likelihood for hard EM) and the summed expected sufficient
-        statistics (the model's pytree).
+        statistics (the model's pytree; for hard EM a :class:`HardStats` holding them).
     """
+    stats_params = params if centre is None else centre
 
     def block_stats(xb, w, labels):
         lj = mask_labels(model.log_joint_matrix(params, xb), labels)
+        if hard:
+            best, component = hard_assignment(lj)
+            return weighted_sum(best, w), _hard_block_stats(model, stats_params, xb, component, w,
+                                                            lj.shape[-1])
         row_ll, resp = posterior(lj, hard, temperature)
-        stats = model.suff_stats(params if centre is None else centre, xb, resp * w[:, None])
-        return weighted_sum(row_ll, w), stats
+        return weighted_sum(row_ll, w), model.suff_stats(stats_params, xb, resp * w[:, None])
 
     return _sum_over_blocks(block_stats, rows)
+
+
+def _hard_block_stats(model: Model, params: Any, xb: Array, component: Array, w: Array,
+                      n_components: int) -> HardStats:
+    fingerprint = assignment_fingerprint(xb, component, w)
+    if model.hard_suff_stats is not None:
+        stats = model.hard_suff_stats(params, xb, component, w)
+    else:
+        stats = model.suff_stats(params, xb, jax.nn.one_hot(component, n_components,
+                                                            dtype=w.dtype) * w[:, None])
+    return HardStats(stats, fingerprint)
 
 
 def _greedy_matching(score: Array) -> Array:

@@ -28,10 +28,11 @@ from .validation import (
     check_data,
     check_enough_rows,
     check_labels,
-    check_nonnegative_float,
     check_positive_int,
     check_sample_weight,
+    check_tolerance,
     default_float_dtype,
+    tolerance_value,
 )
 
 Array = jax.Array
@@ -247,6 +248,10 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         max_iter: maximum EM iterations per restart.
         tol: stop a restart when ``|ℓ_t - ℓ_{t-1}| <= tol * |ℓ_{t-1}|`` (relative change of the total
             log-likelihood); a change within a few float epsilons always counts as converged.
+            ``None``: no test on the objective, so every restart runs ``max_iter`` iterations
+            (what benchmarks want) unless an M-step leaves its parameters bit-identical, a fixed
+            point where it stops (k-means whose assignments no longer change). An M-step that
+            returns identical parameters stops a restart under any ``tol``.
         sample_weight: optional ``[N]`` non-negative frequency weights (weight 2 = row twice).
         labels: optional ``[N]`` integer partial labels for semi-supervised EM: a row with label
             ``k >= 0`` belongs to component ``k`` (its responsibility is fixed one-hot and its
@@ -282,7 +287,7 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         FitError: every restart's log-likelihood became NaN or infinite.
     """
     max_iter = check_positive_int(max_iter, "max_iter")
-    tol = check_nonnegative_float(tol, "tol")
+    tol = check_tolerance(tol)
     m_step_iters = check_positive_int(m_step_iters, "m_step_iters")
     if n_restarts is not None:
         n_restarts = check_positive_int(n_restarts, "n_restarts")
@@ -325,7 +330,8 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         X, weights, labels = distributed.replicate((X, weights, labels), mesh)
     try:
         out, compile_time, fit_time = _loop.run_compiled(
-            (keys, init_params, X, weights, labels, jnp.asarray(tol, X.dtype)), static, progress)
+            (keys, init_params, X, weights, labels, jnp.asarray(tolerance_value(tol), X.dtype)),
+            static, progress)
     except (TypeError, ValueError, IndexError) as err:
         # Tracing failed before any compute; when the model cannot even score these rows (wrong
         # rank or feature count), say that instead of JAX's shape error deep in the model.
@@ -337,7 +343,7 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
                             "Gaussian mixtures, increase reg_covar)")
 
 
-def result_from_loop(out: _loop.LoopOutput, keys, *, max_iter: int, tol: float,
+def result_from_loop(out: _loop.LoopOutput, keys, *, max_iter: int, tol: float | None,
                      compile_time: float = 0.0, fit_time: float = 0.0, hint: str = "",
                      stacklevel: int = 3) -> FitResult:
     """The :class:`FitResult` of a finished loop (every fit driver's last step): picks the best
@@ -360,7 +366,7 @@ def result_from_loop(out: _loop.LoopOutput, keys, *, max_iter: int, tol: float,
             f"{'NaN' if np.isnan(ll).any() else 'infinite'}" + (f"; {hint}" if hint else ""))
     best = int(np.argmax(np.where(failed, -np.inf, ll)))
     converged = np.asarray(out.converged)
-    if not converged[~failed].any():
+    if tol is not None and not converged[~failed].any():
         warnings.warn(
             f"no restart converged within max_iter={max_iter} iterations (relative change of the "
             f"log-likelihood still above tol={tol:g}); increase max_iter or tol",

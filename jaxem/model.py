@@ -56,6 +56,11 @@ class Model:
         check_data: optional ``check_data(X)`` run by :func:`jaxem.fit` and :func:`jaxem.e_step`
             on the validated NumPy data ``[N, ...]`` before any compute; raises ``ValueError``
             naming the first value the family cannot take (e.g. a count that is not an integer).
+        hard_suff_stats: optional ``hard_suff_stats(params, X, assignment, weights) -> stats``, a
+            faster equivalent of ``suff_stats(params, X, one_hot(assignment) * weights[:, None])``
+            for hard EM, given each row's component ``assignment [N]`` (ints in ``[0, K)``) and
+            its weight ``[N]`` (k-means sums rows per cluster instead of multiplying by a
+            mostly-zero ``[N, K]`` matrix).
     """
 
     init: Callable[[Array, Array], Params]
@@ -69,8 +74,11 @@ class Model:
     log_prior: Callable[[Params], Array] | None = None
     handles_missing: bool = False
     check_data: Callable[[Any], None] | None = None
+    hard_suff_stats: Callable[[Params, Array, Array, Array], Stats] | None = None
 
     def __post_init__(self):
+        if self.hard_suff_stats is not None and self.suff_stats is None:
+            raise ValueError("hard_suff_stats is a faster suff_stats; the model needs suff_stats too")
         if (self.suff_stats is None) != (self.maximize is None):
             raise ValueError(
                 "a closed-form M-step needs both suff_stats and maximize; got only "

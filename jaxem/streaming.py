@@ -48,9 +48,9 @@ from .model import Model
 from .validation import (
     check_enough_rows,
     check_labels,
-    check_nonnegative_float,
     check_positive_int,
     check_sample_weight,
+    check_tolerance,
     default_float_dtype,
 )
 
@@ -118,7 +118,7 @@ def _run_chunks(part, static: tuple, params, chunks, temperature):
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def _maximize(params, stats, *, model):
-    return jax.vmap(model.maximize)(stats, params)
+    return jax.vmap(model.maximize)(_passes.statistics(stats), params)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -152,12 +152,14 @@ def _check_row_arrays(source: ChunkSource, sample_weight, labels, n_components: 
     return weights, labels
 
 
-def _em_loop(run_pass: Callable, m_step: Callable, params, *, max_iter: int, tol: float, rule,
+def _em_loop(run_pass: Callable, m_step: Callable, params, *, max_iter: int, tol: float | None, rule,
              progress) -> tuple:
     """The EM iteration of :func:`jaxem._loop.run_restarts` with a Python loop over passes."""
     obj, stats = run_pass(params, 0)
     obj0 = obj
-    rel_tol = max(tol, 4 * float(np.finfo(obj.dtype).eps))
+    test_objective = tol is not None
+    consumed = None
+    rel_tol = max(tol or 0.0, 4 * float(np.finfo(obj.dtype).eps))
     n_restarts = obj.shape[0]
     running = np.isfinite(obj)
     converged = np.zeros(n_restarts, bool)
@@ -167,15 +169,22 @@ def _em_loop(run_pass: Callable, m_step: Callable, params, *, max_iter: int, tol
         if not running.any():
             break
         new_params = m_step(params, stats)
-        new_obj, stats = run_pass(new_params, iteration)
-        small = np.abs(new_obj - obj) <= rel_tol * np.abs(obj)
-        newly = running & small & bool(rule.may_stop(jnp.asarray(iteration)))
+        new_obj, new_stats = run_pass(new_params, iteration)
+        small = test_objective & (np.abs(new_obj - obj) <= rel_tol * np.abs(obj))
+        fixed_point = np.asarray(_loop._unchanged(new_params, params))
+        if isinstance(stats, _passes.HardStats):
+            # As in the compiled loop: an M-step that saw the previous one's assignment.
+            if consumed is not None:
+                fixed_point |= np.asarray(_loop._unchanged(stats.fingerprint, consumed))
+            consumed = stats.fingerprint
+        newly = running & (small | fixed_point) & bool(rule.may_stop(jnp.asarray(iteration)))
         history[:, iteration - 1] = np.where(running, new_obj, np.nan)
         params = _loop._select(jnp.asarray(running), new_params, params)
         obj = np.where(running, new_obj, obj)
         n_iter += running
         converged |= newly
         running = running & ~newly & np.isfinite(new_obj)
+        stats = new_stats
         if progress is not None:
             progress(iteration, obj.copy(), converged.copy(), running.copy())
     return params, obj, obj0, n_iter, converged, history
@@ -223,7 +232,7 @@ def fit_chunked(model: Model | HMM, source, *, chunk_size: int | None = None, le
         FitError: every restart's log-likelihood became NaN or infinite.
     """
     max_iter = check_positive_int(max_iter, "max_iter")
-    tol = check_nonnegative_float(tol, "tol")
+    tol = check_tolerance(tol)
     init_size = check_positive_int(init_size, "init_size")
     if n_restarts is not None:
         n_restarts = check_positive_int(n_restarts, "n_restarts")

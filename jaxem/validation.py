@@ -145,6 +145,17 @@ def check_nonnegative_float(value, name: str) -> float:
     return float(value)
 
 
+def check_tolerance(value, name: str = "tol") -> float | None:
+    """Check a convergence tolerance: a finite real ``>= 0``, or ``None`` (no objective test: run
+    ``max_iter`` iterations unless an iteration leaves the parameters exactly unchanged)."""
+    return None if value is None else check_nonnegative_float(value, name)
+
+
+def tolerance_value(tol: float | None) -> float:
+    """The tolerance as the compiled loop takes it: a negative number switches the test off."""
+    return -1.0 if tol is None else tol
+
+
 def check_enough_rows(n_rows: int, n_components: int) -> None:
     """Refuse fits with fewer (weighted-positive) rows than components."""
     if n_rows < n_components:

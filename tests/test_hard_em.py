@@ -171,3 +171,36 @@ def test_estimators_take_the_e_step_option(make):
     lj = est._model().log_joint_matrix(est._params(), jnp.asarray(est._transform(X), jnp.float32))
     np.testing.assert_allclose(est.fit_result_.log_likelihood, float(jnp.sum(jnp.max(lj, axis=1))),
                                rtol=1e-5)
+
+
+def test_tol_none_runs_every_iteration_without_a_warning():
+    """``tol=None`` switches the objective test off: a soft fit runs exactly ``max_iter``
+    iterations even once its steps are round-off, and that is not a convergence failure."""
+    X = three_blobs(n=300)
+    model = jem.gaussian_mixture(3, "diag")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", jem.ConvergenceWarning)
+        result = jem.fit(model, X, key=jax.random.key(0), max_iter=200, tol=None)
+    stopped = jem.fit(model, X, key=jax.random.key(0), max_iter=200, tol=0.0)
+    assert stopped.n_iter[0] < 200  # with the objective test, round-off steps stop the fit
+    assert result.n_iter[0] == 200
+    assert np.all(np.isfinite(result.history))
+
+
+def test_tol_none_stops_hard_em_at_its_fixed_point(x64):
+    """k-means stops when its assignments no longer change (the parameters repeat exactly), the
+    same point scikit-learn stops at, even with the objective test off."""
+    X = _blobs4()
+    init = X[np.random.default_rng(1).choice(len(X), 4, replace=False)]
+    ours = jem.KMeans(4, init=init, tol=None, max_iter=300).fit(X)
+    ref = SklearnKMeans(4, init=init, n_init=1, tol=0.0, algorithm="lloyd").fit(X)
+    assert ours.n_iter_ == ref.n_iter_ < 300
+    assert ours.fit_result_.converged[0]
+    np.testing.assert_allclose(ours.inertia_, ref.inertia_, rtol=1e-9)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), "1e-3"])
+def test_bad_tolerance_is_refused(bad):
+    with pytest.raises(ValueError, match="tol must be"):
+        jem.fit(jem.gaussian_mixture(2), np.zeros((10, 2)), key=jax.random.key(0), tol=bad)

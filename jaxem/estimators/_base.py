@@ -18,9 +18,9 @@ from ..progress import progress_bar
 from ..validation import (
     NotFittedError,
     check_data,
-    check_nonnegative_float,
     check_positive_int,
     check_sample_weight,
+    check_tolerance,
 )
 
 
@@ -80,7 +80,7 @@ class MixtureEstimator:
         check_positive_int(self.n_components, "n_components")
         check_positive_int(self.n_restarts, "n_restarts")
         check_positive_int(self.max_iter, "max_iter")
-        check_nonnegative_float(self.tol, "tol")
+        check_tolerance(self.tol)
         if self.m_step not in ("auto", "closed_form", "gradient"):
             raise ValueError(f"m_step must be 'auto', 'closed_form' or 'gradient', got "
                              f"{self.m_step!r}")

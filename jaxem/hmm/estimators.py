@@ -19,7 +19,7 @@ import numpy as np
 from ..estimators._base import _as_key
 from ..models.gaussian import covariances_from_prec_chol
 from ..progress import progress_bar
-from ..validation import NotFittedError, check_nonnegative_float, check_positive_int
+from ..validation import NotFittedError, check_nonnegative_float, check_positive_int, check_tolerance
 from ..validation import default_float_dtype as _float
 from . import emissions
 from .fit import decode, fit, posterior, sample
@@ -166,7 +166,7 @@ class _BaseHMM:
         check_positive_int(self.n_components, "n_components")
         check_positive_int(self.n_restarts, "n_restarts")
         check_positive_int(self.n_iter, "n_iter")
-        check_nonnegative_float(self.tol, "tol")
+        check_tolerance(self.tol)
         # What init_params names is re-initialised, so old values must not constrain the data
         # check (a refit may change D); they come back if the data are refused.
         names = [n for letter in self._letters() for n in self._attributes.get(letter, ())]

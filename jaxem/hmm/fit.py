@@ -22,9 +22,10 @@ from ..em import FitResult, _restart_keys, result_from_loop
 from ..models._common import mixing_weights
 from ..mstep import DEFAULT_M_STEP_ITERS, default_optimizer, gradient_m_step
 from ..validation import (
-    check_nonnegative_float,
     check_positive_int,
+    check_tolerance,
     default_float_dtype,
+    tolerance_value,
 )
 from . import inference
 from .model import HMM, Sequences, as_sequences
@@ -176,7 +177,7 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
         FitError: every restart's log-likelihood became NaN or infinite.
     """
     max_iter = check_positive_int(max_iter, "max_iter")
-    tol = check_nonnegative_float(tol, "tol")
+    tol = check_tolerance(tol)
     m_step_iters = check_positive_int(m_step_iters, "m_step_iters")
     if n_restarts is not None:
         n_restarts = check_positive_int(n_restarts, "n_restarts")
@@ -204,7 +205,7 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
                   use_gradient=use_gradient, m_step_iters=m_step_iters,
                   optimizer=(optimizer or _DEFAULT_OPTIMIZER) if use_gradient else None)
     out, compile_s, run_s = _loop.run_compiled(
-        (keys, init_params, Xp, maskp, rows, jnp.asarray(tol, Xp.dtype)), static, progress,
+        (keys, init_params, Xp, maskp, rows, jnp.asarray(tolerance_value(tol), Xp.dtype)), static, progress,
         program=_jitted)
     return result_from_loop(out, keys, max_iter=max_iter, tol=tol, compile_time=compile_s,
                             fit_time=run_s)

@@ -56,9 +56,23 @@ def _log_joint(params, x: Array) -> Array:
 
 
 def _suff_stats(params, X: Array, resp: Array):
+    # Per cluster: weight and sum of the rows about the centre; overall: the sum of squares (the
+    # shared variance needs only the total within-cluster scatter).
     shifted = X - _centre(params)
     return {"nk": jnp.sum(resp, axis=0), "sum_x": resp.T @ shifted,
-            "sum_sq": resp.T @ jnp.sum(shifted * shifted, axis=1), "n": jnp.sum(resp)}
+            "sum_sq": jnp.sum(jnp.sum(resp, axis=1) * jnp.sum(shifted * shifted, axis=1)),
+            "n": jnp.sum(resp)}
+
+
+def _hard_suff_stats(params, X: Array, assignment: Array, weights: Array):
+    # Each row adds to one cluster: sums by cluster index cost O(N D), where the one-hot product
+    # of ``_suff_stats`` costs O(N K D). Only the total of the squares is needed (see _maximize).
+    shifted = X - _centre(params)
+    sums = jax.ops.segment_sum(jnp.concatenate([shifted * weights[:, None], weights[:, None]], 1),
+                               assignment, params["means"].shape[0])
+    d = X.shape[1]
+    return {"nk": sums[:, d], "sum_x": sums[:, :d],
+            "sum_sq": jnp.sum(jnp.sum(shifted * shifted, axis=1) * weights), "n": jnp.sum(weights)}
 
 
 def _maximize(stats, params):
@@ -66,11 +80,11 @@ def _maximize(stats, params):
     c = _centre(params)
     local_means = stats["sum_x"] / safe_nk[:, None]
     means = jnp.where(empty[:, None], params["means"], c + local_means)
-    within = stats["sum_sq"] - safe_nk * jnp.sum(local_means * local_means, axis=1)
+    within = stats["sum_sq"] - jnp.sum(safe_nk * jnp.sum(local_means * local_means, axis=1))
     d = means.shape[1]
     # A positive floor: all rows on their centres (inertia 0) must not give σ² = 0 and -inf.
     floor = jnp.finfo(means.dtype).tiny ** 0.5
-    variance = jnp.maximum(jnp.sum(jnp.maximum(within, 0.0)) / (stats["n"] * d), floor)
+    variance = jnp.maximum(within / (stats["n"] * d), floor)
     return {"means": means, "variance": variance}
 
 
@@ -108,7 +122,7 @@ def isotropic_mixture(n_clusters: int, init: str = "k-means++") -> Model:
     return Model(
         init=functools.partial(_init, n_clusters=n_clusters, method=init),
         log_joint=_log_joint, batch_log_joint=_batch_log_joint,
-        suff_stats=_suff_stats, maximize=_maximize,
+        suff_stats=_suff_stats, maximize=_maximize, hard_suff_stats=_hard_suff_stats,
         n_components=n_clusters, name=f"isotropic_mixture(K={n_clusters})")
 
 
