@@ -106,19 +106,6 @@ def timed(fn: Callable, *args, **kwargs):
     return time.perf_counter() - start, out
 
 
-def fixed_iterations(iters: int):
-    """An ``e_step`` for ``jem.fit`` that runs exactly ``iters`` plain EM iterations.
-
-    ``tol=0`` alone still stops a fit whose change falls within float round-off (4 ulps of the
-    log-likelihood, about 1 nat at N=100k in float32), which a 50-iteration GMM run reaches. An
-    annealing schedule at temperature 1 is plain EM (``softmax(ℓ / 1)``) whose convergence test is
-    off for its ``n_iters``; the price is one extra ``[N, K]`` logsumexp per pass, charged to jaxem.
-    """
-    import jaxem as jem
-
-    return jem.Annealing(start=1.0, n_iters=iters)
-
-
 def machine_line() -> str:
     """CPU model, logical cores and the 1/5/15-minute load averages (noisy above ~2.5 here)."""
     model = "unknown CPU"

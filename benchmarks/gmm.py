@@ -2,7 +2,7 @@
 
 Every library starts from the same parameters (restart ``r``: K random data rows as means, equal
 weights, identity covariances) and runs exactly ``iters`` EM iterations on the same seeded float32
-data, early stopping disabled in its own way (jaxem ``tol=0`` and ``_harness.fixed_iterations``;
+data, early stopping disabled in its own way (jaxem ``tol=None``;
 scikit-learn ``tol=0``; gmmx and pomegranate ``tol=-inf``). Each library runs in a fresh process
 (see ``_harness.py``); the mean log-likelihood column is computed from each library's fitted
 parameters by one float64 NumPy evaluator, and "rel. diff" compares it with jaxem's.
@@ -12,7 +12,7 @@ Rows:
 * ``limit``: only the dense products one iteration cannot avoid, jax float32, ``lax.scan`` over row
   blocks of 4096. Full: ``X @ W`` with ``W [D, K*D]`` plus the K weighted Gram matrices. Diag:
   ``(X*X) @ [D, K]`` and ``X @ [D, K]`` plus ``R^T X`` and ``R^T (X*X)``. No softmax, no solve.
-* ``jaxem``: ``jem.fit(..., init_params=start, max_iter=iters, tol=0)``; seconds are
+* ``jaxem``: ``jem.fit(..., init_params=start, max_iter=iters, tol=None)``; seconds are
   ``FitResult.fit_time``, compile time is ``FitResult.compile_time`` (cold: no persistent cache).
   With R restarts: one vmapped fit whose initialiser returns start ``r`` for restart ``r``.
 * ``jaxem small blocks``: the same with ``block_size=4096 // R`` rows, so that the R restarts'
@@ -38,7 +38,7 @@ import sys
 import warnings
 
 import numpy as np
-from _harness import Target, Timing, Workload, fixed_iterations, main, timed
+from _harness import Target, Timing, Workload, main, timed
 
 BLOCK = 4096
 _QUICK = {"n": 20_000, "d": 8, "k": 8, "iters": 10}
@@ -168,7 +168,7 @@ def run_jaxem(arrays, cfg, block_size=None):
     starts = {"weights": arrays["weights"], "means": arrays["means"], "prec_chol": prec}
     if r == 1:
         res = jem.fit(model, arrays["X"], init_params={k: v[0] for k, v in starts.items()},
-                      max_iter=cfg["iters"], tol=0.0, e_step=fixed_iterations(cfg["iters"]),
+                      max_iter=cfg["iters"], tol=None,
                       block_size=block_size)
         note = "init_params = the start"
     else:
@@ -177,7 +177,7 @@ def run_jaxem(arrays, cfg, block_size=None):
             return jax.tree.map(lambda s: jnp.asarray(s)[jax.random.key_data(key)[1]], starts)
         keys = jax.random.wrap_key_data(np.stack([np.zeros(r), np.arange(r)], 1).astype(np.uint32))
         res = jem.fit(dataclasses.replace(model, init=init), arrays["X"], key=keys,
-                      max_iter=cfg["iters"], tol=0.0, e_step=fixed_iterations(cfg["iters"]),
+                      max_iter=cfg["iters"], tol=None,
                       block_size=block_size)
         note = f"{r} vmapped restarts, one program; per restart-iteration"
     if block_size:

@@ -7,7 +7,7 @@ float32 data: ``--seqs`` sequences of ``--steps`` steps drawn from a random K-st
 full-covariance Gaussian emissions. Rows:
 
 * ``jaxem``: ``jem.hmm.fit(jem.hmm.gaussian_hmm(K, "full"), X [B, T, D], mask=..., init_params=start,
-  max_iter=iters, tol=0)``; ``FitResult.compile_time`` is the compile, ``fit_time / n_iter`` the
+  max_iter=iters, tol=None)``; ``FitResult.compile_time`` is the compile, ``fit_time / n_iter`` the
   seconds per iteration (the run includes one more E-step than M-steps: the initial pass).
 * ``hmmlearn log`` / ``hmmlearn scaling``: ``GaussianHMM(K, "full", n_iter=iters, tol=-inf,
   init_params="", implementation=...)`` with the covariance prior off (``covars_prior=0``), i.e.
@@ -102,7 +102,7 @@ def run_jaxem(X, start, args):
     mask = np.ones(X.shape[:2], bool)
 
     def call():
-        return jem.hmm.fit(hmm, X, mask=mask, init_params=init, max_iter=args.iters, tol=0.0,
+        return jem.hmm.fit(hmm, X, mask=mask, init_params=init, max_iter=args.iters, tol=None,
                            method=args.method)
 
     compile_s = call().compile_time

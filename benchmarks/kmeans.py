@@ -1,7 +1,8 @@
 """k-means benchmark: jaxem.KMeans (hard EM, one compiled program) against scikit-learn's KMeans.
 
 Both start from the same k-means++ centres (drawn once with scikit-learn's ``kmeans_plusplus``)
-and run Lloyd iterations with early stopping disabled (``tol=0``; both still stop if the
+and run Lloyd iterations with early stopping disabled (jaxem ``tol=None``, scikit-learn ``tol=0``;
+both still stop if the
 assignments stop changing, and the table shows the iterations each ran). Seconds per iteration
 divide the fit time by the iterations run; jaxem's compile time is reported apart. The final
 inertia of each is printed so a fast wrong answer is visible.

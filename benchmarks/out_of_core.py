@@ -78,7 +78,7 @@ def batch(cfg: dict) -> dict:
     stamps = []
     start = time.perf_counter()
     result = jem.fit_chunked(model, cfg["path"], chunk_size=cfg["chunk"], init_params=start_params,
-                             max_iter=cfg["iters"], tol=0.0,
+                             max_iter=cfg["iters"], tol=None,
                              progress=lambda *_: stamps.append(time.perf_counter()))
     total = time.perf_counter() - start
     # Each progress call follows one M-step and one pass; the first pass (before any callback)

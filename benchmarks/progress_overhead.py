@@ -1,6 +1,6 @@
 """Cost of the progress bar (jaxem.progress) on a fit, as a ratio of fit times.
 
-Runs the same compiled fit (closed-form GMM, fixed iteration count: tol=0) with no callback, with
+Runs the same compiled fit (closed-form GMM, fixed iteration count: tol=None) with no callback, with
 a no-op callback (the engine's host callback alone), and with the tqdm and plain bars drawing to
 /dev/null with no delay (the worst case: every iteration is drawn or considered). Reports the
 median ``FitResult.fit_time`` (wall, compilation excluded) and the median process CPU time of
@@ -60,7 +60,7 @@ def main() -> None:
                 bar = make()
                 start = time.process_time()
                 result = jem.fit(model, X, key=jax.random.key(0), n_restarts=r, max_iter=iters,
-                                 tol=0.0, progress=bar)
+                                 tol=None, progress=bar)
                 if bar is not None and hasattr(bar, "close"):
                     bar.close()
                 if rep:

@@ -175,7 +175,7 @@ def _em_loop(run_pass: Callable, m_step: Callable, params, *, max_iter: int, tol
         if isinstance(stats, _passes.HardStats):
             # As in the compiled loop: an M-step that saw the previous one's assignment.
             if consumed is not None:
-                fixed_point |= np.asarray(_loop._unchanged(stats.fingerprint, consumed))
+                fixed_point = fixed_point | np.asarray(_loop._unchanged(stats.fingerprint, consumed))
             consumed = stats.fingerprint
         newly = running & (small | fixed_point) & bool(rule.may_stop(jnp.asarray(iteration)))
         history[:, iteration - 1] = np.where(running, new_obj, np.nan)

@@ -204,3 +204,16 @@ def test_tol_none_stops_hard_em_at_its_fixed_point(x64):
 def test_bad_tolerance_is_refused(bad):
     with pytest.raises(ValueError, match="tol must be"):
         jem.fit(jem.gaussian_mixture(2), np.zeros((10, 2)), key=jax.random.key(0), tol=bad)
+
+
+def test_hard_assignment_is_max_and_first_argmax():
+    """The running comparison equals max/argmax, ties going to the first component, also with
+    -inf (label-masked) entries and more components than one unrolled kernel holds."""
+    from jaxem._passes import hard_assignment
+    rng = np.random.default_rng(0)
+    for k in (1, 3, 32, 70):
+        lj = np.round(rng.normal(size=(500, k)), 1).astype(np.float32)  # rounding makes ties
+        lj[::7, : k // 2] = -np.inf
+        best, component = hard_assignment(jnp.asarray(lj))
+        np.testing.assert_array_equal(np.asarray(best), lj.max(axis=1))
+        np.testing.assert_array_equal(np.asarray(component), lj.argmax(axis=1))
