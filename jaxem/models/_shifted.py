@@ -21,8 +21,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .._passes import hard_assignment
-
 Array = jax.Array
 
 
@@ -47,7 +45,9 @@ def shift_to_nearest(X: Array, means: Array, precision: Array) -> Shifted:
     Xc, Mc = X - c, means - c
     expanded = (jnp.concatenate([Xc * Xc, Xc], axis=1)
                 @ jnp.concatenate([precision.T, -2.0 * (Mc * precision).T], axis=0))
-    nearest = hard_assignment(-(expanded + jnp.sum(Mc * Mc * precision, axis=1)))[1]
+    # argmin, not _passes.hard_assignment: the log-joint and the statistics both shift the rows,
+    # and XLA merges the two identical shifts only when no loop stands between them.
+    nearest = jnp.argmin(expanded + jnp.sum(Mc * Mc * precision, axis=1), axis=1)
     # x - μ_j in one subtraction: going through x - c would round x to the scale of c, which
     # is far from the data when some centre sits on a distant outlier.
     return Shifted(nearest, X - means[nearest], Mc[nearest])

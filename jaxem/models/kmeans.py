@@ -45,10 +45,17 @@ def squared_distances(params, X: Array) -> Array:
 
 
 def _batch_log_joint(params, X: Array) -> Array:
+    # -|x - μ_k|² / (2σ²) = row term + (x - c)·(μ_k - c) / σ² + column term, with c the centres'
+    # mean: one [N, D] x [D, K] product and two broadcasts (cheaper for XLA than squaring the
+    # expanded distances), and no cancellation beyond that of the centred product.
     n_clusters, d = params["means"].shape
     variance = params["variance"]
+    c = _centre(params)
+    shifted, offsets = X - c, params["means"] - c
     norm = -math.log(n_clusters) - 0.5 * d * jnp.log(2 * jnp.pi * variance)
-    return norm - 0.5 * squared_distances(params, X) / variance
+    row = norm - 0.5 * jnp.sum(shifted * shifted, axis=1) / variance
+    column = -0.5 * jnp.sum(offsets * offsets, axis=1) / variance
+    return jnp.minimum(row[:, None] + (shifted @ (offsets.T / variance) + column), norm)
 
 
 def _log_joint(params, x: Array) -> Array:
