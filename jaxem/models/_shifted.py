@@ -50,7 +50,17 @@ def shift_to_nearest(X: Array, means: Array, precision: Array) -> Shifted:
     nearest = jnp.argmin(expanded + jnp.sum(Mc * Mc * precision, axis=1), axis=1)
     # x - μ_j in one subtraction: going through x - c would round x to the scale of c, which
     # is far from the data when some centre sits on a distant outlier.
-    return Shifted(nearest, X - means[nearest], Mc[nearest])
+    return Shifted(nearest, X - _pick(means, nearest), _pick(Mc, nearest))
+
+
+def _pick(table: Array, index: Array) -> Array:
+    """``table[index]`` for ``table [K, ...]`` and ``index [B]``, as a one-hot product: exact for
+    finite tables, and on CPUs faster than XLA's gather (the diag pass ran 15% faster). HIGHEST
+    precision, because a GPU's default float32 product rounds its inputs to TF32."""
+    onehot = jax.nn.one_hot(index, table.shape[0], dtype=table.dtype)
+    picked = jnp.matmul(onehot, table.reshape(table.shape[0], -1),
+                        precision=jax.lax.Precision.HIGHEST)
+    return picked.reshape(index.shape + table.shape[1:])
 
 
 def _pair_offsets(means: Array) -> Array:
@@ -67,9 +77,10 @@ def squared_distances(shifted: Shifted, means: Array, precision: Array) -> Array
     products = jnp.concatenate([xs * xs, xs * mj, xs], axis=1) @ weights
     # The row's own (nearest) centre decides its likelihood; its distance is x'²·p_j exactly,
     # without the two large cross terms that cancel only up to eps·|x'|·|μ|.
-    own = jnp.sum(xs * xs * precision[shifted.nearest], axis=1)
+    own = jnp.sum(xs * xs * _pick(precision, shifted.nearest), axis=1)
     is_own = shifted.nearest[:, None] == jnp.arange(means.shape[0])
-    return jnp.where(is_own, own[:, None], jnp.maximum(products + table[shifted.nearest], 0.0))
+    return jnp.where(is_own, own[:, None],
+                     jnp.maximum(products + _pick(table, shifted.nearest), 0.0))
 
 
 def moments(shifted: Shifted, means: Array, resp: Array) -> tuple[Array, Array]:
