@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _passes, distributed
+from . import _passes, _precision, distributed
 from . import constraints as C
 
 
@@ -78,12 +78,12 @@ def q_part(params, rows, temperature, *, model, hard, mesh):
     return jax.vmap(lambda pair: sharded(model, pair, rows, hard, temperature))(params)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(_precision.jit, static_argnames=("model",))
 def unconstrain(theta, *, model):
     return jax.vmap(lambda p: C.unconstrain(model.constraints, p))(theta)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(_precision.jit, static_argnames=("model",))
 def _loss(u, q_value, q_grad, total, *, model):
     """``-(Q + log prior) / total`` and its gradient, per restart."""
     if model.log_prior is not None:
@@ -94,7 +94,7 @@ def _loss(u, q_value, q_grad, total, *, model):
     return -q_value / total, jax.tree.map(lambda g: -g / total, q_grad)
 
 
-@functools.partial(jax.jit, static_argnames=("optimizer",))
+@functools.partial(_precision.jit, static_argnames=("optimizer",))
 def _update(u, state, grad, value, *, optimizer):
     def one(g, s, v, val):
         return optimizer.update(g, s, v, value=val, grad=g, value_fn=_no_value_fn)
@@ -103,7 +103,7 @@ def _update(u, state, grad, value, *, optimizer):
     return optax.apply_updates(u, updates), state
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(_precision.jit, static_argnames=("model",))
 def _finish(theta, best_u, improved, *, model):
     new = jax.vmap(lambda v: C.constrain(model.constraints, v))(best_u)
     return jax.tree.map(

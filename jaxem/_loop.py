@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _passes
+from . import _passes, _precision
 from .distributed import sharded_pass
 from .estep import EStepRule
 from .model import Model
@@ -190,7 +190,7 @@ def _program(keys, init_params, X, weights, labels, tol, *, n_blocks, rows, max_
 
 _STATIC = ("model", "n_blocks", "rows", "max_iter", "use_gradient", "optimizer", "m_step_iters",
            "rule", "report", "mesh")
-_jitted_program = jax.jit(_program, static_argnames=_STATIC)
+_jitted_program = _precision.jit(_program, static_argnames=_STATIC)
 
 # Compiled executables by (static arguments, argument shapes/dtypes/shardings). Compiling ahead
 # of time, rather than on first call, is what lets a fit report compile time and run time apart.

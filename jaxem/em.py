@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _loop, _passes, distributed
+from . import _loop, _passes, _precision, distributed
 from .estep import Annealing, resolve_e_step
 from .model import Model
 from .mstep import DEFAULT_M_STEP_ITERS, default_optimizer
@@ -138,7 +138,7 @@ def _as_weights(sample_weight, n_rows: int, dtype) -> Array:
     return jnp.ones((n_rows,), dtype) if w is None else jnp.asarray(w, dtype=dtype)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(_precision.jit, static_argnums=0)
 def posterior_rows(model: Model, params: Any, X: Array) -> tuple[Array, Array]:
     """Exact (unflushed) responsibilities ``[N, K]`` and per-row log-likelihoods ``[N]``."""
     log_joint = model.log_joint_matrix(params, X)

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _passes
+from . import _passes, _precision
 from .data import as_source
 from .em import _restart_keys
 from .model import Model
@@ -73,7 +73,7 @@ def step_sizes(n_steps: int, kappa: float = 0.6, t0: float = 2.0) -> np.ndarray:
     return ((t0 + 1.0) / (t0 + t)) ** kappa
 
 
-@functools.partial(jax.jit, static_argnames=("model",), donate_argnums=2)
+@functools.partial(_precision.jit, static_argnames=("model",), donate_argnums=2)
 def _step(params, centre, average, rows, rho, scale, *, model):
     """One online-EM step: minibatch statistics about ``centre``, averaged in, then maximized."""
     objective, stats = _passes.stats_pass(model, params, rows, centre=centre)
@@ -137,7 +137,7 @@ def fit_online(model: Model, source, *, batch_size: int = 8192, n_epochs: float 
     rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
     if init_params is None:
         _, sample = source.sample(init_size, rng, dtype)
-        init_params = jax.jit(model.init)(key, jnp.asarray(sample))
+        init_params = _precision.jit(model.init)(key, jnp.asarray(sample))
     centre = jax.tree.map(lambda p: jnp.asarray(p, dtype), init_params)
     if source.n_rows is None:                         # an iterable: count its rows once
         for _ in source.chunks(batch_size, dtype=dtype):

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _chunked_gradient, _loop, _passes, distributed
+from . import _chunked_gradient, _loop, _passes, _precision, distributed
 from .data import ChunkSource, as_source, pad_rows
 from .em import FitResult, _restart_keys, result_from_loop
 from .estep import resolve_e_step
@@ -94,7 +94,7 @@ def _hmm_part(params, rows, temperature, *, model, hard, layout, method):
     return jax.vmap(one)(params)
 
 
-@functools.partial(jax.jit, static_argnames=("part", "static"), donate_argnums=1)
+@functools.partial(_precision.jit, static_argnames=("part", "static"), donate_argnums=1)
 def _add_chunk(params, total, rows, temperature, *, part, static):
     """``total + part(params, rows, temperature)``: one chunk's sums added on the device."""
     return jax.tree.map(jnp.add, total, part(params, rows, temperature, **dict(static)))
@@ -116,22 +116,22 @@ def _run_chunks(part, static: tuple, params, chunks, temperature):
     return total
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(_precision.jit, static_argnames=("model",))
 def _maximize(params, stats, *, model):
     return jax.vmap(model.maximize)(_passes.statistics(stats), params)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(_precision.jit, static_argnames=("model",))
 def _log_prior(params, *, model):
     return jax.vmap(model.log_prior)(params)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(_precision.jit, static_argnames=("model",))
 def _init(keys, X, *, model):
     return jax.vmap(model.init, in_axes=(0, None))(keys, X)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
+@functools.partial(_precision.jit, static_argnames=("model",))
 def _align(params, rows, *, model):
     return jax.vmap(lambda p: _passes.align_to_labels(model, p, rows))(params)
 
@@ -407,6 +407,6 @@ def _hmm_plan(hmm: HMM, source: ChunkSource, lengths, chunk_size, keys, init_par
     return run_pass, functools.partial(_hmm_m_step, hmm=hmm), init_params
 
 
-@functools.partial(jax.jit, static_argnames=("hmm",))
+@functools.partial(_precision.jit, static_argnames=("hmm",))
 def _hmm_m_step(params, stats, *, hmm):
     return jax.vmap(lambda p, aux: _hmm_m_step_one(hmm, p, aux, None, False, None, 0))(params, stats)

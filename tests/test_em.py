@@ -229,3 +229,15 @@ def test_failed_restarts_are_never_chosen_and_all_failing_raises():
     with pytest.raises(jem.FitError, match="all 2 restarts failed"):
         jem.fit(jem.Model(init=init_nan, log_joint=log_joint), X, key=jax.random.key(0),
                 n_restarts=2, max_iter=5)
+
+
+def test_programs_are_traced_with_full_float32_products():
+    """Accelerators may compute float32 products in TF32 or bfloat16 by default; every product in
+    a compiled fit (E-step, statistics, k-means initialisation) asks for full precision."""
+    from jaxem import _loop
+    X = three_blobs(n=300)
+    jem.fit(jem.gaussian_mixture(3, "full"), X, key=jax.random.key(0), max_iter=2)
+    text = next(reversed(_loop._EXECUTABLES.values())).as_text()
+    # The optimised HLO prints a non-default precision config on each dot it keeps.
+    dots = [line for line in text.splitlines() if " dot(" in line]
+    assert dots and all("operand_precision={highest,highest}" in line for line in dots)

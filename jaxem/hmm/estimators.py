@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _precision
 from ..estimators._base import _as_key
 from ..models.gaussian import covariances_from_prec_chol
 from ..progress import progress_bar
@@ -147,7 +148,7 @@ class _BaseHMM:
         # from the attributes when init_params leaves out any of the emission's letters.
         if set(self._emission_letters) <= set(letters):
             rows = jnp.asarray(seqs.rows, _float())
-            start["emission"] = jax.jit(hmm.init)(jax.random.split(key, 1)[0], rows)
+            start["emission"] = _precision.jit(hmm.init)(jax.random.split(key, 1)[0], rows)
         else:
             start["emission"] = self._piece("emission")
         return start

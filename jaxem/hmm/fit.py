@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .. import _loop, _passes
+from .. import _loop, _passes, _precision
 from ..em import FitResult, _restart_keys, result_from_loop
 from ..models._common import mixing_weights
 from ..mstep import DEFAULT_M_STEP_ITERS, default_optimizer, gradient_m_step
@@ -131,7 +131,7 @@ def _program(keys, init_params, X, mask, rows, tol, *, hmm, layout, method, max_
 
 _STATIC = ("hmm", "layout", "method", "max_iter", "use_gradient", "optimizer", "m_step_iters",
            "report")
-_jitted = jax.jit(_program, static_argnames=_STATIC)
+_jitted = _precision.jit(_program, static_argnames=_STATIC)
 
 
 def _as_float(seqs: Sequences):
@@ -211,7 +211,7 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
                             fit_time=run_s)
 
 
-@functools.partial(jax.jit, static_argnames=("hmm", "layout", "method"))
+@functools.partial(_precision.jit, static_argnames=("hmm", "layout", "method"))
 def _posterior_compiled(params, X, mask, *, hmm, layout, method):
     post = _posteriors(hmm, params, layout.observation_blocks(X), mask, layout, method)
     return post.marginals, post.log_likelihood
@@ -238,7 +238,7 @@ def posterior(hmm: HMM, params, X, lengths=None, *, mask=None,
     return seqs.unpad(np.asarray(marginals)), np.asarray(ll)
 
 
-@functools.partial(jax.jit, static_argnames=("hmm", "layout"))
+@functools.partial(_precision.jit, static_argnames=("hmm", "layout"))
 def _viterbi_compiled(params, X, mask, *, hmm, layout):
     Xb = layout.observation_blocks(X)
     dens = jax.lax.map(lambda xb: hmm.emission_model.log_joint_matrix(params["emission"], xb), Xb)
@@ -260,7 +260,7 @@ def decode(hmm: HMM, params, X, lengths=None, *, mask=None) -> tuple[np.ndarray,
     return seqs.unpad(np.asarray(states)), np.asarray(log_probs)
 
 
-@functools.partial(jax.jit, static_argnames=("hmm", "n_steps"))
+@functools.partial(_precision.jit, static_argnames=("hmm", "n_steps"))
 def _sample_compiled(key, params, *, hmm, n_steps):
     k_states, k_obs = jax.random.split(key)
     states = inference.sample_states(k_states, params["initial"], params["transition"], n_steps)
