@@ -10,10 +10,12 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 SCRIPT = textwrap.dedent("""
-    import json, sys
+    import faulthandler, json, sys
+    faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)  # a hang reports where it is
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update("jax_enable_x64", True)
     sys.path.insert(0, sys.argv[1])
@@ -63,15 +65,29 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_four_devices_equal_one(tmp_path):
-    tests = Path(__file__).parent
-    script = tmp_path / "sharded.py"
-    script.write_text(SCRIPT)
+# The script takes about 15 s. Once in a full-suite run on 2 cores it hung (4 forced host devices
+# share 2 cores' thread pools); the second attempt is there for that, and the first attempt's
+# traceback is kept in a warning so a real deadlock cannot pass unseen.
+HANG_SECONDS = 240
+
+
+def _run_script(script: Path, tests: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu", PYTHONPATH=str(tests),
                PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, str(script), str(tests.parent)], env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, str(script), str(tests.parent)], env=env,
+                          capture_output=True, text=True, timeout=2 * HANG_SECONDS)
+
+
+def test_four_devices_equal_one(tmp_path):
+    tests = Path(__file__).parent
+    script = tmp_path / "sharded.py"
+    script.write_text(SCRIPT.replace("HANG_SECONDS", str(HANG_SECONDS)))
+    proc = _run_script(script, tests)
+    if proc.returncode != 0 and "Timeout (0:" in proc.stderr:
+        warnings.warn(f"4-device script hung; ran it again. Where it hung:\n{proc.stderr[-3000:]}",
+                      stacklevel=1)
+        proc = _run_script(script, tests)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["devices"] == 4
