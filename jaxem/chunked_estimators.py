@@ -19,7 +19,7 @@ import numpy as np
 from .data import as_source, map_source
 from .estimators._base import _as_key
 from .streaming import DEFAULT_INIT_ROWS, fit_chunked
-from .validation import check_nonnegative_float, check_positive_int, check_sample_weight
+from .validation import check_positive_int, check_sample_weight, check_tolerance
 
 
 def _sample(source, init_size: int, random_state):
@@ -85,7 +85,7 @@ def fit_hmm(estimator, source, lengths=None, *, chunk_size: int | None = None,
     check_positive_int(est.n_components, "n_components")
     check_positive_int(est.n_restarts, "n_restarts")
     check_positive_int(est.n_iter, "n_iter")
-    check_nonnegative_float(est.tol, "tol")
+    check_tolerance(est.tol)
     if est.m_step == "gradient":
         raise ValueError("chunked fits need the closed-form M-step; set m_step='auto'")
     for letter in est._letters():
@@ -102,5 +102,6 @@ def fit_hmm(estimator, source, lengths=None, *, chunk_size: int | None = None,
     result = fit_chunked(est._hmm(), source, lengths=lengths, chunk_size=chunk_size, key=key,
                          n_restarts=1 if start is not None else est.n_restarts,
                          max_iter=est.n_iter, tol=est.tol, init_params=start, method=est.method,
-                         init_size=init_size, devices=devices)
+                         e_step=getattr(est, "e_step", "soft"), init_size=init_size,
+                         devices=devices)
     return est._record_fit(result)

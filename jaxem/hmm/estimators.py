@@ -49,7 +49,7 @@ class _BaseHMM:
                  transmat_prior: float = 1.0, n_iter: int = 100, tol: float = 1e-6,
                  n_restarts: int = 1, init_params: str | None = None, random_state=None,
                  method: str = "auto", m_step: str = "auto", optimizer=None,
-                 verbose: int = 0):
+                 e_step="soft", verbose: int = 0):
         self.n_components = n_components
         self.startprob_prior = startprob_prior
         self.transmat_prior = transmat_prior
@@ -61,6 +61,7 @@ class _BaseHMM:
         self.method = method
         self.m_step = m_step
         self.optimizer = optimizer
+        self.e_step = e_step
         self.verbose = verbose
 
     # -- scikit-learn parameter protocol -------------------------------------------------------
@@ -183,7 +184,8 @@ class _BaseHMM:
             result = fit(self._hmm(), seqs.X, mask=seqs.mask, key=key,
                          n_restarts=1 if start is not None else self.n_restarts,
                          max_iter=self.n_iter, tol=self.tol, init_params=start, m_step=self.m_step,
-                         method=self.method, optimizer=self.optimizer, progress=bar)
+                         method=self.method, optimizer=self.optimizer, e_step=self.e_step,
+                         progress=bar)
         return self._record_fit(result)
 
     def _record_fit(self, result):
@@ -280,6 +282,8 @@ class GaussianHMM(_BaseHMM):
         init: emission start, as in :func:`jaxem.hmm.gaussian_hmm` (default k-means).
         random_state, method (forward-backward ``"auto"|"scan"|"associative"``), m_step,
             optimizer: as elsewhere in jaxem.
+        e_step: ``"soft"`` (Baum-Welch), ``"hard"`` (Viterbi training) or ``"anneal"`` /
+            :class:`jaxem.Annealing`, as in :func:`jaxem.hmm.fit`.
         verbose: ``0`` no progress bar, ``1`` one on a terminal for long fits, ``2`` always.
 
     Fitted attributes:

@@ -19,6 +19,7 @@ import optax
 
 from .. import _loop, _passes, _precision
 from ..em import FitResult, _restart_keys, result_from_loop
+from ..estep import Annealing, EStepRule, resolve_e_step
 from ..models._common import mixing_weights
 from ..mstep import DEFAULT_M_STEP_ITERS, default_optimizer, gradient_m_step
 from ..validation import (
@@ -74,34 +75,90 @@ class _Layout:
         return flat.reshape((self.n_seq, self.n_steps) + values.shape[2:])
 
 
-def _posteriors(hmm: HMM, params, Xb: Array, mask: Array, layout: _Layout, method: str):
-    """Forward-backward on every sequence: a :class:`inference.Posterior` with a leading ``[B]``."""
-    # Emission densities one row block at a time: a block's temporaries stay in cache.
+_SOFT = EStepRule()
+
+
+def _emission_densities(hmm: HMM, params, Xb: Array, layout: _Layout) -> Array:
+    """``[B, T, K]`` emission log-densities, evaluated one row block at a time (a block's
+    temporaries stay in cache)."""
     dens = jax.lax.map(lambda xb: hmm.emission_model.log_joint_matrix(params["emission"], xb), Xb)
+    return layout.unblock(dens)
+
+
+def _posteriors(hmm: HMM, params, Xb: Array, mask: Array, layout: _Layout, method: str,
+                temperature: Array | None = None):
+    """Forward-backward on every sequence: a :class:`inference.Posterior` with a leading ``[B]``.
+
+    With a ``temperature`` T the posterior is that of ``p(z, x)^(1/T)`` (deterministic annealing:
+    every log-potential divided by T; the recursions normalise each step, so the tempered chain
+    need not be stochastic) and its ``log_likelihood`` is that of the tempered potentials.
+    """
+    dens = _emission_densities(hmm, params, Xb, layout)
+    initial, transition = params["initial"], params["transition"]
+    if temperature is not None:
+        initial, transition = initial ** (1 / temperature), transition ** (1 / temperature)
+        dens = dens / temperature
     fb = functools.partial(inference.forward_backward, method=method)
-    return jax.vmap(fb, in_axes=(None, None, 0, 0))(params["initial"], params["transition"],
-                                                    layout.unblock(dens), mask)
+    return jax.vmap(fb, in_axes=(None, None, 0, 0))(initial, transition, dens, mask)
 
 
 def _e_pass(hmm: HMM, params, Xb: Array, mask: Array, layout: _Layout, method: str,
-            use_gradient: bool):
+            use_gradient: bool, rule: EStepRule = _SOFT, iteration: Array = 0):
     """``(objective, (chain counts, emission statistics | blocked posteriors))`` at ``params``;
-    the objective is the total log-likelihood plus the chain's log prior."""
-    post = _posteriors(hmm, params, Xb, mask, layout, method)
-    objective = jnp.sum(post.log_likelihood) + hmm.log_prior(params)
+    the objective is the total log-likelihood (hard EM: the best paths' log-joint) plus the
+    chain's log prior. Hard EM wraps the sums in :class:`jaxem._passes.HardStats`."""
+    if rule.hard:
+        return _viterbi_pass(hmm, params, Xb, mask, layout, use_gradient)
+    temperature = rule.temperature(iteration, Xb.dtype)
+    post = _posteriors(hmm, params, Xb, mask, layout, method, temperature)
+    log_likelihood = jnp.sum(post.log_likelihood)
+    if temperature is not None:
+        # While cooling, the tempered pass's normaliser is not the likelihood: one forward pass
+        # at T = 1 gives it (skipped once T has reached 1).
+        log_likelihood = jax.lax.cond(
+            temperature == 1, lambda: log_likelihood,
+            lambda: jnp.sum(jax.vmap(inference.log_likelihood, in_axes=(None, None, 0, 0))(
+                params["initial"], params["transition"],
+                _emission_densities(hmm, params, Xb, layout), mask)))
+    objective = log_likelihood + hmm.log_prior(params)
     chain = {"initial": jnp.sum(post.marginals[:, 0], axis=0),
              "transition": jnp.sum(post.transitions, axis=0)}
-    Rb = layout.step_blocks(jnp.where(post.marginals > _FLUSH, post.marginals, 0.0))
+    marginals = jnp.where(post.marginals > _FLUSH, post.marginals, 0.0)
+    return objective, (chain, _emission_aux(hmm, params, Xb, layout, marginals, use_gradient))
+
+
+def _emission_aux(hmm: HMM, params, Xb: Array, layout: _Layout, marginals: Array,
+                  use_gradient: bool):
+    """What the emission's M-step needs from per-step state weights ``marginals [B, T, K]``:
+    blocked posteriors (gradient M-step) or summed sufficient statistics (closed form)."""
+    Rb = layout.step_blocks(marginals)
     if use_gradient:
-        return objective, (chain, Rb)
-    stats = _passes._sum_over_blocks(functools.partial(hmm.suff_stats, params["emission"]),
-                                     (Xb, Rb))
-    return objective, (chain, stats)
+        return Rb
+    return _passes._sum_over_blocks(functools.partial(hmm.suff_stats, params["emission"]),
+                                    (Xb, Rb))
+
+
+def _viterbi_pass(hmm: HMM, params, Xb: Array, mask: Array, layout: _Layout, use_gradient: bool):
+    """Hard EM for a chain (Viterbi training): every sequence's most probable path stands in for
+    the posterior, and the objective is the paths' total log-joint ``Σ log p(x, z*)``."""
+    dens = _emission_densities(hmm, params, Xb, layout)
+    paths, scores = jax.vmap(inference.viterbi, in_axes=(None, None, 0, 0))(
+        params["initial"], params["transition"], dens, mask)
+    onehot = jax.nn.one_hot(paths, hmm.n_states, dtype=dens.dtype) * mask[..., None]
+    chain = {"initial": jnp.sum(onehot[:, 0], axis=0),
+             # Padded steps are zero rows, so only real consecutive steps count as transitions.
+             "transition": jnp.einsum("btk,btl->kl", onehot[:, :-1], onehot[:, 1:])}
+    n_seq, n_steps = mask.shape
+    fingerprint = _passes.assignment_fingerprint(
+        layout.unblock(Xb).reshape(n_seq * n_steps, -1), paths.reshape(-1),
+        mask.reshape(-1).astype(dens.dtype))
+    aux = (chain, _emission_aux(hmm, params, Xb, layout, onehot, use_gradient))
+    return jnp.sum(scores) + hmm.log_prior(params), _passes.HardStats(aux, fingerprint)
 
 
 def _m_step(hmm: HMM, params, aux, Xb: Array, use_gradient: bool, optimizer, m_step_iters: int):
     """Closed-form chain update (Dirichlet MAP) and the emission's closed-form or gradient one."""
-    chain, emission_aux = aux
+    chain, emission_aux = _passes.statistics(aux)
     initial = mixing_weights(chain["initial"], hmm.initial_concentration)
     transition = jax.vmap(mixing_weights, in_axes=(0, None))(chain["transition"],
                                                              hmm.transition_concentration)
@@ -114,7 +171,7 @@ def _m_step(hmm: HMM, params, aux, Xb: Array, use_gradient: bool, optimizer, m_s
 
 
 def _program(keys, init_params, X, mask, rows, tol, *, hmm, layout, method, max_iter,
-             use_gradient, optimizer, m_step_iters, report):
+             use_gradient, optimizer, m_step_iters, rule, report):
     if init_params is None:
         emission = jax.vmap(hmm.init, in_axes=(0, None))(keys, rows)
         chain = hmm.uniform_chain(X.dtype)
@@ -122,15 +179,16 @@ def _program(keys, init_params, X, mask, rows, tol, *, hmm, layout, method, max_
                                       chain), "emission": emission}
     Xb = layout.observation_blocks(X)
     one_pass = functools.partial(_e_pass, hmm, Xb=Xb, mask=mask, layout=layout, method=method,
-                                 use_gradient=use_gradient)
+                                 use_gradient=use_gradient, rule=rule)
     m_step = functools.partial(_m_step, hmm, Xb=Xb, use_gradient=use_gradient,
                                optimizer=optimizer, m_step_iters=m_step_iters)
-    return _loop.iterate(lambda p, iteration: jax.vmap(one_pass)(p), m_step, init_params, tol,
-                         max_iter=max_iter, report=report)
+    return _loop.iterate(lambda p, iteration: jax.vmap(lambda q: one_pass(q, iteration=iteration))(p),
+                         m_step, init_params, tol, max_iter=max_iter, may_stop=rule.may_stop,
+                         report=report)
 
 
 _STATIC = ("hmm", "layout", "method", "max_iter", "use_gradient", "optimizer", "m_step_iters",
-           "report")
+           "rule", "report")
 _jitted = _precision.jit(_program, static_argnames=_STATIC)
 
 
@@ -144,7 +202,7 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
         max_iter: int = 100, tol: float = 1e-6, init_params: Any = None, m_step: str = "auto",
         method: str = "auto", optimizer: optax.GradientTransformation | None = None,
         m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
-        progress=None) -> FitResult:
+        e_step: str | Annealing = "soft", progress=None) -> FitResult:
     """Fit ``hmm`` by Baum-Welch (EM) from several starts at once.
 
     Args:
@@ -165,6 +223,11 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
         method: forward-backward by ``"scan"``, ``"associative"`` or ``"auto"``.
         optimizer, m_step_iters: the gradient M-step's optimiser (default L-BFGS) and steps.
         block_size: rows per block when evaluating emissions and statistics.
+        e_step: ``"soft"`` (Baum-Welch: forward-backward posteriors), ``"hard"`` (Viterbi
+            training: each sequence's most probable path stands in for the posterior, and the
+            history is the paths' log-joint ``Σ log p(x, z*)``, which never decreases),
+            ``"anneal"`` or a :class:`jaxem.Annealing` (posteriors of ``p(z, x)^(1/T)`` with
+            ``T`` cooled to 1; the history stays the log-likelihood).
         progress: optional ``progress(iteration, log_likelihood [R], converged [R], running [R])``
             called once per iteration, as in :func:`jaxem.fit`.
 
@@ -188,6 +251,7 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
     if m_step == "closed_form" and not hmm.has_closed_form:
         raise ValueError(f"{hmm.name!r} has no closed-form emission M-step; use m_step='gradient'")
     use_gradient = m_step == "gradient" or not hmm.has_closed_form
+    rule = resolve_e_step(e_step)
     seqs = as_sequences(X, lengths, mask)
     method = inference.choose_method(method, seqs.X.shape[1])
     if seqs.rows.shape[0] < hmm.n_states:
@@ -202,7 +266,7 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
             init_params)
     layout = _Layout(*seqs.mask.shape, block_size)
     static = dict(hmm=hmm, layout=layout, method=method, max_iter=max_iter,
-                  use_gradient=use_gradient, m_step_iters=m_step_iters,
+                  use_gradient=use_gradient, m_step_iters=m_step_iters, rule=rule,
                   optimizer=(optimizer or _DEFAULT_OPTIMIZER) if use_gradient else None)
     out, compile_s, run_s = _loop.run_compiled(
         (keys, init_params, Xp, maskp, rows, jnp.asarray(tolerance_value(tol), Xp.dtype)), static, progress,
