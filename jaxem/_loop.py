@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _passes, _precision
+from . import _export_cache, _passes, _precision
 from .distributed import sharded_pass
 from .estep import EStepRule
 from .model import Model
@@ -218,8 +218,10 @@ def run_compiled(dynamic: tuple, static: dict, progress=None, program=None) -> t
 
     Returns:
         ``(output, compile_seconds, run_seconds)``; ``compile_seconds`` is 0 when an executable
-        for these shapes was already in memory (JAX's persistent cache, when enabled, also serves
-        a new process, which then reports only the time to load it).
+        for these shapes was already in memory. A new process loads the mixture program of a
+        built-in model from the program cache (:mod:`jaxem._export_cache`) without tracing it,
+        and any other from JAX's persistent cache after tracing and lowering it; either way it
+        then reports only that time.
     """
     global _progress_sink
     program = _jitted_program if program is None else program
@@ -230,7 +232,12 @@ def run_compiled(dynamic: tuple, static: dict, progress=None, program=None) -> t
     executable = _EXECUTABLES.get(cache_key)
     if executable is None:
         start = time.perf_counter()
-        executable = program.lower(*dynamic, **static).compile()
+        # Only the mixture program is served from disk: its key names everything it is built from.
+        disk_key = (_export_cache.program_key("jaxem._loop._program", static, dynamic)
+                    if program is _jitted_program else None)
+        executable = _export_cache.load(disk_key, dynamic)
+        if executable is None:
+            executable = _export_cache.compile_and_store(disk_key, program.lower(*dynamic, **static))
         compile_seconds = time.perf_counter() - start
         _EXECUTABLES[cache_key] = executable
         if len(_EXECUTABLES) > _MAX_EXECUTABLES:

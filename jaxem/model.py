@@ -10,6 +10,8 @@ sharded over devices.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +63,11 @@ class Model:
             for hard EM, given each row's component ``assignment [N]`` (ints in ``[0, K)``) and
             its weight ``[N]`` (k-means sums rows per cluster instead of multiplying by a
             mostly-zero ``[N, K]`` matrix).
+        cache_key: set only by jaxem's own factories (see :func:`model_factory`): the factory call
+            that built the model, e.g. ``"jaxem.models.bernoulli.bernoulli_mixture(n_components=10,
+            n_trials=1, init='kmeans')"``. A model with a key may have its compiled fit program
+            served from the on-disk program cache in a later process (:mod:`jaxem._export_cache`);
+            custom models have none and are always traced and compiled.
     """
 
     init: Callable[[Array, Array], Params]
@@ -75,6 +82,7 @@ class Model:
     handles_missing: bool = False
     check_data: Callable[[Any], None] | None = None
     hard_suff_stats: Callable[[Params, Array, Array, Array], Stats] | None = None
+    cache_key: str | None = None
 
     def __post_init__(self):
         if self.hard_suff_stats is not None and self.suff_stats is None:
@@ -94,3 +102,54 @@ class Model:
         if self.batch_log_joint is not None:
             return self.batch_log_joint(params, X)
         return jax.vmap(self.log_joint, in_axes=(None, 0))(params, X)
+
+
+def stable_repr(value) -> str | None:
+    """A text for ``value`` that is the same in every process, or ``None`` when there is none.
+
+    Only values whose ``repr`` is exact and address-free qualify: ``None``, bools, ints, floats
+    (``repr`` round-trips), strings, tuples of these and frozen dataclasses made of them. Anything
+    else (arrays, callables, objects printed with an address) gives ``None``.
+    """
+    if value is None or type(value) in (bool, int, float, str):
+        return repr(value)
+    if isinstance(value, tuple) and type(value) is tuple:
+        parts = [stable_repr(v) for v in value]
+        return None if None in parts else "(" + "".join(p + ", " for p in parts) + ")"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type) \
+            and type(value).__dataclass_params__.frozen:
+        fields = [(f.name, stable_repr(getattr(value, f.name))) for f in dataclasses.fields(value)]
+        if any(text is None for _, text in fields):
+            return None
+        cls = type(value)
+        return f"{cls.__module__}.{cls.__qualname__}(" + ", ".join(f"{n}={t}" for n, t in fields) + ")"
+    return None
+
+
+def model_factory(factory: Callable[..., Model]) -> Callable[..., Model]:
+    """Memoise one of jaxem's model factories and record each call on the model it builds.
+
+    Equal arguments give the same :class:`Model` object (``functools.cache``, as before), and the
+    model's ``cache_key`` names the call with every argument bound (defaults included). No key is
+    recorded when an argument has no :func:`stable_repr` or the factory is not jaxem's own (its
+    source would not be part of the program cache's key), so such models are never served from
+    the on-disk program cache.
+    """
+    signature = inspect.signature(factory)
+    name = f"{factory.__module__}.{factory.__qualname__}"
+    ours = factory.__module__.startswith("jaxem.")
+
+    @functools.wraps(factory)
+    def build(*args, **kwargs):
+        model = factory(*args, **kwargs)
+        if not ours or not isinstance(model, Model):
+            return model
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        texts = [(k, stable_repr(v)) for k, v in bound.arguments.items()]
+        if any(text is None for _, text in texts):
+            return model
+        key = f"{name}(" + ", ".join(f"{k}={t}" for k, t in texts) + ")"
+        return dataclasses.replace(model, cache_key=key)
+
+    return functools.cache(build)

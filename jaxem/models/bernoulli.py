@@ -21,7 +21,7 @@ from jax.scipy.special import gammaln
 
 from .. import constraints as C
 from .. import init as initialisers
-from ..model import Model
+from ..model import Model, model_factory
 from ..validation import check_positive_int, check_values
 
 Array = jax.Array
@@ -89,7 +89,7 @@ def _init(key: Array, X: Array, n_components: int, n_trials: int, method: str):
     return {"weights": weights, "probs": probs}
 
 
-@functools.cache
+@model_factory
 def bernoulli_mixture(n_components: int, n_trials: int = 1, init: str = "kmeans") -> Model:
     """A mixture of independent Bernoulli (binomial with ``n_trials``) features.
 

@@ -8,16 +8,14 @@ Statistics: category counts ``Σ_n r_nk [x_nd = c]``; M-step: normalised counts.
 
 from __future__ import annotations
 
-import functools
-
-from ..model import Model
+from ..model import Model, model_factory
 from . import _distributions as dist
 from .independent import INIT_METHODS, feature_mixture
 
 __all__ = ["INIT_METHODS", "categorical_mixture"]
 
 
-@functools.cache
+@model_factory
 def categorical_mixture(n_components: int, n_categories: tuple[int, ...] | int,
                         init: str = "kmeans", dirichlet_alpha: float = 1.0) -> Model:
     """A mixture of independent categorical features with a closed-form M-step.

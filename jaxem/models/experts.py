@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from .. import constraints as C
 from .. import init as initialisers
-from ..model import Model
+from ..model import Model, model_factory
 from .regression import (
     INIT_METHODS,
     blank_experts,
@@ -114,7 +114,7 @@ def mixture_of_experts(n_components: int, fit_intercept: bool = True, reg_var: f
     return _mixture_of_experts(int(n_components), bool(fit_intercept), float(reg_var), init)
 
 
-@functools.cache
+@model_factory
 def _mixture_of_experts(n_components, fit_intercept, reg_var, init) -> Model:
     return Model(
         init=functools.partial(_init, n_components=n_components, fit_intercept=fit_intercept,

@@ -8,16 +8,14 @@ component of exact zeros cannot have an infinite rate).
 
 from __future__ import annotations
 
-import functools
-
-from ..model import Model
+from ..model import Model, model_factory
 from . import _distributions as dist
 from .independent import INIT_METHODS, feature_mixture
 
 __all__ = ["INIT_METHODS", "exponential_mixture"]
 
 
-@functools.cache
+@model_factory
 def exponential_mixture(n_components: int, init: str = "kmeans",
                         dirichlet_alpha: float = 1.0) -> Model:
     """A mixture of independent exponential features with a closed-form M-step.

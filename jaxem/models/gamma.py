@@ -10,16 +10,14 @@ does not lower Q (generalized EM); the rate is then exact, ``b = a / mean(x)``.
 
 from __future__ import annotations
 
-import functools
-
-from ..model import Model
+from ..model import Model, model_factory
 from . import _distributions as dist
 from .independent import INIT_METHODS, feature_mixture
 
 __all__ = ["INIT_METHODS", "gamma_mixture"]
 
 
-@functools.cache
+@model_factory
 def gamma_mixture(n_components: int, init: str = "kmeans", dirichlet_alpha: float = 1.0) -> Model:
     """A mixture of independent gamma features (Newton M-step for the shapes).
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from .. import _passes
 from .. import constraints as C
 from .. import init as initialisers
-from ..model import Model
+from ..model import Model, model_factory
 from ..validation import check_nonnegative_float, check_positive_int
 from . import _shifted
 from ._common import empty_components, mixing_weights
@@ -366,7 +366,7 @@ def gaussian_mixture(n_components: int, covariance_type: str = "full", reg_covar
                              bool(missing))
 
 
-@functools.cache
+@model_factory
 def _gaussian_mixture(n_components, ct, reg_covar, init, prior, missing) -> Model:
     init_fn = functools.partial(_init, n_components=n_components, covariance_type=ct,
                                 reg_covar=reg_covar, method=init)

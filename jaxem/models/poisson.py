@@ -7,16 +7,14 @@ integers with component log-density ``Σ_d x_d log λ_kd - λ_kd - log x_d!``. S
 
 from __future__ import annotations
 
-import functools
-
-from ..model import Model
+from ..model import Model, model_factory
 from . import _distributions as dist
 from .independent import INIT_METHODS, feature_mixture
 
 __all__ = ["INIT_METHODS", "poisson_mixture"]
 
 
-@functools.cache
+@model_factory
 def poisson_mixture(n_components: int, init: str = "kmeans", dirichlet_alpha: float = 1.0) -> Model:
     """A mixture of independent Poisson features with a closed-form M-step.
 

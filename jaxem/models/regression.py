@@ -25,7 +25,7 @@ from jax.scipy.stats import norm
 
 from .. import constraints as C
 from .. import init as initialisers
-from ..model import Model
+from ..model import Model, model_factory
 from ._common import empty_components, mixing_weights
 
 Array = jax.Array
@@ -149,7 +149,7 @@ def mixture_of_linear_regressions(n_components: int, fit_intercept: bool = True,
     return _mixture_of_linear_regressions(int(n_components), bool(fit_intercept), float(reg_var), init)
 
 
-@functools.cache
+@model_factory
 def _mixture_of_linear_regressions(n_components, fit_intercept, reg_var, init) -> Model:
     return Model(
         init=functools.partial(_init, n_components=n_components, fit_intercept=fit_intercept,

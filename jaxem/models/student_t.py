@@ -30,7 +30,7 @@ from jax.scipy.special import gammaln
 from .. import _passes
 from .. import constraints as C
 from .. import init as initialisers
-from ..model import Model
+from ..model import Model, model_factory
 from . import gaussian as gaussian_family
 from ._common import dirichlet_log_prior, empty_components, mixing_weights
 from ._distributions import log_minus_digamma, solve_log_minus_digamma
@@ -134,7 +134,7 @@ def _init(key: Array, X: Array, n_components: int, covariance_type: str, reg_cov
     return _maximize(stats, start, covariance_type, reg_covar, initial_dof, 1.0)
 
 
-@functools.cache
+@model_factory
 def student_t_mixture(n_components: int, covariance_type: str = "full", dof: float | None = None,
                       reg_covar: float = 1e-6, init: str = "kmeans",
                       dirichlet_alpha: float = 1.0) -> Model:

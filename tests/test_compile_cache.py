@@ -1,0 +1,167 @@
+"""The on-disk program cache (jaxem._export_cache): a new process served from it gets bit-identical
+results; anything that changes the program, and any damaged entry, is a miss; custom models and
+``JAXEM_COMPILATION_CACHE=0`` never touch it. No timing assertions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import jaxem as jem
+from jaxem import _export_cache
+from jaxem.model import model_factory, stable_repr
+from jaxem.models.gaussian_prior import GaussianPrior
+
+# One small fit in a fresh process; prints whether the program came from the program cache.
+_WORKER = r"""
+import json, sys
+import jax, numpy as np
+import jaxem as jem
+from jaxem import _export_cache
+loads = []
+original = _export_cache.load
+def load(key, dynamic):
+    out = original(key, dynamic)
+    loads.append(out is not None)
+    return out
+_export_cache.load = load
+X = np.random.default_rng(0).normal(size=(300, 3)).astype(np.float32)
+model = jem.gaussian_mixture(3, "full") if sys.argv[1] == "builtin" else jem.Model(
+    init=jem.gaussian_mixture(3, "full").init, log_joint=jem.gaussian_mixture(3, "full").log_joint,
+    suff_stats=jem.gaussian_mixture(3, "full").suff_stats,
+    maximize=jem.gaussian_mixture(3, "full").maximize)
+res = jem.fit(model, X, key=jax.random.key(0), n_restarts=2, max_iter=5, tol=None)
+print(json.dumps({"served": any(loads), "history": res.history.tolist(),
+                  "means": np.asarray(res.params["means"]).tolist()}))
+"""
+
+
+def _run(cache: Path, kind: str = "builtin", **env) -> dict:
+    environ = {k: v for k, v in os.environ.items() if k != "JAXEM_COMPILATION_CACHE"}
+    environ.update(JAXEM_CACHE_DIR=str(cache), **env)
+    proc = subprocess.run([sys.executable, "-c", _WORKER, kind], env=environ, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _entries(cache: Path) -> list[Path]:
+    return sorted((cache / "programs").glob("*" + _export_cache._SUFFIX))
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    """A cache directory filled by one process, and that process's results."""
+    cache = tmp_path_factory.mktemp("jaxem-cache")
+    first = _run(cache)
+    return cache, first
+
+
+def test_new_process_is_served_bit_identical(warm):
+    cache, first = warm
+    assert not first["served"] and len(_entries(cache)) == 1
+    second = _run(cache)
+    assert second["served"]
+    assert second["history"] == first["history"] and second["means"] == first["means"]
+
+
+def test_corrupt_or_foreign_entry_is_a_miss(warm, tmp_path):
+    cache, first = warm
+    copy = tmp_path / "cache"
+    (copy / "programs").mkdir(parents=True)
+    entry = _entries(cache)[0]
+    blob = bytearray(entry.read_bytes())
+    blob[-100] ^= 0xFF                              # a flipped byte in the executable
+    (copy / "programs" / entry.name).write_bytes(bytes(blob))
+    out = _run(copy)
+    assert not out["served"] and out["history"] == first["history"]
+    (copy / "programs" / entry.name).write_bytes(b"not a program")
+    assert not _run(copy)["served"]
+    (copy / "programs" / entry.name).write_bytes(entry.read_bytes()[:1000])   # truncated
+    assert not _run(copy)["served"]
+
+
+def test_custom_model_never_uses_it(tmp_path):
+    out = _run(tmp_path, kind="custom")
+    assert not out["served"] and not _entries(tmp_path)
+
+
+def test_switched_off_writes_nothing(tmp_path):
+    out = _run(tmp_path, JAXEM_COMPILATION_CACHE="0")
+    assert not out["served"] and not any(tmp_path.rglob("*"))
+
+
+def _program_args(n: int = 200):
+    model = jem.gaussian_mixture(2, "diag")
+    X = jax.numpy.asarray(np.random.default_rng(0).normal(size=(n, 2)).astype(np.float32))
+    keys = jax.random.split(jax.random.key(0), 2)
+    dynamic = (keys, None, X, jax.numpy.ones((n,), X.dtype), None, jax.numpy.asarray(0.0, X.dtype))
+    static = dict(model=model, n_blocks=1, rows=n, max_iter=3, use_gradient=False, optimizer=None,
+                  m_step_iters=20, rule=jem.estep.resolve_e_step("soft"), report=False)
+    return static, dynamic
+
+
+def test_key_covers_source_versions_shapes_and_statics(monkeypatch):
+    static, dynamic = _program_args()
+    key = _export_cache.program_key("p", static, dynamic)
+    assert key is not None and static["model"].cache_key in key
+    assert _export_cache.program_key("p", static, dynamic) == key
+    assert _export_cache.program_key("p", static, _program_args(201)[1]) != key
+    assert _export_cache.program_key("p", dict(static, max_iter=4), dynamic) != key
+    assert _export_cache.program_key("p", dict(static, report=True), dynamic) is None
+    assert _export_cache.program_key("p", dict(static, optimizer=object()), dynamic) is None
+    with jax.default_matmul_precision("highest"):
+        assert _export_cache.program_key("p", static, dynamic) != key
+    monkeypatch.setattr(_export_cache, "SOURCE_HASH", "0" * 64)
+    assert _export_cache.program_key("p", static, dynamic) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(jax, "__version__", jax.__version__ + ".dev")
+    assert _export_cache.program_key("p", static, dynamic) != key
+
+
+def test_mismatched_entry_is_a_miss(tmp_path, monkeypatch):
+    """A stored entry is found only under its own key (another source hash or jax version)."""
+    monkeypatch.setenv("JAXEM_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("JAXEM_COMPILATION_CACHE", raising=False)
+    previous = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", previous or str(tmp_path))
+    try:
+        static, dynamic = _program_args(203)
+        key = _export_cache.program_key("p", static, dynamic)
+        lowered = jem._loop._jitted_program.lower(*dynamic, **static)
+        compiled = lowered.compile()
+        _export_cache._store(key, compiled, lowered.as_text())
+        assert _export_cache.load(key, dynamic) is not None
+        monkeypatch.setattr(_export_cache, "SOURCE_HASH", "1" * 64)
+        other = _export_cache.program_key("p", static, dynamic)
+        assert other != key and _export_cache.load(other, dynamic) is None
+        # Another key's entry copied under this key's file name: the stored key text differs.
+        _export_cache._path(other).write_bytes(_export_cache._path(key).read_bytes())
+        assert _export_cache.load(other, dynamic) is None
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
+
+
+def test_factory_keys():
+    assert jem.gaussian_mixture(3).cache_key == (
+        "jaxem.models.gaussian._gaussian_mixture(n_components=3, ct='full', reg_covar=1e-06, "
+        "init='kmeans', prior=None, missing=False)")
+    assert jem.bernoulli_mixture(4) is jem.bernoulli_mixture(4)
+    assert jem.bernoulli_mixture(4).cache_key.startswith("jaxem.models.bernoulli.bernoulli_mixture(")
+    prior = GaussianPrior(weight_concentration=2.0)
+    assert "GaussianPrior(weight_concentration=2.0" in jem.gaussian_mixture(3, prior=prior).cache_key
+    assert stable_repr(np.float32(1.0)) is None and stable_repr(lambda: 0) is None
+    assert stable_repr((1, 2.5, "a", None)) == "(1, 2.5, 'a', None, )"
+
+    @model_factory
+    def user_factory(k):   # not jaxem's own source: never keyed
+        return jem.Model(init=jem.gaussian_mixture(k).init, log_joint=jem.gaussian_mixture(k).log_joint)
+
+    assert user_factory(2).cache_key is None
