@@ -182,7 +182,8 @@ def _program(keys, init_params, X, mask, rows, tol, *, hmm, layout, method, max_
                                  use_gradient=use_gradient, rule=rule)
     m_step = functools.partial(_m_step, hmm, Xb=Xb, use_gradient=use_gradient,
                                optimizer=optimizer, m_step_iters=m_step_iters)
-    return _loop.iterate(lambda p, iteration: jax.vmap(lambda q: one_pass(q, iteration=iteration))(p),
+    return _loop.iterate(lambda p, iteration: _loop.map_restarts(
+                             lambda q: one_pass(q, iteration=iteration), p),
                          m_step, init_params, tol, max_iter=max_iter, may_stop=rule.may_stop,
                          report=report)
 
