@@ -136,12 +136,12 @@ def program_key(program_name: str, static: dict, dynamic: tuple) -> str | None:
             device mesh or a progress callback rules the cache out).
         dynamic: the program's positional arguments (arrays or ``None``).
     """
-    from .model import stable_repr
+    from .model import factory_cache_key, stable_repr
 
-    model = static.get("model")
-    if getattr(model, "cache_key", None) is None or static.get("report"):
+    model_key = factory_cache_key(static.get("model"))
+    if model_key is None or static.get("report"):
         return None
-    parts = [f"program {program_name}", f"model {model.cache_key}"]
+    parts = [f"program {program_name}", f"model {model_key}"]
     for name in sorted(static):
         if name == "model":
             continue

@@ -235,7 +235,16 @@ def stats_pass(model: Model, params: Any, rows: Rows, hard: bool = False,
         row_ll, resp = posterior(lj, hard, temperature)
         return weighted_sum(row_ll, w), model.suff_stats(stats_params, xb, resp * w[:, None])
 
-    return _sum_over_blocks(block_stats, rows)
+    def fused_block_stats(xb, w, labels):
+        def respond(log_joint):
+            row_ll, resp = posterior(mask_labels(log_joint, labels), False, temperature)
+            return row_ll, resp * w[:, None]
+
+        row_ll, stats = model.block_stats(params, xb, respond)
+        return weighted_sum(row_ll, w), stats
+
+    fused = model.block_stats is not None and not hard and centre is None
+    return _sum_over_blocks(fused_block_stats if fused else block_stats, rows)
 
 
 def _hard_block_stats(model: Model, params: Any, xb: Array, component: Array, w: Array,

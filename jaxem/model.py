@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -58,6 +59,12 @@ class Model:
         check_data: optional ``check_data(X)`` run by :func:`jaxem.fit` and :func:`jaxem.e_step`
             on the validated NumPy data ``[N, ...]`` before any compute; raises ``ValueError``
             naming the first value the family cannot take (e.g. a count that is not an integer).
+        block_stats: optional ``block_stats(params, X, posterior) -> (row_objectives [N], stats)``:
+            one block's E-step and statistics in one function, for a model whose log-joint and
+            statistics share work (the diagonal Gaussian shifts every row to its nearest mean
+            for both). ``posterior(log_joint [N, K]) -> (row_objectives [N], resp [N, K])`` is
+            the engine's E-step rule with labels and row weights applied. The result must equal
+            ``suff_stats(params, X, posterior(batch_log_joint(params, X))[1])``.
         hard_suff_stats: optional ``hard_suff_stats(params, X, assignment, weights) -> stats``, a
             faster equivalent of ``suff_stats(params, X, one_hot(assignment) * weights[:, None])``
             for hard EM, given each row's component ``assignment [N]`` (ints in ``[0, K)``) and
@@ -82,11 +89,14 @@ class Model:
     handles_missing: bool = False
     check_data: Callable[[Any], None] | None = None
     hard_suff_stats: Callable[[Params, Array, Array, Array], Stats] | None = None
+    block_stats: Callable[[Params, Array, Callable], tuple[Array, Stats]] | None = None
     cache_key: str | None = None
 
     def __post_init__(self):
-        if self.hard_suff_stats is not None and self.suff_stats is None:
-            raise ValueError("hard_suff_stats is a faster suff_stats; the model needs suff_stats too")
+        if (self.hard_suff_stats is not None or self.block_stats is not None) \
+                and self.suff_stats is None:
+            raise ValueError("hard_suff_stats and block_stats are faster forms of suff_stats; the "
+                             "model needs suff_stats too")
         if (self.suff_stats is None) != (self.maximize is None):
             raise ValueError(
                 "a closed-form M-step needs both suff_stats and maximize; got only "
@@ -150,6 +160,20 @@ def model_factory(factory: Callable[..., Model]) -> Callable[..., Model]:
         if any(text is None for _, text in texts):
             return model
         key = f"{name}(" + ", ".join(f"{k}={t}" for k, t in texts) + ")"
-        return dataclasses.replace(model, cache_key=key)
+        keyed = dataclasses.replace(model, cache_key=key)
+        _BUILT_BY_FACTORY[keyed] = key
+        return keyed
 
     return functools.cache(build)
+
+
+# The models the factories built, with their keys. A copy made with dataclasses.replace (another
+# log-joint, say) still carries the key text but is not the model it names.
+_BUILT_BY_FACTORY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def factory_cache_key(model) -> str | None:
+    """``model.cache_key`` when ``model`` is the very object a :func:`model_factory` built, else
+    ``None`` (the key of a modified copy must never serve its program)."""
+    key = _BUILT_BY_FACTORY.get(model) if isinstance(model, Model) else None
+    return key if key is not None and key == model.cache_key else None

@@ -165,3 +165,15 @@ def test_factory_keys():
         return jem.Model(init=jem.gaussian_mixture(k).init, log_joint=jem.gaussian_mixture(k).log_joint)
 
     assert user_factory(2).cache_key is None
+
+
+def test_a_modified_copy_of_a_builtin_model_is_never_keyed():
+    """``dataclasses.replace`` keeps the ``cache_key`` text but makes another model (here one
+    without its fused statistics): serving it the original's program would be wrong."""
+    import dataclasses
+
+    static, dynamic = _program_args()
+    copy = dataclasses.replace(static["model"], block_stats=None)
+    assert copy.cache_key == static["model"].cache_key
+    assert _export_cache.program_key("p", dict(static, model=copy), dynamic) is None
+    assert _export_cache.program_key("p", static, dynamic) is not None

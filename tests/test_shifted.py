@@ -47,3 +47,29 @@ def test_float32_keeps_each_rows_own_distance(offset, spread):
     rows = np.arange(len(z))
     assert np.max(np.abs(dist[rows, z] - ref_dist[rows, z])) < 0.05
     np.testing.assert_allclose(second, ref_second, rtol=1e-4)
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
+def test_fused_block_stats_equal_the_log_joint_and_suff_stats(x64, covariance_type):
+    """The diagonal family's one-function E-step and statistics (``block_stats``) give what the
+    separate log-joint, posterior and ``suff_stats`` give, with weights and partial labels."""
+    import dataclasses
+
+    import jax
+
+    import jaxem as jem
+    from jaxem import _passes
+
+    X, *_ = _case(2.0, 3.0)
+    model = jem.gaussian_mixture(8, covariance_type)
+    assert model.block_stats is not None
+    plain = dataclasses.replace(model, block_stats=None)
+    params = model.init(jax.random.key(0), jnp.asarray(X))
+    rng = np.random.default_rng(1)
+    weights, labels = rng.uniform(0.5, 2.0, len(X)), np.where(rng.uniform(size=len(X)) < 0.1, 3, -1)
+    rows = _passes.block_rows(jnp.asarray(X), jnp.asarray(weights), jnp.asarray(labels), 4, 750)
+    for temperature in (None, jnp.asarray(1.7)):
+        fused = _passes.stats_pass(model, params, rows, temperature=temperature)
+        separate = _passes.stats_pass(plain, params, rows, temperature=temperature)
+        for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(separate), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from .. import _loop, _passes
 from .. import init as initialisers
 from ..estep import EStepRule
-from ..model import Model
+from ..model import Model, model_factory
 from ._common import empty_components
 
 Array = jax.Array
@@ -113,7 +113,7 @@ def _init(key: Array, X: Array, n_clusters: int, method: str):
     return params_from_centers(X, centers)
 
 
-@functools.lru_cache(maxsize=64)
+@model_factory
 def isotropic_mixture(n_clusters: int, init: str = "k-means++") -> Model:
     """The isotropic, equal-weight, shared-variance Gaussian mixture (k-means under hard EM).
 
