@@ -78,8 +78,7 @@ def _mahalanobis(params, X: Array, covariance_type: str) -> Array:
 
 def _shift(params, X: Array) -> _shifted.Shifted:
     """Rows about their nearest mean (diagonal and spherical types)."""
-    means = params["means"]
-    return _shifted.shift_to_nearest(X, means, _diagonal_precision(params["prec_chol"], means))
+    return _shifted.shift_to_nearest(X, params["means"])
 
 
 def _diagonal_distances(params, shifted: _shifted.Shifted) -> Array:
