@@ -141,6 +141,11 @@ def program_key(program_name: str, static: dict, dynamic: tuple) -> str | None:
     model_key = factory_cache_key(static.get("model"))
     if model_key is None or static.get("report"):
         return None
+    # A deserialised executable is placed on every local device: in a process with several,
+    # a single-device program comes back expecting one shard per device (seen with 4 forced
+    # CPU devices: "Expected args ... to have 4 shards"). Only single-device processes use it.
+    if jax.local_device_count() != 1:
+        return None
     parts = [f"program {program_name}", f"model {model_key}"]
     for name in sorted(static):
         if name == "model":
