@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from .. import em
+from .. import _passes, _precision, em
 from ..models import kmeans as kmeans_family
 from ..validation import check_data, check_positive_int
 from ._base import MixtureEstimator
@@ -95,17 +95,25 @@ class KMeans(MixtureEstimator):
             ``self``, with ``cluster_centers_``, ``labels_``, ``inertia_`` and the rest set.
         """
         super().fit(X, y, sample_weight)
-        distances = self._squared_distances(X)
-        self.labels_ = np.argmin(distances, axis=1)
+        labels, distances = self._nearest(X)
+        self.labels_ = labels
         weights = 1.0 if sample_weight is None else np.asarray(sample_weight, np.float64)
-        self.inertia_ = float(np.sum(weights * distances[np.arange(len(distances)), self.labels_]))
+        self.inertia_ = float(np.sum(weights * distances))
         return self
 
     def _squared_distances(self, X) -> np.ndarray:
         self._check_fitted()
         X = self._validate(X, fitting=False)
         dtype = em.default_float_dtype()
-        return np.asarray(kmeans_family.squared_distances(self._params(), jnp.asarray(X, dtype)))
+        return np.asarray(_squared_distances(self._params(), jnp.asarray(X, dtype)))
+
+    def _nearest(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """``(index of the nearest centre [N], squared distance to it [N])``, computed on the
+        device: only ``[N]`` values come back, not the ``[N, K]`` distances."""
+        self._check_fitted()
+        X = self._validate(X, fitting=False)
+        labels, distances = _nearest(self._params(), jnp.asarray(X, em.default_float_dtype()))
+        return np.asarray(labels), np.asarray(distances)
 
     def transform(self, X) -> np.ndarray:
         """Euclidean distance of each row to each centre, ``[N, K]``."""
@@ -113,12 +121,11 @@ class KMeans(MixtureEstimator):
 
     def predict(self, X) -> np.ndarray:
         """Index of the nearest centre for each row, ``[N]``."""
-        return np.argmin(self._squared_distances(X), axis=1)
+        return self._nearest(X)[0]
 
     def score(self, X, y=None) -> float:
         """Negative inertia of ``X`` (scikit-learn's convention: higher is better)."""
-        distances = self._squared_distances(X)
-        return -float(np.sum(np.min(distances, axis=1)))
+        return -float(np.sum(self._nearest(X)[1]))
 
     def sample(self, n_samples: int = 1, random_state=None) -> tuple[np.ndarray, np.ndarray]:
         """Draw rows from the fitted isotropic mixture; returns ``(X [n, D], labels [n])``."""
@@ -128,3 +135,13 @@ class KMeans(MixtureEstimator):
         labels = rng.integers(0, self.n_clusters, size=n_samples)
         noise = rng.normal(scale=np.sqrt(self.variance_), size=(n_samples, self.n_features_in_))
         return np.asarray(self.cluster_centers_, np.float64)[labels] + noise, labels
+
+
+_squared_distances = _precision.jit(kmeans_family.squared_distances)
+
+
+@_precision.jit
+def _nearest(params, X):
+    # The first nearest centre on ties, as argmin (and scikit-learn) picks.
+    neg_best, labels = _passes.hard_assignment(-kmeans_family.squared_distances(params, X))
+    return labels, -neg_best
