@@ -120,10 +120,9 @@ def iterate(e_pass: Callable, m_step: Callable, params, tol, *, max_iter: int,
     test_objective = tol >= 0
     rel_tol = jnp.maximum(tol, 4 * jnp.finfo(obj_dtype).eps)
     nan = jnp.full((n_restarts,), jnp.nan, obj_dtype)
-    state = dict(params=params, objective=nan, initial=nan,
-                 aux=jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shapes[1]),
-                 consumed=_fingerprint(jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
-                                                    aux_shapes[1])),
+    no_aux = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shapes[1])
+    state = dict(params=params, objective=nan, initial=nan, aux=no_aux,
+                 consumed=_fingerprint(no_aux),
                  trips=jnp.zeros((), jnp.int32), n_iter=jnp.zeros((n_restarts,), jnp.int32),
                  converged=jnp.zeros((n_restarts,), bool), running=jnp.ones((n_restarts,), bool),
                  history=jnp.full((n_restarts, max_iter), jnp.nan, obj_dtype))

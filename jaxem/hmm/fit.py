@@ -93,7 +93,13 @@ def _posteriors(hmm: HMM, params, Xb: Array, mask: Array, layout: _Layout, metho
     every log-potential divided by T; the recursions normalise each step, so the tempered chain
     need not be stochastic) and its ``log_likelihood`` is that of the tempered potentials.
     """
-    dens = _emission_densities(hmm, params, Xb, layout)
+    return _chain_posteriors(params, _emission_densities(hmm, params, Xb, layout), mask, method,
+                             temperature)
+
+
+def _chain_posteriors(params, dens: Array, mask: Array, method: str,
+                      temperature: Array | None = None):
+    """:func:`_posteriors` from the emission log-densities ``dens [B, T, K]``."""
     initial, transition = params["initial"], params["transition"]
     if temperature is not None:
         initial, transition = initial ** (1 / temperature), transition ** (1 / temperature)
@@ -110,7 +116,8 @@ def _e_pass(hmm: HMM, params, Xb: Array, mask: Array, layout: _Layout, method: s
     if rule.hard:
         return _viterbi_pass(hmm, params, Xb, mask, layout, use_gradient)
     temperature = rule.temperature(iteration, Xb.dtype)
-    post = _posteriors(hmm, params, Xb, mask, layout, method, temperature)
+    dens = _emission_densities(hmm, params, Xb, layout)
+    post = _chain_posteriors(params, dens, mask, method, temperature)
     log_likelihood = jnp.sum(post.log_likelihood)
     if temperature is not None:
         # While cooling, the tempered pass's normaliser is not the likelihood: one forward pass
@@ -118,8 +125,7 @@ def _e_pass(hmm: HMM, params, Xb: Array, mask: Array, layout: _Layout, method: s
         log_likelihood = jax.lax.cond(
             temperature == 1, lambda: log_likelihood,
             lambda: jnp.sum(jax.vmap(inference.log_likelihood, in_axes=(None, None, 0, 0))(
-                params["initial"], params["transition"],
-                _emission_densities(hmm, params, Xb, layout), mask)))
+                params["initial"], params["transition"], dens, mask)))
     objective = log_likelihood + hmm.log_prior(params)
     chain = {"initial": jnp.sum(post.marginals[:, 0], axis=0),
              "transition": jnp.sum(post.transitions, axis=0)}
