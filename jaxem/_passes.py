@@ -135,7 +135,8 @@ def hard_assignment(log_joint: Array) -> tuple[Array, Array]:
         better = columns[k] > best
         return jnp.where(better, columns[k], best), jnp.where(better, k, component)
 
-    start = (columns[0], jnp.zeros(columns.shape[1:], jnp.int32))
+    # full_like keeps the device-axis variance of the data inside shard_map (see _carry_zeros).
+    start = (columns[0], jax.lax.full_like(columns[0], 0, jnp.int32))
     return jax.lax.fori_loop(1, columns.shape[0], compare, start,
                              unroll=min(columns.shape[0], _UNROLL_COMPONENTS))
 

@@ -50,6 +50,14 @@ SCRIPT = textwrap.dedent("""
                           devices=jax.devices())
     out["chunked"] = rel((ref.history, ref.params), (chunked.history, chunked.params))
 
+    # Hard EM (k-means) carries integer assignments through the sharded pass.
+    kmeans = jem.models.isotropic_mixture(3)
+    hard_one = jem.fit(kmeans, X, e_step="hard", **kw)
+    hard_four = jem.fit(kmeans, X, e_step="hard", devices="all", **kw)
+    out["hard"] = rel((hard_one.history, hard_one.all_params),
+                      (hard_four.history, hard_four.all_params))
+    out["hard_iters"] = [np.asarray(hard_one.n_iter).tolist(), np.asarray(hard_four.n_iter).tolist()]
+
     rng = np.random.default_rng(0)
     lengths = np.array([30, 22, 41, 17, 35])
     Y = rng.normal(size=(lengths.sum(), 2)) + 3.0 * rng.integers(0, 2, lengths.sum())[:, None]
@@ -95,4 +103,6 @@ def test_four_devices_equal_one(tmp_path):
     # Same sums in another order: float64 round-off only.
     assert out["fit"] < 1e-10
     assert out["chunked"] < 1e-10
+    assert out["hard"] < 1e-10
+    assert out["hard_iters"][0] == out["hard_iters"][1]
     assert out["hmm_chunked"] < 1e-10
