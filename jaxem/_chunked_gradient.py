@@ -61,7 +61,7 @@ def q_part(params, rows, temperature, *, model, hard, mesh):
     def pass_fn(model, pair, rows, hard, temperature):
         u, theta = pair
 
-        def block(xb, w, labels):
+        def block(xb, w, labels, _hashes):
             lj = _passes.mask_labels(model.log_joint_matrix(theta, xb), labels)
             row_objective, resp = _passes.posterior(lj, hard, temperature)
             resp = resp * w[:, None]

@@ -61,12 +61,15 @@ def to_blocks(X: Array, weights: Array, n_blocks: int, rows: int) -> tuple[Array
 
 
 class Rows(NamedTuple):
-    """Blocked data: ``X [n_blocks, block, ...]``, row ``weights [n_blocks, block]`` (0 on padding)
-    and optional partial ``labels [n_blocks, block]`` (-1 unknown, ``None`` when there are none)."""
+    """Blocked data: ``X [n_blocks, block, ...]``, row ``weights [n_blocks, block]`` (0 on padding),
+    optional partial ``labels [n_blocks, block]`` (-1 unknown, ``None`` when there are none) and
+    optional :func:`row_hashes` ``[n_blocks, block]`` (hard EM's fingerprint needs them every
+    pass; computed once with the blocks, XLA drops them from programs that do not use them)."""
 
     X: Array
     weights: Array
     labels: Array | None = None
+    hashes: Array | None = None
 
 
 def block_rows(X: Array, weights: Array, labels: Array | None, n_blocks: int, rows: int) -> Rows:
@@ -74,7 +77,7 @@ def block_rows(X: Array, weights: Array, labels: Array | None, n_blocks: int, ro
     Xb, wb = to_blocks(X, weights, n_blocks, rows)
     if labels is not None:
         labels = to_blocks(X, labels, n_blocks, rows)[1]
-    return Rows(Xb, wb, labels)
+    return Rows(Xb, wb, labels, jax.vmap(row_hashes)(Xb))
 
 
 def _carry_zeros(shapes, like: Array) -> Any:
@@ -120,25 +123,31 @@ def mask_labels(log_joint: Array, labels: Array | None) -> Array:
     return jnp.where(keep, log_joint, -jnp.inf)
 
 
-def hard_assignment(log_joint: Array) -> tuple[Array, Array]:
-    """``(max_k ℓ_nk [N], first k attaining it [N])`` for ``log_joint [N, K]``.
+def best_of_rows(table: Array) -> tuple[Array, Array]:
+    """``(max_k table[k, n] [N], first k attaining it [N])`` for ``table [K, N]``.
 
-    Same result as ``max`` and ``argmax``, computed as a running comparison over the ``K``
-    columns, each an elementwise step over all rows: on CPUs XLA's reductions along a short
-    minor axis (and its ``argmax``, a reduction over value-index pairs) cost several times more.
-    A row whose first log-joint is NaN gets component 0 (its objective is NaN, failing the fit).
+    Computed as a running comparison over the ``K`` rows, each an elementwise step over all
+    ``N`` entries: on CPUs XLA's reductions along a short minor axis (and its ``argmax``, a
+    reduction over value-index pairs) cost several times more. A column whose first entry is NaN
+    gets index 0.
     """
-    columns = log_joint.T
 
     def compare(k, state):
-        best, component = state
-        better = columns[k] > best
-        return jnp.where(better, columns[k], best), jnp.where(better, k, component)
+        best, index = state
+        better = table[k] > best
+        return jnp.where(better, table[k], best), jnp.where(better, k, index)
 
     # full_like keeps the device-axis variance of the data inside shard_map (see _carry_zeros).
-    start = (columns[0], jax.lax.full_like(columns[0], 0, jnp.int32))
-    return jax.lax.fori_loop(1, columns.shape[0], compare, start,
-                             unroll=min(columns.shape[0], _UNROLL_COMPONENTS))
+    start = (table[0], jax.lax.full_like(table[0], 0, jnp.int32))
+    return jax.lax.fori_loop(1, table.shape[0], compare, start,
+                             unroll=min(table.shape[0], _UNROLL_COMPONENTS))
+
+
+def hard_assignment(log_joint: Array) -> tuple[Array, Array]:
+    """``(max_k ℓ_nk [N], first k attaining it [N])`` for ``log_joint [N, K]`` (see
+    :func:`best_of_rows`; a row whose first log-joint is NaN gets component 0 and a NaN
+    objective, failing the fit)."""
+    return best_of_rows(log_joint.T)
 
 
 class HardStats(NamedTuple):
@@ -156,12 +165,19 @@ class HardStats(NamedTuple):
     fingerprint: Array
 
 
-def assignment_fingerprint(X: Array, component: Array, weights: Array) -> Array:
-    """``[2]`` uint32 fingerprint (see :class:`HardStats`) of rows ``X [N, ...]`` assigned to
-    ``component [N]``, counting only rows of positive ``weights [N]``."""
+def row_hashes(X: Array) -> Array:
+    """``[N]`` odd uint32 hashes of the rows of ``X [N, ...]`` (a fingerprint's ``h_n``)."""
     flat = jnp.nan_to_num(X.reshape(X.shape[0], -1).astype(jnp.float32))
     signature = flat @ jnp.cos(1.0 + jnp.arange(flat.shape[1], dtype=jnp.float32))
-    row_hash = jax.lax.bitcast_convert_type(signature, jnp.uint32) | jnp.uint32(1)
+    return jax.lax.bitcast_convert_type(signature, jnp.uint32) | jnp.uint32(1)
+
+
+def assignment_fingerprint(X: Array, component: Array, weights: Array,
+                           hashes: Array | None = None) -> Array:
+    """``[2]`` uint32 fingerprint (see :class:`HardStats`) of rows ``X [N, ...]`` assigned to
+    ``component [N]``, counting only rows of positive ``weights [N]``; ``hashes [N]`` are the
+    rows' :func:`row_hashes` when already known."""
+    row_hash = row_hashes(X) if hashes is None else hashes
     label = jnp.where(weights > 0, component.astype(jnp.uint32) + 1, 0).astype(jnp.uint32)
     return jnp.stack([jnp.sum(label, dtype=jnp.uint32),
                       jnp.sum(label * row_hash, dtype=jnp.uint32)])
@@ -227,16 +243,20 @@ def stats_pass(model: Model, params: Any, rows: Rows, hard: bool = False,
     """
     stats_params = params if centre is None else centre
 
-    def block_stats(xb, w, labels):
+    def block_stats(xb, w, labels, hashes):
+        if hard and model.hard_block_stats is not None and labels is None and centre is None:
+            objective, component, stats = model.hard_block_stats(params, xb, w)
+            return objective, HardStats(stats, assignment_fingerprint(xb, component, w, hashes))
         lj = mask_labels(model.log_joint_matrix(params, xb), labels)
         if hard:
             best, component = hard_assignment(lj)
-            return weighted_sum(best, w), _hard_block_stats(model, stats_params, xb, component, w,
-                                                            lj.shape[-1])
+            one_hot = jax.nn.one_hot(component, lj.shape[-1], dtype=w.dtype) * w[:, None]
+            return weighted_sum(best, w), HardStats(model.suff_stats(stats_params, xb, one_hot),
+                                                    assignment_fingerprint(xb, component, w, hashes))
         row_ll, resp = posterior(lj, hard, temperature)
         return weighted_sum(row_ll, w), model.suff_stats(stats_params, xb, resp * w[:, None])
 
-    def fused_block_stats(xb, w, labels):
+    def fused_block_stats(xb, w, labels, _hashes):
         def respond(log_joint):
             row_ll, resp = posterior(mask_labels(log_joint, labels), False, temperature)
             return row_ll, resp * w[:, None]
@@ -246,17 +266,6 @@ def stats_pass(model: Model, params: Any, rows: Rows, hard: bool = False,
 
     fused = model.block_stats is not None and not hard and centre is None
     return _sum_over_blocks(fused_block_stats if fused else block_stats, rows)
-
-
-def _hard_block_stats(model: Model, params: Any, xb: Array, component: Array, w: Array,
-                      n_components: int) -> HardStats:
-    fingerprint = assignment_fingerprint(xb, component, w)
-    if model.hard_suff_stats is not None:
-        stats = model.hard_suff_stats(params, xb, component, w)
-    else:
-        stats = model.suff_stats(params, xb, jax.nn.one_hot(component, n_components,
-                                                            dtype=w.dtype) * w[:, None])
-    return HardStats(stats, fingerprint)
 
 
 def _greedy_matching(score: Array) -> Array:
@@ -291,14 +300,14 @@ def align_to_labels(model: Model, params: Any, rows: Rows) -> Any:
         Parameters whose components follow the labels' numbering.
     """
 
-    def block_overlap(xb, w, labels):
+    def block_overlap(xb, w, labels, _hashes):
         _, resp = posterior(model.log_joint_matrix(params, xb))
         onehot = jax.nn.one_hot(labels, resp.shape[-1], dtype=resp.dtype) * w[:, None]
         return onehot.T @ resp
 
     match = _greedy_matching(_sum_over_blocks(block_overlap, rows))
 
-    def block_stats(xb, w, labels):
+    def block_stats(xb, w, labels, _hashes):
         lj = mask_labels(model.log_joint_matrix(params, xb)[:, match], labels)
         _, resp = posterior(lj)
         return model.suff_stats(params, xb, resp * w[:, None])
@@ -311,7 +320,7 @@ def responsibility_pass(model: Model, params: Any, rows: Rows, hard: bool = Fals
     """E-step at ``params`` keeping the weighted responsibilities ``[n_blocks, block, K]``."""
 
     def body(total, block):
-        xb, w, labels = block
+        xb, w, labels, _ = block
         lj = mask_labels(model.log_joint_matrix(params, xb), labels)
         row_ll, resp = posterior(lj, hard, temperature)
         return total + weighted_sum(row_ll, w), resp * w[:, None]

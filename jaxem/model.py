@@ -65,11 +65,14 @@ class Model:
             for both). ``posterior(log_joint [N, K]) -> (row_objectives [N], resp [N, K])`` is
             the engine's E-step rule with labels and row weights applied. The result must equal
             ``suff_stats(params, X, posterior(batch_log_joint(params, X))[1])``.
-        hard_suff_stats: optional ``hard_suff_stats(params, X, assignment, weights) -> stats``, a
-            faster equivalent of ``suff_stats(params, X, one_hot(assignment) * weights[:, None])``
-            for hard EM, given each row's component ``assignment [N]`` (ints in ``[0, K)``) and
-            its weight ``[N]`` (k-means sums rows per cluster instead of multiplying by a
-            mostly-zero ``[N, K]`` matrix).
+        hard_block_stats: optional ``hard_block_stats(params, X, weights) -> (objective,
+            assignment [N], stats)``: one block's hard E-step and statistics in one function,
+            for a model that can pick each row's most probable component without its full
+            log-joint (k-means: the nearest centre needs no per-row norms). With
+            ``lj = batch_log_joint(params, X)`` the result must equal, up to round-off,
+            ``Σ_n weights_n max_k lj_nk``, the first ``argmax_k lj_nk``, and
+            ``suff_stats(params, X, one_hot(assignment) * weights[:, None])``. Used by hard EM
+            on rows without partial labels.
         cache_key: set only by jaxem's own factories (see :func:`model_factory`): the factory call
             that built the model, e.g. ``"jaxem.models.bernoulli.bernoulli_mixture(n_components=10,
             n_trials=1, init='kmeans')"``. A model with a key may have its compiled fit program
@@ -88,14 +91,14 @@ class Model:
     log_prior: Callable[[Params], Array] | None = None
     handles_missing: bool = False
     check_data: Callable[[Any], None] | None = None
-    hard_suff_stats: Callable[[Params, Array, Array, Array], Stats] | None = None
+    hard_block_stats: Callable[[Params, Array, Array], tuple[Array, Array, Stats]] | None = None
     block_stats: Callable[[Params, Array, Callable], tuple[Array, Stats]] | None = None
     cache_key: str | None = None
 
     def __post_init__(self):
-        if (self.hard_suff_stats is not None or self.block_stats is not None) \
+        if (self.hard_block_stats is not None or self.block_stats is not None) \
                 and self.suff_stats is None:
-            raise ValueError("hard_suff_stats and block_stats are faster forms of suff_stats; the "
+            raise ValueError("hard_block_stats and block_stats are faster forms of suff_stats; the "
                              "model needs suff_stats too")
         if (self.suff_stats is None) != (self.maximize is None):
             raise ValueError(

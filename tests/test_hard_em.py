@@ -222,3 +222,34 @@ def test_hard_assignment_is_max_and_first_argmax():
         best, component = hard_assignment(jnp.asarray(lj))
         np.testing.assert_array_equal(np.asarray(best), lj.max(axis=1))
         np.testing.assert_array_equal(np.asarray(component), lj.argmax(axis=1))
+
+
+def test_kmeans_hard_block_stats_equal_the_generic_hard_pass(x64):
+    """k-means' one-function hard E-step (``hard_block_stats``: scores, running comparison, sums
+    by index, totals only) gives the objective, statistics and fingerprint of the generic hard
+    pass (full log-joint, one-hot statistics), with weights, on data far from the origin."""
+    import dataclasses
+
+    from jaxem import _passes
+
+    X = _blobs4() + 1e3
+    model = jem.models.isotropic_mixture(4)
+    assert model.hard_block_stats is not None
+    generic = dataclasses.replace(model, hard_block_stats=None)
+    params = model.init(jax.random.key(0), jnp.asarray(X))
+    weights = np.random.default_rng(1).uniform(0.5, 2.0, len(X))
+    rows = _passes.block_rows(jnp.asarray(X), jnp.asarray(weights), None, 4, 300)
+    fast_objective, fast = _passes.stats_pass(model, params, rows, hard=True)
+    slow_objective, slow = _passes.stats_pass(generic, params, rows, hard=True)
+    np.testing.assert_allclose(fast_objective, slow_objective, rtol=1e-12)
+    np.testing.assert_array_equal(fast.fingerprint, slow.fingerprint)
+    for name in ("nk", "sum_x", "sum_sq", "n"):
+        np.testing.assert_allclose(fast.stats[name], slow.stats[name], rtol=1e-12, atol=1e-9)
+    # The hashes laid out once with the blocks are those the fingerprint would compute per pass.
+    no_hashes = rows._replace(hashes=None)
+    np.testing.assert_array_equal(_passes.stats_pass(model, params, no_hashes, hard=True)[1]
+                                  .fingerprint, fast.fingerprint)
+    labels, distances = jem.models.kmeans.nearest_centres(params, jnp.asarray(X))
+    exact = ((X[:, None, :] - np.asarray(params["means"])[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(labels, exact.argmin(1))
+    np.testing.assert_allclose(distances, exact.min(1), rtol=1e-9, atol=1e-10)

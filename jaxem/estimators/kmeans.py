@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _passes, _precision, em
+from .. import _precision, em
 from ..models import kmeans as kmeans_family
 from ..validation import check_data, check_positive_int
 from ._base import MixtureEstimator
@@ -140,8 +140,4 @@ class KMeans(MixtureEstimator):
 _squared_distances = _precision.jit(kmeans_family.squared_distances)
 
 
-@_precision.jit
-def _nearest(params, X):
-    # The first nearest centre on ties, as argmin (and scikit-learn) picks.
-    neg_best, labels = _passes.hard_assignment(-kmeans_family.squared_distances(params, X))
-    return labels, -neg_best
+_nearest = _precision.jit(kmeans_family.nearest_centres)

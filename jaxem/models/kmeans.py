@@ -44,18 +44,37 @@ def squared_distances(params, X: Array) -> Array:
     return initialisers.squared_distances(X - c, params["means"] - c)
 
 
-def _batch_log_joint(params, X: Array) -> Array:
-    # -|x - μ_k|² / (2σ²) = row term + (x - c)·(μ_k - c) / σ² + column term, with c the centres'
-    # mean: one [N, D] x [D, K] product and two broadcasts (cheaper for XLA than squaring the
-    # expanded distances), and no cancellation beyond that of the centred product.
-    n_clusters, d = params["means"].shape
-    variance = params["variance"]
+def _half_scores(params, X: Array) -> tuple[Array, Array]:
+    """``([K, N] scores, [N, D] shifted rows)``: the score of centre ``k`` for row ``x`` is
+    ``(x - c)·(μ_k - c) - |μ_k - c|² / 2 = (|x - c|² - |x - μ_k|²) / 2``, with ``c`` the centres'
+    mean, so the nearest centre has the largest score. One ``[K, D] x [D, N]`` product: laid out
+    ``[K, N]`` so that the running comparison over centres reads contiguous rows."""
     c = _centre(params)
     shifted, offsets = X - c, params["means"] - c
-    norm = -math.log(n_clusters) - 0.5 * d * jnp.log(2 * jnp.pi * variance)
-    row = norm - 0.5 * jnp.sum(shifted * shifted, axis=1) / variance
-    column = -0.5 * jnp.sum(offsets * offsets, axis=1) / variance
-    return jnp.minimum(row[:, None] + (shifted @ (offsets.T / variance) + column), norm)
+    cross = jax.lax.dot_general(offsets, shifted, (((1,), (1,)), ((), ())))
+    return cross - 0.5 * jnp.sum(offsets * offsets, axis=1)[:, None], shifted
+
+
+def nearest_centres(params, X: Array) -> tuple[Array, Array]:
+    """``(index of the nearest centre [N], squared distance to it [N])`` for rows ``X [N, D]``:
+    the assignment hard EM makes (the first nearest on ties, as ``argmin`` picks)."""
+    scores, shifted = _half_scores(params, X)
+    best, labels = _passes.best_of_rows(scores)
+    return labels, jnp.maximum(jnp.sum(shifted * shifted, axis=1) - 2.0 * best, 0.0)
+
+
+def _normaliser(params) -> Array:
+    n_clusters, d = params["means"].shape
+    return -math.log(n_clusters) - 0.5 * d * jnp.log(2 * jnp.pi * params["variance"])
+
+
+def _batch_log_joint(params, X: Array) -> Array:
+    # -|x - μ_k|² / (2σ²) = -|x - c|² / (2σ²) + score_k / σ²: one product and two broadcasts, and
+    # no cancellation beyond that of the centred product. Distances below 0 are round-off.
+    scores, shifted = _half_scores(params, X)
+    norm = _normaliser(params)
+    row = norm - 0.5 * jnp.sum(shifted * shifted, axis=1) / params["variance"]
+    return jnp.minimum(row[:, None] + scores.T / params["variance"], norm)
 
 
 def _log_joint(params, x: Array) -> Array:
@@ -71,15 +90,22 @@ def _suff_stats(params, X: Array, resp: Array):
             "n": jnp.sum(resp)}
 
 
-def _hard_suff_stats(params, X: Array, assignment: Array, weights: Array):
-    # Each row adds to one cluster: sums by cluster index cost O(N D), where the one-hot product
-    # of ``_suff_stats`` costs O(N K D). Only the total of the squares is needed (see _maximize).
-    shifted = X - _centre(params)
+def _hard_block_stats(params, X: Array, weights: Array):
+    # Lloyd's step with nothing per row beyond the product, the running comparison over centres
+    # and the sums by cluster index (O(N D), where the one-hot product of _suff_stats is
+    # O(N K D)). The classification log-likelihood needs only totals:
+    # Σ w (norm - |x - μ_z|² / (2σ²)) with |x - μ_z|² = |x - c|² - 2 best score.
+    scores, shifted = _half_scores(params, X)
+    best, assignment = _passes.best_of_rows(scores)
+    sum_sq = jnp.sum(shifted * shifted * weights[:, None])
+    n = jnp.sum(weights)
+    within = jnp.maximum(sum_sq - 2.0 * jnp.sum(weights * best), 0.0)
+    objective = _normaliser(params) * n - 0.5 * within / params["variance"]
     sums = jax.ops.segment_sum(jnp.concatenate([shifted * weights[:, None], weights[:, None]], 1),
                                assignment, params["means"].shape[0])
     d = X.shape[1]
-    return {"nk": sums[:, d], "sum_x": sums[:, :d],
-            "sum_sq": jnp.sum(jnp.sum(shifted * shifted, axis=1) * weights), "n": jnp.sum(weights)}
+    return objective, assignment, {"nk": sums[:, d], "sum_x": sums[:, :d], "sum_sq": sum_sq,
+                                   "n": n}
 
 
 def _maximize(stats, params):
@@ -129,7 +155,7 @@ def isotropic_mixture(n_clusters: int, init: str = "k-means++") -> Model:
     return Model(
         init=functools.partial(_init, n_clusters=n_clusters, method=init),
         log_joint=_log_joint, batch_log_joint=_batch_log_joint,
-        suff_stats=_suff_stats, maximize=_maximize, hard_suff_stats=_hard_suff_stats,
+        suff_stats=_suff_stats, maximize=_maximize, hard_block_stats=_hard_block_stats,
         n_components=n_clusters, name=f"isotropic_mixture(K={n_clusters})")
 
 
@@ -148,4 +174,4 @@ def lloyd(X: Array, centers: Array, max_iter: int = 20) -> tuple[Array, Array]:
                              use_gradient=False, optimizer=None, m_step_iters=1,
                              rule=EStepRule(hard=True), report=False)
     params = jax.tree.map(lambda p: p[0], out.params)
-    return params["means"], jnp.argmin(squared_distances(params, X), axis=1)
+    return params["means"], nearest_centres(params, X)[0]
