@@ -192,16 +192,35 @@ def run_workload(script: str, workload: Workload, cfg: dict, prepare, loglik, li
                 row["loglik"] = (np.asarray(loglik(arrays, row.pop("params"), cfg))
                                  if row.get("params") else None)
             rows.append(row)
-    ref = next((r for r in rows if r["library"] == "jaxem" and r["status"] == "ok"), None)
-    for row in rows:
-        row["vs_jaxem"] = (row["s_per_iter"] / ref["s_per_iter"]
-                           if ref and row["status"] == "ok" else None)
-        row["rel_diff"] = None
-        if ref is not None and ref.get("loglik") is not None and row.get("loglik") is not None \
-                and row is not ref and row["loglik"].shape == ref["loglik"].shape:
-            row["rel_diff"] = float(np.max(np.abs(row["loglik"] - ref["loglik"])
-                                           / np.abs(ref["loglik"])))
+        ref = next((r for r in rows if r["library"] == "jaxem" and r["status"] == "ok"), None)
+        for row in rows:
+            row["vs_jaxem"] = (row["s_per_iter"] / ref["s_per_iter"]
+                               if ref and row["status"] == "ok" else None)
+            row["rel_diff"] = None
+            if ref is None or row is ref or row.get("loglik") is None:
+                continue
+            short = row["iters"] // cfg.get("restarts", 1)
+            other = ref
+            if short < cfg["iters"]:
+                # A peer cut to fewer iterations for time is compared with jaxem after as many.
+                other = _jaxem_at(script, directory, cfg, short, loglik, arrays, timeout)
+            if other.get("loglik") is not None and row["loglik"].shape == other["loglik"].shape:
+                row["rel_diff"] = float(np.max(np.abs(row["loglik"] - other["loglik"])
+                                               / np.abs(other["loglik"])))
     return rows
+
+
+def _jaxem_at(script: str, directory: Path, cfg: dict, iters: int, loglik, arrays,
+              timeout: float) -> dict:
+    """jaxem's row after ``iters`` iterations (for comparing a peer that ran only as many)."""
+    sub = directory / f"jaxem-{iters}-iterations"
+    sub.mkdir(exist_ok=True)
+    (sub / "data.npz").symlink_to(directory / "data.npz")
+    (sub / "cfg.json").write_text(json.dumps(dict(cfg, iters=iters)))
+    row = _spawn(script, "jaxem", sub, timeout)
+    if row["status"] == "ok" and row.get("params"):
+        row["loglik"] = np.asarray(loglik(arrays, row.pop("params"), cfg))
+    return row
 
 
 def print_table(workload: Workload, cfg: dict, rows: list[dict]) -> None:

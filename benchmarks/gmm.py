@@ -246,14 +246,14 @@ def run_pomegranate(arrays, cfg):
     warm = timed(fit, 0, 1)[0] if iters == cfg["iters"] else None
     seconds, models = timed(lambda: [fit(r, iters) for r in range(cfg["restarts"])])
     note = f"{cfg['restarts']} fits in a loop; per restart-iteration" if cfg["restarts"] > 1 else ""
-    if iters < cfg["iters"]:
-        # At over 10 s per iteration the full count would not fit the time budget; the timing per
-        # iteration stands, the log-likelihood after fewer iterations would not compare.
-        return Timing(seconds, iters, warm, {}, f"only {iters} iterations (time budget); no loglik")
     params = {"weights": np.stack([m.priors.detach().numpy() for m in models]),
               "means": np.stack([[d.means.detach().numpy() for d in m.distributions] for m in models]),
               "covariances": np.stack([[d.covs.detach().numpy() for d in m.distributions]
                                        for m in models])}
+    if iters < cfg["iters"]:
+        # At over 10 s per iteration the full count would not fit the time budget; the harness
+        # compares the log-likelihood with jaxem's after as many iterations.
+        note = f"only {iters} of {cfg['iters']} iterations (time budget)"
     return Timing(seconds, iters * cfg["restarts"], warm, params, note)
 
 
