@@ -81,52 +81,34 @@ def _safe(total: Array) -> Array:
     return jnp.where(total > 0, total, 1.0)
 
 
-def _scan_posterior(initial: Array, A: Array, B: Array, mask: Array):
-    """Sequential forward then backward pass; the backward pass also forms the marginals and
-    accumulates the transition counts, so no ``[T, K]`` array is read twice.
-
-    Returns:
-        ``(marginals [T, K], transitions [K, K], norms [T])``; ``norms[t] = p(x_t | x_{0:t-1})``
-        divided by ``exp(shift[t])``.
-    """
-    def forward(alpha, b):
-        u = (alpha @ A) * b
-        norm = jnp.sum(u)
-        alpha = u / _safe(norm)
-        return alpha, (alpha, norm)
+def _scan_messages(initial: Array, A: Array, B: Array) -> tuple[Array, Array]:
+    """``(alpha [T, K], beta [T, K])``, both normalised per step, from ONE sequential scan: the
+    backward recursion does not depend on the forward one, so step ``t`` of the scan advances the
+    forward message to ``t`` and the backward message to ``T-1-t`` (half the sequential trips of
+    a forward scan followed by a backward one)."""
+    def step(carry, inputs):
+        alpha, beta = carry
+        b_next, b_back = inputs                   # B[t], B[T - t]
+        u = (alpha @ A) * b_next
+        alpha = u / _safe(jnp.sum(u))
+        v = A @ (b_back * beta)                   # beta_{T-1-t}, unnormalised
+        beta = v / _safe(jnp.sum(v))
+        return (alpha, beta), (alpha, beta)
 
     u0 = initial * B[0]
     alpha0 = u0 / _safe(jnp.sum(u0))
-    _, (alphas, norms) = jax.lax.scan(forward, alpha0, B[1:])
-    alpha = jnp.concatenate([alpha0[None], alphas])
-
-    def backward(carry, inputs):
-        beta, counts, carried = carry
-        a, b, keep = inputs                       # alpha_t, B[t + 1], mask[t + 1]
-        ahead = b * beta                          # B[t+1] beta_{t+1}
-        v = A @ ahead                             # beta_t, unnormalised
-        z = a @ v                                 # Σ_ij alpha_t(i) A_ij B[t+1]_j beta_{t+1}(j)
-        term = jnp.where(keep, 1.0 / _safe(z), 0.0) * jnp.outer(a, ahead) - carried
-        # Compensated (Kahan) summation: a running float32 sum over 10^5 steps would otherwise
-        # lose about T * eps of the counts.
-        total = counts + term
-        carried = (total - counts) - term
-        beta = v / _safe(jnp.sum(v))
-        return (beta, total, carried), _normalise(a * beta)
-
-    K = A.shape[0]
-    zeros = jnp.zeros((K, K), B.dtype)
-    start = (jnp.ones((K,), B.dtype), zeros, zeros)
-    (_, counts, _), marginals = jax.lax.scan(backward, start, (alpha[:-1], B[1:], mask[1:]),
-                                             reverse=True)
-    marginals = jnp.concatenate([marginals, alpha[-1:]])
-    return marginals, A * counts, jnp.concatenate([jnp.sum(u0)[None], norms])
+    beta_last = jnp.ones_like(alpha0)
+    _, (alphas, betas) = jax.lax.scan(step, (alpha0, beta_last), (B[1:], B[1:][::-1]))
+    return (jnp.concatenate([alpha0[None], alphas]),
+            jnp.concatenate([betas[::-1], beta_last[None]]))
 
 
 def _message_posterior(initial: Array, A: Array, B: Array, mask: Array, alpha: Array,
                        beta: Array):
-    """The same three outputs as :func:`_scan_posterior` from whole message arrays
-    ``alpha [T, K]`` (normalised filter) and ``beta [T, K]`` (any positive scale per step)."""
+    """``(marginals [T, K], transitions [K, K], norms [T])`` from whole message arrays
+    ``alpha [T, K]`` (normalised filter) and ``beta [T, K]`` (any positive scale per step);
+    ``norms[t] = p(x_t | x_{0:t-1})`` divided by ``exp(shift[t])``. The transition counts are
+    one ``[K, T] x [T, K]`` product."""
     valid = mask.astype(B.dtype)
     # One-step predictions p(z_t | x_{0:t-1}); their overlap with B[t] is step t's normaliser.
     predicted = jnp.concatenate([initial[None], alpha[:-1] @ A])
@@ -214,12 +196,10 @@ def forward_backward(initial: Array, transition: Array, log_obs: Array, mask: Ar
     if mask is None:
         mask = jnp.ones((T,), bool)
     B, shift = scaled_emissions(log_obs, mask)
-    if choose_method(method, T) == "scan":
-        marginals, transitions, norms = _scan_posterior(initial, transition, B, mask)
-    else:
-        alpha, beta = _filter_smooth_associative(initial, transition, B)
-        marginals, transitions, norms = _message_posterior(initial, transition, B, mask, alpha,
-                                                           beta)
+    messages = (_scan_messages if choose_method(method, T) == "scan"
+                else _filter_smooth_associative)
+    alpha, beta = messages(initial, transition, B)
+    marginals, transitions, norms = _message_posterior(initial, transition, B, mask, alpha, beta)
     log_likelihood = jnp.sum(jnp.where(mask, jnp.log(norms) + shift, 0.0))
     return Posterior(marginals * mask[:, None].astype(marginals.dtype), transitions,
                      log_likelihood)
