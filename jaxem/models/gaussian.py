@@ -68,7 +68,10 @@ def _mahalanobis(params, X: Array, covariance_type: str) -> Array:
     if covariance_type == "full":
         # One [D, K*D] product for every component: y_nk = A_k x_n - A_k μ_k.
         W = A.transpose(2, 0, 1).reshape(d, k * d)
-        y = (X @ W).reshape(n, k, d) - jnp.einsum("kd,ked->ke", means, A)[None]
+        y = X @ W - jnp.einsum("kd,ked->ke", means, A).reshape(k * d)
+        # Σ_e y_nke² as a product with the [K*D, K] block of ones: XLA's CPU reductions along a
+        # short minor axis cost more than this product.
+        return (y * y) @ jnp.repeat(jnp.eye(k, dtype=y.dtype), d, axis=0)
     elif covariance_type == "tied":
         y = (X @ A.T)[:, None, :] - (means @ A.T)[None]
     else:
