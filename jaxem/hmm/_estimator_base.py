@@ -1,0 +1,261 @@
+"""The shared part of the hmmlearn-style HMM estimators (see :mod:`jaxem.hmm.estimators`):
+hyperparameters, the chain's fitted attributes, fitting, scoring, decoding and sampling. A
+subclass supplies its emission: the chain model, how its parameters map to fitted attributes,
+and its data checks."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import _precision
+from ..estimators._base import _as_key
+from ..progress import progress_bar
+from ..validation import NotFittedError, check_positive_int, check_tolerance
+from ..validation import default_float_dtype as _float
+from .fit import decode, fit, posterior, sample
+from .model import as_sequences
+
+
+def _check_probabilities(value, name: str, shape: tuple) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+    if not np.all(np.isfinite(arr)) or (arr < 0).any():
+        raise ValueError(f"{name} must hold finite non-negative probabilities")
+    if not np.allclose(arr.sum(axis=-1), 1.0, rtol=0, atol=1e-6):
+        raise ValueError(f"{name} rows must sum to 1, got sums {arr.sum(axis=-1)}")
+    return arr
+
+
+class _BaseHMM:
+    """Shared machinery: hyperparameters, fit, and inference; families add their emission."""
+
+    _emission_letters = ""
+    # The attributes each init_params letter stands for; fit re-initialises those it names.
+    _attributes = {"s": ("startprob_",), "t": ("transmat_",)}
+
+    def __init__(self, n_components: int = 1, *, startprob_prior: float = 1.0,
+                 transmat_prior: float = 1.0, n_iter: int = 100, tol: float = 1e-6,
+                 n_restarts: int = 1, init_params: str | None = None, random_state=None,
+                 method: str = "auto", m_step: str = "auto", optimizer=None,
+                 e_step="soft", verbose: int = 0):
+        self.n_components = n_components
+        self.startprob_prior = startprob_prior
+        self.transmat_prior = transmat_prior
+        self.n_iter = n_iter
+        self.tol = tol
+        self.n_restarts = n_restarts
+        self.init_params = init_params
+        self.random_state = random_state
+        self.method = method
+        self.m_step = m_step
+        self.optimizer = optimizer
+        self.e_step = e_step
+        self.verbose = verbose
+
+    # -- scikit-learn parameter protocol -------------------------------------------------------
+    @classmethod
+    def _param_names(cls):
+        names = []
+        for klass in cls.__mro__[:-1]:         # object's (*args, **kwargs) are not parameters
+            if "__init__" in klass.__dict__:
+                names += [name for name, p in inspect.signature(klass.__init__).parameters.items()
+                          if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                          and name not in names]
+        return names
+
+    def get_params(self, deep: bool = True) -> dict:
+        """Hyperparameters as a dict (scikit-learn's protocol)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params):
+        """Set hyperparameters; returns ``self``."""
+        for name, value in params.items():
+            if name not in self._param_names():
+                raise ValueError(f"{type(self).__name__} has no parameter {name!r}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(" + ", ".join(
+            f"{k}={v!r}" for k, v in self.get_params().items()) + ")"
+
+    # -- family hooks ----------------------------------------------------------------------------
+    def _hmm(self):
+        raise NotImplementedError
+
+    def _emission_params(self) -> dict:
+        raise NotImplementedError
+
+    def _set_emission(self, emission) -> None:
+        raise NotImplementedError
+
+    def _check_values(self, X: np.ndarray) -> None:
+        """Family checks on validated rows ``X [N, D]``; may record data-dependent sizes."""
+
+    def _n_emission_parameters(self) -> int:
+        raise NotImplementedError
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _letters(self) -> str:
+        return "st" + self._emission_letters if self.init_params is None else self.init_params
+
+    def _sequences(self, X, lengths):
+        seqs = as_sequences(X, lengths, obs_ndim=1)
+        self._check_values(seqs.rows)
+        return seqs
+
+    def _piece(self, name: str):
+        """One part of the engine's parameters from the (possibly user-assigned) attributes."""
+        K, dtype = self.n_components, _float()
+        try:
+            if name == "initial":
+                value = _check_probabilities(self.startprob_, "startprob_", (K,))
+            elif name == "transition":
+                value = _check_probabilities(self.transmat_, "transmat_", (K, K))
+            else:
+                value = self._emission_params()
+        except AttributeError as err:
+            raise NotFittedError(f"this {type(self).__name__} has no {err.name or 'parameters'} "
+                                 "yet; call fit(X) or assign it") from None
+        return jax.tree.map(lambda a: jnp.asarray(a, dtype), value)
+
+    def _params(self) -> dict:
+        return {name: self._piece(name) for name in ("initial", "transition", "emission")}
+
+    def _start(self, seqs, key):
+        """Starting parameters when ``init_params`` leaves some letters to the user, else None."""
+        letters = self._letters()
+        if set("st" + self._emission_letters) <= set(letters):
+            return None
+        hmm = self._hmm()
+        start = hmm.uniform_chain(_float())
+        if "s" not in letters:
+            start["initial"] = self._piece("initial")
+        if "t" not in letters:
+            start["transition"] = self._piece("transition")
+        # The emission's parameters start together: all from the model's initialiser, or all
+        # from the attributes when init_params leaves out any of the emission's letters.
+        if set(self._emission_letters) <= set(letters):
+            rows = jnp.asarray(seqs.rows, _float())
+            start["emission"] = _precision.jit(hmm.init)(jax.random.split(key, 1)[0], rows)
+        else:
+            start["emission"] = self._piece("emission")
+        return start
+
+    # -- fitting ---------------------------------------------------------------------------------
+    def fit(self, X, lengths=None):
+        """Fit by Baum-Welch with ``n_restarts`` vmapped starts; keep the best.
+
+        Args:
+            X: ``[N, D]`` rows of all sequences one after another.
+            lengths: optional ``[B]`` sequence lengths summing to ``N`` (default: one sequence).
+
+        Returns:
+            ``self``.
+        """
+        check_positive_int(self.n_components, "n_components")
+        check_positive_int(self.n_restarts, "n_restarts")
+        check_positive_int(self.n_iter, "n_iter")
+        check_tolerance(self.tol)
+        # What init_params names is re-initialised, so old values must not constrain the data
+        # check (a refit may change D); they come back if the data are refused.
+        names = [n for letter in self._letters() for n in self._attributes.get(letter, ())]
+        dropped = {n: self.__dict__.pop(n) for n in names if n in self.__dict__}
+        try:
+            seqs = self._sequences(X, lengths)
+        except ValueError:
+            self.__dict__.update(dropped)
+            raise
+        key = _as_key(self.random_state)
+        start = self._start(seqs, key)
+        with progress_bar(self.verbose, self.n_iter, desc=type(self).__name__) as bar:
+            result = fit(self._hmm(), seqs.X, mask=seqs.mask, key=key,
+                         n_restarts=1 if start is not None else self.n_restarts,
+                         max_iter=self.n_iter, tol=self.tol, init_params=start, m_step=self.m_step,
+                         method=self.method, optimizer=self.optimizer, e_step=self.e_step,
+                         progress=bar)
+        return self._record_fit(result)
+
+    def _record_fit(self, result):
+        """Set the fitted attributes from a :class:`jaxem.FitResult` (in-memory or chunked
+        Baum-Welch). Returns ``self``."""
+        p = result.params
+        self.startprob_ = np.asarray(p["initial"])
+        self.transmat_ = np.asarray(p["transition"])
+        self._set_emission(p["emission"])
+        best = result.best_restart
+        self.converged_ = bool(result.converged[best])
+        self.n_iter_ = int(result.n_iter[best])
+        self.history_ = result.history[best]
+        self.fit_result_ = result
+        return self
+
+    def fit_chunked(self, source, lengths=None, *, chunk_size=None, init_size: int = 65536,
+                    devices=None):
+        """Baum-Welch reading whole sequences in chunks, for data larger than memory.
+
+        Args:
+            source: ``[N, D]`` rows of all sequences one after another: an array, ``np.memmap``
+                or ``.npy`` path.
+            lengths: optional ``[B]`` sequence lengths summing to ``N``.
+            chunk_size: sequences per chunk; init_size: rows the initialiser sees;
+            devices: ``None``, ``"all"`` or a list of devices.
+
+        Returns:
+            ``self`` (see :func:`jaxem.chunked_estimators.fit_hmm`).
+        """
+        from ..chunked_estimators import fit_hmm
+
+        return fit_hmm(self, source, lengths, chunk_size=chunk_size, init_size=init_size,
+                       devices=devices)
+
+    # -- inference -------------------------------------------------------------------------------
+    def score_samples(self, X, lengths=None) -> tuple[float, np.ndarray]:
+        """``(log p(X), posteriors [N, K])``: total log-likelihood and smoothed state marginals."""
+        params = self._params()
+        seqs = self._sequences(X, lengths)
+        marginals, ll = posterior(self._hmm(), params, seqs.X, mask=seqs.mask, method=self.method)
+        return float(np.sum(ll)), marginals[seqs.mask]
+
+    def score(self, X, lengths=None) -> float:
+        """Total log-likelihood ``Σ_b log p(x_b)`` over the sequences (hmmlearn's ``score``)."""
+        return self.score_samples(X, lengths)[0]
+
+    def predict_proba(self, X, lengths=None) -> np.ndarray:
+        """Smoothed posterior ``p(z_t = k | x)`` of every row, ``[N, K]``."""
+        return self.score_samples(X, lengths)[1]
+
+    def decode(self, X, lengths=None) -> tuple[float, np.ndarray]:
+        """Viterbi: ``(log p(X, path), path [N])``."""
+        params = self._params()
+        seqs = self._sequences(X, lengths)
+        states, log_probs = decode(self._hmm(), params, seqs.X, mask=seqs.mask)
+        return float(np.sum(log_probs)), states[seqs.mask]
+
+    def predict(self, X, lengths=None) -> np.ndarray:
+        """Most probable state path (Viterbi), ``[N]`` ints."""
+        return self.decode(X, lengths)[1]
+
+    def sample(self, n_samples: int = 1, random_state=None) -> tuple[np.ndarray, np.ndarray]:
+        """Draw one sequence: ``(X [n_samples, D], states [n_samples])``."""
+        n_samples = check_positive_int(n_samples, "n_samples")
+        X, states = sample(self._hmm(), self._params(), _as_key(random_state), n_samples)
+        return np.asarray(X, np.float64), np.asarray(states)
+
+    def _n_parameters(self) -> int:
+        K = self.n_components
+        return (K - 1) + K * (K - 1) + self._n_emission_parameters()
+
+    def aic(self, X, lengths=None) -> float:
+        """Akaike information criterion, ``-2 log p(X) + 2 n_parameters`` (lower is better)."""
+        return -2 * self.score(X, lengths) + 2 * self._n_parameters()
+
+    def bic(self, X, lengths=None) -> float:
+        """Bayesian information criterion, ``-2 log p(X) + n_parameters log N``."""
+        return -2 * self.score(X, lengths) + self._n_parameters() * math.log(len(X))
