@@ -22,6 +22,7 @@ from ..validation import (
     check_sample_weight,
     check_tolerance,
 )
+from ._params import Hyperparameters
 
 
 def _as_key(random_state):
@@ -33,7 +34,7 @@ def _as_key(random_state):
     return random_state
 
 
-class MixtureEstimator:
+class MixtureEstimator(Hyperparameters):
     """Base of the mixture estimators: validation, fit over :func:`jaxem.fit`, inference.
 
     Families implement ``_model``, ``_params``, ``_set_params_from``, ``_n_parameters`` and
@@ -48,22 +49,6 @@ class MixtureEstimator:
     def _param_names(cls):
         sig = inspect.signature(cls.__init__)
         return [p for p in sig.parameters if p != "self"]
-
-    def get_params(self, deep: bool = True) -> dict:
-        """Hyperparameters as a dict (scikit-learn's protocol, so ``clone`` and grid search work)."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params):
-        """Set hyperparameters; returns ``self``."""
-        for name, value in params.items():
-            if name not in self._param_names():
-                raise ValueError(f"{type(self).__name__} has no parameter {name!r}")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
 
     def save(self, path) -> str:
         """Write hyperparameters and fitted attributes to ``path`` (``.npz``); see :func:`jaxem.load`.

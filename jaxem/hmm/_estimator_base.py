@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import _precision
 from ..estimators._base import _as_key
+from ..estimators._params import Hyperparameters
 from ..progress import progress_bar
 from ..validation import NotFittedError, check_positive_int, check_tolerance
 from ..validation import default_float_dtype as _float
@@ -32,7 +33,7 @@ def _check_probabilities(value, name: str, shape: tuple) -> np.ndarray:
     return arr
 
 
-class _BaseHMM:
+class _BaseHMM(Hyperparameters):
     """Shared machinery: hyperparameters, fit, and inference; families add their emission."""
 
     _emission_letters = ""
@@ -68,22 +69,6 @@ class _BaseHMM:
                           if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
                           and name not in names]
         return names
-
-    def get_params(self, deep: bool = True) -> dict:
-        """Hyperparameters as a dict (scikit-learn's protocol)."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params):
-        """Set hyperparameters; returns ``self``."""
-        for name, value in params.items():
-            if name not in self._param_names():
-                raise ValueError(f"{type(self).__name__} has no parameter {name!r}")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(" + ", ".join(
-            f"{k}={v!r}" for k, v in self.get_params().items()) + ")"
 
     # -- family hooks ----------------------------------------------------------------------------
     def _hmm(self):
