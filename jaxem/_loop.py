@@ -94,24 +94,40 @@ def _fingerprint(aux) -> Array | None:
 
 
 def iterate(e_pass: Callable, m_step: Callable, params, tol, *, max_iter: int,
-            may_stop: Callable = lambda iteration: True, report: bool = False) -> LoopOutput:
+            may_stop: Callable = lambda iteration: True, report: bool = False,
+            on_host: Callable | None = None) -> LoopOutput:
     """The EM loop for a batch of restarts, whatever the model: mixtures and HMMs alike.
 
     Args:
         e_pass: ``e_pass(params, iteration) -> (objective [R], aux)`` for the whole batch
             (leading axis ``R``): the E-step at ``params`` after ``iteration`` M-steps, plus what
             the next M-step needs.
-        m_step: ``m_step(params, aux) -> params`` for ONE restart (vmapped here).
+        m_step: ``m_step(params, aux) -> params`` for ONE restart (vmapped here); with
+            ``on_host``, for the whole batch.
         params: starting parameters with a leading ``[R]`` axis.
-        tol: relative tolerance on the objective (traced scalar); negative: no objective test.
+        tol: relative tolerance on the objective (scalar); negative: no objective test.
         max_iter: the most M-steps.
         may_stop: ``may_stop(iteration) -> bool`` whether convergence may be declared yet.
-        report: call the module's progress sink once per iteration.
+        report: call the module's progress sink once per iteration (compiled loop).
+        on_host: run the iterations as a Python loop, for passes that stream data from the host
+            and so cannot be traced (:func:`jaxem.fit_chunked`); the bookkeeping is the same.
+            It is called like a progress callback (see :func:`run_compiled`) once per iteration.
 
     The loop's first trip is the initial E-step (its M-step result is discarded), so the pass,
     by far the largest part of the program, is traced and compiled once rather than twice.
     """
-    aux_shapes = jax.eval_shape(e_pass, params, jnp.zeros((), jnp.int32))
+    if on_host is None:
+        aux_shapes = jax.eval_shape(e_pass, params, jnp.zeros((), jnp.int32))
+        pass_at = e_pass
+    else:
+        # A streamed pass cannot be traced for its shapes: take them from the initial E-step,
+        # which the first trip then reuses rather than reading the data again.
+        initial_pass = [e_pass(params, 0)]
+        aux_shapes = jax.eval_shape(lambda: initial_pass[0])
+
+        def pass_at(p, iteration):
+            return initial_pass.pop() if initial_pass else e_pass(p, int(iteration))
+
     obj_dtype = aux_shapes[0].dtype
     n_restarts = aux_shapes[0].shape[0]
     # A change within float round-off of the objective is no progress: tol=0 then means "until
@@ -133,9 +149,10 @@ def iterate(e_pass: Callable, m_step: Callable, params, tol, *, max_iter: int,
     def body(s):
         first, iteration = s["trips"] == 0, s["trips"]
         running = s["running"] & ~first
-        stepped = map_restarts(m_step, s["params"], s["aux"])
+        stepped = (map_restarts(m_step, s["params"], s["aux"]) if on_host is None
+                   else m_step(s["params"], s["aux"]))
         new_params = _select(running, stepped, s["params"])
-        obj, aux = e_pass(new_params, iteration)
+        obj, aux = pass_at(new_params, iteration)
         change_small = jnp.abs(obj - s["objective"]) <= rel_tol * jnp.abs(s["objective"])
         # Parameters an M-step left bit-identical are a fixed point: every later iteration would
         # repeat this one, whatever the tolerance.
@@ -161,7 +178,15 @@ def iterate(e_pass: Callable, m_step: Callable, params, tol, *, max_iter: int,
                                out["running"])
         return out
 
-    s = jax.lax.while_loop(keep_going, body, state)
+    if on_host is None:
+        s = jax.lax.while_loop(keep_going, body, state)
+    else:
+        s = state
+        while bool(keep_going(s)):
+            s = body(s)
+            if int(s["trips"]) > 1:
+                on_host(int(s["trips"]) - 1, np.asarray(s["objective"]),
+                        np.asarray(s["converged"]), np.asarray(s["running"]))
     return LoopOutput(s["params"], s["objective"], s["initial"], s["n_iter"], s["converged"],
                       s["history"])
 

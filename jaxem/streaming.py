@@ -52,6 +52,7 @@ from .validation import (
     check_sample_weight,
     check_tolerance,
     default_float_dtype,
+    tolerance_value,
 )
 
 DEFAULT_CHUNK_ROWS = 65536
@@ -152,44 +153,6 @@ def _check_row_arrays(source: ChunkSource, sample_weight, labels, n_components: 
     return weights, labels
 
 
-def _em_loop(run_pass: Callable, m_step: Callable, params, *, max_iter: int, tol: float | None, rule,
-             progress) -> tuple:
-    """The EM iteration of :func:`jaxem._loop.run_restarts` with a Python loop over passes."""
-    obj, stats = run_pass(params, 0)
-    obj0 = obj
-    test_objective = tol is not None
-    consumed = None
-    rel_tol = max(tol or 0.0, 4 * float(np.finfo(obj.dtype).eps))
-    n_restarts = obj.shape[0]
-    running = np.isfinite(obj)
-    converged = np.zeros(n_restarts, bool)
-    n_iter = np.zeros(n_restarts, np.int32)
-    history = np.full((n_restarts, max_iter), np.nan, obj.dtype)
-    for iteration in range(1, max_iter + 1):
-        if not running.any():
-            break
-        new_params = m_step(params, stats)
-        new_obj, new_stats = run_pass(new_params, iteration)
-        small = test_objective & (np.abs(new_obj - obj) <= rel_tol * np.abs(obj))
-        fixed_point = np.asarray(_loop._unchanged(new_params, params))
-        if isinstance(stats, _passes.HardStats):
-            # As in the compiled loop: an M-step that saw the previous one's assignment.
-            if consumed is not None:
-                fixed_point = fixed_point | np.asarray(_loop._unchanged(stats.fingerprint, consumed))
-            consumed = stats.fingerprint
-        newly = running & (small | fixed_point) & bool(rule.may_stop(jnp.asarray(iteration)))
-        history[:, iteration - 1] = np.where(running, new_obj, np.nan)
-        params = _loop._select(jnp.asarray(running), new_params, params)
-        obj = np.where(running, new_obj, obj)
-        n_iter += running
-        converged |= newly
-        running = running & ~newly & np.isfinite(new_obj)
-        stats = new_stats
-        if progress is not None:
-            progress(iteration, obj.copy(), converged.copy(), running.copy())
-    return params, obj, obj0, n_iter, converged, history
-
-
 def fit_chunked(model: Model | HMM, source, *, chunk_size: int | None = None, lengths=None,
                 key=None, n_restarts: int | None = None, max_iter: int = 100, tol: float = 1e-6,
                 sample_weight=None, labels=None, init_params: Any = None,
@@ -281,10 +244,11 @@ def fit_chunked(model: Model | HMM, source, *, chunk_size: int | None = None, le
                                                  sample_weight, labels, block_size, mesh, dtype,
                                                  gradient)
     start = time.perf_counter()
-    params, obj, obj0, n_iter, converged, history = _em_loop(
-        run_pass, m_step, params, max_iter=max_iter, tol=tol, rule=rule, progress=progress)
+    out = _loop.iterate(run_pass, m_step, params, jnp.asarray(tolerance_value(tol), dtype),
+                        max_iter=max_iter, may_stop=rule.may_stop,
+                        on_host=progress or (lambda *_: None))
     fit_time = time.perf_counter() - start
-    out = _loop.LoopOutput(params, obj, obj0, n_iter, converged, history)
+    out = jax.tree.map(np.asarray, out)
     return result_from_loop(out, keys, max_iter=max_iter, tol=tol, fit_time=fit_time)
 
 

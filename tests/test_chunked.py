@@ -69,6 +69,19 @@ def test_gaussian_chunked_float32_and_convergence():
     np.testing.assert_allclose(b.params["means"], a.params["means"], atol=1e-4)
 
 
+def test_progress_reports_each_chunked_iteration():
+    """The host-driven loop reports once per EM iteration, numbered from 1, with the objective the
+    history records and the restart that stopped no longer running; ``tol=None`` runs on."""
+    X = three_blobs(N)
+    model = jem.gaussian_mixture(3)
+    calls = []
+    result = fit_chunked(model, X, chunk_size=CHUNK, init_params=_start(model, X), max_iter=5,
+                         tol=None, progress=lambda *args: calls.append(args))
+    assert [c[0] for c in calls] == [1, 2, 3, 4, 5]
+    np.testing.assert_array_equal(np.stack([c[1] for c in calls], axis=1), result.history)
+    assert [bool(c[3][0]) for c in calls] == [True] * 4 + [False]
+
+
 def test_weights_labels_and_hard_e_step_match(x64):
     X = three_blobs(N).astype(np.float64)
     rng = np.random.default_rng(1)
