@@ -303,9 +303,12 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         raise ValueError(f"progress must be callable or None, got {type(progress).__name__}")
 
     X = _as_data(X, model)
-    weights = _as_weights(sample_weight, X.shape[0], X.dtype)
+    host_weights = check_sample_weight(sample_weight, X.shape[0])
+    weights = _as_weights(host_weights, X.shape[0], X.dtype)
     if model.n_components is not None:
-        check_enough_rows(int(jnp.sum(weights > 0)), model.n_components)
+        # Counted on the host: a device reduction here would wait for X's transfer.
+        check_enough_rows(X.shape[0] if host_weights is None else int(np.sum(host_weights > 0)),
+                          model.n_components)
     if key is None and init_params is not None:
         key = jax.random.key(0)  # the model's initialiser is not called; any key will do
     keys = _restart_keys(key, n_restarts)
