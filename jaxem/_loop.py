@@ -9,6 +9,7 @@ would, but with the whole batch in view so progress can be reported once per ite
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -211,13 +212,27 @@ def run_restarts(model: Model, params, rows, tol, *, max_iter: int, use_gradient
                    report=report)
 
 
+def _initial_params(model: Model, keys, X, blocked, labels, use_gradient: bool):
+    """Each restart's initialiser on the rows ``X [N, ...]``, lined up with partial labels."""
+    params = jax.vmap(model.init, in_axes=(0, None))(keys, X)
+    if labels is not None and not use_gradient:
+        params = jax.vmap(lambda p: _passes.align_to_labels(model, p, blocked))(params)
+    return params
+
+
+@functools.partial(_precision.jit, static_argnames=("model", "n_blocks", "rows", "use_gradient"))
+def initialise(keys, X, weights, labels, *, model, n_blocks, rows, use_gradient):
+    """The fit program's initialisation alone, ``[R]`` restarts' parameters: for a sharded fit,
+    whose program sees only the padded row blocks, split over the devices."""
+    blocked = _passes.block_rows(X, weights, labels, n_blocks, rows)
+    return _initial_params(model, keys, X, blocked, labels, use_gradient)
+
+
 def _program(keys, init_params, X, weights, labels, tol, *, n_blocks, rows, max_iter,
              use_gradient, optimizer, m_step_iters, rule, report, model, mesh=None):
     blocked = _passes.block_rows(X, weights, labels, n_blocks, rows)
     if init_params is None:
-        init_params = jax.vmap(model.init, in_axes=(0, None))(keys, X)
-        if labels is not None and not use_gradient:
-            init_params = jax.vmap(lambda p: _passes.align_to_labels(model, p, blocked))(init_params)
+        init_params = _initial_params(model, keys, X, blocked, labels, use_gradient)
     return run_restarts(model, init_params, blocked, tol, max_iter=max_iter,
                         use_gradient=use_gradient, optimizer=optimizer,
                         m_step_iters=m_step_iters, rule=rule, report=report, mesh=mesh)

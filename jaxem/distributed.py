@@ -105,6 +105,12 @@ def put_blocks(blocks: np.ndarray, mesh: Mesh | None) -> jax.Array:
     return jax.make_array_from_callback(blocks.shape, sharding, lambda index: blocks[index])
 
 
+def split_rows(tree, mesh: Mesh):
+    """Every array of ``tree`` (``None`` leaves kept) split by rows (its leading axis, a multiple
+    of the mesh size) over the devices of ``mesh``: each device holds only its share."""
+    return jax.device_put(tree, NamedSharding(mesh, P(DATA_AXIS)))
+
+
 def replicate(tree, mesh: Mesh):
     """Every array of ``tree`` (``None`` leaves kept) as a copy on each device of ``mesh``."""
     return jax.device_put(tree, NamedSharding(mesh, P()))

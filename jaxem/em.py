@@ -328,13 +328,25 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
                   use_gradient=use_gradient,
                   optimizer=(optimizer or _DEFAULT_OPTIMIZER) if use_gradient else None,
                   m_step_iters=m_step_iters, rule=rule)
+    rows_X = X
     if mesh is not None:
         static["mesh"] = mesh
-        X, weights, labels = distributed.replicate((X, weights, labels), mesh)
+        if init_params is None:
+            # Initialised on one device from the unpadded rows (as without a mesh); the fit
+            # program then sees only the padded rows, split over the devices.
+            init_params = _loop.initialise(keys, X, weights, labels, model=model,
+                                           n_blocks=n_blocks, rows=rows,
+                                           use_gradient=use_gradient)
+        init_params = distributed.replicate(init_params, mesh)
+        padded_X, padded_w = _passes.pad_rows(X, weights, n_blocks * rows)
+        padded_labels = None if labels is None else _passes.pad_rows(X, labels,
+                                                                     n_blocks * rows)[1]
+        rows_X, weights, labels = distributed.split_rows((padded_X, padded_w, padded_labels), mesh)
+        keys = distributed.replicate(keys, mesh)
     try:
         out, compile_time, fit_time = _loop.run_compiled(
-            (keys, init_params, X, weights, labels, jnp.asarray(tolerance_value(tol), X.dtype)),
-            static, progress)
+            (keys, init_params, rows_X, weights, labels,
+             jnp.asarray(tolerance_value(tol), X.dtype)), static, progress)
     except (TypeError, ValueError, IndexError) as err:
         # Tracing failed before any compute; when the model cannot even score these rows (wrong
         # rank or feature count), say that instead of JAX's shape error deep in the model.

@@ -40,8 +40,10 @@ SCRIPT = textwrap.dedent("""
     kw = dict(key=jax.random.key(1), n_restarts=2, max_iter=10, tol=0.0, sample_weight=weights)
     one = jem.fit(model, X, **kw)
     four = jem.fit(model, X, devices="all", **kw)
-    hlo = next(reversed(_loop._EXECUTABLES.values())).as_text()
-    out["fit_all_reduce"] = "all-reduce" in hlo
+    executable = next(reversed(_loop._EXECUTABLES.values()))
+    out["fit_all_reduce"] = "all-reduce" in executable.as_text()
+    # The rows (argument 2) are split over the devices, not copied whole to each.
+    out["rows_spec"] = list(executable.input_shardings[0][2].spec)
     out["fit"] = rel((one.history, one.all_params), (four.history, four.all_params))
 
     start = jax.tree.map(lambda p: p[0], one.all_params)
@@ -100,6 +102,7 @@ def test_four_devices_equal_one(tmp_path):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["devices"] == 4
     assert out["fit_all_reduce"], "the sharded fit's program has no all-reduce: it did not shard"
+    assert out["rows_spec"] == ["data"], out["rows_spec"]
     # Same sums in another order: float64 round-off only.
     assert out["fit"] < 1e-10
     assert out["chunked"] < 1e-10
