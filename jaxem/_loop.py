@@ -9,7 +9,6 @@ would, but with the whole batch in view so progress can be reported once per ite
 
 from __future__ import annotations
 
-import functools
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -220,12 +219,17 @@ def _initial_params(model: Model, keys, X, blocked, labels, use_gradient: bool):
     return params
 
 
-@functools.partial(_precision.jit, static_argnames=("model", "n_blocks", "rows", "use_gradient"))
-def initialise(keys, X, weights, labels, *, model, n_blocks, rows, use_gradient):
-    """The fit program's initialisation alone, ``[R]`` restarts' parameters: for a sharded fit,
-    whose program sees only the padded row blocks, split over the devices."""
+def _initialise(keys, X, weights, labels, *, model, n_blocks, rows, use_gradient, report):
+    del report  # run_compiled's protocol; nothing to report
     blocked = _passes.block_rows(X, weights, labels, n_blocks, rows)
     return _initial_params(model, keys, X, blocked, labels, use_gradient)
+
+
+# The fit program's initialisation alone (``[R]`` restarts' parameters), run through
+# :func:`run_compiled` for its compile and run times: for a sharded fit, whose program sees only
+# the padded row blocks, split over the devices.
+initialise_program = _precision.jit(
+    _initialise, static_argnames=("model", "n_blocks", "rows", "use_gradient", "report"))
 
 
 def _program(keys, init_params, X, weights, labels, tol, *, n_blocks, rows, max_iter,

@@ -329,15 +329,16 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
                   use_gradient=use_gradient,
                   optimizer=(optimizer or _DEFAULT_OPTIMIZER) if use_gradient else None,
                   m_step_iters=m_step_iters, rule=rule)
-    rows_X = X
+    rows_X, init_compile, init_run = X, 0.0, 0.0
     if mesh is not None:
         static["mesh"] = mesh
         if init_params is None:
             # Initialised on one device from the unpadded rows (as without a mesh); the fit
             # program then sees only the padded rows, split over the devices.
-            init_params = _loop.initialise(keys, X, weights, labels, model=model,
-                                           n_blocks=n_blocks, rows=rows,
-                                           use_gradient=use_gradient)
+            init_params, init_compile, init_run = _loop.run_compiled(
+                (keys, X, weights, labels),
+                dict(model=model, n_blocks=n_blocks, rows=rows, use_gradient=use_gradient),
+                program=_loop.initialise_program)
         init_params = distributed.replicate(init_params, mesh)
         padded_X, padded_w = _passes.pad_rows(X, weights, n_blocks * rows)
         padded_labels = None if labels is None else _passes.pad_rows(X, labels,
@@ -354,8 +355,9 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         _diagnose_rows(model, keys[0], X, init_params, err)
         raise
 
-    return result_from_loop(out, keys, max_iter=max_iter, tol=tol, compile_time=compile_time,
-                            fit_time=fit_time, hint="check the data scale and the model (for "
+    return result_from_loop(out, keys, max_iter=max_iter, tol=tol,
+                            compile_time=compile_time + init_compile, fit_time=fit_time + init_run,
+                            hint="check the data scale and the model (for "
                             "Gaussian mixtures, increase reg_covar)")
 
 
