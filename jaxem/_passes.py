@@ -48,21 +48,14 @@ def plan_blocks(n_rows: int, block_size: int | None, n_shards: int = 1) -> tuple
     return n_blocks, rows
 
 
-def pad_rows(X: Array, weights: Array, n_rows: int) -> tuple[Array, Array]:
-    """``X [N, ...]`` and row weights ``[N, ...]`` padded to ``n_rows`` rows: padded rows copy
+def to_blocks(X: Array, weights: Array, n_blocks: int, rows: int) -> tuple[Array, Array]:
+    """Pad ``X [N, ...]`` and row weights ``[N, ...]`` (per-row weights or weighted
+    responsibilities) to ``n_blocks * rows`` rows and reshape both into blocks. Padded rows copy
     the first row of ``X`` and get weight 0."""
-    pad = n_rows - X.shape[0]
+    pad = n_blocks * rows - X.shape[0]
     if pad:
         X = jnp.concatenate([X, jnp.broadcast_to(X[:1], (pad,) + X.shape[1:])])
         weights = jnp.concatenate([weights, jnp.zeros((pad,) + weights.shape[1:], weights.dtype)])
-    return X, weights
-
-
-def to_blocks(X: Array, weights: Array, n_blocks: int, rows: int) -> tuple[Array, Array]:
-    """Pad ``X [N, ...]`` and row weights ``[N, ...]`` (per-row weights or weighted
-    responsibilities) to ``n_blocks * rows`` rows (see :func:`pad_rows`) and reshape both into
-    blocks."""
-    X, weights = pad_rows(X, weights, n_blocks * rows)
     return (X.reshape((n_blocks, rows) + X.shape[1:]),
             weights.reshape((n_blocks, rows) + weights.shape[1:]))
 

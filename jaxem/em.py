@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from . import _loop, _passes, _precision, distributed
+from .data import pad_rows
 from .estep import Annealing, resolve_e_step
 from .model import Model
 from .mstep import DEFAULT_M_STEP_ITERS, default_optimizer
@@ -340,10 +341,11 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
                 dict(model=model, n_blocks=n_blocks, rows=rows, use_gradient=use_gradient),
                 program=_loop.initialise_program)
         init_params = distributed.replicate(init_params, mesh)
-        padded_X, padded_w = _passes.pad_rows(X, weights, n_blocks * rows)
-        padded_labels = None if labels is None else _passes.pad_rows(X, labels,
-                                                                     n_blocks * rows)[1]
-        rows_X, weights, labels = distributed.split_rows((padded_X, padded_w, padded_labels), mesh)
+        # Padded on the host to the blocks' length (weight 0, label unknown), then split.
+        n_padded = n_blocks * rows
+        padded = (pad_rows(np.asarray(X), n_padded), pad_rows(np.asarray(weights), n_padded, 0),
+                  None if labels is None else pad_rows(np.asarray(labels), n_padded, -1))
+        rows_X, weights, labels = distributed.split_rows(padded, mesh)
         keys = distributed.replicate(keys, mesh)
     try:
         out, compile_time, fit_time = _loop.run_compiled(
