@@ -187,10 +187,17 @@ def test_tol_none_runs_until_max_iter_or_an_exact_fixed_point():
     stopped = jem.fit(model, X, key=jax.random.key(0), max_iter=500, tol=0.0)
     assert stopped.n_iter[0] < 30  # with the objective test, round-off steps stop the fit
     assert short.n_iter[0] == 30 and np.all(np.isfinite(short.history))
-    assert 30 < result.n_iter[0] < 500 and result.converged[0]
+    assert result.n_iter[0] > 30
+    # Whether float32 round-off settles on an exact fixed point or cycles (seen on one CPU: a
+    # cycle of five iterates a few ulps apart) depends on the machine's arithmetic; either way the
+    # fit must stop exactly when, and only when, an iteration changes nothing.
     again = jem.fit(model, X, init_params=result.params, max_iter=1, tol=None)
-    for name, value in result.params.items():
-        np.testing.assert_array_equal(np.asarray(again.params[name]), np.asarray(value))
+    changed = [not np.array_equal(np.asarray(again.params[name]), np.asarray(value))
+               for name, value in result.params.items()]
+    if result.n_iter[0] < 500:
+        assert result.converged[0] and not any(changed)
+    else:
+        assert not result.converged[0] and any(changed)
 
 
 def test_tol_none_stops_hard_em_at_its_fixed_point(x64):
