@@ -45,6 +45,12 @@ def plan_blocks(n_rows: int, block_size: int | None, n_shards: int = 1) -> tuple
     if n_blocks % n_shards:
         n_blocks = n_shards * math.ceil(n_blocks / n_shards)
         rows = math.ceil(n_rows / n_blocks)
+    if n_blocks * rows != n_rows:
+        # Blocks up to a fifth smaller that tile the rows exactly spare the program a padded copy
+        # of the whole data set (the reshape into blocks is then free).
+        for exact in range(n_blocks, n_blocks + min(n_blocks // 4, 10_000) + 1):
+            if n_rows % exact == 0 and (n_rows // exact) % 8 == 0 and exact % n_shards == 0:
+                return exact, n_rows // exact
     return n_blocks, rows
 
 
@@ -77,7 +83,8 @@ def block_rows(X: Array, weights: Array, labels: Array | None, n_blocks: int, ro
     Xb, wb = to_blocks(X, weights, n_blocks, rows)
     if labels is not None:
         labels = to_blocks(X, labels, n_blocks, rows)[1]
-    return Rows(Xb, wb, labels, jax.vmap(row_hashes)(Xb))
+    # Hashed as one [n_blocks * rows] array: vmapped, row_hashes' cond would run both branches.
+    return Rows(Xb, wb, labels, row_hashes(Xb.reshape((-1,) + Xb.shape[2:])).reshape(Xb.shape[:2]))
 
 
 def _carry_zeros(shapes, like: Array) -> Any:
@@ -153,12 +160,13 @@ def hard_assignment(log_joint: Array) -> tuple[Array, Array]:
 class HardStats(NamedTuple):
     """What a hard-EM pass adds up: the model's statistics and a fingerprint of the assignment.
 
-    ``fingerprint [2]`` (uint32, wrapping sums over the rows of weight > 0) holds
-    ``Σ (k_n + 1)`` and ``Σ (k_n + 1) h_n``, with ``k_n`` the row's component and ``h_n`` an odd
-    hash of the row's values. It adds up over blocks, chunks and devices like the statistics,
-    does not depend on the parameters, and is unchanged from one pass to the next when no row
-    changed component; a change goes unseen only if both wrapped sums coincide (about one chance
-    in 2^32). That is the fixed point where hard EM, k-means included, stops.
+    ``fingerprint [K]`` (uint32) holds, for each component ``k``, the wrapping sum of ``h_n``
+    over its rows of weight > 0, with ``h_n`` an odd hash of the row's values. It adds up over
+    blocks, chunks and devices like the statistics (one sum by index, exact and in any order, so
+    on any device), does not depend on the parameters, and is unchanged from one pass to the next
+    when no row changed component; a change goes unseen only if every component's wrapped sum
+    comes out the same (for a row moving alone, never; otherwise about one chance in 2^32). That
+    is the fixed point where hard EM, k-means included, stops.
     """
 
     stats: Any
@@ -167,20 +175,24 @@ class HardStats(NamedTuple):
 
 def row_hashes(X: Array) -> Array:
     """``[N]`` odd uint32 hashes of the rows of ``X [N, ...]`` (a fingerprint's ``h_n``)."""
-    flat = jnp.nan_to_num(X.reshape(X.shape[0], -1).astype(jnp.float32))
-    signature = flat @ jnp.cos(1.0 + jnp.arange(flat.shape[1], dtype=jnp.float32))
+    flat = X.reshape(X.shape[0], -1).astype(jnp.float32)
+    mix = jnp.cos(1.0 + jnp.arange(flat.shape[1], dtype=jnp.float32))
+    signature = flat @ mix
+    # Rows with missing (NaN) values hash their observed entries; the cleaned copy of the data
+    # is made only when there are any (it costs XLA:CPU ten times the product).
+    signature = jax.lax.cond(jnp.all(jnp.isfinite(signature)), lambda: signature,
+                             lambda: jnp.nan_to_num(flat) @ mix)
     return jax.lax.bitcast_convert_type(signature, jnp.uint32) | jnp.uint32(1)
 
 
-def assignment_fingerprint(X: Array, component: Array, weights: Array,
+def assignment_fingerprint(X: Array, component: Array, weights: Array, n_components: int,
                            hashes: Array | None = None) -> Array:
-    """``[2]`` uint32 fingerprint (see :class:`HardStats`) of rows ``X [N, ...]`` assigned to
-    ``component [N]``, counting only rows of positive ``weights [N]``; ``hashes [N]`` are the
-    rows' :func:`row_hashes` when already known."""
+    """``[n_components]`` uint32 fingerprint (see :class:`HardStats`) of rows ``X [N, ...]``
+    assigned to ``component [N]``, counting only rows of positive ``weights [N]``; ``hashes [N]``
+    are the rows' :func:`row_hashes` when already known."""
     row_hash = row_hashes(X) if hashes is None else hashes
-    label = jnp.where(weights > 0, component.astype(jnp.uint32) + 1, 0).astype(jnp.uint32)
-    return jnp.stack([jnp.sum(label, dtype=jnp.uint32),
-                      jnp.sum(label * row_hash, dtype=jnp.uint32)])
+    counted = jnp.where(weights > 0, row_hash, jnp.uint32(0))
+    return jax.ops.segment_sum(counted, component, n_components)
 
 
 def statistics(aux: Any) -> Any:
@@ -246,13 +258,15 @@ def stats_pass(model: Model, params: Any, rows: Rows, hard: bool = False,
     def block_stats(xb, w, labels, hashes):
         if hard and model.hard_block_stats is not None and labels is None and centre is None:
             objective, component, stats = model.hard_block_stats(params, xb, w)
-            return objective, HardStats(stats, assignment_fingerprint(xb, component, w, hashes))
+            return objective, HardStats(stats, assignment_fingerprint(
+                xb, component, w, model.n_components, hashes))
         lj = mask_labels(model.log_joint_matrix(params, xb), labels)
         if hard:
             best, component = hard_assignment(lj)
             one_hot = jax.nn.one_hot(component, lj.shape[-1], dtype=w.dtype) * w[:, None]
             return weighted_sum(best, w), HardStats(model.suff_stats(stats_params, xb, one_hot),
-                                                    assignment_fingerprint(xb, component, w, hashes))
+                                                    assignment_fingerprint(xb, component, w,
+                                                                           lj.shape[-1], hashes))
         row_ll, resp = posterior(lj, hard, temperature)
         return weighted_sum(row_ll, w), model.suff_stats(stats_params, xb, resp * w[:, None])
 

@@ -72,7 +72,7 @@ class Model:
             ``lj = batch_log_joint(params, X)`` the result must equal, up to round-off,
             ``Σ_n weights_n max_k lj_nk``, the first ``argmax_k lj_nk``, and
             ``suff_stats(params, X, one_hot(assignment) * weights[:, None])``. Used by hard EM
-            on rows without partial labels.
+            on rows without partial labels; the model must give ``n_components``.
         cache_key: set only by jaxem's own factories (see :func:`model_factory`): the factory call
             that built the model, e.g. ``"jaxem.models.bernoulli.bernoulli_mixture(n_components=10,
             n_trials=1, init='kmeans')"``. A model with a key may have its compiled fit program
@@ -100,6 +100,9 @@ class Model:
                 and self.suff_stats is None:
             raise ValueError("hard_block_stats and block_stats are faster forms of suff_stats; the "
                              "model needs suff_stats too")
+        if self.hard_block_stats is not None and self.n_components is None:
+            raise ValueError("a model with hard_block_stats must give n_components (the size of "
+                             "hard EM's assignment fingerprint)")
         if (self.suff_stats is None) != (self.maximize is None):
             raise ValueError(
                 "a closed-form M-step needs both suff_stats and maximize; got only "

@@ -241,3 +241,22 @@ def test_programs_are_traced_with_full_float32_products():
     # The optimised HLO prints a non-default precision config on each dot it keeps.
     dots = [line for line in text.splitlines() if " dot(" in line]
     assert dots and all("operand_precision={highest,highest}" in line for line in dots)
+
+
+@pytest.mark.parametrize("n_rows, n_shards", [(1_000_000, 1), (100_000, 1), (999_983, 1),
+                                              (70_000, 1), (1_000_000, 4), (300, 4), (1000, 1)])
+def test_blocks_cover_the_rows_and_tile_them_exactly_when_they_can(n_rows, n_shards):
+    """Row blocks cover every row with less than one block of padding, split evenly over the
+    devices; where blocks of at least 4/5 the planned length divide the rows (by a multiple of
+    8), they tile them exactly, so that no padded copy of the data is made."""
+    from jaxem import _passes
+
+    n_blocks, rows = _passes.plan_blocks(n_rows, None, n_shards)
+    assert n_blocks * rows >= n_rows > (n_blocks - 1) * rows
+    assert n_blocks % n_shards == 0
+    exact = [b for b in range(n_blocks, n_blocks + n_blocks // 4 + 1)
+             if n_rows % b == 0 and (n_rows // b) % 8 == 0 and b % n_shards == 0]
+    if exact:
+        assert n_blocks * rows == n_rows
+    if n_rows == 1_000_000 and n_shards == 1:
+        assert (n_blocks, rows) == (250, 4000)

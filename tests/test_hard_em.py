@@ -250,7 +250,7 @@ def test_kmeans_hard_block_stats_equal_the_generic_hard_pass(x64):
     slow_objective, slow = _passes.stats_pass(generic, params, rows, hard=True)
     np.testing.assert_allclose(fast_objective, slow_objective, rtol=1e-12)
     np.testing.assert_array_equal(fast.fingerprint, slow.fingerprint)
-    for name in ("nk", "sum_x", "sum_sq", "n"):
+    for name in ("nk", "sum_x", "within"):
         np.testing.assert_allclose(fast.stats[name], slow.stats[name], rtol=1e-12, atol=1e-9)
     # The hashes laid out once with the blocks are those the fingerprint would compute per pass.
     no_hashes = rows._replace(hashes=None)
@@ -260,3 +260,59 @@ def test_kmeans_hard_block_stats_equal_the_generic_hard_pass(x64):
     exact = ((X[:, None, :] - np.asarray(params["means"])[None]) ** 2).sum(-1)
     np.testing.assert_array_equal(labels, exact.argmin(1))
     np.testing.assert_allclose(distances, exact.min(1), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("hard", [True, False])
+def test_kmeans_m_step_variance_is_the_scatter_about_the_new_means(hard):
+    """The shared variance after one M-step is Σ_nk r_nk |x_n - m_k|² / (N D) about the new
+    means m_k, in float32 on data far from the origin, whether the statistics come from the
+    one-function hard pass or the soft statistics (both carry the scatter about the old means)."""
+    from jaxem import _passes
+
+    X = (_blobs4() + 1e3).astype(np.float32)
+    model = jem.models.isotropic_mixture(4)
+    params = jem.models.kmeans.params_from_centers(jnp.asarray(X), jnp.asarray(X[[0, 1, 2, 3]]))
+    weights = np.random.default_rng(2).uniform(0.5, 2.0, len(X)).astype(np.float32)
+    rows = _passes.block_rows(jnp.asarray(X), jnp.asarray(weights), None, 4, 300)
+    _, stats = _passes.stats_pass(model, params, rows, hard=hard)
+    new = model.maximize(_passes.statistics(stats), params)
+
+    x = X.astype(np.float64)
+    sq = ((x[:, None, :] - np.asarray(params["means"], np.float64)[None]) ** 2).sum(-1)
+    if hard:
+        resp = np.eye(4)[sq.argmin(1)]
+    else:
+        log_r = -sq / (2 * float(params["variance"]))
+        resp = np.exp(log_r - log_r.max(1, keepdims=True))
+        resp /= resp.sum(1, keepdims=True)
+    resp *= weights[:, None]
+    means = resp.T @ x / resp.sum(0)[:, None]
+    scatter = (resp * ((x[:, None, :] - means[None]) ** 2).sum(-1)).sum()
+    np.testing.assert_allclose(new["means"], means, rtol=1e-6)
+    np.testing.assert_allclose(new["variance"], scatter / (resp.sum() * X.shape[1]), rtol=1e-5)
+
+
+def test_fingerprint_sees_rows_trading_components_and_ignores_weightless_rows():
+    """Hard EM's fixed-point test: per component, the wrapped sum of its rows' hashes. Two rows
+    trading components (the same count in each) change it; reordering or zero-weight rows do
+    not. Rows with a missing value hash their observed entries."""
+    from jaxem import _passes
+
+    X = jnp.asarray(_blobs4()[:8], jnp.float32)
+    weights = jnp.ones(8)
+    component = jnp.array([0, 0, 1, 1, 2, 2, 3, 3])
+    base = _passes.assignment_fingerprint(X, component, weights, 4)
+    assert base.shape == (4,) and base.dtype == jnp.uint32
+    traded = component.at[0].set(1).at[2].set(0)
+    assert not np.array_equal(_passes.assignment_fingerprint(X, traded, weights, 4), base)
+    order = jnp.array([7, 3, 5, 1, 0, 6, 2, 4])
+    np.testing.assert_array_equal(
+        _passes.assignment_fingerprint(X[order], component[order], weights[order], 4), base)
+    moved_weightless = component.at[0].set(3)
+    np.testing.assert_array_equal(
+        _passes.assignment_fingerprint(X, moved_weightless, weights.at[0].set(0.0), 4),
+        _passes.assignment_fingerprint(X, component, weights.at[0].set(0.0), 4))
+    with_nan = X.at[1, 2].set(jnp.nan)
+    np.testing.assert_array_equal(_passes.row_hashes(with_nan),
+                                  _passes.row_hashes(jnp.nan_to_num(with_nan)))
+    assert np.all(np.asarray(_passes.row_hashes(X)) % 2 == 1)

@@ -157,7 +157,7 @@ def _viterbi_pass(hmm: HMM, params, Xb: Array, mask: Array, layout: _Layout, use
     n_seq, n_steps = mask.shape
     fingerprint = _passes.assignment_fingerprint(
         layout.unblock(Xb).reshape(n_seq * n_steps, -1), paths.reshape(-1),
-        mask.reshape(-1).astype(dens.dtype))
+        mask.reshape(-1).astype(dens.dtype), hmm.n_states)
     aux = (chain, _emission_aux(hmm, params, Xb, layout, onehot, use_gradient))
     return jnp.sum(scores) + hmm.log_prior(params), _passes.HardStats(aux, fingerprint)
 

@@ -55,12 +55,18 @@ def _half_scores(params, X: Array) -> tuple[Array, Array]:
     return cross - 0.5 * jnp.sum(offsets * offsets, axis=1)[:, None], shifted
 
 
+def _nearest(params, X: Array) -> tuple[Array, Array, Array]:
+    """``(nearest centre [N], squared distance to it [N], shifted rows [N, D])``."""
+    scores, shifted = _half_scores(params, X)
+    best, labels = _passes.best_of_rows(scores)
+    # Distances below 0 are round-off of the expansion |x - c|² - 2 score.
+    return labels, jnp.maximum(jnp.sum(shifted * shifted, axis=1) - 2.0 * best, 0.0), shifted
+
+
 def nearest_centres(params, X: Array) -> tuple[Array, Array]:
     """``(index of the nearest centre [N], squared distance to it [N])`` for rows ``X [N, D]``:
     the assignment hard EM makes (the first nearest on ties, as ``argmin`` picks)."""
-    scores, shifted = _half_scores(params, X)
-    best, labels = _passes.best_of_rows(scores)
-    return labels, jnp.maximum(jnp.sum(shifted * shifted, axis=1) - 2.0 * best, 0.0)
+    return _nearest(params, X)[:2]
 
 
 def _normaliser(params) -> Array:
@@ -82,30 +88,34 @@ def _log_joint(params, x: Array) -> Array:
 
 
 def _suff_stats(params, X: Array, resp: Array):
-    # Per cluster: weight and sum of the rows about the centre; overall: the sum of squares (the
-    # shared variance needs only the total within-cluster scatter).
-    shifted = X - _centre(params)
+    # Per cluster: weight, sum of the rows about the centre, and scatter about the current centre
+    # Σ_n r_nk |x_n - μ_k|² (the objective's term; the M-step moves it to the new means, see
+    # _maximize, so no sum of squares about any other point is needed).
+    scores, shifted = _half_scores(params, X)
+    to_centres = jnp.maximum(jnp.sum(shifted * shifted, axis=1)[:, None] - 2.0 * scores.T, 0.0)
     return {"nk": jnp.sum(resp, axis=0), "sum_x": resp.T @ shifted,
-            "sum_sq": jnp.sum(jnp.sum(resp, axis=1) * jnp.sum(shifted * shifted, axis=1)),
-            "n": jnp.sum(resp)}
+            "within": jnp.sum(resp * to_centres, axis=0)}
+
+
+def _classification_objective(params, stats) -> Array:
+    # Σ_n w_n log p(x_n, z_n) = N_w (log normaliser) - Σ_k within_k / (2σ²) for hard stats.
+    return (_normaliser(params) * jnp.sum(stats["nk"])
+            - 0.5 * jnp.sum(stats["within"]) / params["variance"])
 
 
 def _hard_block_stats(params, X: Array, weights: Array):
     # Lloyd's step with nothing per row beyond the product, the running comparison over centres
-    # and the sums by cluster index (O(N D), where the one-hot product of _suff_stats is
-    # O(N K D)). The classification log-likelihood needs only totals:
-    # Σ w (norm - |x - μ_z|² / (2σ²)) with |x - μ_z|² = |x - c|² - 2 best score.
-    scores, shifted = _half_scores(params, X)
-    best, assignment = _passes.best_of_rows(scores)
-    sum_sq = jnp.sum(shifted * shifted * weights[:, None])
-    n = jnp.sum(weights)
-    within = jnp.maximum(sum_sq - 2.0 * jnp.sum(weights * best), 0.0)
-    objective = _normaliser(params) * n - 0.5 * within / params["variance"]
-    sums = jax.ops.segment_sum(jnp.concatenate([shifted * weights[:, None], weights[:, None]], 1),
-                               assignment, params["means"].shape[0])
-    d = X.shape[1]
-    return objective, assignment, {"nk": sums[:, d], "sum_x": sums[:, :d], "sum_sq": sum_sq,
-                                   "n": n}
+    # and sums by cluster index (O(N D), where the one-hot product of _suff_stats is O(N K D)).
+    # The statistics, the scatter included, are all sums by index: a total over the rows would
+    # cost XLA:CPU a reduction of its own, and its dispatches, in every block. The scatter is a
+    # sum apart: as a column beside the rows, XLA would redo the running comparison per column.
+    assignment, to_nearest, shifted = _nearest(params, X)
+    k, d = params["means"].shape
+    sums = jax.ops.segment_sum(jnp.concatenate([shifted, jnp.ones_like(X[:, :1])], axis=1)
+                               * weights[:, None], assignment, k)
+    stats = {"nk": sums[:, d], "sum_x": sums[:, :d],
+             "within": jax.ops.segment_sum(weights * to_nearest, assignment, k)}
+    return _classification_objective(params, stats), assignment, stats
 
 
 def _maximize(stats, params):
@@ -113,11 +123,14 @@ def _maximize(stats, params):
     c = _centre(params)
     local_means = stats["sum_x"] / safe_nk[:, None]
     means = jnp.where(empty[:, None], params["means"], c + local_means)
-    within = stats["sum_sq"] - jnp.sum(safe_nk * jnp.sum(local_means * local_means, axis=1))
+    # The scatter about the new means: Σ_n r_nk |x_n - μ_k|² = Σ_n r_nk |x_n - m_k|² +
+    # n_k |m_k - μ_k|² for each cluster's mean m_k; an empty cluster keeps μ_k and adds 0.
+    moved = jnp.where(empty[:, None], 0.0, local_means - (params["means"] - c))
+    within = jnp.sum(stats["within"] - stats["nk"] * jnp.sum(moved * moved, axis=1))
     d = means.shape[1]
     # A positive floor: all rows on their centres (inertia 0) must not give σ² = 0 and -inf.
     floor = jnp.finfo(means.dtype).tiny ** 0.5
-    variance = jnp.maximum(within / (stats["n"] * d), floor)
+    variance = jnp.maximum(within / (jnp.sum(stats["nk"]) * d), floor)
     return {"means": means, "variance": variance}
 
 
