@@ -50,8 +50,10 @@ def shift_to_nearest(X: Array, means: Array) -> Shifted:
     expanded = jnp.sum(Mc * Mc, axis=1) - 2.0 * ((X - c) @ Mc.T)
     nearest = hard_assignment(-expanded)[1]
     # x - μ_j in one subtraction: going through x - c would round x to the scale of c, which
-    # is far from the data when some centre sits on a distant outlier.
-    return Shifted(nearest, X - _pick(means, nearest), _pick(Mc, nearest))
+    # is far from the data when some centre sits on a distant outlier. μ_j - c is then the
+    # same subtraction as Mc's, so the one pick serves both.
+    picked = _pick(means, nearest)
+    return Shifted(nearest, X - picked, picked - c)
 
 
 def _pick(table: Array, index: Array) -> Array:
