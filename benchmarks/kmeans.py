@@ -140,6 +140,9 @@ def main(argv=None) -> list[dict]:
               f"{row['compile_s']:>11.2f}{row['inertia']:>18.6g}")
     rel = abs(rows[0]["inertia"] - rows[-1]["inertia"]) / rows[-1]["inertia"]
     print(f"inertia agreement (relative): {rel:.2e}")
+    speedup = rows[-1]["s_per_iter"] / base
+    print(f"- target jaxem faster per iteration than scikit-learn: sklearn / jaxem s/iter = "
+          f"{speedup:.2f} (needs > 1): {'met' if speedup > 1 else 'MISSED'}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)
