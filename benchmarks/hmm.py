@@ -196,7 +196,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", choices=("auto", "scan", "associative"), default="auto",
                    help="jaxem's forward-backward")
-    p.add_argument("--repeat", type=int, default=1, metavar="R",
+    p.add_argument("--repeat", type=int, default=3, metavar="R",
                    help="time jaxem and dynamax R times and keep the fastest (background load)")
     p.add_argument("--peer-iters", type=int, default=None, metavar="N",
                    help="run hmmlearn for N iterations only (its s/iter does not depend on N; "
