@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -64,6 +65,19 @@ def to_blocks(X: Array, weights: Array, n_blocks: int, rows: int) -> tuple[Array
         weights = jnp.concatenate([weights, jnp.zeros((pad,) + weights.shape[1:], weights.dtype)])
     return (X.reshape((n_blocks, rows) + X.shape[1:]),
             weights.reshape((n_blocks, rows) + weights.shape[1:]))
+
+
+def map_row_blocks(fn: Callable, X: Array, block_size: int | None = None) -> Any:
+    """``fn(X)`` for a row-wise ``fn`` (``[n, ...]`` rows to a pytree of ``[n, ...]`` arrays),
+    computed one block of rows at a time, so that its temporaries (``[K, block]`` scores, say)
+    stay in cache instead of spanning all ``N`` rows of ``X [N, ...]``."""
+    n_rows = X.shape[0]
+    n_blocks, rows = plan_blocks(n_rows, block_size)
+    if n_blocks == 1:
+        return fn(X)
+    Xb, _ = to_blocks(X, jnp.zeros((n_rows,), X.dtype), n_blocks, rows)
+    out = jax.lax.map(fn, Xb)
+    return jax.tree.map(lambda a: a.reshape((n_blocks * rows,) + a.shape[2:])[:n_rows], out)
 
 
 class Rows(NamedTuple):

@@ -32,7 +32,8 @@ from .validation import (
     check_positive_int,
     check_sample_weight,
     check_tolerance,
-    default_float_dtype,
+    default_float_dtype,  # noqa: F401  (the estimators read it as em.default_float_dtype)
+    to_device,
     tolerance_value,
 )
 
@@ -90,7 +91,7 @@ def _as_data(X, model: Model) -> Array:
     check_model_data = getattr(model, "check_data", None)
     if check_model_data is not None:
         check_model_data(arr)
-    return jnp.asarray(arr, dtype=default_float_dtype())
+    return to_device(arr)
 
 
 def _shape_error(X: Array, err: Exception) -> ValueError:

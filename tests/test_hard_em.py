@@ -316,3 +316,18 @@ def test_fingerprint_sees_rows_trading_components_and_ignores_weightless_rows():
     np.testing.assert_array_equal(_passes.row_hashes(with_nan),
                                   _passes.row_hashes(jnp.nan_to_num(with_nan)))
     assert np.all(np.asarray(_passes.row_hashes(X)) % 2 == 1)
+
+
+def test_kmeans_predicts_and_transforms_many_rows_block_by_block():
+    """predict, transform and score run a block of rows at a time (padded last block included)
+    and agree with the whole-array computation."""
+    rng = np.random.default_rng(3)
+    X = np.vstack([_blobs4(), rng.normal(size=(9001 - 1200, 3))])
+    est = jem.KMeans(4, random_state=0, max_iter=5, tol=None).fit(X[:1200])
+    params = est._params()
+    Xj = jnp.asarray(X, jnp.float32)
+    labels, distances = jem.models.kmeans.nearest_centres(params, Xj)
+    np.testing.assert_array_equal(est.predict(X), labels)
+    np.testing.assert_allclose(est.transform(X) ** 2,
+                               jem.models.kmeans.squared_distances(params, Xj), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(est.score(X), -float(jnp.sum(distances)), rtol=1e-6)

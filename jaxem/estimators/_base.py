@@ -10,7 +10,6 @@ import inspect
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from .. import em
@@ -21,6 +20,7 @@ from ..validation import (
     check_positive_int,
     check_sample_weight,
     check_tolerance,
+    to_device,
 )
 from ._params import Hyperparameters
 
@@ -192,8 +192,7 @@ class MixtureEstimator(Hyperparameters):
     def _posterior(self, X):
         self._check_fitted()
         X = self._transform(self._validate(X, fitting=False))
-        Xj = jnp.asarray(X, dtype=em.default_float_dtype())
-        resp, row_ll = em.posterior_rows(self._model(), self._params(), Xj)
+        resp, row_ll = em.posterior_rows(self._model(), self._params(), to_device(X))
         return np.asarray(resp), np.asarray(row_ll)
 
     def predict_proba(self, X) -> np.ndarray:

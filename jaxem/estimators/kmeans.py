@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _precision, em
+from .. import _passes, _precision, em
 from ..models import kmeans as kmeans_family
-from ..validation import check_data, check_positive_int
+from ..validation import check_data, check_positive_int, to_device
 from ._base import MixtureEstimator
 
 
@@ -104,15 +106,14 @@ class KMeans(MixtureEstimator):
     def _squared_distances(self, X) -> np.ndarray:
         self._check_fitted()
         X = self._validate(X, fitting=False)
-        dtype = em.default_float_dtype()
-        return np.asarray(_squared_distances(self._params(), jnp.asarray(X, dtype)))
+        return np.asarray(_squared_distances(self._params(), to_device(X)))
 
     def _nearest(self, X) -> tuple[np.ndarray, np.ndarray]:
         """``(index of the nearest centre [N], squared distance to it [N])``, computed on the
         device: only ``[N]`` values come back, not the ``[N, K]`` distances."""
         self._check_fitted()
         X = self._validate(X, fitting=False)
-        labels, distances = _nearest(self._params(), jnp.asarray(X, em.default_float_dtype()))
+        labels, distances = _nearest(self._params(), to_device(X))
         return np.asarray(labels), np.asarray(distances)
 
     def transform(self, X) -> np.ndarray:
@@ -137,7 +138,12 @@ class KMeans(MixtureEstimator):
         return np.asarray(self.cluster_centers_, np.float64)[labels] + noise, labels
 
 
-_squared_distances = _precision.jit(kmeans_family.squared_distances)
+# Row by row, a block at a time: the [K, N] table for all rows at once is memory traffic.
+_squared_distances = _precision.jit(
+    lambda params, X: _passes.map_row_blocks(
+        functools.partial(kmeans_family.squared_distances, params), X))
 
 
-_nearest = _precision.jit(kmeans_family.nearest_centres)
+_nearest = _precision.jit(
+    lambda params, X: _passes.map_row_blocks(
+        functools.partial(kmeans_family.nearest_centres, params), X))
