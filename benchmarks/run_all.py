@@ -6,7 +6,7 @@ gigabytes). Output streams as it comes; at the end come the wall time of each sc
 target line again. ``--out FILE`` also saves the whole output (Markdown: it is the README's table
 section), ``--json DIR`` each script's JSON.
 
-    python benchmarks/run_all.py                 # full sizes, about 12 minutes on 2 quiet cores
+    python benchmarks/run_all.py                 # full sizes, 7-12 minutes on 2 quiet cores
     python benchmarks/run_all.py --quick         # a smoke test of every script
     python benchmarks/run_all.py --out results.md --json results/
 """
