@@ -141,14 +141,27 @@ def _as_weights(sample_weight, n_rows: int, dtype) -> Array:
 
 
 @functools.partial(_precision.jit, static_argnums=0)
-def posterior_rows(model: Model, params: Any, X: Array) -> tuple[Array, Array]:
-    """Exact (unflushed) responsibilities ``[N, K]`` and per-row log-likelihoods ``[N]``."""
+def _posterior_block(model: Model, params: Any, X: Array) -> tuple[Array, Array]:
     log_joint = model.log_joint_matrix(params, X)
     row_ll = jax.nn.logsumexp(log_joint, axis=-1)
     # exp(ℓ - logsumexp ℓ) sums to 1 only to about eps * |ℓ| (1e-5 in float32 when log-joints are
     # in the hundreds); dividing by the sum makes every row a distribution to float round-off.
     resp = jnp.exp(log_joint - row_ll[:, None])
     return resp / jnp.sum(resp, axis=-1, keepdims=True), row_ll
+
+
+# One compiled program a block of rows at a time: op by op on all N rows, a full-covariance
+# model's [N, K*D] temporaries made predict_proba on 1M x 16 rows take 0.6 s and 1.8 GB.
+_posterior_program = _precision.jit(
+    lambda model, params, X: _passes.map_row_blocks(
+        functools.partial(_posterior_block, model, params), X),
+    static_argnums=0)
+
+
+def posterior_rows(model: Model, params: Any, X: Array) -> tuple[Array, Array]:
+    """Exact (unflushed) responsibilities ``[N, K]`` and per-row log-likelihoods ``[N]`` for
+    rows ``X [N, ...]``."""
+    return _posterior_program(model, params, X)
 
 
 def e_step(model: Model, params: Any, X, sample_weight=None) -> tuple[Array, Array]:

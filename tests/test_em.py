@@ -295,3 +295,21 @@ def test_aligned_data_of_the_right_dtype_are_not_copied_on_a_cpu():
     converted = to_device(misaligned)
     assert converted.unsafe_buffer_pointer() % 64 == 0
     np.testing.assert_array_equal(np.asarray(converted), misaligned)
+
+
+def test_posteriors_of_many_rows_are_computed_block_by_block_and_match_all_at_once():
+    """predict_proba / e_step run a block of rows at a time (padded last block included) and
+    give the all-rows computation's responsibilities and log-likelihood."""
+    from jaxem import em as em_module
+
+    X = np.random.default_rng(4).normal(size=(9001, 3)).astype(np.float32)
+    model = jem.gaussian_mixture(3, "full")
+    params = model.init(jax.random.key(0), jnp.asarray(X))
+    resp, row_ll = em_module.posterior_rows(model, params, jnp.asarray(X))
+    whole_resp, whole_ll = em_module._posterior_block(model, params, jnp.asarray(X))
+    assert resp.shape == (9001, 3) and row_ll.shape == (9001,)
+    np.testing.assert_allclose(resp, whole_resp, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(row_ll, whole_ll, rtol=1e-6)
+    e_resp, total = jem.e_step(model, params, X)
+    np.testing.assert_allclose(e_resp, whole_resp, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(total, np.sum(np.asarray(whole_ll), dtype=np.float64), rtol=1e-5)
