@@ -91,10 +91,9 @@ def _suff_stats(params, X: Array, resp: Array):
     # Per cluster: weight, sum of the rows about the centre, and scatter about the current centre
     # Σ_n r_nk |x_n - μ_k|² (the objective's term; the M-step moves it to the new means, see
     # _maximize, so no sum of squares about any other point is needed).
-    scores, shifted = _half_scores(params, X)
-    to_centres = jnp.maximum(jnp.sum(shifted * shifted, axis=1)[:, None] - 2.0 * scores.T, 0.0)
+    shifted = X - _centre(params)
     return {"nk": jnp.sum(resp, axis=0), "sum_x": resp.T @ shifted,
-            "within": jnp.sum(resp * to_centres, axis=0)}
+            "within": jnp.sum(resp * squared_distances(params, X), axis=0)}
 
 
 def _classification_objective(params, stats) -> Array:
