@@ -282,8 +282,9 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
             or ``"gradient"``.
         optimizer: optax transformation for the gradient M-step (default: L-BFGS).
         m_step_iters: optimiser steps per gradient M-step.
-        block_size: rows per block of the data pass (default: about 4096 divided by the number
-            of restarts, at least 256, so the vmapped restarts' temporaries stay in cache).
+        block_size: rows per block of the data pass (default: about 8192 for one restart; for R
+            restarts about 4096 / R, at least 256, so the vmapped restarts' temporaries stay in
+            cache).
         progress: optional ``progress(iteration, log_likelihood [R], converged [R], running [R])``
             called once per EM iteration from inside the compiled loop (see
             :mod:`jaxem.progress` for a progress bar); it does not trigger a recompilation.
@@ -332,7 +333,9 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
     mesh = distributed.data_mesh(devices)
     if block_size is None:
         # Vmapped restarts multiply every block's temporaries by R: keep R blocks in cache.
-        block_size = max(_passes.MIN_BLOCK_ROWS, _passes.DEFAULT_BLOCK_ROWS // keys.shape[0])
+        n_restarts = keys.shape[0]
+        block_size = (_passes.DEFAULT_BLOCK_ROWS if n_restarts == 1 else
+                      max(_passes.MIN_BLOCK_ROWS, _passes.RESTART_BLOCK_WORK // n_restarts))
     n_blocks, rows = _passes.plan_blocks(X.shape[0], block_size, distributed.n_shards(mesh))
     if init_params is not None:
         init_params = jax.tree.map(

@@ -259,7 +259,7 @@ def test_blocks_cover_the_rows_and_tile_them_exactly_when_they_can(n_rows, n_sha
     if exact:
         assert n_blocks * rows == n_rows
     if n_rows == 1_000_000 and n_shards == 1:
-        assert (n_blocks, rows) == (250, 4000)
+        assert (n_blocks, rows) == (125, 8000)
 
 
 @pytest.mark.parametrize("make", [
