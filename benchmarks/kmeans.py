@@ -32,7 +32,7 @@ def make_data(n: int, d: int, k: int, seed: int) -> np.ndarray:
     return (centres[z] + scales[z, None] * rng.standard_normal((n, d))).astype(np.float32)
 
 
-def xla_floor(X: np.ndarray, centres: np.ndarray, iters: int, block: int = 4096):
+def xla_floor(X: np.ndarray, centres: np.ndarray, iters: int, block: int = 8192):
     """A timer (call it for seconds per iteration) of the leanest XLA Lloyd iteration we know:
     per block of rows, one product ``C @ x^T`` laid out ``[K, block]``, the nearest centre by a
     running comparison over the ``K`` rows of scores (XLA:CPU's argmin along a short minor axis

