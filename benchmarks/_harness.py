@@ -122,6 +122,25 @@ def machine_line() -> str:
 
 # ------------------------------------------------------------------------------------- worker side
 
+# Every library gets the same rule: the best of up to REPEATS timed fits, a new one started only
+# while its worker has spent under REPEAT_BUDGET_S on them (a run of a slow peer is not repeated).
+# One timing per library let a burst of load on these shared machines move a ratio by 2x.
+REPEATS, REPEAT_BUDGET_S = 3, 20.0
+
+
+def _best_timing(runner: Callable, arrays: dict, cfg: dict) -> Timing:
+    """The runner's fastest of its repeated fits; compile or warm-up time from the first."""
+    start = time.perf_counter()
+    first = best = runner(arrays, cfg)
+    for _ in range(REPEATS - 1):
+        if time.perf_counter() - start >= REPEAT_BUDGET_S:
+            break
+        again = runner(arrays, cfg)
+        if again.fit_s < best.fit_s:
+            best = again
+    return dataclasses.replace(best, warmup_s=first.warmup_s)
+
+
 def _worker(args, runners) -> None:
     directory = Path(args._dir)
     cfg = json.loads((directory / "cfg.json").read_text())
@@ -129,7 +148,7 @@ def _worker(args, runners) -> None:
         arrays = {name: f[name] for name in f.files}
     result = {"library": args._worker}
     try:
-        timing = runners[args._worker](arrays, cfg)
+        timing = _best_timing(runners[args._worker], arrays, cfg)
     except ImportError as err:
         result.update(status="skipped", note=f"not installed ({err})")
     except Exception as err:  # a broken adapter is reported, never replaced by a number
