@@ -36,8 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _chunked_gradient, _loop, _passes, _precision, distributed
+from ._result import FitResult, result_from_loop
 from .data import ChunkSource, as_source, pad_rows
-from .em import FitResult, _restart_keys, result_from_loop
+from .em import _restart_keys
 from .estep import resolve_e_step
 from .hmm.fit import _e_pass as _hmm_e_pass
 from .hmm.fit import _Layout as _HMMLayout

@@ -18,7 +18,8 @@ import numpy as np
 import optax
 
 from .. import _loop, _passes, _precision
-from ..em import FitResult, _restart_keys, result_from_loop
+from .._result import FitResult, result_from_loop
+from ..em import _restart_keys
 from ..estep import Annealing, EStepRule, resolve_e_step
 from ..models._common import mixing_weights
 from ..mstep import DEFAULT_M_STEP_ITERS, default_optimizer, gradient_m_step
