@@ -45,3 +45,28 @@ def dirichlet_log_prior(weights: Array, dirichlet_alpha: float = 1.0) -> Array:
     """Unnormalised log density ``(α - 1) Σ_k log w_k`` of the symmetric Dirichlet prior (scalar);
     added to the log-likelihood so a MAP fit's history is monotone."""
     return (dirichlet_alpha - 1.0) * jnp.sum(jnp.log(weights))
+
+
+def centred_moments(X: Array, means: Array, weights: Array, full: bool = True) -> tuple[Array, Array]:
+    """Weighted moments of rows about each component's own centre, without float32 cancellation.
+
+    Args:
+        X: ``[B, D]`` rows.
+        means: ``[K, D]`` centres ``m_k`` (fixed during a pass, so the moments add over blocks).
+        weights: ``[B, K]`` non-negative weights ``w_nk`` (responsibilities, times any scale).
+        full: the full second moment, else its diagonal.
+
+    Returns:
+        ``(first [K, D], second)``: ``Σ_n w_nk (x_n - m_k)`` and ``Σ_n w_nk (x_n - m_k)(x_n - m_k)^T``
+        (``[K, D, D]``) or its diagonal (``[K, D]``).
+    """
+    # One [K, B, D] array, sqrt(w) (x - m_k), serves both moments: its Gram is the second and
+    # sqrt(w) times it the first. Weighting one of two centred copies by w instead made XLA keep
+    # both and recompute the posterior inside the [K, B, D] loop (full K=D=16 Gaussian pass over
+    # 100k rows: 35 -> 25 ms). sqrt(w)² is w to a few ulps.
+    root = jnp.sqrt(weights).T
+    weighted = root[:, :, None] * (X[None, :, :] - means[:, None, :])
+    first = jnp.einsum("kb,kbd->kd", root, weighted)
+    if full:
+        return first, jnp.einsum("kbd,kbe->kde", weighted, weighted)
+    return first, jnp.einsum("kbd,kbd->kd", weighted, weighted)

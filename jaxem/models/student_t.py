@@ -32,7 +32,7 @@ from .. import constraints as C
 from .. import init as initialisers
 from ..model import Model, model_factory
 from . import gaussian as gaussian_family
-from ._common import dirichlet_log_prior, empty_components, mixing_weights
+from ._common import centred_moments, dirichlet_log_prior, empty_components, mixing_weights
 from ._distributions import log_minus_digamma, solve_log_minus_digamma
 
 Array = jax.Array
@@ -65,14 +65,9 @@ def _log_joint(params, x: Array, covariance_type: str, fixed_dof: float | None) 
 
 def _moments(means: Array, X: Array, resp: Array, u: Array, covariance_type: str):
     """Scale-weighted moments about ``means [K, D]``: ``resp, u [N, K]``."""
-    centred = X[None, :, :] - means[:, None, :]                               # [K, N, D]
-    ru = (resp * u).T
-    first = jnp.einsum("kn,knd->kd", ru, centred)
-    if covariance_type == "full":
-        second = jnp.einsum("knd,kne->kde", ru[:, :, None] * centred, centred)
-    else:
-        second = jnp.einsum("kn,knd->kd", ru, centred * centred)
-    return {"nk": jnp.sum(resp, axis=0), "nu": jnp.sum(ru, axis=1), "first": first,
+    ru = resp * u
+    first, second = centred_moments(X, means, ru, full=covariance_type == "full")
+    return {"nk": jnp.sum(resp, axis=0), "nu": jnp.sum(ru, axis=0), "first": first,
             "second": second}
 
 
