@@ -26,7 +26,7 @@ from jax.scipy.stats import norm
 from .. import constraints as C
 from .. import init as initialisers
 from ..model import Model, model_factory
-from ._common import empty_components, mixing_weights
+from ._common import centred_moments, empty_components, mixing_weights
 
 Array = jax.Array
 
@@ -59,7 +59,7 @@ def expert_stats(params, Phi: Array, y: Array, resp: Array):
     resid = y[:, None] - Phi @ params["coef"].T
     weighted = resp * resid
     return {"nk": jnp.sum(resp, axis=0),
-            "gram": jnp.einsum("nk,np,nq->kpq", resp, Phi, Phi),
+            "gram": centred_moments(Phi, None, resp)[1],
             "xe": weighted.T @ Phi,
             "ee": jnp.sum(weighted * resid, axis=0)}
 
