@@ -233,3 +233,36 @@ def test_fisher_identity(x64, name):
         assert np.isfinite(g_ll).all()
         np.testing.assert_allclose(g_q, g_ll, rtol=1e-9, atol=1e-9 * X.shape[0])
     assert all(np.abs(g).max() > 1e-3 for g in leaves_ll)
+
+
+@pytest.mark.parametrize("centred", [True, False])
+def test_centred_moments_keep_float32_accuracy_far_from_the_origin(centred):
+    """The shared weighted moments (Gaussian, Student-t, regression statistics) equal a float64
+    oracle in float32 even for rows 1e3 from the origin (moments about each centre, not about one
+    point), weightless rows add exactly nothing, and the diagonal form is the full form's diagonal."""
+    from jaxem.models._common import centred_moments
+
+    rng = np.random.default_rng(3)
+    offset = 1e3 if centred else 0.0
+    means = offset + rng.normal(0.0, 2.0, (4, 3))
+    X = means[rng.integers(0, 4, 500)] + rng.normal(0.0, 0.5, (500, 3))
+    W = rng.dirichlet(np.ones(4), 500) * rng.uniform(0.5, 2.0, (500, 1))
+    W[:50] = 0.0
+    X32, W32 = X.astype(np.float32), W.astype(np.float32)
+    m32 = means.astype(np.float32) if centred else None
+    first, second = centred_moments(jnp.asarray(X32), m32, jnp.asarray(W32))
+    _, diag = centred_moments(jnp.asarray(X32), m32, jnp.asarray(W32), full=False)
+    # The oracle takes the float32 inputs exactly, so only the computation's error is measured.
+    about = X32.astype(float)[None] - (0.0 if m32 is None else m32.astype(float)[:, None])
+    W64 = W32.astype(float)
+    ref_first = np.einsum("nk,knd->kd", W64, about)
+    ref_second = np.einsum("nk,knd,kne->kde", W64, about, about)
+    scale = np.max(np.abs(ref_second))
+    np.testing.assert_allclose(second, ref_second, rtol=0, atol=2e-6 * scale)
+    np.testing.assert_allclose(first, ref_first, rtol=0, atol=2e-6 * np.sqrt(scale * W64.sum()))
+    np.testing.assert_allclose(diag, np.diagonal(np.asarray(second), axis1=1, axis2=2), rtol=1e-6)
+    # Rows of weight 0 contribute exactly nothing, whatever their values.
+    X_bad = X32.copy()
+    X_bad[:50] = 1e30
+    _, second_bad = centred_moments(jnp.asarray(X_bad), m32, jnp.asarray(W32))
+    np.testing.assert_array_equal(second_bad, second)
