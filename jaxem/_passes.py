@@ -32,7 +32,7 @@ _UNROLL_COMPONENTS = 32
 # and k-means (0.025 vs 0.029); the diagonal and Bernoulli passes measured level.
 DEFAULT_BLOCK_ROWS = 8192
 # Rows times vmapped restarts per block when several restarts share a pass: their temporaries are
-# R times wider, and for 8 restarts 512 rows beat 1024 (0.042 vs 0.053 s per restart-pass).
+# R times wider, and for 8 restarts 512 rows beat 256, 1024 and 2048 (full GMM, K=D=16).
 RESTART_BLOCK_WORK = 4096
 # The fewest rows per block the engine picks by itself (for many vmapped restarts): below this the
 # per-block overhead of the scan starts to show.

@@ -21,7 +21,7 @@ class FitError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class FitResult:
-    """What :func:`fit` returns.
+    """What :func:`jaxem.fit` returns.
 
     Attributes:
         params: the best restart's parameters (pytree).
@@ -59,7 +59,6 @@ class FitResult:
     restart_keys: Any
     compile_time: float = 0.0
     fit_time: float = 0.0
-
 
 
 def result_from_loop(out: LoopOutput, keys, *, max_iter: int, tol: float | None,

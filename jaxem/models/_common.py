@@ -55,7 +55,8 @@ def centred_moments(X: Array, means: Array | None, weights: Array,
         X: ``[B, D]`` rows.
         means: ``[K, D]`` centres ``m_k`` (fixed during a pass, so the moments add over blocks);
             ``None``: moments about the origin (a weighted Gram, as least squares needs).
-        weights: ``[B, K]`` non-negative weights ``w_nk`` (responsibilities, times any scale).
+        weights: ``[B, K]`` non-negative weights ``w_nk`` (responsibilities, times any scale; a
+            negative one gives NaN moments, which fail the fit rather than pass unseen).
         full: the full second moment, else its diagonal.
 
     Returns:
