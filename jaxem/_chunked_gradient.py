@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _passes, _precision, distributed
+from . import _loop, _passes, _precision, distributed
 from . import constraints as C
 
 
@@ -51,7 +51,7 @@ def check_update(theta, *, model, optimizer) -> None:
     jax.eval_shape(functools.partial(_update, optimizer=optimizer), u, state, u, value)
 
 
-def q_part(params, rows, temperature, *, model, hard, mesh):
+def q_part(params, rows, temperature, *, model, hard, mesh, in_sequence):
     """One chunk's ``(objective [R], (Q [R], ∇_u Q))`` for pairs ``params = (u, θ_old)``.
 
     ``objective`` is the E-step's weighted log-likelihood at ``θ_old``; ``Q`` uses the
@@ -75,7 +75,8 @@ def q_part(params, rows, temperature, *, model, hard, mesh):
         return _passes._sum_over_blocks(block, rows)
 
     sharded = distributed.sharded_pass(pass_fn, mesh)
-    return jax.vmap(lambda pair: sharded(model, pair, rows, hard, temperature))(params)
+    return _loop.map_restarts(lambda pair: sharded(model, pair, rows, hard, temperature), params,
+                              in_sequence=in_sequence)
 
 
 @functools.partial(_precision.jit, static_argnames=("model",))

@@ -70,14 +70,18 @@ def _select(mask: Array, new, old):
     return jax.tree.map(pick, new, old)
 
 
-def map_restarts(fn: Callable, *trees):
-    """``jax.vmap(fn)(*trees)`` over the leading restart axis; with a single restart ``fn`` runs
-    unbatched instead (a vmap over an axis of 1 made the diagonal Gaussian pass 40% slower on a
-    CPU: XLA does not always fold the size-1 batch back out of the products)."""
+def map_restarts(fn: Callable, *trees, in_sequence: bool = False):
+    """``jax.vmap(fn)(*trees)`` over the leading restart axis, or with ``in_sequence`` one restart
+    after another (``lax.map``; see :data:`jaxem._passes.SEQUENTIAL_RESTART_PLATFORMS`). With a
+    single restart ``fn`` runs unbatched instead (a vmap over an axis of 1 made the diagonal
+    Gaussian pass 40% slower on a CPU: XLA does not always fold the size-1 batch back out of the
+    products)."""
     leaves = jax.tree.leaves(trees)
     if leaves and all(leaf.shape[:1] == (1,) for leaf in leaves):
         out = fn(*jax.tree.map(lambda a: a[0], trees))
         return jax.tree.map(lambda a: a[None], out)
+    if in_sequence:
+        return jax.lax.map(lambda args: fn(*args), trees)
     return jax.vmap(fn)(*trees)
 
 
@@ -192,10 +196,12 @@ def iterate(e_pass: Callable, m_step: Callable, params, tol, *, max_iter: int,
 
 
 def run_restarts(model: Model, params, rows, tol, *, max_iter: int, use_gradient: bool, optimizer,
-                 m_step_iters: int, rule: EStepRule, report: bool, mesh=None) -> LoopOutput:
+                 m_step_iters: int, rule: EStepRule, report: bool, mesh=None,
+                 in_sequence: bool = False) -> LoopOutput:
     """EM for a batch of restarts of ``model`` (params with a leading axis ``R``) on blocked
     ``rows``; with a ``mesh`` (see :mod:`jaxem.distributed`) each pass is split over its
-    devices."""
+    devices. ``in_sequence``: the restarts pass over the data one after another (see
+    :func:`jaxem._passes.plan_restarts`)."""
     if use_gradient:
         def m_step(p, resp_blocks):
             return gradient_m_step(model, p, rows.X, resp_blocks, optimizer, m_step_iters)
@@ -205,7 +211,8 @@ def run_restarts(model: Model, params, rows, tol, *, max_iter: int, use_gradient
 
     def e_pass(p, iteration):
         return map_restarts(
-            lambda q: _objective_pass(model, use_gradient, rule, rows, q, iteration, mesh), p)
+            lambda q: _objective_pass(model, use_gradient, rule, rows, q, iteration, mesh), p,
+            in_sequence=in_sequence)
 
     return iterate(e_pass, m_step, params, tol, max_iter=max_iter, may_stop=rule.may_stop,
                    report=report)
@@ -233,17 +240,19 @@ initialise_program = _precision.jit(
 
 
 def _program(keys, init_params, X, weights, labels, tol, *, n_blocks, rows, max_iter,
-             use_gradient, optimizer, m_step_iters, rule, report, model, mesh=None):
+             use_gradient, optimizer, m_step_iters, rule, report, model, mesh=None,
+             in_sequence=False):
     blocked = _passes.block_rows(X, weights, labels, n_blocks, rows)
     if init_params is None:
         init_params = _initial_params(model, keys, X, blocked, labels, use_gradient)
     return run_restarts(model, init_params, blocked, tol, max_iter=max_iter,
                         use_gradient=use_gradient, optimizer=optimizer,
-                        m_step_iters=m_step_iters, rule=rule, report=report, mesh=mesh)
+                        m_step_iters=m_step_iters, rule=rule, report=report, mesh=mesh,
+                        in_sequence=in_sequence)
 
 
 _STATIC = ("model", "n_blocks", "rows", "max_iter", "use_gradient", "optimizer", "m_step_iters",
-           "rule", "report", "mesh")
+           "rule", "report", "mesh", "in_sequence")
 _jitted_program = _precision.jit(_program, static_argnames=_STATIC)
 
 # Compiled executables by (static arguments, argument shapes/dtypes/shardings). Compiling ahead

@@ -37,6 +37,36 @@ RESTART_BLOCK_WORK = 4096
 # The fewest rows per block the engine picks by itself (for many vmapped restarts): below this the
 # per-block overhead of the scan starts to show.
 MIN_BLOCK_ROWS = 256
+# Platforms whose compiler runs one restart's pass at least as fast per restart as a vmapped
+# batch's, so a batch of restarts passes over the data one restart after another (``lax.map``,
+# inside the same program; the loop and the M-steps stay vmapped). On XLA:CPU the batched
+# products of 8 restarts (128 weighted Gram matrices per block for a full GMM with K=16) ran
+# 1.48x slower per restart than one restart's pass, and the same pass mapped 1.02x; one restart's
+# pass there already runs near the cores' peak, so a batch has nothing to gain. Accelerators
+# need the batch to fill the device.
+SEQUENTIAL_RESTART_PLATFORMS = ("cpu",)
+
+
+class RestartPlan(NamedTuple):
+    """How a batch of restarts passes over the data: ``in_sequence`` (one restart after another)
+    or vmapped, and the rows per block."""
+
+    in_sequence: bool
+    block_size: int
+
+
+def plan_restarts(n_restarts: int, platform: str, block_size: int | None = None) -> RestartPlan:
+    """The pass plan for ``n_restarts`` restarts on ``platform`` (``"cpu"``, ``"gpu"``, ...).
+
+    ``block_size`` ``None`` picks one: :data:`DEFAULT_BLOCK_ROWS` for one restart or a sequence;
+    for vmapped restarts about ``RESTART_BLOCK_WORK / R`` rows (at least :data:`MIN_BLOCK_ROWS`),
+    so the batch's temporaries stay as large as one restart's.
+    """
+    in_sequence = n_restarts > 1 and platform in SEQUENTIAL_RESTART_PLATFORMS
+    if block_size is None:
+        block_size = (DEFAULT_BLOCK_ROWS if n_restarts == 1 or in_sequence else
+                      max(MIN_BLOCK_ROWS, RESTART_BLOCK_WORK // n_restarts))
+    return RestartPlan(in_sequence, block_size)
 
 
 def plan_blocks(n_rows: int, block_size: int | None, n_shards: int = 1) -> tuple[int, int]:

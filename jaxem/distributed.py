@@ -69,6 +69,16 @@ def n_shards(mesh: Mesh | None) -> int:
     return 1 if mesh is None else mesh.size
 
 
+def platform(X, mesh: Mesh | None) -> str:
+    """The platform (``"cpu"``, ``"gpu"``, ``"tpu"``) the passes over ``X`` run on: the mesh's
+    devices', else the devices holding ``X`` (a jax array), else the default backend's."""
+    if mesh is not None:
+        return mesh.devices.flat[0].platform
+    devices = getattr(X, "devices", None)
+    held = devices() if callable(devices) else ()
+    return next(iter(held)).platform if held else jax.default_backend()
+
+
 def sharded_pass(pass_fn: Callable, mesh: Mesh | None, sum_aux: bool = True) -> Callable:
     """``pass_fn(model, params, rows, hard, temperature) -> (objective, aux)`` over a mesh.
 

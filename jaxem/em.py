@@ -235,8 +235,10 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         optimizer: optax transformation for the gradient M-step (default: L-BFGS).
         m_step_iters: optimiser steps per gradient M-step.
         block_size: rows per block of the data pass (default: about 8192 for one restart; for R
-            restarts about 4096 / R, at least 256, so the vmapped restarts' temporaries stay in
-            cache).
+            restarts on an accelerator about 4096 / R, at least 256, so the vmapped restarts'
+            temporaries stay in cache). On a CPU several restarts pass over the data one after
+            another inside the same program (XLA:CPU's batched products are slower per restart
+            than one restart's), each with the one-restart blocks.
         progress: optional ``progress(iteration, log_likelihood [R], converged [R], running [R])``
             called once per EM iteration from inside the compiled loop (see
             :mod:`jaxem.progress` for a progress bar); it does not trigger a recompilation.
@@ -283,12 +285,8 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
     if labels is not None:
         labels = jnp.asarray(check_labels(labels, X.shape[0], _n_components(model, keys[0], X)))
     mesh = distributed.data_mesh(devices)
-    if block_size is None:
-        # Vmapped restarts multiply every block's temporaries by R: keep R blocks in cache.
-        n_restarts = keys.shape[0]
-        block_size = (_passes.DEFAULT_BLOCK_ROWS if n_restarts == 1 else
-                      max(_passes.MIN_BLOCK_ROWS, _passes.RESTART_BLOCK_WORK // n_restarts))
-    n_blocks, rows = _passes.plan_blocks(X.shape[0], block_size, distributed.n_shards(mesh))
+    plan = _passes.plan_restarts(keys.shape[0], distributed.platform(X, mesh), block_size)
+    n_blocks, rows = _passes.plan_blocks(X.shape[0], plan.block_size, distributed.n_shards(mesh))
     if init_params is not None:
         init_params = jax.tree.map(
             lambda p: jnp.broadcast_to(jnp.asarray(p), (keys.shape[0],) + jnp.shape(p)),
@@ -297,7 +295,7 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
     static = dict(model=model, n_blocks=n_blocks, rows=rows, max_iter=max_iter,
                   use_gradient=use_gradient,
                   optimizer=(optimizer or _DEFAULT_OPTIMIZER) if use_gradient else None,
-                  m_step_iters=m_step_iters, rule=rule)
+                  m_step_iters=m_step_iters, rule=rule, in_sequence=plan.in_sequence)
     rows_X, init_compile, init_run = X, 0.0, 0.0
     if mesh is not None:
         static["mesh"] = mesh

@@ -70,10 +70,12 @@ def _host_blocks(chunk: np.ndarray, n_valid: int, weights, labels, n_blocks: int
     return _passes.Rows(*(a.reshape((n_blocks, rows) + a.shape[1:]) for a in out))
 
 
-def _mixture_part(params, rows, temperature, *, model, hard, mesh):
-    """``(objective [R], stats)`` of one chunk for every restart (vmapped)."""
+def _mixture_part(params, rows, temperature, *, model, hard, mesh, in_sequence):
+    """``(objective [R], stats)`` of one chunk for every restart (see
+    :func:`jaxem._passes.plan_restarts` for ``in_sequence``)."""
     pass_fn = distributed.sharded_pass(_passes.stats_pass, mesh)
-    return jax.vmap(lambda p: pass_fn(model, p, rows, hard, temperature))(params)
+    return _loop.map_restarts(lambda p: pass_fn(model, p, rows, hard, temperature), params,
+                              in_sequence=in_sequence)
 
 
 def _hmm_part(params, rows, temperature, *, model, hard, layout, method):
@@ -279,8 +281,12 @@ def _mixture_plan(model: Model, source: ChunkSource, chunk_size, keys, init_para
     (closed-form M-step) or ``(optimizer, steps)`` for the gradient M-step."""
     allow_nan = model.handles_missing
     weights, labels = _check_row_arrays(source, sample_weight, labels, model.n_components)
-    n_blocks, rows = _passes.plan_blocks(chunk_size, block_size, distributed.n_shards(mesh))
-    static = (("model", model), ("hard", rule.hard), ("mesh", mesh))
+    n_restarts = (jax.tree.leaves(init_params)[0].shape[0] if keys is None
+                  else keys.shape[0])
+    plan = _passes.plan_restarts(n_restarts, distributed.platform(None, mesh), block_size)
+    n_blocks, rows = _passes.plan_blocks(chunk_size, plan.block_size, distributed.n_shards(mesh))
+    static = (("model", model), ("hard", rule.hard), ("mesh", mesh),
+              ("in_sequence", plan.in_sequence))
 
     def device_rows():
         for start, chunk in source.chunks(chunk_size, allow_nan=allow_nan, dtype=dtype):

@@ -122,6 +122,44 @@ def test_restarts_are_one_vmapped_program_equal_to_single_fits():
     assert result.log_likelihood == result.all_log_likelihoods[best]
 
 
+def test_restart_plan_runs_cpu_passes_in_sequence_and_batches_them_on_accelerators():
+    from jaxem import _passes
+
+    assert _passes.plan_restarts(8, "cpu") == (True, _passes.DEFAULT_BLOCK_ROWS)
+    assert _passes.plan_restarts(8, "gpu") == (False, _passes.RESTART_BLOCK_WORK // 8)
+    assert _passes.plan_restarts(64, "gpu") == (False, _passes.MIN_BLOCK_ROWS)
+    assert _passes.plan_restarts(1, "gpu") == (False, _passes.DEFAULT_BLOCK_ROWS)
+    assert _passes.plan_restarts(1, "cpu").in_sequence is False  # one restart runs unbatched
+    assert _passes.plan_restarts(8, "cpu", block_size=100) == (True, 100)
+
+
+@pytest.mark.parametrize("how", ["closed_form", "gradient", "chunked"])
+def test_restarts_in_sequence_and_vmapped_give_the_same_fit(how, monkeypatch):
+    """On a CPU the restarts' passes run one after another; an accelerator's vmapped batch (forced
+    here by emptying the platform list) must give the same fit, restart by restart."""
+    from jaxem import _passes
+
+    X = three_blobs(n=900)
+    model = jem.gaussian_mixture(3, "full", init="random_from_data")
+
+    def run():
+        kwargs = dict(key=jax.random.key(3), n_restarts=3, max_iter=15, tol=None, block_size=128)
+        if how == "chunked":
+            return jem.fit_chunked(model, X, chunk_size=400, **kwargs)
+        if how == "gradient":
+            kwargs.update(m_step="gradient", m_step_iters=5)
+        return jem.fit(model, X, **kwargs)
+
+    in_sequence = run()
+    monkeypatch.setattr(_passes, "SEQUENTIAL_RESTART_PLATFORMS", ())
+    vmapped = run()
+    assert len({float(v) for v in in_sequence.all_log_likelihoods}) == 3
+    np.testing.assert_array_equal(in_sequence.n_iter, vmapped.n_iter)
+    np.testing.assert_allclose(in_sequence.history, vmapped.history, rtol=1e-5)
+    np.testing.assert_allclose(in_sequence.all_params["means"], vmapped.all_params["means"],
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_same_key_gives_bit_identical_results():
     X = three_blobs()
     model = jem.gaussian_mixture(3, "diag")
