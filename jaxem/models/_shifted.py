@@ -10,7 +10,8 @@ keeps the products: with ``Δ_kj = μ_k - μ_j``,
 and ``x'·(p_k Δ_kj) = x'·(p_k μ_k) - (x' μ_j)·p_k``: three row-by-``[D, K]`` products on ``[x'², x' μ_j,
 x']`` plus a ``[K, K]`` table. The error is now ``eps · |x'| · |Δ| / σ²``, small for every component
 that matters to the row (those near it). The M-step's moments about each component's previous
-mean follow from the same shifted rows, again as one product ``Rᵀ [x', x'², x' μ_j, onehot(j)]``.
+mean follow from the same shifted rows, as products ``Rᵀ x'``, ``Rᵀ x'²``, ``Rᵀ onehot(j)`` and two
+more over the rows whose nearest centre is not the component's.
 Everything is also taken about the centres' mean, so data far from the origin lose nothing.
 """
 
@@ -92,16 +93,18 @@ def moments(shifted: Shifted, means: Array, resp: Array) -> tuple[Array, Array]:
     Returns:
         ``(first [K, D], second [K, D])``: ``Σ_n r_nk (x_n - μ_k)`` and ``Σ_n r_nk (x_n - μ_k)²``.
     """
-    k, d = means.shape
+    k = means.shape[0]
     Mc = means - jnp.mean(means, axis=0)
     xs, mj = shifted.rows, shifted.centre
     onehot = jax.nn.one_hot(shifted.nearest, k, dtype=xs.dtype)
-    sums = resp.T @ jnp.concatenate([xs, xs * xs, onehot], axis=1)
-    r_x, r_xx, counts = sums[:, :d], sums[:, d:2 * d], sums[:, 2 * d:]
+    # One product per operand, on arrays the E-step made already: concatenating the operands
+    # into one [B, 2D + K] product copied them, and the pass over 1M x 32 rows (K=32) took
+    # 270-310 ms against 220-250.
+    r_x, r_xx, counts = resp.T @ xs, resp.T @ (xs * xs), resp.T @ onehot
     # Σ_n r_nk x'_n Δ_{k j(n)} = μ_k Σ r x' - Σ r x' μ_j over rows whose nearest centre j is not
     # k (for j = k, Δ = 0): leaving those rows out keeps their large, cancelling terms out.
-    off = (resp * (1.0 - onehot)).T @ jnp.concatenate([xs, xs * mj], axis=1)
-    cross = Mc * off[:, :d] - off[:, d:]
+    off = (resp * (1.0 - onehot)).T
+    cross = Mc * (off @ xs) - off @ (xs * mj)
     delta = _pair_offsets(means)                       # μ_k - μ_j
     first = r_x - jnp.einsum("kj,kjd->kd", counts, delta)
     second = r_xx - 2.0 * cross + jnp.einsum("kj,kjd->kd", counts, jnp.square(delta))
