@@ -87,11 +87,12 @@ def squared_distances(shifted: Shifted, means: Array, precision: Array) -> Array
                      jnp.maximum(squares + cross + _pick(table, shifted.nearest), 0.0))
 
 
-def moments(shifted: Shifted, means: Array, resp: Array) -> tuple[Array, Array]:
+def moments(shifted: Shifted, means: Array, resp: Array) -> tuple[Array, Array, Array]:
     """Moments of the rows about each component's mean ``μ_k`` under ``resp [B, K]``.
 
     Returns:
-        ``(first [K, D], second [K, D])``: ``Σ_n r_nk (x_n - μ_k)`` and ``Σ_n r_nk (x_n - μ_k)²``.
+        ``(total [K], first [K, D], second [K, D])``: ``Σ_n r_nk``, ``Σ_n r_nk (x_n - μ_k)`` and
+        ``Σ_n r_nk (x_n - μ_k)²``.
     """
     k = means.shape[0]
     Mc = means - jnp.mean(means, axis=0)
@@ -108,4 +109,5 @@ def moments(shifted: Shifted, means: Array, resp: Array) -> tuple[Array, Array]:
     delta = _pair_offsets(means)                       # μ_k - μ_j
     first = r_x - jnp.einsum("kj,kjd->kd", counts, delta)
     second = r_xx - 2.0 * cross + jnp.einsum("kj,kjd->kd", counts, jnp.square(delta))
-    return first, second
+    # The total from the counts' rows: a column sum of resp of its own cost 5-8% of the pass.
+    return jnp.sum(counts, axis=1), first, second

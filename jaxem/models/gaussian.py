@@ -128,8 +128,8 @@ def _suff_stats(params, X: Array, resp: Array, covariance_type: str):
 
 
 def _diagonal_stats(params, shifted: _shifted.Shifted, resp: Array):
-    first, second = _shifted.moments(shifted, params["means"], resp)
-    return {"nk": jnp.sum(resp, axis=0), "first": first, "second": second}
+    nk, first, second = _shifted.moments(shifted, params["means"], resp)
+    return {"nk": nk, "first": first, "second": second}
 
 
 def _diagonal_block_stats(params, X: Array, posterior, covariance_type: str):
