@@ -78,7 +78,7 @@ def _mixture_part(params, rows, temperature, *, model, hard, mesh, in_sequence):
                               in_sequence=in_sequence)
 
 
-def _hmm_part(params, rows, temperature, *, model, hard, layout, method):
+def _hmm_part(params, rows, temperature, *, model, hard, layout, method, in_sequence):
     """``(log-likelihood [R], (chain counts, emission stats))`` of one chunk of sequences.
 
     With a mesh the chunk's sequences arrive split over the devices and XLA partitions the
@@ -95,7 +95,7 @@ def _hmm_part(params, rows, temperature, *, model, hard, layout, method):
         # pass). It is exactly 0 unless a Dirichlet concentration exceeds 1.
         return objective - model.log_prior(p), aux
 
-    return jax.vmap(one)(params)
+    return _loop.map_restarts(one, params, in_sequence=in_sequence)
 
 
 @functools.partial(_precision.jit, static_argnames=("part", "static"), donate_argnums=1)
@@ -348,7 +348,10 @@ def _hmm_plan(hmm: HMM, source: ChunkSource, lengths, chunk_size, keys, init_par
     per_chunk = shards * -(-per_chunk // shards)
     method = choose_method(method, T)
     layout = _HMMLayout(per_chunk, T, block_size)
-    static = (("model", hmm), ("hard", False), ("layout", layout), ("method", method))
+    n_restarts = keys.shape[0]
+    in_sequence = _passes.plan_restarts(n_restarts, distributed.platform(None, mesh)).in_sequence
+    static = (("model", hmm), ("hard", False), ("layout", layout), ("method", method),
+              ("in_sequence", in_sequence))
     steps = np.arange(T)
 
     def device_rows():
