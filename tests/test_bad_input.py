@@ -66,6 +66,9 @@ FUNCTIONAL_CASES = [
       for name in ("fit", "e_step", "log_likelihood", "elbo")],
     *[(name, (np.c_[X, X[:, :1]],), {}, r"X has shape \(20, 3\), which does not fit the model")
       for name in ("e_step", "log_likelihood", "elbo")],
+    ("hmm.fit", (X[:, 0],), {}, r"X has shape \(20,\), which does not fit the model"),
+    ("hmm.fit", (np.stack([X, X]),), {},
+     r"X has shape \(2, 20, 2\), which does not fit the model .*need mask=\[B, T\]"),
     ("hmm.fit", (X, ), {"lengths": [5, 5]}, "lengths sum to 10 but X has 20 rows"),
     ("hmm.fit", (X, ), {"lengths": [20, 0]}, r"at least one step; lengths\[1\] = 0"),
     ("hmm.fit", (X, ), {"lengths": []}, "lengths must be a non-empty"),

@@ -19,7 +19,7 @@ import optax
 
 from .. import _loop, _passes, _precision, distributed
 from .._result import FitResult, result_from_loop
-from ..em import _restart_keys
+from ..em import _diagnose_rows, _restart_keys
 from ..estep import Annealing, EStepRule, resolve_e_step
 from ..models._common import mixing_weights
 from ..mstep import DEFAULT_M_STEP_ITERS, default_optimizer, gradient_m_step
@@ -282,9 +282,21 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
                   use_gradient=use_gradient, m_step_iters=m_step_iters, rule=rule,
                   in_sequence=in_sequence,
                   optimizer=(optimizer or _DEFAULT_OPTIMIZER) if use_gradient else None)
-    out, compile_s, run_s = _loop.run_compiled(
-        (keys, init_params, Xp, maskp, rows, jnp.asarray(tolerance_value(tol), Xp.dtype)), static, progress,
-        program=_jitted)
+    try:
+        out, compile_s, run_s = _loop.run_compiled(
+            (keys, init_params, Xp, maskp, rows, jnp.asarray(tolerance_value(tol), Xp.dtype)),
+            static, progress, program=_jitted)
+    except (TypeError, ValueError, IndexError) as err:
+        # Say so when the emission cannot even score these observations (say a padded [B, T, D]
+        # array given without its mask, read as one sequence of [T, D] observations).
+        try:
+            _diagnose_rows(hmm.emission_model, keys[0], rows,
+                           None if init_params is None else init_params["emission"], err)
+        except ValueError as shape_error:
+            hint = ("; padded sequences [B, T, ...] need mask=[B, T]" if mask is None
+                    and lengths is None and np.ndim(X) >= 3 else "")
+            raise ValueError(f"{shape_error}{hint}") from None
+        raise
     return result_from_loop(out, keys, max_iter=max_iter, tol=tol, compile_time=compile_s,
                             fit_time=run_s)
 
