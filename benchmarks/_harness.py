@@ -218,7 +218,7 @@ def run_workload(script: str, workload: Workload, cfg: dict, prepare, loglik, li
             row["rel_diff"] = None
             if ref is None or row is ref or row.get("loglik") is None:
                 continue
-            short = row["iters"] // cfg.get("restarts", 1)
+            short = row["iters"] // len(row["loglik"])   # iterations per restart of this row
             other = ref
             if short < cfg["iters"]:
                 # A peer cut to fewer iterations for time is compared with jaxem after as many.
