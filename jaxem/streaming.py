@@ -184,7 +184,8 @@ def fit_chunked(model: Model | HMM, source, *, chunk_size: int | None = None, le
             one that needs only the gradient) per M-step, each step one pass over the data (see
             :mod:`jaxem._chunked_gradient`). Mixtures only.
         method: HMMs only: forward-backward by ``"scan"``, ``"associative"`` or ``"auto"``.
-        block_size: rows per block inside a chunk (default about 8192).
+        block_size: rows per block inside a chunk (default as in :func:`jaxem.fit`: about 8192,
+            or 4096 / R for R restarts vmapped on an accelerator).
         devices: ``None``, ``"all"``, a list of devices or a mesh: every chunk is split over the
             devices and their statistics summed (see :mod:`jaxem.distributed`).
 
