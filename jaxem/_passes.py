@@ -179,13 +179,14 @@ def mask_labels(log_joint: Array, labels: Array | None) -> Array:
     return jnp.where(keep, log_joint, -jnp.inf)
 
 
-def best_of_rows(table: Array) -> tuple[Array, Array]:
+def best_of_rows(table: Array, unroll: int = _UNROLL_COMPONENTS) -> tuple[Array, Array]:
     """``(max_k table[k, n] [N], first k attaining it [N])`` for ``table [K, N]``.
 
     Computed as a running comparison over the ``K`` rows, each an elementwise step over all
     ``N`` entries: on CPUs XLA's reductions along a short minor axis (and its ``argmax``, a
     reduction over value-index pairs) cost several times more. A column whose first entry is NaN
-    gets index 0.
+    gets index 0. ``unroll`` comparisons run as one straight-line kernel; a caller whose result
+    feeds several fusions rolls them (XLA copies a straight-line chain into each consumer).
     """
 
     def compare(k, state):
@@ -196,7 +197,7 @@ def best_of_rows(table: Array) -> tuple[Array, Array]:
     # full_like keeps the device-axis variance of the data inside shard_map (see _carry_zeros).
     start = (table[0], jax.lax.full_like(table[0], 0, jnp.int32))
     return jax.lax.fori_loop(1, table.shape[0], compare, start,
-                             unroll=min(table.shape[0], _UNROLL_COMPONENTS))
+                             unroll=min(table.shape[0], unroll))
 
 
 def hard_assignment(log_joint: Array) -> tuple[Array, Array]:

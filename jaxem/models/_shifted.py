@@ -22,7 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .._passes import hard_assignment
+from .._passes import best_of_rows
 
 Array = jax.Array
 
@@ -49,7 +49,11 @@ def shift_to_nearest(X: Array, means: Array) -> Shifted:
     c = jnp.mean(means, axis=0)
     Mc = means - c
     expanded = jnp.sum(Mc * Mc, axis=1) - 2.0 * ((X - c) @ Mc.T)
-    nearest = hard_assignment(-expanded)[1]
+    # Four comparisons per loop step: the index feeds five fusions (two picks, the own-component
+    # mask, the moments' one-hot and its complement), and XLA copied a fully unrolled chain of K
+    # comparisons into each of them; a loop computes it once (the pass over 1M x 32 rows, K=32,
+    # in a bare scan: 250-290 -> 187-215 ms).
+    nearest = best_of_rows(-expanded.T, unroll=4)[1]
     # x - μ_j in one subtraction: going through x - c would round x to the scale of c, which
     # is far from the data when some centre sits on a distant outlier. μ_j - c is then the
     # same subtraction as Mc's, so the one pick serves both.
