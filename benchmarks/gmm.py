@@ -154,7 +154,7 @@ def run_limit(arrays, cfg):
     return Timing(seconds, cfg["iters"], compile_s, note=f"dense products only, blocks of {BLOCK}")
 
 
-def run_jaxem(arrays, cfg, block_size=None):
+def run_jaxem(arrays, cfg):
     import dataclasses
 
     import jax
@@ -169,8 +169,7 @@ def run_jaxem(arrays, cfg, block_size=None):
     starts = {"weights": arrays["weights"], "means": arrays["means"], "prec_chol": prec}
     if r == 1:
         res = jem.fit(model, arrays["X"], init_params={k: v[0] for k, v in starts.items()},
-                      max_iter=cfg["iters"], tol=None,
-                      block_size=block_size)
+                      max_iter=cfg["iters"], tol=None)
         note = "init_params = the start"
     else:
         # Restart r starts from start r: the initialiser reads r from its key (keys [0, r]).
@@ -178,11 +177,8 @@ def run_jaxem(arrays, cfg, block_size=None):
             return jax.tree.map(lambda s: jnp.asarray(s)[jax.random.key_data(key)[1]], starts)
         keys = jax.random.wrap_key_data(np.stack([np.zeros(r), np.arange(r)], 1).astype(np.uint32))
         res = jem.fit(dataclasses.replace(model, init=init), arrays["X"], key=keys,
-                      max_iter=cfg["iters"], tol=None,
-                      block_size=block_size)
+                      max_iter=cfg["iters"], tol=None)
         note = f"{r} restarts, one program; per restart-iteration"
-    if block_size:
-        note += f"; block_size={block_size}"
     p = res.all_params
     params = {"weights": np.asarray(p["weights"]), "means": np.asarray(p["means"]),
               "covariances": np.asarray(covariances_from_prec_chol(p["prec_chol"], cov_type))}

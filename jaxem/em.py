@@ -329,8 +329,10 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
                             "Gaussian mixtures, increase reg_covar)")
 
 
-def _diagnose_rows(model: Model, key, X: Array, init_params: Any, err: Exception) -> None:
-    """Raise a ValueError naming ``X``'s shape when the model cannot initialise on or score it."""
+def _diagnose_rows(model: Model, key, X: Array, init_params: Any, err: Exception,
+                   hint: str = "") -> None:
+    """Raise a ValueError naming ``X``'s shape when the model cannot initialise on or score it
+    (``hint``, if any, is appended to the message)."""
     def score(k, x, p):
         p = model.init(k, x) if p is None else jax.tree.map(lambda a: a[0], p)
         return model.log_joint_matrix(p, x[:1])
@@ -338,7 +340,8 @@ def _diagnose_rows(model: Model, key, X: Array, init_params: Any, err: Exception
     try:
         jax.eval_shape(score, key, X, init_params)
     except (TypeError, ValueError, IndexError):
-        raise _shape_error(X, err) from None
+        shape_error = _shape_error(X, err)
+        raise ValueError(f"{shape_error}{hint}") from None
 
 
 def _n_components(model: Model, key, X: Array) -> int:

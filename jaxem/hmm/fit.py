@@ -289,13 +289,10 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
     except (TypeError, ValueError, IndexError) as err:
         # Say so when the emission cannot even score these observations (say a padded [B, T, D]
         # array given without its mask, read as one sequence of [T, D] observations).
-        try:
-            _diagnose_rows(hmm.emission_model, keys[0], rows,
-                           None if init_params is None else init_params["emission"], err)
-        except ValueError as shape_error:
-            hint = ("; padded sequences [B, T, ...] need mask=[B, T]" if mask is None
-                    and lengths is None and np.ndim(X) >= 3 else "")
-            raise ValueError(f"{shape_error}{hint}") from None
+        padded = mask is None and lengths is None and np.ndim(X) >= 3
+        _diagnose_rows(hmm.emission_model, keys[0], rows,
+                       None if init_params is None else init_params["emission"], err,
+                       hint="; padded sequences [B, T, ...] need mask=[B, T]" if padded else "")
         raise
     return result_from_loop(out, keys, max_iter=max_iter, tol=tol, compile_time=compile_s,
                             fit_time=run_s)
