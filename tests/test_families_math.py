@@ -235,12 +235,18 @@ def test_fisher_identity(x64, name):
     assert all(np.abs(g).max() > 1e-3 for g in leaves_ll)
 
 
+@pytest.mark.parametrize("rows_minor", [True, False])
 @pytest.mark.parametrize("centred", [True, False])
-def test_centred_moments_keep_float32_accuracy_far_from_the_origin(centred):
+def test_centred_moments_keep_float32_accuracy_far_from_the_origin(centred, rows_minor,
+                                                                   monkeypatch):
     """The shared weighted moments (Gaussian, Student-t, regression statistics) equal a float64
     oracle in float32 even for rows 1e3 from the origin (moments about each centre, not about one
-    point), weightless rows add exactly nothing, and the diagonal form is the full form's diagonal."""
+    point), weightless rows add exactly nothing, and the diagonal form is the full form's diagonal;
+    in both layouts (rows along the minor axis, chosen for few features, or not)."""
+    from jaxem.models import _common
     from jaxem.models._common import centred_moments
+
+    monkeypatch.setattr(_common, "ROW_MINOR_MAX_FEATURES", 3 if rows_minor else 0)
 
     rng = np.random.default_rng(3)
     offset = 1e3 if centred else 0.0

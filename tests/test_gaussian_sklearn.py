@@ -64,3 +64,26 @@ def test_restarts_do_at_least_as_well_as_sklearn_n_init(x64):
     ours = jem.GaussianMixture(3, n_restarts=8, random_state=0).fit(X)
     ref = SkGaussianMixture(3, n_init=8, random_state=0, tol=1e-8).fit(X)
     assert ours.score(X) >= ref.score(X) - 1e-6
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+@pytest.mark.parametrize("n_features", [3, 8])
+@pytest.mark.filterwarnings("ignore::jaxem.ConvergenceWarning")  # one iteration on purpose
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_one_iteration_equals_sklearn_in_both_moment_layouts(x64, covariance_type, n_features):
+    """Few features take centred_moments' rows-along-the-minor-axis layout and more features the
+    other; one EM iteration from the same start gives scikit-learn's parameters in both."""
+    from jaxem.models import _common
+
+    assert (n_features <= _common.ROW_MINOR_MAX_FEATURES) == (n_features == 3)
+    rng = np.random.default_rng(1)
+    centres = 4.0 * rng.normal(size=(3, n_features))
+    X = centres[rng.integers(0, 3, 400)] + rng.normal(size=(400, n_features))
+    weights, means, precisions = _start(covariance_type, X)
+    common = dict(n_components=3, covariance_type=covariance_type, weights_init=weights,
+                  means_init=means, precisions_init=precisions, max_iter=1)
+    ours = jem.GaussianMixture(tol=0.0, **common).fit(X)
+    ref = SkGaussianMixture(tol=0.0, reg_covar=ours.reg_covar, **common).fit(X)
+    np.testing.assert_allclose(ours.weights_, ref.weights_, rtol=1e-10)
+    np.testing.assert_allclose(ours.means_, ref.means_, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ours.covariances_, ref.covariances_, rtol=1e-9, atol=1e-12)
