@@ -66,16 +66,19 @@ def test_restarts_do_at_least_as_well_as_sklearn_n_init(x64):
     assert ours.score(X) >= ref.score(X) - 1e-6
 
 
-@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 @pytest.mark.parametrize("n_features", [3, 8])
 @pytest.mark.filterwarnings("ignore::jaxem.ConvergenceWarning")  # one iteration on purpose
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-def test_one_iteration_equals_sklearn_in_both_moment_layouts(x64, covariance_type, n_features):
-    """Few features take centred_moments' rows-along-the-minor-axis layout and more features the
-    other; one EM iteration from the same start gives scikit-learn's parameters in both."""
-    from jaxem.models import _common
+def test_one_iteration_equals_sklearn_with_few_and_many_features(x64, covariance_type, n_features):
+    """Few features take other code paths than many (full and tied: centred_moments' layout;
+    diagonal and spherical: differences taken directly instead of about the nearest centre); one
+    EM iteration from the same start gives scikit-learn's parameters on both."""
+    from jaxem.models import _common, gaussian
 
-    assert (n_features <= _common.ROW_MINOR_MAX_FEATURES) == (n_features == 3)
+    few = (_common.ROW_MINOR_MAX_FEATURES if covariance_type in ("full", "tied")
+           else gaussian.DIRECT_MAX_FEATURES)
+    assert (n_features <= few) == (n_features == 3)
     rng = np.random.default_rng(1)
     centres = 4.0 * rng.normal(size=(3, n_features))
     X = centres[rng.integers(0, 3, 400)] + rng.normal(size=(400, n_features))

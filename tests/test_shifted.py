@@ -49,18 +49,22 @@ def test_float32_keeps_each_rows_own_distance(offset, spread):
     np.testing.assert_allclose(second, ref_second, rtol=1e-4)
 
 
+@pytest.mark.parametrize("n_features", [2, 5])
 @pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
-def test_fused_block_stats_equal_the_log_joint_and_suff_stats(x64, covariance_type):
+def test_fused_block_stats_equal_the_log_joint_and_suff_stats(x64, covariance_type, n_features):
     """The diagonal family's one-function E-step and statistics (``block_stats``) give what the
-    separate log-joint, posterior and ``suff_stats`` give, with weights and partial labels."""
+    separate log-joint, posterior and ``suff_stats`` give, with weights and partial labels; for
+    few features (differences taken directly) and more (about the nearest centre)."""
     import dataclasses
 
     import jax
 
     import jaxem as jem
     from jaxem import _passes
+    from jaxem.models import gaussian
 
-    X, *_ = _case(2.0, 3.0)
+    assert (n_features <= gaussian.DIRECT_MAX_FEATURES) == (n_features == 2)
+    X, *_ = _case(2.0, 3.0, d=n_features)
     model = jem.gaussian_mixture(8, covariance_type)
     assert model.block_stats is not None
     plain = dataclasses.replace(model, block_stats=None)
@@ -73,3 +77,28 @@ def test_fused_block_stats_equal_the_log_joint_and_suff_stats(x64, covariance_ty
         separate = _passes.stats_pass(plain, params, rows, temperature=temperature)
         for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(separate), strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("offset, spread", [(0.0, 3.0), (1e4, 3.0), (0.0, 1e4)])
+def test_few_features_take_differences_directly_and_stay_accurate_in_float32(offset, spread):
+    """With few features the diagonal family skips the nearest-centre algebra: its float32
+    distances and moments match the float64 ones for every component, near or far."""
+    import jax
+
+    import jaxem as jem
+    from jaxem.models import gaussian
+
+    d = gaussian.DIRECT_MAX_FEATURES
+    X, means, prec, resp, _ = _case(offset, spread, d=d)
+    f32 = [jnp.asarray(a, jnp.float32) for a in (X, means, prec, resp)]
+    params = {"weights": jnp.full(len(means), 1 / len(means), jnp.float32), "means": f32[1],
+              "prec_chol": jnp.sqrt(f32[2])}
+    dist = np.asarray(gaussian._mahalanobis(params, f32[0], "diag"))
+    stats = jax.jit(jem.gaussian_mixture(len(means), "diag").suff_stats)(params, f32[0], f32[3])
+    ref_dist, ref_total, ref_first, ref_second = _exact(*(np.asarray(a, np.float64) for a in f32))
+    np.testing.assert_allclose(dist, ref_dist, rtol=1e-5)
+    np.testing.assert_allclose(stats["nk"], ref_total, rtol=1e-5)
+    np.testing.assert_allclose(stats["second"], ref_second, rtol=1e-4)
+    # The first moment sums terms of both signs: its error is measured against their spread.
+    spread_scale = np.sqrt(ref_second * ref_total[:, None])
+    assert np.all(np.abs(np.asarray(stats["first"]) - ref_first) <= 1e-5 * spread_scale)
