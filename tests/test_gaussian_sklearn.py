@@ -67,18 +67,18 @@ def test_restarts_do_at_least_as_well_as_sklearn_n_init(x64):
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-@pytest.mark.parametrize("n_features", [3, 8])
+@pytest.mark.parametrize("n_features", [1, 3, 8])
 @pytest.mark.filterwarnings("ignore::jaxem.ConvergenceWarning")  # one iteration on purpose
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_one_iteration_equals_sklearn_with_few_and_many_features(x64, covariance_type, n_features):
-    """Few features take other code paths than many (full and tied: centred_moments' layout;
-    diagonal and spherical: differences taken directly instead of about the nearest centre); one
-    EM iteration from the same start gives scikit-learn's parameters on both."""
+    """Few features take other code paths than many: distances from ``x - mu`` feature by feature
+    (every type at 1 feature, diagonal types up to a few), centred_moments' rows-along-the-minor-
+    axis layout (full and tied, a few features), the matrix products otherwise (8 features). One EM
+    iteration from the same start gives scikit-learn's parameters on each."""
     from jaxem.models import _common, gaussian
 
-    few = (_common.ROW_MINOR_MAX_FEATURES if covariance_type in ("full", "tied")
-           else gaussian.DIRECT_MAX_FEATURES)
-    assert (n_features <= few) == (n_features == 3)
+    assert 1 <= gaussian.DIRECT_MAX_FEATURES[covariance_type] < 8
+    assert 3 <= _common.ROW_MINOR_MAX_FEATURES < 8
     rng = np.random.default_rng(1)
     centres = 4.0 * rng.normal(size=(3, n_features))
     X = centres[rng.integers(0, 3, 400)] + rng.normal(size=(400, n_features))

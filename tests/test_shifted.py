@@ -1,4 +1,5 @@
-"""Distances and moments about each row's nearest centre: exact algebra, float32 accuracy."""
+"""Diagonal-family distances and moments in float32: about each row's nearest centre (exact algebra,
+float32 accuracy) and, for few features, taken directly."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -63,7 +64,7 @@ def test_fused_block_stats_equal_the_log_joint_and_suff_stats(x64, covariance_ty
     from jaxem import _passes
     from jaxem.models import gaussian
 
-    assert (n_features <= gaussian.DIRECT_MAX_FEATURES) == (n_features == 2)
+    assert (n_features <= gaussian.DIRECT_MAX_FEATURES[covariance_type]) == (n_features == 2)
     X, *_ = _case(2.0, 3.0, d=n_features)
     model = jem.gaussian_mixture(8, covariance_type)
     assert model.block_stats is not None
@@ -79,26 +80,32 @@ def test_fused_block_stats_equal_the_log_joint_and_suff_stats(x64, covariance_ty
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("covariance_type", ["diag", "full"])
 @pytest.mark.parametrize("offset, spread", [(0.0, 3.0), (1e4, 3.0), (0.0, 1e4)])
-def test_few_features_take_differences_directly_and_stay_accurate_in_float32(offset, spread):
-    """With few features the diagonal family skips the nearest-centre algebra: its float32
-    distances and moments match the float64 ones for every component, near or far."""
+def test_few_features_take_differences_directly_and_stay_accurate_in_float32(offset, spread,
+                                                                              covariance_type):
+    """With few features the Gaussians skip the nearest-centre algebra and the whitening product:
+    their float32 distances and moments match the float64 ones for every component, near or far."""
     import jax
 
     import jaxem as jem
     from jaxem.models import gaussian
 
-    d = gaussian.DIRECT_MAX_FEATURES
+    d = gaussian.DIRECT_MAX_FEATURES[covariance_type]
     X, means, prec, resp, _ = _case(offset, spread, d=d)
     f32 = [jnp.asarray(a, jnp.float32) for a in (X, means, prec, resp)]
+    root = jnp.sqrt(f32[2])
     params = {"weights": jnp.full(len(means), 1 / len(means), jnp.float32), "means": f32[1],
-              "prec_chol": jnp.sqrt(f32[2])}
-    dist = np.asarray(gaussian._mahalanobis(params, f32[0], "diag"))
-    stats = jax.jit(jem.gaussian_mixture(len(means), "diag").suff_stats)(params, f32[0], f32[3])
+              "prec_chol": root if covariance_type == "diag" else jax.vmap(jnp.diag)(root)}
+    dist = np.asarray(gaussian._mahalanobis(params, f32[0], covariance_type))
+    model = jem.gaussian_mixture(len(means), covariance_type)
+    stats = jax.jit(model.suff_stats)(params, f32[0], f32[3])
+    second = np.asarray(stats["second"])
+    second = second if second.ndim == 2 else np.diagonal(second, axis1=1, axis2=2)
     ref_dist, ref_total, ref_first, ref_second = _exact(*(np.asarray(a, np.float64) for a in f32))
     np.testing.assert_allclose(dist, ref_dist, rtol=1e-5)
     np.testing.assert_allclose(stats["nk"], ref_total, rtol=1e-5)
-    np.testing.assert_allclose(stats["second"], ref_second, rtol=1e-4)
+    np.testing.assert_allclose(second, ref_second, rtol=1e-4)
     # The first moment sums terms of both signs: its error is measured against their spread.
     spread_scale = np.sqrt(ref_second * ref_total[:, None])
     assert np.all(np.abs(np.asarray(stats["first"]) - ref_first) <= 1e-5 * spread_scale)

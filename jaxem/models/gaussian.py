@@ -62,11 +62,14 @@ def _mahalanobis(params, X: Array, covariance_type: str) -> Array:
     (``x'Λx - 2x'Λμ + μ'Λμ``) would be a few flops cheaper but loses ``eps * (|x|/σ)^2`` to
     cancellation, which in float32 ruins the likelihood of clusters far from the origin. Diagonal
     and spherical precisions take each row about its nearest mean first (:mod:`._shifted`), which
-    keeps the expanded form's matrix products without that cancellation.
+    keeps the expanded form's matrix products without that cancellation. With few features every
+    type takes ``x - μ`` as it is (:func:`_direct_distances`).
     """
     means, A = params["means"], params["prec_chol"]
     n, d = X.shape
     k = means.shape[0]
+    if d <= DIRECT_MAX_FEATURES[covariance_type]:
+        return _direct_distances(params, X, covariance_type)
     if covariance_type == "full":
         # One [D, K*D] product for every component: y_nk = A_k x_n - A_k μ_k.
         W = A.transpose(2, 0, 1).reshape(d, k * d)
@@ -76,29 +79,32 @@ def _mahalanobis(params, X: Array, covariance_type: str) -> Array:
         return (y * y) @ jnp.repeat(jnp.eye(k, dtype=y.dtype), d, axis=0)
     elif covariance_type == "tied":
         y = (X @ A.T)[:, None, :] - (means @ A.T)[None]
-    elif d <= DIRECT_MAX_FEATURES:
-        return _direct_distances(params, X)
     else:
         return _diagonal_distances(params, _shift(params, X))
     return jnp.sum(y * y, axis=-1)
 
 
-# Up to this many features, diagonal and spherical Gaussians take x - μ_k as it is, one feature at
-# a time, instead of the nearest-centre algebra below: its eleven products over so few features
-# run far below XLA:CPU's product speed, and the [N, K, D] differences are small.
-DIRECT_MAX_FEATURES = 4
+# Up to this many features the distances take x - μ_k as it is, one feature at a time: matrix
+# products over so few features run far below XLA:CPU's product speed (the diagonal types' eleven
+# in particular), and the [N, K] terms fuse into one pass. Fits of 200k rows, s/iter: diag D=1
+# K=5 36 -> 4 ms, D=2 K=5 23 -> 9, D=3 K=8 34 -> 15, D=4 K=32 67 -> 60; full D=1 K=5 10 -> 5.
+# Full and tied covariances measured level at D=2 and 3 (D² terms against one product).
+DIRECT_MAX_FEATURES = {"full": 1, "tied": 1, "diag": 4, "spherical": 4}
 
 
-def _direct_distances(params, X: Array) -> Array:
-    """``[N, K]`` ``Σ_d p_kd (x_d - μ_kd)²``, summed feature by feature (no cancellation)."""
-    means = params["means"]
-    precision = _diagonal_precision(params["prec_chol"], means)
-    total = None
-    for j in range(X.shape[1]):
-        diff = X[:, j:j + 1] - means[:, j]
-        term = precision[:, j] * diff * diff
-        total = term if total is None else total + term
-    return total
+def _direct_distances(params, X: Array, covariance_type: str) -> Array:
+    """``[N, K]`` ``|A_k (x - μ_k)|²`` for few features, summed term by term: ``x - μ_k`` is
+    formed first, so nothing cancels."""
+    means, A = params["means"], params["prec_chol"]
+    d = X.shape[1]
+    diffs = [X[:, j:j + 1] - means[:, j] for j in range(d)]         # each [N, K]
+    if covariance_type in ("full", "tied"):
+        # A [K, D, D] (or [D, D] shared): row e of A_k (x - μ_k).
+        whitened = [sum(A[..., e, j] * diffs[j] for j in range(d)) for e in range(d)]
+    else:
+        scale = A if A.ndim == 2 else jnp.broadcast_to(A[:, None], means.shape)
+        whitened = [scale[:, j] * diffs[j] for j in range(d)]
+    return sum(w * w for w in whitened)
 
 
 def _shift(params, X: Array) -> _shifted.Shifted:
@@ -142,7 +148,7 @@ def _suff_stats(params, X: Array, resp: Array, covariance_type: str):
     means = params["means"]
     if covariance_type in ("full", "tied"):
         first, second = centred_moments(X, means, resp)
-    elif X.shape[1] <= DIRECT_MAX_FEATURES:
+    elif X.shape[1] <= DIRECT_MAX_FEATURES[covariance_type]:
         first, second = centred_moments(X, means, resp, full=False)
     else:
         return _diagonal_stats(params, _shift(params, X), resp)
@@ -155,7 +161,7 @@ def _diagonal_stats(params, shifted: _shifted.Shifted, resp: Array):
 
 
 def _diagonal_block_stats(params, X: Array, posterior, covariance_type: str):
-    if X.shape[1] <= DIRECT_MAX_FEATURES:
+    if X.shape[1] <= DIRECT_MAX_FEATURES[covariance_type]:
         row_objectives, resp = posterior(_batch_log_joint(params, X, covariance_type))
         return row_objectives, _suff_stats(params, X, resp, covariance_type)
     # The log-joint and the statistics share one shift of the rows (computed twice, it cost 15%
