@@ -27,7 +27,7 @@ Rows:
 jaxem and scikit-learn evaluate the E-step ``iters + 1`` times (a final one after the loop),
 gmmx and pomegranate ``iters`` times; seconds per iteration divide the fit time by ``iters``.
 
-    python benchmarks/gmm.py                     # all three workloads
+    python benchmarks/gmm.py                     # every workload
     python benchmarks/gmm.py --quick             # small sizes (a smoke test)
     python benchmarks/gmm.py --workloads full --libraries limit jaxem sklearn --json out.json
 """
@@ -69,6 +69,13 @@ WORKLOADS = [
              (Target("jaxem ≥ 4× scikit-learn", "sklearn", "jaxem", ">=", 4),
               Target("jaxem ≥ 5× gmmx", "gmmx", "jaxem", ">=", 5)),
              {"n": 100_000, "d": 16, "k": 16, "iters": 5, "pomegranate_iters": 1}),
+    # No target in the issue: few features are where matrix products run slowest, so jaxem takes
+    # the differences directly there (models/gaussian.py, DIRECT_MAX_FEATURES).
+    Workload("diag_2d", "GMM diagonal covariance, few features, N={n} D={d} K={k}, {iters} "
+             "iterations", {"n": 1_000_000, "d": 2, "k": 8, "cov": "diag", "iters": 20,
+                            "restarts": 1, "pomegranate_iters": 5},
+             ("limit", "jaxem", "sklearn", "gmmx", "pomegranate"), (),
+             {"n": 100_000, "iters": 5, "pomegranate_iters": 1}),
 ]
 
 
