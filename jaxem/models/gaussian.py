@@ -62,8 +62,8 @@ def _mahalanobis(params, X: Array, covariance_type: str) -> Array:
     (``x'Λx - 2x'Λμ + μ'Λμ``) would be a few flops cheaper but loses ``eps * (|x|/σ)^2`` to
     cancellation, which in float32 ruins the likelihood of clusters far from the origin. Diagonal
     and spherical precisions take each row about its nearest mean first (:mod:`._shifted`), which
-    keeps the expanded form's matrix products without that cancellation. With few features every
-    type takes ``x - μ`` as it is (:func:`_direct_distances`).
+    keeps the expanded form's matrix products without that cancellation. With few features
+    (``DIRECT_MAX_FEATURES``) every type takes ``x - μ`` as it is (:func:`_direct_distances`).
     """
     means, A = params["means"], params["prec_chol"]
     n, d = X.shape
@@ -142,9 +142,10 @@ def _log_joint(params, x: Array, covariance_type: str) -> Array:
 def _suff_stats(params, X: Array, resp: Array, covariance_type: str):
     # Moments about each component's previous mean: additive over rows (the means are fixed
     # during a pass) and accurate in float32 even for clusters many standard deviations from the
-    # origin, where moments about one common point lose the variance to cancellation. The
-    # component-major [K, B, D] layout turns the sums into K batched matrix products; diagonal
-    # types get the same moments as one product over rows taken about their nearest mean.
+    # origin, where moments about one common point lose the variance to cancellation.
+    # centred_moments turns the sums into K batched matrix products; diagonal types with more
+    # than a few features get the same moments from products over rows taken about their nearest
+    # mean.
     means = params["means"]
     if covariance_type in ("full", "tied"):
         first, second = centred_moments(X, means, resp)
