@@ -101,10 +101,9 @@ def _direct_distances(params, X: Array, covariance_type: str) -> Array:
     if covariance_type in ("full", "tied"):
         # A [K, D, D] (or [D, D] shared): row e of A_k (x - μ_k).
         whitened = [sum(A[..., e, j] * diffs[j] for j in range(d)) for e in range(d)]
-    else:
-        scale = A if A.ndim == 2 else jnp.broadcast_to(A[:, None], means.shape)
-        whitened = [scale[:, j] * diffs[j] for j in range(d)]
-    return sum(w * w for w in whitened)
+        return sum(w * w for w in whitened)
+    precision = _diagonal_precision(A, means)
+    return sum(precision[:, j] * diffs[j] * diffs[j] for j in range(d))
 
 
 def _shift(params, X: Array) -> _shifted.Shifted:
