@@ -8,6 +8,13 @@ lowering and compiling, or loading from the cache), the wall time of the whole f
 call, a second call at another N in the same process (a new shape: compiles again) and the time of
 ``import jaxem``.
 
+A second table splits the cold compilation of the GMM cases, each in a fresh process with the cache
+off: the fit with its default initialiser (k-means++ and Lloyd's iterations, inside the program),
+the same fit from given ``init_params`` (no initialiser), and, for full covariance, a bare EM loop
+written in this file (a while loop over a scan of row blocks: whitening product, softmax, centred
+Gram matrices, Cholesky; no initialiser, no checks, no history): what XLA:CPU takes to compile the
+least program that runs these iterations.
+
     python benchmarks/compile.py [--quick] [--json out.json]
 """
 
@@ -34,7 +41,49 @@ QUICK_N = 5_000
 TARGET_FIRST_S, TARGET_CACHED_S = 1.0, 0.3
 
 
-def _worker(case: int, n: int) -> None:
+def _bare_full_em_compile_s(X, k: int, iters: int, block: int = 8192) -> float:
+    """Seconds to trace, lower and compile a bare full-covariance EM loop on ``X [N, D]``."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    d, block = X.shape[1], min(block, X.shape[0])
+    rows = X[: X.shape[0] // block * block].reshape(-1, block, d)
+
+    def em(Xb, weights, means, A):
+        def step(state):
+            i, weights, means, A = state
+            W = A.transpose(2, 0, 1).reshape(d, k * d)
+            shift = jnp.einsum("kd,ked->ke", means, A).reshape(k * d)
+            log_norm = jnp.log(weights) + jnp.sum(jnp.log(jnp.diagonal(A, axis1=1, axis2=2)), 1)
+            ones = jnp.repeat(jnp.eye(k, dtype=X.dtype), d, axis=0)
+
+            def block_stats(total, x):
+                y = x @ W - shift
+                resp = jax.nn.softmax(log_norm - 0.5 * (y * y) @ ones, axis=1)
+                root = jnp.sqrt(resp).T
+                centred = root[:, :, None] * (x[None] - means[:, None])
+                stats = (jnp.sum(resp, 0), jnp.einsum("kb,kbd->kd", root, centred),
+                         jnp.einsum("kbd,kbe->kde", centred, centred))
+                return jax.tree.map(jnp.add, total, stats), None
+
+            zero = (jnp.zeros(k), jnp.zeros((k, d)), jnp.zeros((k, d, d)))
+            nk, first, second = jax.lax.scan(block_stats, zero, Xb)[0]
+            offset = first / nk[:, None]
+            cov = (second - first[:, :, None] * offset[:, None]) / nk[:, None, None]
+            L = jnp.linalg.cholesky(cov + 1e-6 * jnp.eye(d))
+            A = jax.scipy.linalg.solve_triangular(L, jnp.broadcast_to(jnp.eye(d), L.shape),
+                                                  lower=True)
+            return i + 1, nk / jnp.sum(nk), means + offset, A
+        return jax.lax.while_loop(lambda s: s[0] < iters, step, (0, weights, means, A))
+
+    start = time.perf_counter()
+    jax.jit(em).lower(rows, np.full(k, 1 / k, X.dtype), X[:k],
+                      np.broadcast_to(np.eye(d, dtype=X.dtype), (k, d, d))).compile()
+    return time.perf_counter() - start
+
+
+def _worker(case: int, n: int, start_from: str = "init") -> None:
     start = time.perf_counter()
     import jax
     import numpy as np
@@ -49,6 +98,18 @@ def _worker(case: int, n: int) -> None:
     X = rng.normal(size=(n, d)).astype(np.float32)
     if spec[0] == "bernoulli":
         X = (X > 0.5).astype(np.float32)
+    if start_from == "bare":
+        print(json.dumps({"compile_s": _bare_full_em_compile_s(X, spec[1], iters)}))
+        return
+    if start_from == "params":
+        # Host arrays, so that nothing is compiled before the fit.
+        k = spec[1]
+        prec = np.ones((k, d)) if spec[2] == "diag" else np.broadcast_to(np.eye(d), (k, d, d))
+        start_params = {"weights": np.full(k, 1 / k, np.float32), "means": X[:k],
+                        "prec_chol": prec.astype(np.float32)}
+        res = jem.fit(model, X, init_params=start_params, max_iter=iters, tol=None)
+        print(json.dumps({"compile_s": res.compile_time}))
+        return
     start = time.perf_counter()
     res = jem.fit(model, X, key=jax.random.key(0), max_iter=iters, tol=None)
     call_s = time.perf_counter() - start
@@ -57,8 +118,9 @@ def _worker(case: int, n: int) -> None:
                       "fit_s": res.fit_time, "new_shape_compile_s": other.compile_time}))
 
 
-def _spawn(case: int, n: int, env: dict) -> dict:
-    cmd = [sys.executable, __file__, "--_worker", str(case), "--_n", str(n)]
+def _spawn(case: int, n: int, env: dict, start_from: str = "init") -> dict:
+    cmd = [sys.executable, __file__, "--_worker", str(case), "--_n", str(n),
+           "--_start", start_from]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"worker failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -71,9 +133,10 @@ def main(argv=None) -> dict:
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--_worker", type=int, help=argparse.SUPPRESS)
     p.add_argument("--_n", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--_start", default="init", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._worker is not None:
-        _worker(args._worker, args._n)
+        _worker(args._worker, args._n, args._start)
         return {}
 
     print(f"machine: {machine_line()}")
@@ -92,6 +155,23 @@ def main(argv=None) -> dict:
                 rows.append(r)
                 print(f"| {r['case']} | {label} | {r['import_s']:.2f} | {r['compile_s']:.2f} "
                       f"| {r['call_s']:.2f} | {r['fit_s']:.2f} | {r['new_shape_compile_s']:.2f} |")
+    print("\n### Where a cold compilation goes (fresh processes, cache off; compile s)\n")
+    print("| case | fit, default initialiser | fit from init_params | bare EM loop |")
+    print("|---|---:|---:|---:|")
+    split = []
+    cold = dict(os.environ, JAXEM_COMPILATION_CACHE="0")
+    for i, (name, spec, n, d, _) in enumerate(CASES):
+        if spec[0] != "gaussian":
+            continue
+        n = QUICK_N if args.quick else n
+        default = next(r["compile_s"] for r in rows
+                       if r["case"] == f"{name} [{n}, {d}]" and r["process"].startswith("cold"))
+        params = _spawn(i, n, cold, "params")["compile_s"]
+        bare = _spawn(i, n, cold, "bare")["compile_s"] if spec[2] == "full" else None
+        split.append({"case": f"{name} [{n}, {d}]", "default_init_s": default,
+                      "init_params_s": params, "bare_loop_s": bare})
+        bare_text = "-" if bare is None else f"{bare:.2f}"
+        print(f"| {name} [{n}, {d}] | {default:.2f} | {params:.2f} | {bare_text} |")
     print()
     checks = []
     for r in rows:
@@ -102,7 +182,7 @@ def main(argv=None) -> dict:
                   f"(needs <= {bound:g} s): {'met' if ok else 'MISSED'}")
             checks.append({"case": r["case"], "process": r["process"], "value": r["compile_s"],
                            "bound": bound, "ok": ok})
-    report = {"machine": machine_line(), "rows": rows, "targets": checks}
+    report = {"machine": machine_line(), "rows": rows, "split": split, "targets": checks}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return report
