@@ -185,12 +185,15 @@ def run_jaxem(arrays, cfg):
     else:
         # Restart r starts from start r: the initialiser reads r from its key (keys [0, r]). One
         # model per process: models compile by identity, and paired workers fit it repeatedly.
-        if r not in _RESTART_MODELS:
+        # The starts are keyed by the arrays they came from, which the worker loads once.
+        cache_key = (id(arrays), r, cfg["k"], cov_type)
+        if cache_key not in _RESTART_MODELS:
             def init(key, X):
                 return jax.tree.map(lambda s: jnp.asarray(s)[jax.random.key_data(key)[1]], starts)
-            _RESTART_MODELS[r] = dataclasses.replace(model, init=init)
+            _RESTART_MODELS[cache_key] = dataclasses.replace(model, init=init)
         keys = jax.random.wrap_key_data(np.stack([np.zeros(r), np.arange(r)], 1).astype(np.uint32))
-        res = jem.fit(_RESTART_MODELS[r], arrays["X"], key=keys, max_iter=cfg["iters"], tol=None)
+        res = jem.fit(_RESTART_MODELS[cache_key], arrays["X"], key=keys, max_iter=cfg["iters"],
+                      tol=None)
         note = f"{r} restarts, one program; per restart-iteration"
     p = res.all_params
     params = {"weights": np.asarray(p["weights"]), "means": np.asarray(p["means"]),
