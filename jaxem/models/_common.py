@@ -77,14 +77,11 @@ def centred_moments(X: Array, means: Array | None, weights: Array,
         # [K, D, B]: D=2 K=8 19 -> 10 ms, D=3 K=8 47 -> 23, D=3 K=64 259 -> 113, D=5 K=32
         # 106 -> 92; D=1 level; from D=6 on it loses for some K (D=6 K=32 91 -> 112 ms).
         centred = X.T[None] if means is None else X.T[None] - means[:, :, None]
-        weighted = root[:, None, :] * centred
-        first = jnp.einsum("kb,kdb->kd", root, weighted)
-        if full:
-            return first, jnp.einsum("kdb,keb->kde", weighted, weighted)
-        return first, jnp.einsum("kdb,kdb->kd", weighted, weighted)
-    centred = X[None, :, :] if means is None else X[None, :, :] - means[:, None, :]
-    weighted = root[:, :, None] * centred                        # [K, B, D]
-    first = jnp.einsum("kb,kbd->kd", root, weighted)
+        weighted, rows, other = root[:, None, :] * centred, "kdb", "keb"
+    else:
+        centred = X[None, :, :] if means is None else X[None, :, :] - means[:, None, :]
+        weighted, rows, other = root[:, :, None] * centred, "kbd", "kbe"
+    first = jnp.einsum(f"kb,{rows}->kd", root, weighted)
     if full:
-        return first, jnp.einsum("kbd,kbe->kde", weighted, weighted)
-    return first, jnp.einsum("kbd,kbd->kd", weighted, weighted)
+        return first, jnp.einsum(f"{rows},{other}->kde", weighted, weighted)
+    return first, jnp.einsum(f"{rows},{rows}->kd", weighted, weighted)
