@@ -2,29 +2,37 @@
 
 A model is a log-joint function ``log_joint(params, x) -> [K]`` for one observation plus an
 initialiser; :func:`fit` runs EM (closed-form or gradient M-step) with restarts vmapped into one
-compiled program.
+compiled program. This module is the public surface; ``ARCHITECTURE.md`` maps the folders behind it.
 """
 
-from . import _cache, constraints, hmm, init, models
-from ._cache import disable_compilation_cache, enable_compilation_cache
-from .em import FitError, FitResult, e_step, elbo, expected_log_joint, fit, log_likelihood
-from .estep import Annealing
+from . import _legacy, hmm, models
+from .app.io import load, save
+from .app.selection import ComponentSelection, select_components
+from .core import compile_cache as _compile_cache
+from .core import constraints
+from .core.compile_cache import disable_compilation_cache, enable_compilation_cache
+from .core.estep import Annealing
+from .core.fit import fit
+from .core.inference import e_step, elbo, expected_log_joint, log_likelihood
+from .core.model import Model
+from .core.result import FitError, FitResult
+from .core.validation import ConvergenceWarning, NotFittedError
 from .estimators import (
     BernoulliMixture,
+    CategoricalHMM,
     CategoricalMixture,
     ExponentialMixture,
     GammaMixture,
+    GaussianHMM,
     GaussianMixture,
     IndependentMixture,
     KMeans,
     MixtureOfExperts,
     MixtureOfLinearRegressions,
+    PoissonHMM,
     PoissonMixture,
     StudentTMixture,
 )
-from .hmm import CategoricalHMM, GaussianHMM, PoissonHMM
-from .io import load, save
-from .model import Model
 from .models import (
     bernoulli_mixture,
     categorical_mixture,
@@ -32,70 +40,37 @@ from .models import (
     gamma_mixture,
     gaussian_mixture,
     independent_mixture,
+    init,
     isotropic_mixture,
     mixture_of_experts,
     mixture_of_linear_regressions,
     poisson_mixture,
     student_t_mixture,
 )
-from .online import OnlineResult, fit_online
-from .selection import ComponentSelection, select_components
-from .streaming import fit_chunked, log_likelihood_chunked
-from .validation import ConvergenceWarning, NotFittedError
+from .scale.chunked import fit_chunked, log_likelihood_chunked
+from .scale.online import OnlineResult, fit_online
 
 __version__ = "0.1.0"
 
-_cache.enable_on_import()
+_compile_cache.enable_on_import()
+_legacy.install(__name__)
+
+
+
+def __getattr__(name):
+    return _legacy.attribute(__name__, name)
+
 
 __all__ = [
-    "CategoricalHMM",
-    "GaussianHMM",
-    "PoissonHMM",
-    "hmm",
-    "Annealing",
-    "CategoricalMixture",
-    "ExponentialMixture",
-    "GammaMixture",
-    "IndependentMixture",
-    "KMeans",
-    "isotropic_mixture",
-    "PoissonMixture",
-    "StudentTMixture",
-    "categorical_mixture",
-    "exponential_mixture",
-    "gamma_mixture",
-    "independent_mixture",
-    "poisson_mixture",
-    "student_t_mixture",
-    "BernoulliMixture",
-    "ConvergenceWarning",
-    "GaussianMixture",
-    "FitError",
-    "FitResult",
-    "Model",
-    "NotFittedError",
-    "bernoulli_mixture",
-    "constraints",
-    "disable_compilation_cache",
-    "enable_compilation_cache",
-    "e_step",
-    "elbo",
-    "expected_log_joint",
-    "fit",
-    "gaussian_mixture",
-    "init",
-    "load",
-    "log_likelihood",
-    "models",
-    "save",
-    "ComponentSelection",
-    "MixtureOfExperts",
-    "MixtureOfLinearRegressions",
-    "mixture_of_experts",
-    "mixture_of_linear_regressions",
-    "select_components",
-    "OnlineResult",
-    "fit_chunked",
-    "fit_online",
-    "log_likelihood_chunked",
+    "Annealing", "bernoulli_mixture", "BernoulliMixture", "categorical_mixture", "CategoricalHMM",
+    "CategoricalMixture", "ComponentSelection", "constraints", "ConvergenceWarning",
+    "disable_compilation_cache", "e_step", "elbo", "enable_compilation_cache", "expected_log_joint",
+    "exponential_mixture", "ExponentialMixture", "fit", "fit_chunked", "fit_online", "FitError",
+    "FitResult", "gamma_mixture", "GammaMixture", "gaussian_mixture", "GaussianHMM",
+    "GaussianMixture", "hmm", "independent_mixture", "IndependentMixture", "init",
+    "isotropic_mixture", "KMeans", "load", "log_likelihood", "log_likelihood_chunked",
+    "mixture_of_experts", "mixture_of_linear_regressions", "MixtureOfExperts",
+    "MixtureOfLinearRegressions", "Model", "models", "NotFittedError", "OnlineResult",
+    "poisson_mixture", "PoissonHMM", "PoissonMixture", "save", "select_components",
+    "student_t_mixture", "StudentTMixture",
 ]

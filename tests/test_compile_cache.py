@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import jaxem as jem
-from jaxem import _export_cache
+from jaxem.core import program_cache as _export_cache
 from jaxem.model import model_factory, stable_repr
 from jaxem.models.gaussian_prior import GaussianPrior
 
@@ -24,7 +24,7 @@ _WORKER = r"""
 import json, sys
 import jax, numpy as np
 import jaxem as jem
-from jaxem import _export_cache
+from jaxem.core import program_cache as _export_cache
 loads = []
 original = _export_cache.load
 def load(key, dynamic):
@@ -135,7 +135,7 @@ def test_mismatched_entry_is_a_miss(tmp_path, monkeypatch):
     try:
         static, dynamic = _program_args(203)
         key = _export_cache.program_key("p", static, dynamic)
-        lowered = jem._loop._jitted_program.lower(*dynamic, **static)
+        lowered = jem.core.fit.program.lower(*dynamic, **static)
         compiled = lowered.compile()
         _export_cache._store(key, compiled, lowered.as_text())
         assert _export_cache.load(key, dynamic) is not None

@@ -123,21 +123,21 @@ def test_restarts_are_one_vmapped_program_equal_to_single_fits():
 
 
 def test_restart_plan_runs_cpu_passes_in_sequence_and_batches_them_on_accelerators():
-    from jaxem import _passes
+    from jaxem.core import blocks
 
-    assert _passes.plan_restarts(8, "cpu") == (True, _passes.DEFAULT_BLOCK_ROWS)
-    assert _passes.plan_restarts(8, "gpu") == (False, _passes.RESTART_BLOCK_WORK // 8)
-    assert _passes.plan_restarts(64, "gpu") == (False, _passes.MIN_BLOCK_ROWS)
-    assert _passes.plan_restarts(1, "gpu") == (False, _passes.DEFAULT_BLOCK_ROWS)
-    assert _passes.plan_restarts(1, "cpu").in_sequence is False  # one restart runs unbatched
-    assert _passes.plan_restarts(8, "cpu", block_size=100) == (True, 100)
+    assert blocks.plan_restarts(8, "cpu") == (True, blocks.DEFAULT_BLOCK_ROWS)
+    assert blocks.plan_restarts(8, "gpu") == (False, blocks.RESTART_BLOCK_WORK // 8)
+    assert blocks.plan_restarts(64, "gpu") == (False, blocks.MIN_BLOCK_ROWS)
+    assert blocks.plan_restarts(1, "gpu") == (False, blocks.DEFAULT_BLOCK_ROWS)
+    assert blocks.plan_restarts(1, "cpu").in_sequence is False  # one restart runs unbatched
+    assert blocks.plan_restarts(8, "cpu", block_size=100) == (True, 100)
 
 
 @pytest.mark.parametrize("how", ["closed_form", "gradient", "chunked", "hmm", "hmm_chunked"])
 def test_restarts_in_sequence_and_vmapped_give_the_same_fit(how, monkeypatch):
     """On a CPU the restarts' passes run one after another; an accelerator's vmapped batch (forced
     here by emptying the platform list) must give the same fit, restart by restart."""
-    from jaxem import _passes
+    from jaxem.core import blocks
 
     X = three_blobs(n=900)
     model = jem.gaussian_mixture(3, "full", init="random_from_data")
@@ -156,7 +156,7 @@ def test_restarts_in_sequence_and_vmapped_give_the_same_fit(how, monkeypatch):
         return jem.fit(model, X, **kwargs)
 
     in_sequence = run()
-    monkeypatch.setattr(_passes, "SEQUENTIAL_RESTART_PLATFORMS", ())
+    monkeypatch.setattr(blocks, "SEQUENTIAL_RESTART_PLATFORMS", ())
     vmapped = run()
     assert len({float(v) for v in in_sequence.all_log_likelihoods}) == 3
     np.testing.assert_array_equal(in_sequence.n_iter, vmapped.n_iter)
@@ -278,10 +278,10 @@ def test_failed_restarts_are_never_chosen_and_all_failing_raises():
 def test_programs_are_traced_with_full_float32_products():
     """Accelerators may compute float32 products in TF32 or bfloat16 by default; every product in
     a compiled fit (E-step, statistics, k-means initialisation) asks for full precision."""
-    from jaxem import _loop
+    from jaxem.core import programs
     X = three_blobs(n=300)
     jem.fit(jem.gaussian_mixture(3, "full"), X, key=jax.random.key(0), max_iter=2)
-    text = next(reversed(_loop._EXECUTABLES.values())).as_text()
+    text = next(reversed(programs._EXECUTABLES.values())).as_text()
     # The optimised HLO prints a non-default precision config on each dot it keeps.
     dots = [line for line in text.splitlines() if " dot(" in line]
     assert dots and all("operand_precision={highest,highest}" in line for line in dots)
@@ -293,9 +293,9 @@ def test_blocks_cover_the_rows_and_tile_them_exactly_when_they_can(n_rows, n_sha
     """Row blocks cover every row with less than one block of padding, split evenly over the
     devices; where blocks of at least 4/5 the planned length divide the rows (by a multiple of
     8), they tile them exactly, so that no padded copy of the data is made."""
-    from jaxem import _passes
+    from jaxem.core import blocks
 
-    n_blocks, rows = _passes.plan_blocks(n_rows, None, n_shards)
+    n_blocks, rows = blocks.plan_blocks(n_rows, None, n_shards)
     assert n_blocks * rows >= n_rows > (n_blocks - 1) * rows
     assert n_blocks % n_shards == 0
     exact = [b for b in range(n_blocks, n_blocks + n_blocks // 4 + 1)
@@ -345,12 +345,13 @@ def test_posteriors_of_many_rows_are_computed_block_by_block_and_match_all_at_on
     """predict_proba / e_step run a block of rows at a time (padded last block included) and
     give the all-rows computation's responsibilities and log-likelihood."""
     from jaxem import em as em_module
+    from jaxem.core import estep
 
     X = np.random.default_rng(4).normal(size=(9001, 3)).astype(np.float32)
     model = jem.gaussian_mixture(3, "full")
     params = model.init(jax.random.key(0), jnp.asarray(X))
     resp, row_ll = em_module.posterior_rows(model, params, jnp.asarray(X))
-    whole_resp, whole_ll = em_module._posterior_block(model, params, jnp.asarray(X))
+    whole_ll, whole_resp = estep.posterior(model.log_joint_matrix(params, jnp.asarray(X)), exact=True)
     assert resp.shape == (9001, 3) and row_ll.shape == (9001,)
     np.testing.assert_allclose(resp, whole_resp, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(row_ll, whole_ll, rtol=1e-6)

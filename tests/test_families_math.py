@@ -16,7 +16,7 @@ import scipy.stats as st
 from conftest import assert_non_decreasing
 
 import jaxem as jem
-from jaxem.models import _distributions as dist
+from jaxem.models import distributions as dist
 
 ALL_FEATURES = [("gaussian", [0, 1]), ("poisson", [2]), ("bernoulli", [3, 4]),
                 ("categorical", [5], {"n_categories": [3]}), ("gamma", [6]), ("exponential", [7])]
@@ -243,10 +243,10 @@ def test_centred_moments_keep_float32_accuracy_far_from_the_origin(centred, rows
     oracle in float32 even for rows 1e3 from the origin (moments about each centre, not about one
     point), weightless rows add exactly nothing, and the diagonal form is the full form's diagonal;
     in both layouts (rows along the minor axis, chosen for few features, or not)."""
-    from jaxem.models import _common
-    from jaxem.models._common import centred_moments
+    from jaxem.models import common
+    from jaxem.models.common import centred_moments
 
-    monkeypatch.setattr(_common, "ROW_MINOR_MAX_FEATURES", 3 if rows_minor else 0)
+    monkeypatch.setattr(common, "ROW_MINOR_MAX_FEATURES", 3 if rows_minor else 0)
 
     rng = np.random.default_rng(3)
     offset = 1e3 if centred else 0.0

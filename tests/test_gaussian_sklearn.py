@@ -75,10 +75,10 @@ def test_one_iteration_equals_sklearn_with_few_and_many_features(x64, covariance
     (every type at 1 feature, diagonal types up to a few), centred_moments' rows-along-the-minor-
     axis layout (full and tied, a few features), the matrix products otherwise (8 features). One EM
     iteration from the same start gives scikit-learn's parameters on each."""
-    from jaxem.models import _common, gaussian
+    from jaxem.models import common, gaussian
 
     assert 1 <= gaussian.DIRECT_MAX_FEATURES[covariance_type] < 8
-    assert 3 <= _common.ROW_MINOR_MAX_FEATURES < 8
+    assert 3 <= common.ROW_MINOR_MAX_FEATURES < 8
     rng = np.random.default_rng(1)
     centres = 4.0 * rng.normal(size=(3, n_features))
     X = centres[rng.integers(0, 3, 400)] + rng.normal(size=(400, n_features))

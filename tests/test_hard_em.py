@@ -221,7 +221,7 @@ def test_bad_tolerance_is_refused(bad):
 def test_hard_assignment_is_max_and_first_argmax():
     """The running comparison equals max/argmax, ties going to the first component, also with
     -inf (label-masked) entries and more components than one unrolled kernel holds."""
-    from jaxem._passes import hard_assignment
+    from jaxem.core.estep import hard_assignment
     rng = np.random.default_rng(0)
     for k in (1, 3, 32, 70):
         lj = np.round(rng.normal(size=(500, k)), 1).astype(np.float32)  # rounding makes ties
@@ -237,7 +237,7 @@ def test_kmeans_hard_block_stats_equal_the_generic_hard_pass(x64):
     pass (full log-joint, one-hot statistics), with weights, on data far from the origin."""
     import dataclasses
 
-    from jaxem import _passes
+    from jaxem.core import blocks, passes
 
     X = _blobs4() + 1e3
     model = jem.models.isotropic_mixture(4)
@@ -245,16 +245,16 @@ def test_kmeans_hard_block_stats_equal_the_generic_hard_pass(x64):
     generic = dataclasses.replace(model, hard_block_stats=None)
     params = model.init(jax.random.key(0), jnp.asarray(X))
     weights = np.random.default_rng(1).uniform(0.5, 2.0, len(X))
-    rows = _passes.block_rows(jnp.asarray(X), jnp.asarray(weights), None, 4, 300)
-    fast_objective, fast = _passes.stats_pass(model, params, rows, hard=True)
-    slow_objective, slow = _passes.stats_pass(generic, params, rows, hard=True)
+    rows = blocks.block_rows(jnp.asarray(X), jnp.asarray(weights), None, 4, 300)
+    fast_objective, fast = passes.stats_pass(model, params, rows, hard=True)
+    slow_objective, slow = passes.stats_pass(generic, params, rows, hard=True)
     np.testing.assert_allclose(fast_objective, slow_objective, rtol=1e-12)
     np.testing.assert_array_equal(fast.fingerprint, slow.fingerprint)
     for name in ("nk", "sum_x", "within"):
         np.testing.assert_allclose(fast.stats[name], slow.stats[name], rtol=1e-12, atol=1e-9)
     # The hashes laid out once with the blocks are those the fingerprint would compute per pass.
     no_hashes = rows._replace(hashes=None)
-    np.testing.assert_array_equal(_passes.stats_pass(model, params, no_hashes, hard=True)[1]
+    np.testing.assert_array_equal(passes.stats_pass(model, params, no_hashes, hard=True)[1]
                                   .fingerprint, fast.fingerprint)
     labels, distances = jem.models.kmeans.nearest_centres(params, jnp.asarray(X))
     exact = ((X[:, None, :] - np.asarray(params["means"])[None]) ** 2).sum(-1)
@@ -267,15 +267,15 @@ def test_kmeans_m_step_variance_is_the_scatter_about_the_new_means(hard):
     """The shared variance after one M-step is Σ_nk r_nk |x_n - m_k|² / (N D) about the new
     means m_k, in float32 on data far from the origin, whether the statistics come from the
     one-function hard pass or the soft statistics (both carry the scatter about the old means)."""
-    from jaxem import _passes
+    from jaxem.core import blocks, passes
 
     X = (_blobs4() + 1e3).astype(np.float32)
     model = jem.models.isotropic_mixture(4)
     params = jem.models.kmeans.params_from_centers(jnp.asarray(X), jnp.asarray(X[[0, 1, 2, 3]]))
     weights = np.random.default_rng(2).uniform(0.5, 2.0, len(X)).astype(np.float32)
-    rows = _passes.block_rows(jnp.asarray(X), jnp.asarray(weights), None, 4, 300)
-    _, stats = _passes.stats_pass(model, params, rows, hard=hard)
-    new = model.maximize(_passes.statistics(stats), params)
+    rows = blocks.block_rows(jnp.asarray(X), jnp.asarray(weights), None, 4, 300)
+    _, stats = passes.stats_pass(model, params, rows, hard=hard)
+    new = model.maximize(blocks.statistics(stats), params)
 
     x = X.astype(np.float64)
     sq = ((x[:, None, :] - np.asarray(params["means"], np.float64)[None]) ** 2).sum(-1)
@@ -296,26 +296,26 @@ def test_fingerprint_sees_rows_trading_components_and_ignores_weightless_rows():
     """Hard EM's fixed-point test: per component, the wrapped sum of its rows' hashes. Two rows
     trading components (the same count in each) change it; reordering or zero-weight rows do
     not. Rows with a missing value hash their observed entries."""
-    from jaxem import _passes
+    from jaxem.core import blocks, passes
 
     X = jnp.asarray(_blobs4()[:8], jnp.float32)
     weights = jnp.ones(8)
     component = jnp.array([0, 0, 1, 1, 2, 2, 3, 3])
-    base = _passes.assignment_fingerprint(X, component, weights, 4)
+    base = blocks.assignment_fingerprint(X, component, weights, 4)
     assert base.shape == (4,) and base.dtype == jnp.uint32
     traded = component.at[0].set(1).at[2].set(0)
-    assert not np.array_equal(_passes.assignment_fingerprint(X, traded, weights, 4), base)
+    assert not np.array_equal(blocks.assignment_fingerprint(X, traded, weights, 4), base)
     order = jnp.array([7, 3, 5, 1, 0, 6, 2, 4])
     np.testing.assert_array_equal(
-        _passes.assignment_fingerprint(X[order], component[order], weights[order], 4), base)
+        blocks.assignment_fingerprint(X[order], component[order], weights[order], 4), base)
     moved_weightless = component.at[0].set(3)
     np.testing.assert_array_equal(
-        _passes.assignment_fingerprint(X, moved_weightless, weights.at[0].set(0.0), 4),
-        _passes.assignment_fingerprint(X, component, weights.at[0].set(0.0), 4))
+        blocks.assignment_fingerprint(X, moved_weightless, weights.at[0].set(0.0), 4),
+        blocks.assignment_fingerprint(X, component, weights.at[0].set(0.0), 4))
     with_nan = X.at[1, 2].set(jnp.nan)
-    np.testing.assert_array_equal(_passes.row_hashes(with_nan),
-                                  _passes.row_hashes(jnp.nan_to_num(with_nan)))
-    assert np.all(np.asarray(_passes.row_hashes(X)) % 2 == 1)
+    np.testing.assert_array_equal(blocks.row_hashes(with_nan),
+                                  blocks.row_hashes(jnp.nan_to_num(with_nan)))
+    assert np.all(np.asarray(blocks.row_hashes(X)) % 2 == 1)
 
 
 def test_kmeans_predicts_and_transforms_many_rows_block_by_block():

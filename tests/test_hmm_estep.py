@@ -10,7 +10,7 @@ from conftest import assert_non_decreasing
 
 import jaxem as jem
 from jaxem import hmm as jhmm
-from jaxem.hmm.fit import _Layout, _posteriors
+from jaxem.hmm.passes import SequenceLayout, posteriors
 
 
 def _sequences(seed=0):
@@ -57,8 +57,8 @@ def test_tempered_posterior_is_the_normalised_power_of_the_joint(x64):
     params = {"initial": jnp.array([0.5, 0.3, 0.2]),
               "transition": jnp.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]]),
               "emission": emission}
-    layout = _Layout(1, T, None)
-    post = _posteriors(hmm, params, layout.observation_blocks(jnp.asarray(Y)[None]),
+    layout = SequenceLayout(1, T, None)
+    post = posteriors(hmm, params, layout.observation_blocks(jnp.asarray(Y)[None]),
                        jnp.ones((1, T), bool), layout, "scan", jnp.asarray(temperature))
     dens = np.asarray(hmm.emission_model.log_joint_matrix(emission, jnp.asarray(Y)))
     log_A, log_pi = np.log(np.asarray(params["transition"])), np.log(np.asarray(params["initial"]))

@@ -20,7 +20,8 @@ SCRIPT = textwrap.dedent("""
     jax.config.update("jax_enable_x64", True)
     sys.path.insert(0, sys.argv[1])
     import jaxem as jem
-    from jaxem import _loop, hmm as jhmm
+    from jaxem import hmm as jhmm
+    from jaxem.core import programs
     from jaxem.streaming import fit_chunked
     from conftest import three_blobs
 
@@ -40,7 +41,7 @@ SCRIPT = textwrap.dedent("""
     kw = dict(key=jax.random.key(1), n_restarts=2, max_iter=10, tol=0.0, sample_weight=weights)
     one = jem.fit(model, X, **kw)
     four = jem.fit(model, X, devices="all", **kw)
-    executable = next(reversed(_loop._EXECUTABLES.values()))
+    executable = next(reversed(programs._EXECUTABLES.values()))
     out["fit_all_reduce"] = "all-reduce" in executable.as_text()
     # The rows (argument 2) are split over the devices, not copied whole to each.
     out["rows_spec"] = list(executable.input_shardings[0][2].spec)

@@ -61,7 +61,7 @@ def test_fused_block_stats_equal_the_log_joint_and_suff_stats(x64, covariance_ty
     import jax
 
     import jaxem as jem
-    from jaxem import _passes
+    from jaxem.core import blocks, passes
     from jaxem.models import gaussian
 
     assert (n_features <= gaussian.DIRECT_MAX_FEATURES[covariance_type]) == (n_features == 2)
@@ -72,10 +72,10 @@ def test_fused_block_stats_equal_the_log_joint_and_suff_stats(x64, covariance_ty
     params = model.init(jax.random.key(0), jnp.asarray(X))
     rng = np.random.default_rng(1)
     weights, labels = rng.uniform(0.5, 2.0, len(X)), np.where(rng.uniform(size=len(X)) < 0.1, 3, -1)
-    rows = _passes.block_rows(jnp.asarray(X), jnp.asarray(weights), jnp.asarray(labels), 4, 750)
+    rows = blocks.block_rows(jnp.asarray(X), jnp.asarray(weights), jnp.asarray(labels), 4, 750)
     for temperature in (None, jnp.asarray(1.7)):
-        fused = _passes.stats_pass(model, params, rows, temperature=temperature)
-        separate = _passes.stats_pass(plain, params, rows, temperature=temperature)
+        fused = passes.stats_pass(model, params, rows, temperature=temperature)
+        separate = passes.stats_pass(plain, params, rows, temperature=temperature)
         for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(separate), strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
 

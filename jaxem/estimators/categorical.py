@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..models import _distributions as dist
+from ..models import distributions as dist
 from ..models.categorical import categorical_mixture
+from .checks import bad_integers
 from .independent import FeatureMixture
 
 
@@ -29,26 +30,8 @@ class CategoricalMixture(FeatureMixture):
     """
 
     _family_keys = ("probs",)
-
-    def __init__(self, n_components: int = 1, *, n_categories=None, tol: float = 1e-6,
-                 max_iter: int = 100, n_restarts: int = 1, init_params: str = "kmeans",
-                 dirichlet_alpha: float = 1.0, weights_init=None, probs_init=None,
-                 random_state=None, m_step: str = "auto", optimizer=None,
-                 e_step="soft", verbose: int = 0):
-        self.n_components = n_components
-        self.n_categories = n_categories
-        self.tol = tol
-        self.max_iter = max_iter
-        self.n_restarts = n_restarts
-        self.init_params = init_params
-        self.dirichlet_alpha = dirichlet_alpha
-        self.weights_init = weights_init
-        self.probs_init = probs_init
-        self.random_state = random_state
-        self.m_step = m_step
-        self.optimizer = optimizer
-        self.e_step = e_step
-        self.verbose = verbose
+    _parameters = {"n_components": ..., "n_categories": None}
+    _feature, _mixture = staticmethod(dist.categorical), staticmethod(categorical_mixture)
 
     def _user_counts(self, n_cols: int) -> tuple[int, ...] | None:
         if self.n_categories is None:
@@ -72,7 +55,7 @@ class CategoricalMixture(FeatureMixture):
 
     def _check_values(self, X: np.ndarray) -> None:
         high = np.inf if self._counts is None else np.asarray(self._counts, float)[None, :]
-        bad = dist._bad_integers(X, high)
+        bad = bad_integers(X, high)
         if bad.any():
             row, col = (int(i) for i in np.argwhere(bad)[0])
             allowed = ("non-negative integer codes" if self._counts is None else
@@ -80,13 +63,9 @@ class CategoricalMixture(FeatureMixture):
             raise ValueError(f"{type(self).__name__} needs {allowed}; got {X[row, col]} at row "
                              f"{row}, column {col}")
 
-    def _specs(self):
-        return ((dist.categorical(self.n_categories_), None),)
+    def _family_args(self) -> tuple:
+        return (self.n_categories_,)
 
     def _prepare(self, X: np.ndarray) -> None:
         self.n_categories_ = self._counts or tuple(int(c) + 1 for c in X.max(axis=0))
         self._counts = self.n_categories_
-
-    def _model(self):
-        return categorical_mixture(self.n_components, self.n_categories_, self.init_params,
-                                   float(self.dirichlet_alpha))

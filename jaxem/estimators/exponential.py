@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..models import _distributions as dist
+from ..models import distributions as dist
 from ..models.exponential import exponential_mixture
 from .independent import FeatureMixture
 
@@ -10,14 +10,8 @@ from .independent import FeatureMixture
 class ExponentialMixture(FeatureMixture):
     """Mixture of independent exponential durations (each column non-negative).
 
-    Args:
-        n_components: number of components ``K``.
-        tol, max_iter, n_restarts, random_state, m_step, optimizer, e_step, verbose: as in
-            :class:`GaussianMixture`.
-        init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``.
-        dirichlet_alpha: symmetric Dirichlet prior ``α >= 1`` on the weights (MAP when > 1).
-        weights_init ``[K]``, rates_init ``[K, D]``: optional starting parameters; when any is
-            given the fit runs once from them.
+    Args: as :class:`PoissonMixture` (starting parameters ``weights_init [K]``,
+    ``rates_init [K, D]``).
 
     Fitted attributes:
         ``weights_ [K]``, ``rates_ [K, D]`` (means ``1 / rates_``), ``converged_``, ``n_iter_``,
@@ -25,28 +19,4 @@ class ExponentialMixture(FeatureMixture):
     """
 
     _family_keys = ("rates",)
-
-    def __init__(self, n_components: int = 1, *, tol: float = 1e-6, max_iter: int = 100,
-                 n_restarts: int = 1, init_params: str = "kmeans", dirichlet_alpha: float = 1.0,
-                 weights_init=None, rates_init=None, random_state=None, m_step: str = "auto",
-                 optimizer=None,
-                 e_step="soft", verbose: int = 0):
-        self.n_components = n_components
-        self.tol = tol
-        self.max_iter = max_iter
-        self.n_restarts = n_restarts
-        self.init_params = init_params
-        self.dirichlet_alpha = dirichlet_alpha
-        self.weights_init = weights_init
-        self.rates_init = rates_init
-        self.random_state = random_state
-        self.m_step = m_step
-        self.optimizer = optimizer
-        self.e_step = e_step
-        self.verbose = verbose
-
-    def _specs(self):
-        return ((dist.exponential(), None),)
-
-    def _model(self):
-        return exponential_mixture(self.n_components, self.init_params, float(self.dirichlet_alpha))
+    _feature, _mixture = staticmethod(dist.exponential), staticmethod(exponential_mixture)

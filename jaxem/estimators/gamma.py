@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..models import _distributions as dist
+from ..models import distributions as dist
 from ..models.gamma import gamma_mixture
 from .independent import FeatureMixture
 
@@ -12,14 +12,8 @@ class GammaMixture(FeatureMixture):
 
     Shapes are updated by Newton's method inside the M-step (see :mod:`jaxem.models.gamma`).
 
-    Args:
-        n_components: number of components ``K``.
-        tol, max_iter, n_restarts, random_state, m_step, optimizer, e_step, verbose: as in
-            :class:`GaussianMixture`.
-        init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``.
-        dirichlet_alpha: symmetric Dirichlet prior ``α >= 1`` on the weights (MAP when > 1).
-        weights_init ``[K]``, shapes_init ``[K, D]``, rates_init ``[K, D]``: optional starting
-            parameters (missing ones default to 1); when any is given the fit runs once from them.
+    Args: as :class:`PoissonMixture`; the starting parameters are ``weights_init [K]``,
+    ``shapes_init [K, D]`` and ``rates_init [K, D]`` (missing ones default to 1).
 
     Fitted attributes:
         ``weights_ [K]``, ``shapes_ [K, D]``, ``rates_ [K, D]`` (scipy's ``scale = 1 / rate``),
@@ -27,29 +21,4 @@ class GammaMixture(FeatureMixture):
     """
 
     _family_keys = ("shapes", "rates")
-
-    def __init__(self, n_components: int = 1, *, tol: float = 1e-6, max_iter: int = 100,
-                 n_restarts: int = 1, init_params: str = "kmeans", dirichlet_alpha: float = 1.0,
-                 weights_init=None, shapes_init=None, rates_init=None, random_state=None,
-                 m_step: str = "auto", optimizer=None,
-                 e_step="soft", verbose: int = 0):
-        self.n_components = n_components
-        self.tol = tol
-        self.max_iter = max_iter
-        self.n_restarts = n_restarts
-        self.init_params = init_params
-        self.dirichlet_alpha = dirichlet_alpha
-        self.weights_init = weights_init
-        self.shapes_init = shapes_init
-        self.rates_init = rates_init
-        self.random_state = random_state
-        self.m_step = m_step
-        self.optimizer = optimizer
-        self.e_step = e_step
-        self.verbose = verbose
-
-    def _specs(self):
-        return ((dist.gamma(), None),)
-
-    def _model(self):
-        return gamma_mixture(self.n_components, self.init_params, float(self.dirichlet_alpha))
+    _feature, _mixture = staticmethod(dist.gamma), staticmethod(gamma_mixture)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from .. import em
-from ..models import gaussian as gaussian_family
-from ..models.gaussian_prior import GaussianPrior, gaussian_prior
-from ..validation import (
+from ..core import inference as em
+from ..core.validation import (
     check_data,
     check_nonnegative_float,
-    check_positive_int,
     warn_if_regularisation_dominates,
 )
-from ._base import MixtureEstimator
+from ..models import gaussian as gaussian_family
+from ..models.gaussian_prior import GaussianPrior, gaussian_prior
+from .base import MixtureEstimator
+from .checks import check_finite_at_least_one, one_of
 
 
 class GaussianMixture(MixtureEstimator):
@@ -59,46 +59,15 @@ class GaussianMixture(MixtureEstimator):
         ``fit_result_`` (the full :class:`jaxem.FitResult`, in centred coordinates).
     """
 
-    def __init__(self, n_components: int = 1, *, covariance_type: str = "full",
-                 tol: float = 1e-6, reg_covar: float = 1e-6, max_iter: int = 100,
-                 n_restarts: int = 1, init_params: str = "kmeans", weights_init=None,
-                 means_init=None, precisions_init=None, random_state=None,
-                 m_step: str = "auto", optimizer=None, weight_concentration: float = 1.0,
-                 mean_precision_prior: float | None = None, mean_prior=None,
-                 covariance_prior=None, degrees_of_freedom_prior: float | None = None,
-                 e_step="soft", verbose: int = 0):
-        self.n_components = n_components
-        self.covariance_type = covariance_type
-        self.tol = tol
-        self.reg_covar = reg_covar
-        self.max_iter = max_iter
-        self.n_restarts = n_restarts
-        self.init_params = init_params
-        self.weights_init = weights_init
-        self.means_init = means_init
-        self.precisions_init = precisions_init
-        self.random_state = random_state
-        self.m_step = m_step
-        self.optimizer = optimizer
-        self.e_step = e_step
-        self.verbose = verbose
-        self.weight_concentration = weight_concentration
-        self.mean_precision_prior = mean_precision_prior
-        self.mean_prior = mean_prior
-        self.covariance_prior = covariance_prior
-        self.degrees_of_freedom_prior = degrees_of_freedom_prior
-
-    def _check_hyperparameters(self) -> None:
-        super()._check_hyperparameters()
-        check_nonnegative_float(self.reg_covar, "reg_covar")
-        if self.covariance_type not in gaussian_family.COVARIANCE_TYPES:
-            raise ValueError(f"covariance_type must be one of {gaussian_family.COVARIANCE_TYPES},"
-                             f" got {self.covariance_type!r}")
-        if self.init_params not in gaussian_family.INIT_METHODS:
-            raise ValueError(f"init_params must be one of {gaussian_family.INIT_METHODS}, got "
-                             f"{self.init_params!r}")
-        if not check_nonnegative_float(self.weight_concentration, "weight_concentration") >= 1:
-            raise ValueError(f"weight_concentration must be >= 1, got {self.weight_concentration!r}")
+    _parameters = {"n_components": ..., "covariance_type": "full", "tol": ..., "reg_covar": 1e-6,
+                   "init_params": ..., "weights_init": None, "means_init": None,
+                   "precisions_init": None, "optimizer": ..., "weight_concentration": 1.0,
+                   "mean_precision_prior": None, "mean_prior": None, "covariance_prior": None,
+                   "degrees_of_freedom_prior": None}
+    _constraints = {"reg_covar": check_nonnegative_float,
+                    "covariance_type": one_of(gaussian_family.COVARIANCE_TYPES),
+                    "init_params": one_of(gaussian_family.INIT_METHODS),
+                    "weight_concentration": check_finite_at_least_one}
 
     def _validate(self, X, fitting: bool) -> np.ndarray:
         # NaN marks a missing entry; the shared checks run on a copy with the NaNs filled in.
@@ -212,22 +181,16 @@ class GaussianMixture(MixtureEstimator):
                "spherical": k}[self.covariance_type]
         return cov + k * d + k - 1
 
-    def sample(self, n_samples: int = 1, random_state=None) -> tuple[np.ndarray, np.ndarray]:
-        """Draw ``n_samples`` rows from the fitted mixture.
-
-        Returns:
-            ``(X [n_samples, D], labels [n_samples])``.
-        """
-        self._check_fitted()
-        n_samples = check_positive_int(n_samples, "n_samples")
-        rng = np.random.default_rng(random_state)
-        labels = self._sample_components(n_samples, rng)
+    def _sample_rows(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         k, d = self.n_components, self.n_features_in_
         cov = np.asarray(self.covariances_, dtype=np.float64)
         cov = {"full": cov, "tied": np.broadcast_to(cov, (k, d, d)),
                "diag": cov[:, :, None] * np.eye(d), "spherical": cov[:, None, None] * np.eye(d)
                }[self.covariance_type]
-        chol = np.linalg.cholesky(cov)
-        z = rng.standard_normal((n_samples, d))
-        X = np.asarray(self.means_, np.float64)[labels] + np.einsum("nij,nj->ni", chol[labels], z)
-        return X, labels
+        return _shifted(self.means_, np.linalg.cholesky(cov), labels,
+                        rng.standard_normal((len(labels), d)))
+
+
+def _shifted(means, chol: np.ndarray, labels: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """``means[labels] + chol[labels] @ z`` row by row: ``z`` scaled into each drawn component."""
+    return np.asarray(means, np.float64)[labels] + np.einsum("nij,nj->ni", chol[labels], z)

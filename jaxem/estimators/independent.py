@@ -11,53 +11,54 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from .. import em
+from ..core import inference as em
+from ..core.validation import check_data
 from ..models import independent as independent_family
-from ..validation import check_data, check_positive_int
-from ._base import MixtureEstimator
+from .base import MixtureEstimator
+from .checks import check_concentration, one_of
 
 
 class FeatureMixture(MixtureEstimator):
     """Base of the product-form mixture estimators (not used directly).
 
-    Subclasses set ``_family_keys`` (the parameter names of their single feature, e.g.
-    ``("rates",)``; empty for :class:`IndependentMixture`) and implement ``_specs()``.
+    A single-family subclass sets ``_family_keys`` (the parameter names of its feature, e.g.
+    ``("rates",)``; they bring the hyperparameters ``weights_init`` and ``<key>_init``),
+    ``_feature`` (the feature's :mod:`jaxem.models.distributions` factory) and ``_mixture`` (the
+    model factory ``(n_components, *family_args, init, dirichlet_alpha)``), both as
+    ``staticmethod``; :class:`IndependentMixture` implements ``_specs`` and ``_model`` instead.
     """
 
+    _parameters = {"init_params": ..., "dirichlet_alpha": 1.0}
+    _constraints = {"init_params": one_of(independent_family.INIT_METHODS),
+                    "dirichlet_alpha": check_concentration}
     _family_keys: tuple[str, ...] = ()
 
+    @classmethod
+    def _own_parameters(cls) -> dict:
+        keys = cls.__dict__.get("_family_keys", ())
+        starts = {"dirichlet_alpha": ..., "weights_init": None, **{k + "_init": None for k in keys}}
+        return {**(starts if keys else {}), **super()._own_parameters()}
+
+    @property
+    def _param_keys(self) -> tuple[str, ...]:
+        return ("weights",) + self._family_keys
+
+    def _family_args(self) -> tuple:
+        """Arguments of ``_feature`` and ``_mixture`` after ``n_components``."""
+        return ()
+
     def _specs(self):
-        raise NotImplementedError
+        return ((self._feature(*self._family_args()), None),)
 
     def _model(self):
-        raise NotImplementedError
-
-    def _check_hyperparameters(self) -> None:
-        super()._check_hyperparameters()
-        if self.init_params not in independent_family.INIT_METHODS:
-            raise ValueError(f"init_params must be one of {independent_family.INIT_METHODS}, got "
-                             f"{self.init_params!r}")
-        alpha = self.dirichlet_alpha
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 1:
-            raise ValueError(f"dirichlet_alpha must be a number >= 1, got {alpha!r}")
+        return self._mixture(self.n_components, *self._family_args(), self.init_params,
+                             float(self.dirichlet_alpha))
 
     def _check_values(self, X: np.ndarray) -> None:
         independent_family.check_feature_values(self._specs(), X, type(self).__name__)
 
-    # -- parameters ----------------------------------------------------------------------------
-    def _params(self):
-        dtype = em.default_float_dtype()
-        params = {"weights": jnp.asarray(self.weights_, dtype)}
-        params.update({k: jnp.asarray(getattr(self, k + "_"), dtype) for k in self._family_keys})
-        return params
-
-    def _set_params_from(self, params) -> None:
-        self.weights_ = np.asarray(params["weights"])
-        for k in self._family_keys:
-            setattr(self, k + "_", np.asarray(params[k]))
-
     def _initial_params(self, X: np.ndarray):
-        given = {k: getattr(self, k + "_init") for k in ("weights",) + self._family_keys}
+        given = {k: getattr(self, k + "_init") for k in self._param_keys}
         if all(v is None for v in given.values()):
             return None
         (feature, cols), = self._specs()
@@ -84,17 +85,12 @@ class FeatureMixture(MixtureEstimator):
         return independent_family.n_free_parameters(self.n_components, self._specs(),
                                                     self.n_features_in_)
 
-    def sample(self, n_samples: int = 1, random_state=None) -> tuple[np.ndarray, np.ndarray]:
-        """Draw ``n_samples`` rows; returns ``(X [n_samples, D], labels [n_samples])``."""
-        self._check_fitted()
-        n_samples = check_positive_int(n_samples, "n_samples")
-        rng = np.random.default_rng(random_state)
-        labels = self._sample_components(n_samples, rng)
-        X = np.empty((n_samples, self.n_features_in_))
+    def _sample_rows(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        X = np.empty((len(labels), self.n_features_in_))
         for (feature, cols), params in zip(self._specs(), self._group_params(), strict=True):
             cols = slice(None) if cols is None else list(cols)
             X[:, cols] = feature.sample(rng, {k: v[labels] for k, v in params.items()})
-        return X, labels
+        return X
 
 
 class IndependentMixture(FeatureMixture):
@@ -117,29 +113,12 @@ class IndependentMixture(FeatureMixture):
 
     Fitted attributes:
         ``weights_ [K]``, ``feature_params_`` (one dict of ``[K, D_g, ...]`` arrays per group, keys as
-        in :mod:`jaxem.models._distributions`), ``converged_``, ``n_iter_``, ``lower_bound_``,
+        in :mod:`jaxem.models.distributions`), ``converged_``, ``n_iter_``, ``lower_bound_``,
         ``history_``, ``fit_result_``.
     """
 
     _fitted_attribute = "feature_params_"
-
-    def __init__(self, n_components: int = 1, *, features=(), tol: float = 1e-6,
-                 max_iter: int = 100, n_restarts: int = 1, init_params: str = "kmeans",
-                 dirichlet_alpha: float = 1.0, random_state=None, m_step: str = "auto",
-                 optimizer=None,
-                 e_step="soft", verbose: int = 0):
-        self.n_components = n_components
-        self.features = features
-        self.tol = tol
-        self.max_iter = max_iter
-        self.n_restarts = n_restarts
-        self.init_params = init_params
-        self.dirichlet_alpha = dirichlet_alpha
-        self.random_state = random_state
-        self.m_step = m_step
-        self.optimizer = optimizer
-        self.e_step = e_step
-        self.verbose = verbose
+    _parameters = {"n_components": ..., "features": ()}
 
     def _groups(self, X: np.ndarray | None = None) -> list:
         """User groups with categorical counts filled in (from ``X`` when fitting)."""
@@ -167,9 +146,8 @@ class IndependentMixture(FeatureMixture):
         # NaN marks a missing value here (the base class refuses it); infinities are still errors.
         name = type(self).__name__
         X = check_data(X, allow_nan=True, ndim=2)
-        if not fitting and X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, but {name} was fitted with "
-                             f"{self.n_features_in_} features")
+        if not fitting:
+            self._check_n_features(X.shape[1], self.n_features_in_)
         empty_rows = np.isnan(X).all(axis=1)
         if empty_rows.any():
             raise ValueError(f"{name}: row {int(np.argmax(empty_rows))} has no observed value (all "

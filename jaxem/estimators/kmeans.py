@@ -7,10 +7,17 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _passes, _precision, em
+from ..core import blocks, precision
+from ..core import inference as em
+from ..core.validation import check_data, check_positive_int, to_device
 from ..models import kmeans as kmeans_family
-from ..validation import check_data, check_positive_int, to_device
-from ._base import MixtureEstimator
+from .base import MixtureEstimator
+
+
+def _check_init(value, name: str) -> None:
+    if isinstance(value, str) and value not in kmeans_family.INIT_METHODS:
+        raise ValueError(f"{name} must be one of {kmeans_family.INIT_METHODS} or an array of "
+                         f"centres, got {value!r}")
 
 
 class KMeans(MixtureEstimator):
@@ -37,32 +44,20 @@ class KMeans(MixtureEstimator):
 
     _fitted_attribute = "cluster_centers_"
 
-    def __init__(self, n_clusters: int = 8, *, n_restarts: int = 1, max_iter: int = 300,
-                 tol: float = 1e-6, init="k-means++", random_state=None, verbose: int = 0):
-        self.n_clusters = n_clusters
-        self.n_restarts = n_restarts
-        self.max_iter = max_iter
-        self.tol = tol
-        self.init = init
-        self.random_state = random_state
-        self.verbose = verbose
+    # scikit-learn's KMeans signature, not the mixtures': hard EM with the closed-form M-step, so
+    # e_step, m_step and optimizer are fixed below rather than hyperparameters.
+    _inherit_parameters = False
+    _parameters = {"n_clusters": 8, "n_restarts": 1, "max_iter": 300, "tol": 1e-6,
+                   "init": "k-means++", "random_state": None, "verbose": 0}
+    _constraints = {"n_clusters": check_positive_int, "init": _check_init}
+    e_step = "hard"
+    m_step = "closed_form"
+    optimizer = None
 
     @property
     def n_components(self) -> int:
         """The number of clusters (the name the shared mixture machinery uses)."""
         return self.n_clusters
-
-    # k-means is hard EM with the closed-form M-step; these are not hyperparameters.
-    e_step = "hard"
-    m_step = "closed_form"
-    optimizer = None
-
-    def _check_hyperparameters(self) -> None:
-        check_positive_int(self.n_clusters, "n_clusters")
-        super()._check_hyperparameters()
-        if isinstance(self.init, str) and self.init not in kmeans_family.INIT_METHODS:
-            raise ValueError(f"init must be one of {kmeans_family.INIT_METHODS} or an array of "
-                             f"centres, got {self.init!r}")
 
     def _model(self):
         method = self.init if isinstance(self.init, str) else "k-means++"
@@ -128,22 +123,20 @@ class KMeans(MixtureEstimator):
         """Negative inertia of ``X`` (scikit-learn's convention: higher is better)."""
         return -float(np.sum(self._nearest(X)[1]))
 
-    def sample(self, n_samples: int = 1, random_state=None) -> tuple[np.ndarray, np.ndarray]:
-        """Draw rows from the fitted isotropic mixture; returns ``(X [n, D], labels [n])``."""
-        self._check_fitted()
-        n_samples = check_positive_int(n_samples, "n_samples")
-        rng = np.random.default_rng(random_state)
-        labels = rng.integers(0, self.n_clusters, size=n_samples)
-        noise = rng.normal(scale=np.sqrt(self.variance_), size=(n_samples, self.n_features_in_))
-        return np.asarray(self.cluster_centers_, np.float64)[labels] + noise, labels
+    def _sample_components(self, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.integers(0, self.n_clusters, size=n_samples)
+
+    def _sample_rows(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        noise = rng.normal(scale=np.sqrt(self.variance_), size=(len(labels), self.n_features_in_))
+        return np.asarray(self.cluster_centers_, np.float64)[labels] + noise
 
 
 # Row by row, a block at a time: the [K, N] table for all rows at once is memory traffic.
-_squared_distances = _precision.jit(
-    lambda params, X: _passes.map_row_blocks(
+_squared_distances = precision.jit(
+    lambda params, X: blocks.map_row_blocks(
         functools.partial(kmeans_family.squared_distances, params), X))
 
 
-_nearest = _precision.jit(
-    lambda params, X: _passes.map_row_blocks(
+_nearest = precision.jit(
+    lambda params, X: blocks.map_row_blocks(
         functools.partial(kmeans_family.nearest_centres, params), X))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..models import _distributions as dist
+from ..models import distributions as dist
 from ..models.poisson import poisson_mixture
 from .independent import FeatureMixture
 
@@ -25,28 +25,4 @@ class PoissonMixture(FeatureMixture):
     """
 
     _family_keys = ("rates",)
-
-    def __init__(self, n_components: int = 1, *, tol: float = 1e-6, max_iter: int = 100,
-                 n_restarts: int = 1, init_params: str = "kmeans", dirichlet_alpha: float = 1.0,
-                 weights_init=None, rates_init=None, random_state=None, m_step: str = "auto",
-                 optimizer=None,
-                 e_step="soft", verbose: int = 0):
-        self.n_components = n_components
-        self.tol = tol
-        self.max_iter = max_iter
-        self.n_restarts = n_restarts
-        self.init_params = init_params
-        self.dirichlet_alpha = dirichlet_alpha
-        self.weights_init = weights_init
-        self.rates_init = rates_init
-        self.random_state = random_state
-        self.m_step = m_step
-        self.optimizer = optimizer
-        self.e_step = e_step
-        self.verbose = verbose
-
-    def _specs(self):
-        return ((dist.poisson(), None),)
-
-    def _model(self):
-        return poisson_mixture(self.n_components, self.init_params, float(self.dirichlet_alpha))
+    _feature, _mixture = staticmethod(dist.poisson), staticmethod(poisson_mixture)

@@ -13,24 +13,24 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from .. import em
+from ..core import inference as em
+from ..core.validation import check_data, check_nonnegative_float
 from ..models import experts as experts_family
 from ..models import regression as regression_family
-from ..validation import check_data, check_nonnegative_float
-from ._base import MixtureEstimator
+from .base import MixtureEstimator
+from .checks import one_of
 
 
 class _RegressionMixture(MixtureEstimator):
     """Shared machinery: the joint rows, the centring, coefficients in user units."""
 
     _fitted_attribute = "coef_"
+    _parameters = {"n_components": ..., "reg_var": 1e-6}
+    _constraints = {"reg_var": check_nonnegative_float,
+                    "init_params": one_of(regression_family.INIT_METHODS)}
 
-    def _check_hyperparameters(self) -> None:
-        super()._check_hyperparameters()
-        check_nonnegative_float(self.reg_var, "reg_var")
-        if self.init_params not in regression_family.INIT_METHODS:
-            raise ValueError(f"init_params must be one of {regression_family.INIT_METHODS}, got "
-                             f"{self.init_params!r}")
+    def _model(self):
+        return self._mixture(self.n_components, True, float(self.reg_var), self.init_params)
 
     def _joint(self, X, y) -> np.ndarray:
         """Validated ``[N, D + 1]`` rows ``[x, y]``."""
@@ -42,9 +42,8 @@ class _RegressionMixture(MixtureEstimator):
         y = check_data(y, name="y")
         if y.ndim != 1 or y.shape[0] != X.shape[0]:
             raise ValueError(f"y must have shape ({X.shape[0]},) to match X, got {y.shape}")
-        if hasattr(self, "n_inputs_") and X.shape[1] != self.n_inputs_:
-            raise ValueError(f"X has {X.shape[1]} features, but {name} was fitted with "
-                             f"{self.n_inputs_} features")
+        if hasattr(self, "n_inputs_"):
+            self._check_n_features(X.shape[1], self.n_inputs_)
         return np.concatenate([X, y[:, None].astype(X.dtype)], axis=1)
 
     def fit(self, X, y, sample_weight=None, labels=None):
@@ -176,25 +175,7 @@ class MixtureOfLinearRegressions(_RegressionMixture):
         deviations), ``converged_``, ``n_iter_``, ``lower_bound_``, ``history_``, ``fit_result_``.
     """
 
-    def __init__(self, n_components: int = 1, *, reg_var: float = 1e-6, tol: float = 1e-6,
-                 max_iter: int = 100, n_restarts: int = 1, init_params: str = "kmeans",
-                 random_state=None, m_step: str = "auto", optimizer=None,
-                 e_step="soft", verbose: int = 0):
-        self.n_components = n_components
-        self.reg_var = reg_var
-        self.tol = tol
-        self.max_iter = max_iter
-        self.n_restarts = n_restarts
-        self.init_params = init_params
-        self.random_state = random_state
-        self.m_step = m_step
-        self.optimizer = optimizer
-        self.e_step = e_step
-        self.verbose = verbose
-
-    def _model(self):
-        return regression_family.mixture_of_linear_regressions(
-            self.n_components, True, float(self.reg_var), self.init_params)
+    _mixture = staticmethod(regression_family.mixture_of_linear_regressions)
 
     def _set_params_from(self, params) -> None:
         self.weights_ = np.asarray(params["weights"])
@@ -227,25 +208,8 @@ class MixtureOfExperts(_RegressionMixture):
         ``lower_bound_``, ``history_``, ``fit_result_``.
     """
 
-    def __init__(self, n_components: int = 2, *, reg_var: float = 1e-6, tol: float = 1e-6,
-                 max_iter: int = 200, n_restarts: int = 1, init_params: str = "kmeans",
-                 random_state=None, m_step: str = "auto", optimizer=None,
-                 e_step="soft", verbose: int = 0):
-        self.n_components = n_components
-        self.reg_var = reg_var
-        self.tol = tol
-        self.max_iter = max_iter
-        self.n_restarts = n_restarts
-        self.init_params = init_params
-        self.random_state = random_state
-        self.m_step = m_step
-        self.optimizer = optimizer
-        self.e_step = e_step
-        self.verbose = verbose
-
-    def _model(self):
-        return experts_family.mixture_of_experts(
-            self.n_components, True, float(self.reg_var), self.init_params)
+    _parameters = {"n_components": 2, "max_iter": 200}
+    _mixture = staticmethod(experts_family.mixture_of_experts)
 
     def _set_params_from(self, params) -> None:
         gate = np.asarray(params["gate"], dtype=np.float64)

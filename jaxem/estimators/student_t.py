@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
 import numpy as np
 
-from .. import em
+from ..core import inference as em
+from ..core.validation import check_nonnegative_float
 from ..models import gaussian as gaussian_family
 from ..models import student_t as t_family
-from ..validation import check_nonnegative_float, check_positive_int
-from ._base import MixtureEstimator
+from .base import MixtureEstimator
+from .checks import check_concentration, one_of
+from .gaussian import _shifted
+
+
+def _check_dof(value, name: str) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)
+                                  and value > 0):
+        raise ValueError(f"{name} must be a positive number or None (estimated), got {value!r}")
 
 
 class StudentTMixture(MixtureEstimator):
@@ -31,31 +41,12 @@ class StudentTMixture(MixtureEstimator):
         ``converged_``, ``n_iter_``, ``lower_bound_``, ``history_``, ``fit_result_``.
     """
 
-    def __init__(self, n_components: int = 1, *, covariance_type: str = "full", dof=None,
-                 tol: float = 1e-6, reg_covar: float = 1e-6, max_iter: int = 100,
-                 n_restarts: int = 1, init_params: str = "kmeans", dirichlet_alpha: float = 1.0,
-                 random_state=None, m_step: str = "auto", optimizer=None,
-                 e_step="soft", verbose: int = 0):
-        self.n_components = n_components
-        self.covariance_type = covariance_type
-        self.dof = dof
-        self.tol = tol
-        self.reg_covar = reg_covar
-        self.max_iter = max_iter
-        self.n_restarts = n_restarts
-        self.init_params = init_params
-        self.dirichlet_alpha = dirichlet_alpha
-        self.random_state = random_state
-        self.m_step = m_step
-        self.optimizer = optimizer
-        self.e_step = e_step
-        self.verbose = verbose
-
-    def _check_hyperparameters(self) -> None:
-        super()._check_hyperparameters()
-        check_nonnegative_float(self.reg_covar, "reg_covar")
-        # The factory names any bad covariance_type, init_params, dof or dirichlet_alpha.
-        self._model()
+    _parameters = {"n_components": ..., "covariance_type": "full", "dof": None, "tol": ...,
+                   "reg_covar": 1e-6, "init_params": ..., "dirichlet_alpha": 1.0}
+    _constraints = {"reg_covar": check_nonnegative_float,
+                    "covariance_type": one_of(t_family.COVARIANCE_TYPES), "dof": _check_dof,
+                    "init_params": one_of(t_family.INIT_METHODS),
+                    "dirichlet_alpha": check_concentration}
 
     def _model(self):
         dof = None if self.dof is None else float(self.dof)
@@ -94,16 +85,8 @@ class StudentTMixture(MixtureEstimator):
         scale = k * d * (d + 1) // 2 if self.covariance_type == "full" else k * d
         return scale + k * d + k - 1 + (k if self.dof is None else 0)
 
-    def sample(self, n_samples: int = 1, random_state=None) -> tuple[np.ndarray, np.ndarray]:
-        """Draw ``n_samples`` rows: ``x = μ + L z / sqrt(u)``, ``u ~ Gamma(ν/2, rate ν/2)``.
-
-        Returns:
-            ``(X [n_samples, D], labels [n_samples])``.
-        """
-        self._check_fitted()
-        n_samples = check_positive_int(n_samples, "n_samples")
-        rng = np.random.default_rng(random_state)
-        labels = self._sample_components(n_samples, rng)
+    def _sample_rows(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        # x = μ + L z / sqrt(u) with u ~ Gamma(ν/2, rate ν/2): a Gaussian scale mixture.
         d = self.n_features_in_
         cov = np.asarray(self.covariances_, np.float64)
         if self.covariance_type == "diag":
@@ -111,6 +94,5 @@ class StudentTMixture(MixtureEstimator):
         chol = np.linalg.cholesky(cov)
         nu = np.asarray(self.dofs_, np.float64)[labels]
         u = rng.gamma(nu / 2, 2 / nu)
-        z = rng.standard_normal((n_samples, d)) / np.sqrt(u)[:, None]
-        X = np.asarray(self.means_, np.float64)[labels] + np.einsum("nij,nj->ni", chol[labels], z)
-        return X, labels
+        z = rng.standard_normal((len(labels), d)) / np.sqrt(u)[:, None]
+        return _shifted(self.means_, chol, labels, z)

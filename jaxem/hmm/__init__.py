@@ -6,12 +6,23 @@ restarts in one compiled program; :mod:`jaxem.hmm.inference` has forward-backwar
 and ``lax.associative_scan``) and Viterbi for one sequence.
 """
 
+from .baum_welch import decode, fit, posterior, sample
 from .emissions import categorical_hmm, gaussian_hmm, poisson_hmm
-from .estimators import CategoricalHMM, GaussianHMM, PoissonHMM
-from .fit import decode, fit, posterior, sample
 from .inference import Posterior, forward_backward, viterbi
 from .model import HMM
 
 __all__ = ["CategoricalHMM", "GaussianHMM", "HMM", "PoissonHMM", "Posterior", "categorical_hmm",
            "decode", "fit", "forward_backward", "gaussian_hmm", "poisson_hmm", "posterior",
            "sample", "viterbi"]
+
+# The hmmlearn-style estimators live with the other estimators (a layer above this one); they are
+# re-exported here on first use, so that importing the functional HMM does not import them.
+_ESTIMATORS = ("CategoricalHMM", "GaussianHMM", "PoissonHMM")
+
+
+def __getattr__(name):
+    if name in _ESTIMATORS:
+        from ..estimators import hmm as estimators
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'jaxem.hmm' has no attribute {name!r}")

@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln
 
-from .. import constraints as C
-from .. import init as initialisers
+from ..core import constraints as C
+from ..core.validation import check_nonnegative_float
 from ..models import gaussian as G
-from ..models._common import empty_components, mixing_weights
-from ..validation import check_nonnegative_float
+from ..models import init as initialisers
+from ..models.common import empty_components, mixing_weights
 from .model import HMM
 
 Array = jax.Array

@@ -22,32 +22,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model import Model
-from ..validation import check_data, check_positive_int
+from ..core.model import Model
+from ..core.validation import check_data, check_positive_int
 
 Array = jax.Array
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, init=False)
 class HMM:
-    """A hidden Markov model given by pure functions (compares and hashes by identity, like
-    :class:`jaxem.Model`, so build it once and reuse it).
+    """A hidden Markov model: an emission :class:`jaxem.Model` and a Markov chain around it
+    (compares and hashes by identity, like :class:`jaxem.Model`, so build it once and reuse it).
+
+    Build it from the emission's functions (``HMM(init=..., log_emission=..., n_states=...)``)
+    or from an emission model (``HMM(emission=model, n_states=...)``); either way the emission is
+    held as a mixture-shaped :class:`jaxem.Model` whose log-joint is the log-emission, so the
+    mixture engine's gradient M-step, kernels and checks apply to it unchanged.
 
     Attributes:
-        init: ``init(key, X) -> emission params``; ``X [N, ...]`` are all observations of all
-            sequences (padding excluded). Traced inside the compiled fit, vmapped over restarts.
-            The chain starts uniform: ``initial = 1/K``, ``transition = 1/K`` (as hmmlearn).
-        log_emission: ``log_emission(emission_params, x) -> [K]``, ``log p(x | z = k)`` for ONE
-            observation ``x``.
+        emission: the emission model. Its ``init(key, X) -> emission params`` sees all
+            observations ``X [N, ...]`` of all sequences (padding excluded); its
+            ``log_joint(emission_params, x) -> [K]`` is ``log p(x | z = k)`` for ONE observation;
+            its optional ``suff_stats`` / ``maximize`` give the closed-form emission M-step and
+            its ``constraints`` the gradient one. The chain starts uniform: ``initial = 1/K``,
+            ``transition = 1/K`` (as hmmlearn).
         n_states: number of hidden states ``K``.
-        batch_log_emission: optional ``(emission_params, X [N, ...]) -> [N, K]``, a faster
-            equivalent of vmapping ``log_emission``.
-        suff_stats: optional ``(emission_params, X [N, ...], resp [N, K]) -> stats``, expected
-            sufficient statistics, additive over rows (padded rows have ``resp = 0``).
-        maximize: optional ``(stats, emission_params) -> emission_params``, the closed-form
-            emission M-step from the summed statistics.
-        constraints: pytree of :class:`jaxem.constraints.Constraint` for the emission parameters
-            (gradient M-step); ``None`` means unconstrained.
         sample_emission: optional ``(key, emission_params, state) -> x``, one draw from state
             ``state``; needed only by :func:`jaxem.hmm.sample`.
         initial_concentration: ``α >= 1`` of a symmetric Dirichlet prior on ``initial``.
@@ -55,32 +53,53 @@ class HMM:
             ``transition``. With either above 1 the fit is MAP-EM and its history is the
             log-likelihood plus the log prior.
         name: a short name for messages.
+
+    The emission's functions are also readable by their HMM names: ``init``, ``log_emission``,
+    ``batch_log_emission``, ``suff_stats``, ``maximize``, ``constraints``.
     """
 
-    init: Callable[[Array, Array], Any]
-    log_emission: Callable[[Any, Array], Array]
+    emission: Model
     n_states: int
-    batch_log_emission: Callable[[Any, Array], Array] | None = None
-    suff_stats: Callable[[Any, Array, Array], Any] | None = None
-    maximize: Callable[[Any, Any], Any] | None = None
-    constraints: Any = None
     sample_emission: Callable[[Array, Any, Array], Array] | None = None
     initial_concentration: float = 1.0
     transition_concentration: float = 1.0
     name: str = "custom_hmm"
 
-    def __post_init__(self):
-        check_positive_int(self.n_states, "n_states")
-        for field in ("initial_concentration", "transition_concentration"):
-            value = getattr(self, field)
+    def __init__(self, init: Callable | None = None, log_emission: Callable | None = None,
+                 n_states: int | None = None, batch_log_emission: Callable | None = None,
+                 suff_stats: Callable | None = None, maximize: Callable | None = None,
+                 constraints: Any = None, sample_emission: Callable | None = None,
+                 initial_concentration: float = 1.0, transition_concentration: float = 1.0,
+                 name: str = "custom_hmm", emission: Model | None = None):
+        check_positive_int(n_states, "n_states")
+        for field, value in (("initial_concentration", initial_concentration),
+                             ("transition_concentration", transition_concentration)):
             if not np.isfinite(value) or value < 1.0:
                 raise ValueError(f"{field} must be a finite number >= 1, got {value!r}")
-        # The emission alone is a mixture-shaped model (log-joint = log-emission): the mixture
-        # engine's gradient M-step and validation apply to it unchanged.
-        object.__setattr__(self, "emission_model", Model(
-            init=self.init, log_joint=self.log_emission, batch_log_joint=self.batch_log_emission,
-            suff_stats=self.suff_stats, maximize=self.maximize, constraints=self.constraints,
-            n_components=self.n_states, name=f"{self.name} emission"))
+        given = (init, log_emission, batch_log_emission, suff_stats, maximize, constraints)
+        if emission is None:
+            if init is None or log_emission is None:
+                raise TypeError("HMM needs init and log_emission, or an emission model")
+            emission = Model(init=init, log_joint=log_emission, batch_log_joint=batch_log_emission,
+                             suff_stats=suff_stats, maximize=maximize, constraints=constraints,
+                             n_components=n_states, name=f"{name} emission")
+        elif any(f is not None for f in given):
+            raise TypeError("give the emission either as a model or as functions, not both")
+        for field, value in (("emission", emission), ("n_states", n_states),
+                             ("sample_emission", sample_emission),
+                             ("initial_concentration", initial_concentration),
+                             ("transition_concentration", transition_concentration),
+                             ("name", name)):
+            object.__setattr__(self, field, value)
+
+    init = property(lambda self: self.emission.init)
+    log_emission = property(lambda self: self.emission.log_joint)
+    batch_log_emission = property(lambda self: self.emission.batch_log_joint)
+    suff_stats = property(lambda self: self.emission.suff_stats)
+    maximize = property(lambda self: self.emission.maximize)
+    constraints = property(lambda self: self.emission.constraints)
+    # The name the engine used before the emission was a field.
+    emission_model = property(lambda self: self.emission)
 
     @property
     def has_closed_form(self) -> bool:
@@ -129,7 +148,7 @@ class Sequences(NamedTuple):
         return values[self.mask] if self.flat else values
 
 
-def _check_lengths(lengths, n_rows: int) -> np.ndarray:
+def check_lengths(lengths, n_rows: int) -> np.ndarray:
     arr = np.asarray(lengths)
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"lengths must be a non-empty 1-D sequence of integers, got shape "
@@ -169,7 +188,7 @@ def as_sequences(X, lengths=None, mask=None, obs_ndim: int | None = None) -> Seq
                              f"{X.shape}" + ("; use X.reshape(-1, 1) for one feature"
                                              if X.ndim == obs_ndim else ""))
         lengths = (np.array([X.shape[0]]) if lengths is None
-                   else _check_lengths(lengths, X.shape[0]))
+                   else check_lengths(lengths, X.shape[0]))
         T = int(lengths.max())
         steps = np.arange(T)
         mask = steps[None, :] < lengths[:, None]

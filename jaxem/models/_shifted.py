@@ -22,7 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .._passes import best_of_rows
+from ..core.estep import best_of_rows
 
 Array = jax.Array
 

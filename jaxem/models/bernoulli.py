@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln
 
-from .. import constraints as C
-from .. import init as initialisers
-from ..model import Model, model_factory
-from ..validation import check_positive_int, check_values
+from ..core import constraints as C
+from ..core.model import Model, model_factory
+from ..core.validation import check_positive_int, check_values
+from . import init as initialisers
 
 Array = jax.Array
 

@@ -8,8 +8,8 @@ Statistics: category counts ``Σ_n r_nk [x_nd = c]``; M-step: normalised counts.
 
 from __future__ import annotations
 
-from ..model import Model, model_factory
-from . import _distributions as dist
+from ..core.model import Model, model_factory
+from . import distributions as dist
 from .independent import INIT_METHODS, feature_mixture
 
 __all__ = ["INIT_METHODS", "categorical_mixture"]

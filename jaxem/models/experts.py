@@ -24,9 +24,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from .. import constraints as C
-from .. import init as initialisers
-from ..model import Model, model_factory
+from ..core import constraints as C
+from ..core.model import Model, model_factory
+from . import init as initialisers
 from .regression import (
     INIT_METHODS,
     blank_experts,

@@ -8,8 +8,8 @@ component of exact zeros cannot have an infinite rate).
 
 from __future__ import annotations
 
-from ..model import Model, model_factory
-from . import _distributions as dist
+from ..core.model import Model, model_factory
+from . import distributions as dist
 from .independent import INIT_METHODS, feature_mixture
 
 __all__ = ["INIT_METHODS", "exponential_mixture"]

@@ -10,8 +10,8 @@ does not lower Q (generalized EM); the rate is then exact, ``b = a / mean(x)``.
 
 from __future__ import annotations
 
-from ..model import Model, model_factory
-from . import _distributions as dist
+from ..core.model import Model, model_factory
+from . import distributions as dist
 from .independent import INIT_METHODS, feature_mixture
 
 __all__ = ["INIT_METHODS", "gamma_mixture"]

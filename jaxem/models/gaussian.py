@@ -28,14 +28,14 @@ import math
 import jax
 import jax.numpy as jnp
 
-from .. import _passes
-from .. import constraints as C
-from .. import init as initialisers
-from ..model import Model, model_factory
-from ..validation import check_nonnegative_float, check_positive_int
+from ..core import blocks
+from ..core import constraints as C
+from ..core.model import Model, model_factory
+from ..core.validation import check_nonnegative_float, check_positive_int
 from . import _gaussian_missing as missing_values
 from . import _shifted
-from ._common import centred_moments, empty_components, mixing_weights
+from . import init as initialisers
+from .common import centred_moments, empty_components, mixing_weights
 from .gaussian_prior import GaussianPrior, check_prior, log_prior, prior_constants
 
 Array = jax.Array
@@ -258,7 +258,7 @@ def _init(key: Array, X: Array, n_components: int, covariance_type: str, reg_cov
             labels = jnp.argmin(initialisers.squared_distances(X, centers), axis=1)
         resp = initialisers.hard_responsibilities(labels, n_components, X.dtype)
         start = _broad_params(X, n_components, covariance_type, centers)
-    stats = _passes.blocked_suff_stats(stats_fn, start, X, resp)
+    stats = blocks.blocked_suff_stats(stats_fn, start, X, resp)
     return _maximize(stats, start, covariance_type, reg_covar)
 
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._common import dirichlet_log_prior
+from .common import dirichlet_log_prior
 
 Array = jax.Array
 

@@ -4,7 +4,7 @@
 Parameters (a dict):
     ``weights``   ``[K]`` mixing weights.
     ``features``  a tuple with one parameter dict per feature group, in the order given (see
-                  :mod:`jaxem.models._distributions` for each family's keys and shapes).
+                  :mod:`jaxem.models.distributions` for each family's keys and shapes).
 Single-family mixtures (``poisson_mixture``, ...) put the family's keys next to ``weights``
 instead, e.g. ``{"weights": [K], "rates": [K, D]}``.
 
@@ -22,13 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _passes
-from .. import constraints as C
-from .. import init as initialisers
-from ..model import Model
-from ..validation import check_positive_int
-from . import _distributions as dist
-from ._common import dirichlet_log_prior, mixing_weights
+from ..core import blocks
+from ..core import constraints as C
+from ..core.model import Model
+from ..core.validation import check_positive_int
+from . import distributions as dist
+from . import init as initialisers
+from .common import dirichlet_log_prior, mixing_weights
 
 Array = jax.Array
 
@@ -115,10 +115,10 @@ def _init(key, X, n_components, specs, flat, missing, method):
     # One component fitted to all the data first: every component then starts from real
     # estimates (centred statistics included) before the assignment below moves them apart.
     uniform = jnp.full((X.shape[0], k), 1.0 / k, X.dtype)
-    start = maximize(_passes.blocked_suff_stats(stats_fn, start, X, uniform), start)
+    start = maximize(blocks.blocked_suff_stats(stats_fn, start, X, uniform), start)
     resp = initialisers.initial_responsibilities(key, _embedding(X), k, method)
     resp = (1.0 - _INIT_SMOOTHING) * resp + _INIT_SMOOTHING / k
-    return maximize(_passes.blocked_suff_stats(stats_fn, start, X, resp), start)
+    return maximize(blocks.blocked_suff_stats(stats_fn, start, X, resp), start)
 
 
 def _constraints(specs: Specs, flat: bool):
@@ -134,7 +134,7 @@ def product_mixture(n_components: int, specs: Specs, *, flat: bool = False, miss
 
     Args:
         n_components: ``K``.
-        specs: ``((feature, columns), ...)``: a :class:`~jaxem.models._distributions.Feature` and
+        specs: ``((feature, columns), ...)``: a :class:`~jaxem.models.distributions.Feature` and
             a tuple of column indices (``None``: all columns).
         flat: parameters as ``{"weights", **the single group's keys}`` (single-family mixtures).
         missing: marginalise NaN entries (``Model.handles_missing``).

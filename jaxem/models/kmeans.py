@@ -23,11 +23,11 @@ import math
 import jax
 import jax.numpy as jnp
 
-from .. import _loop, _passes
-from .. import init as initialisers
-from ..estep import EStepRule
-from ..model import Model, model_factory
-from ._common import empty_components
+from ..core import estep
+from ..core import seeding as initialisers
+from ..core.fit import run_em
+from ..core.model import Model, model_factory
+from .common import empty_components
 
 Array = jax.Array
 
@@ -58,7 +58,7 @@ def _half_scores(params, X: Array) -> tuple[Array, Array]:
 def _nearest(params, X: Array) -> tuple[Array, Array, Array]:
     """``(nearest centre [N], squared distance to it [N], shifted rows [N, D])``."""
     scores, shifted = _half_scores(params, X)
-    best, labels = _passes.best_of_rows(scores)
+    best, labels = estep.best_of_rows(scores)
     # Distances below 0 are round-off of the expansion |x - c|² - 2 score.
     return labels, jnp.maximum(jnp.sum(shifted * shifted, axis=1) - 2.0 * best, 0.0), shifted
 
@@ -178,12 +178,6 @@ def lloyd(X: Array, centers: Array, max_iter: int = 20) -> tuple[Array, Array]:
     Returns:
         ``(centers [K, D], labels [N])``.
     """
-    model = isotropic_mixture(centers.shape[0])
-    n_blocks, rows = _passes.plan_blocks(X.shape[0], None)
-    blocked = _passes.block_rows(X, jnp.ones(X.shape[:1], X.dtype), None, n_blocks, rows)
-    start = jax.tree.map(lambda p: p[None], params_from_centers(X, centers))
-    out = _loop.run_restarts(model, start, blocked, jnp.zeros((), X.dtype), max_iter=max_iter,
-                             use_gradient=False, optimizer=None, m_step_iters=1,
-                             rule=EStepRule(hard=True), report=False)
-    params = jax.tree.map(lambda p: p[0], out.params)
+    params = run_em(isotropic_mixture(centers.shape[0]), params_from_centers(X, centers), X,
+                    max_iter=max_iter, e_step="hard")
     return params["means"], nearest_centres(params, X)[0]

@@ -7,8 +7,8 @@ integers with component log-density ``Σ_d x_d log λ_kd - λ_kd - log x_d!``. S
 
 from __future__ import annotations
 
-from ..model import Model, model_factory
-from . import _distributions as dist
+from ..core.model import Model, model_factory
+from . import distributions as dist
 from .independent import INIT_METHODS, feature_mixture
 
 __all__ = ["INIT_METHODS", "poisson_mixture"]

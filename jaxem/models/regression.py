@@ -23,10 +23,10 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.stats import norm
 
-from .. import constraints as C
-from .. import init as initialisers
-from ..model import Model, model_factory
-from ._common import centred_moments, empty_components, mixing_weights
+from ..core import constraints as C
+from ..core.model import Model, model_factory
+from . import init as initialisers
+from .common import centred_moments, empty_components, mixing_weights
 
 Array = jax.Array
 

@@ -27,13 +27,13 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln
 
-from .. import _passes
-from .. import constraints as C
-from .. import init as initialisers
-from ..model import Model, model_factory
+from ..core import blocks
+from ..core import constraints as C
+from ..core.model import Model, model_factory
 from . import gaussian as gaussian_family
-from ._common import centred_moments, dirichlet_log_prior, empty_components, mixing_weights
-from ._distributions import log_minus_digamma, solve_log_minus_digamma
+from . import init as initialisers
+from .common import centred_moments, dirichlet_log_prior, empty_components, mixing_weights
+from .distributions import log_minus_digamma, solve_log_minus_digamma
 
 Array = jax.Array
 
@@ -122,7 +122,7 @@ def _init(key: Array, X: Array, n_components: int, covariance_type: str, reg_cov
              "dofs": jnp.full((k,), initial_dof, X.dtype)}
     # A component that no row was assigned to starts as the whole data's (broad) Gaussian.
     resp = 0.95 * resp + 0.05 / k
-    stats = _passes.blocked_suff_stats(
+    stats = blocks.blocked_suff_stats(
         lambda p, xb, rb: _moments(p["means"], xb, rb, jnp.ones_like(rb), covariance_type),
         start, X, resp)
     stats["log_u_minus_u"] = -stats["nk"]

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import digamma, gammaln, polygamma
 
-from .. import constraints as C
-from ._common import empty_components
+from ..core import constraints as C
+from .common import empty_components
 
 Array = jax.Array
 

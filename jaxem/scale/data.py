@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .validation import check_data
+from ..core.blocks import pad_rows  # noqa: F401  (used by callers of this module)
+from ..core.validation import check_data
 
 
 def _check_chunk(chunk, start: int, row_shape: tuple | None, allow_nan: bool, dtype) -> np.ndarray:
@@ -224,17 +225,6 @@ def as_source(data) -> ChunkSource:
         return _iterable_source(lambda: iter(data))
     raise ValueError(f"cannot read chunks from {type(data).__name__}; give an array, a memmap, a "
                      ".npy path, or a callable returning an iterable of arrays")
-
-
-def pad_rows(rows: np.ndarray, n_rows: int, fill=None) -> np.ndarray:
-    """Pad ``rows [n, ...]`` to ``n_rows`` rows with ``fill`` (default: copies of the first row,
-    which every model evaluates to finite numbers; padded rows are given weight 0)."""
-    pad = n_rows - rows.shape[0]
-    if pad == 0:
-        return rows
-    tail = (np.broadcast_to(rows[:1], (pad,) + rows.shape[1:]) if fill is None
-            else np.full((pad,) + rows.shape[1:], fill, rows.dtype))
-    return np.concatenate([rows, tail])
 
 
 def map_source(source: ChunkSource, fn: Callable[[np.ndarray], np.ndarray]) -> ChunkSource:

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 import numpy as np
 
 import jaxem
-from jaxem import io as jio
-from jaxem._report import format_table, summary, total_log_likelihood
+from jaxem.app import io as jio
+from jaxem.app.report import format_table, summary, total_log_likelihood
 from jaxem.datasets import load_old_faithful
 
 # Command-line name -> estimator class name. A class appears once jaxem (or jaxem.hmm) exports
@@ -274,7 +274,7 @@ def _check_writable(path: str | None, what: str) -> None:
 
 def _save_plot(est, X, names, path, fit_kwargs) -> None:
     try:
-        from jaxem.plot import plot_fit
+        from jaxem.app.plot import plot_fit
 
         fig = plot_fit(est, X, feature_names=names, lengths=fit_kwargs.get("lengths"))
     except ImportError:

@@ -23,7 +23,53 @@ Params = Any
 Stats = Any
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+# The Model keywords that go to its Kernels (older code passed them to Model directly).
+_KERNEL_FIELDS = ("batch_log_joint", "block_stats", "hard_block_stats", "check_data",
+                  "handles_missing", "cache_key")
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+    """What a built-in family adds to its :class:`Model` for speed and input checking; a model
+    written by a researcher needs none of it.
+
+    Attributes:
+        batch_log_joint: optional ``batch_log_joint(params, X) -> [N, K]``, a faster equivalent of
+            ``jax.vmap(log_joint, (None, 0))`` written with matrix products.
+        block_stats: optional ``block_stats(params, X, posterior) -> (row_objectives [N], stats)``:
+            one block's E-step and statistics in one function, for a model whose log-joint and
+            statistics share work (the diagonal Gaussian shifts every row to its nearest mean
+            for both). ``posterior(log_joint [N, K]) -> (row_objectives [N], resp [N, K])`` is
+            the engine's E-step rule with labels and row weights applied. The result must equal
+            ``suff_stats(params, X, posterior(batch_log_joint(params, X))[1])``.
+        hard_block_stats: optional ``hard_block_stats(params, X, weights) -> (objective,
+            assignment [N], stats)``: one block's hard E-step and statistics in one function,
+            for a model that can pick each row's most probable component without its full
+            log-joint (k-means: the nearest centre needs no per-row norms). With
+            ``lj = batch_log_joint(params, X)`` the result must equal, up to round-off,
+            ``Σ_n weights_n max_k lj_nk``, the first ``argmax_k lj_nk``, and
+            ``suff_stats(params, X, one_hot(assignment) * weights[:, None])``. Used by hard EM
+            on rows without partial labels; the model must give ``n_components``.
+        check_data: optional ``check_data(X)`` run on the validated NumPy data ``[N, ...]``
+            before any compute; raises ``ValueError`` naming the first value the family cannot
+            take (e.g. a count that is not an integer).
+        handles_missing: whether ``log_joint`` marginalises NaN entries of an observation
+            (missing values) and ``suff_stats`` accounts for them; only then does ``fit`` accept
+            NaN.
+        cache_key: set only by jaxem's own factories (see :func:`model_factory`): the factory call
+            that built the model. A model with a key may have its compiled fit program served
+            from the on-disk program cache (:mod:`jaxem.core.program_cache`).
+    """
+
+    batch_log_joint: Callable[[Params, Array], Array] | None = None
+    block_stats: Callable[[Params, Array, Callable], tuple[Array, Stats]] | None = None
+    hard_block_stats: Callable[[Params, Array, Array], tuple[Array, Array, Stats]] | None = None
+    check_data: Callable[[Any], None] | None = None
+    handles_missing: bool = False
+    cache_key: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, eq=False, init=False)
 class Model:
     """A latent-variable model given by pure functions.
 
@@ -36,8 +82,6 @@ class Model:
             restart keys).
         log_joint: ``log_joint(params, x) -> [K]``, ``log p(x, z=k | params)`` for ONE observation
             ``x`` (shape ``X.shape[1:]``).
-        batch_log_joint: optional ``batch_log_joint(params, X) -> [N, K]``, a faster equivalent of
-            ``jax.vmap(log_joint, (None, 0))`` written with matrix products. Defaults to the vmap.
         suff_stats: optional ``suff_stats(params, X, resp) -> stats``: expected sufficient statistics
             of the rows ``X [N, ...]`` under weighted responsibilities ``resp [N, K]`` (already
             multiplied by the sample weights; padded rows have weight 0). It must be additive:
@@ -54,59 +98,51 @@ class Model:
             parameters (up to a constant). The fit then maximises the penalised log-likelihood
             ``log p(X | θ) + log p(θ)`` (MAP-EM): ``maximize`` must return the MAP update, the
             gradient M-step adds it to Q, and the reported history includes it.
-        handles_missing: whether ``log_joint`` marginalises NaN entries of an observation (missing
-            values) and ``suff_stats`` accounts for them; only then does ``fit`` accept NaN.
-        check_data: optional ``check_data(X)`` run by :func:`jaxem.fit` and :func:`jaxem.e_step`
-            on the validated NumPy data ``[N, ...]`` before any compute; raises ``ValueError``
-            naming the first value the family cannot take (e.g. a count that is not an integer).
-        block_stats: optional ``block_stats(params, X, posterior) -> (row_objectives [N], stats)``:
-            one block's E-step and statistics in one function, for a model whose log-joint and
-            statistics share work (the diagonal Gaussian shifts every row to its nearest mean
-            for both). ``posterior(log_joint [N, K]) -> (row_objectives [N], resp [N, K])`` is
-            the engine's E-step rule with labels and row weights applied. The result must equal
-            ``suff_stats(params, X, posterior(batch_log_joint(params, X))[1])``.
-        hard_block_stats: optional ``hard_block_stats(params, X, weights) -> (objective,
-            assignment [N], stats)``: one block's hard E-step and statistics in one function,
-            for a model that can pick each row's most probable component without its full
-            log-joint (k-means: the nearest centre needs no per-row norms). With
-            ``lj = batch_log_joint(params, X)`` the result must equal, up to round-off,
-            ``Σ_n weights_n max_k lj_nk``, the first ``argmax_k lj_nk``, and
-            ``suff_stats(params, X, one_hot(assignment) * weights[:, None])``. Used by hard EM
-            on rows without partial labels; the model must give ``n_components``.
-        cache_key: set only by jaxem's own factories (see :func:`model_factory`): the factory call
-            that built the model, e.g. ``"jaxem.models.bernoulli.bernoulli_mixture(n_components=10,
-            n_trials=1, init='kmeans')"``. A model with a key may have its compiled fit program
-            served from the on-disk program cache in a later process (:mod:`jaxem._export_cache`);
-            custom models have none and are always traced and compiled.
+        kernels: optional :class:`Kernels`, what a built-in family adds for speed and input
+            checks. Their fields may also be given to ``Model`` by name (``batch_log_joint=...``)
+            and are readable as attributes (``model.batch_log_joint``), as before they moved.
     """
 
     init: Callable[[Array, Array], Params]
     log_joint: Callable[[Params, Array], Array]
-    batch_log_joint: Callable[[Params, Array], Array] | None = None
     suff_stats: Callable[[Params, Array, Array], Stats] | None = None
     maximize: Callable[[Stats, Params], Params] | None = None
     constraints: Any = None
     n_components: int | None = None
     name: str = "custom"
     log_prior: Callable[[Params], Array] | None = None
-    handles_missing: bool = False
-    check_data: Callable[[Any], None] | None = None
-    hard_block_stats: Callable[[Params, Array, Array], tuple[Array, Array, Stats]] | None = None
-    block_stats: Callable[[Params, Array, Callable], tuple[Array, Stats]] | None = None
-    cache_key: str | None = None
+    kernels: Kernels = Kernels()
 
-    def __post_init__(self):
-        if (self.hard_block_stats is not None or self.block_stats is not None) \
-                and self.suff_stats is None:
+    def __init__(self, init, log_joint, suff_stats=None, maximize=None, constraints=None,
+                 n_components=None, name="custom", log_prior=None, kernels=None, **kernel_fields):
+        unknown = sorted(set(kernel_fields) - set(_KERNEL_FIELDS))
+        if unknown:
+            raise TypeError(f"Model got unexpected keyword argument(s) {', '.join(unknown)}")
+        kernels = dataclasses.replace(kernels or Kernels(), **kernel_fields)
+        for field, value in zip(
+                ("init", "log_joint", "suff_stats", "maximize", "constraints", "n_components",
+                 "name", "log_prior", "kernels"),
+                (init, log_joint, suff_stats, maximize, constraints, n_components, name,
+                 log_prior, kernels), strict=True):
+            object.__setattr__(self, field, value)
+        if (kernels.hard_block_stats is not None or kernels.block_stats is not None) \
+                and suff_stats is None:
             raise ValueError("hard_block_stats and block_stats are faster forms of suff_stats; the "
                              "model needs suff_stats too")
-        if self.hard_block_stats is not None and self.n_components is None:
+        if kernels.hard_block_stats is not None and n_components is None:
             raise ValueError("a model with hard_block_stats must give n_components (the size of "
                              "hard EM's assignment fingerprint)")
-        if (self.suff_stats is None) != (self.maximize is None):
+        if (suff_stats is None) != (maximize is None):
             raise ValueError(
                 "a closed-form M-step needs both suff_stats and maximize; got only "
-                + ("suff_stats" if self.maximize is None else "maximize"))
+                + ("suff_stats" if maximize is None else "maximize"))
+
+    batch_log_joint = property(lambda self: self.kernels.batch_log_joint)
+    block_stats = property(lambda self: self.kernels.block_stats)
+    hard_block_stats = property(lambda self: self.kernels.hard_block_stats)
+    check_data = property(lambda self: self.kernels.check_data)
+    handles_missing = property(lambda self: self.kernels.handles_missing)
+    cache_key = property(lambda self: self.kernels.cache_key)
 
     @property
     def has_closed_form(self) -> bool:
@@ -115,8 +151,8 @@ class Model:
 
     def log_joint_matrix(self, params: Params, X: Array) -> Array:
         """``[N, K]`` log-joints of every row of ``X`` (``[N, ...]``)."""
-        if self.batch_log_joint is not None:
-            return self.batch_log_joint(params, X)
+        if self.kernels.batch_log_joint is not None:
+            return self.kernels.batch_log_joint(params, X)
         return jax.vmap(self.log_joint, in_axes=(None, 0))(params, X)
 
 

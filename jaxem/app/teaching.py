@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _precision, em
-from .model import Model
+from ..core import inference as em
+from ..core import precision
+from ..core.model import Model
 
 
 class BoundTrace(NamedTuple):
@@ -90,7 +91,7 @@ def bound_trace(model: Model, X, params_of: Callable[[Any], Any], start: float,
     for _ in range(n_steps):
         s_t = iterates[-1]
         q_t, _ = em.posterior_rows(model, params_of(jnp.asarray(s_t, X.dtype)), X)
-        bound_t = _precision.jit(lambda s, q=q_t: bound(s, q))
+        bound_t = precision.jit(lambda s, q=q_t: bound(s, q))
         bounds.append(np.asarray(jax.vmap(bound_t)(jnp.asarray(grid, X.dtype))))
         at_iterate.append(float(bound_t(jnp.asarray(s_t, X.dtype))))
         iterates.append(_argmax_1d(bound_t, lo, hi))

@@ -1,5 +1,6 @@
-"""Initialisers shared by the model families: k-means++ seeding, Lloyd's k-means, random rows,
-random responsibilities. All are pure JAX and run inside the compiled fit, vmapped over restarts.
+"""Seeding for initialisers: k-means++, random rows, random or one-hot responsibilities. All are
+pure JAX and run inside the compiled fit, vmapped over restarts. The initialisers built on them
+(k-means, which is a model) are :mod:`jaxem.models.init`.
 """
 
 from __future__ import annotations
@@ -56,17 +57,6 @@ def kmeans_plusplus(key: Array, X: Array, n_clusters: int) -> Array:
     return centers
 
 
-def kmeans(key: Array, X: Array, n_clusters: int, max_iter: int = 20) -> tuple[Array, Array]:
-    """k-means++ seeding followed by Lloyd's iterations; returns ``(centers [K, D], labels [N])``.
-
-    Lloyd's iterations are hard EM on :func:`jaxem.models.kmeans.isotropic_mixture`, the library's
-    one k-means (imported here, not at the top, because that model uses this module's seeding).
-    """
-    from .models.kmeans import lloyd
-
-    return lloyd(X, kmeans_plusplus(key, X, n_clusters), max_iter)
-
-
 def random_rows(key: Array, X: Array, n: int) -> Array:
     """``n`` distinct rows of ``X`` (all rows, repeated, when ``X`` has fewer than ``n``)."""
     idx = jax.random.choice(key, X.shape[0], (n,), replace=X.shape[0] < n)
@@ -81,34 +71,3 @@ def random_responsibilities(key: Array, n_rows: int, n_components: int, dtype) -
 def hard_responsibilities(labels: Array, n_components: int, dtype) -> Array:
     """One-hot ``[N, K]`` responsibilities from integer labels ``[N]``."""
     return jax.nn.one_hot(labels, n_components, dtype=dtype)
-
-
-INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
-"""Starting-point strategies every family built on :func:`initial_responsibilities` offers."""
-
-
-def initial_responsibilities(key: Array, X: Array, n_components: int, method: str) -> Array:
-    """Starting responsibilities ``[N, K]`` from which any family's M-step gives initial parameters.
-
-    Args:
-        key: PRNG key.
-        X: ``[N, D]`` a numeric embedding of the data (finite; e.g. standardised, imputed).
-        n_components: ``K``.
-        method: ``"kmeans"`` (k-means++ seeding then Lloyd's iterations), ``"k-means++"`` (seeding
-            only), ``"random_from_data"`` (``K`` random rows as centres) -- each then assigns every
-            row to its nearest centre -- or ``"random"`` (rows drawn uniformly from the simplex).
-
-    Returns:
-        ``[N, K]`` rows on the probability simplex (one-hot except for ``"random"``).
-    """
-    if method not in INIT_METHODS:
-        raise ValueError(f"init must be one of {INIT_METHODS}, got {method!r}")
-    if method == "random":
-        return random_responsibilities(key, X.shape[0], n_components, X.dtype)
-    if method == "kmeans":
-        _, labels = kmeans(key, X, n_components)
-    else:
-        centers = (kmeans_plusplus(key, X, n_components) if method == "k-means++"
-                   else random_rows(key, X, n_components))
-        labels = jnp.argmin(squared_distances(X, centers), axis=1)
-    return hard_responsibilities(labels, n_components, X.dtype)

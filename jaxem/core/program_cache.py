@@ -35,7 +35,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from . import _cache
+from . import compile_cache as _cache
 
 _MAGIC = b"jaxem-program-cache-v1\n"
 _SUFFIX = ".jaxem-program"
@@ -94,7 +94,7 @@ def _environment() -> list[str]:
     """Everything outside the call's own arguments that the compiled program depends on."""
     import jaxlib
 
-    from . import __version__
+    from .. import __version__
 
     devices = jax.devices()
     # getattr sees a thread's `with jax.default_matmul_precision(...)`-style overrides; a few

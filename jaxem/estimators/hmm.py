@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.validation import check_nonnegative_float
+from ..hmm import emissions
 from ..models.gaussian import covariances_from_prec_chol
-from ..validation import check_nonnegative_float
-from . import emissions
-from ._estimator_base import _BaseHMM, _check_probabilities
+from .checks import bad_integers
+from .hmm_base import _BaseHMM, _check_probabilities
 
 
 class GaussianHMM(_BaseHMM):
@@ -45,15 +46,12 @@ class GaussianHMM(_BaseHMM):
     _emission_letters = "mc"
     _attributes = {**_BaseHMM._attributes, "m": ("means_",), "c": ("_covars_",)}
 
-    def __init__(self, n_components: int = 1, covariance_type: str = "diag",
-                 min_covar: float = 1e-3, *, init: str = "kmeans", **kwargs):
-        super().__init__(n_components, **kwargs)
-        self.covariance_type = covariance_type
-        self.min_covar = min_covar
-        self.init = init
+    _parameters = {"n_components": ..., "covariance_type": "diag", "min_covar": 1e-3,
+                   "init": "kmeans"}
+    _positional = 3
+    _constraints = {"min_covar": check_nonnegative_float}
 
     def _hmm(self):
-        check_nonnegative_float(self.min_covar, "min_covar")
         return emissions.gaussian_hmm(self.n_components, self.covariance_type,
                                       float(self.min_covar), self.init,
                                       float(self.startprob_prior), float(self.transmat_prior))
@@ -134,9 +132,7 @@ class CategoricalHMM(_BaseHMM):
     _emission_letters = "e"
     _attributes = {**_BaseHMM._attributes, "e": ("emissionprob_",)}
 
-    def __init__(self, n_components: int = 1, *, n_features: int | None = None, **kwargs):
-        super().__init__(n_components, **kwargs)
-        self.n_features = n_features
+    _parameters = {"n_components": ..., "n_features": None}
 
     def _n_symbols(self) -> int:
         if hasattr(self, "emissionprob_"):
@@ -151,11 +147,9 @@ class CategoricalHMM(_BaseHMM):
         if X.shape[1] != 1:
             raise ValueError(f"CategoricalHMM expects one symbol per row, X [n_samples, 1]; got "
                              f"shape {X.shape}")
-        bad = (X < 0) | (X != np.round(X))
         limit = self.n_features if self.n_features is not None else (
             np.shape(self.emissionprob_)[1] if hasattr(self, "emissionprob_") else None)
-        if limit is not None:
-            bad |= X >= limit
+        bad = bad_integers(X, np.inf if limit is None else limit)
         if bad.any():
             row = int(np.argmax(bad[:, 0]))
             allowed = "non-negative integers" + (f" below {limit}" if limit is not None else "")
@@ -200,7 +194,7 @@ class PoissonHMM(_BaseHMM):
                                      float(self.transmat_prior))
 
     def _check_values(self, X: np.ndarray) -> None:
-        bad = (X < 0) | (X != np.round(X))
+        bad = bad_integers(X)
         if bad.any():
             row, col = (int(i) for i in np.argwhere(bad)[0])
             raise ValueError(f"PoissonHMM needs non-negative integer counts; got {X[row, col]} at "

@@ -19,6 +19,9 @@ Every process reads each chunk (the data must be readable by every process, e.g.
 a shared file system) and places on its own devices only the blocks they hold. With
 :func:`jaxem.fit` every process passes the same in-memory ``X``. jaxem adds no cluster layer of
 its own; multi-host runs have not been tested here (only several devices in one process).
+
+This module sits in ``core`` because the compiled in-memory runner splits its passes with it; the
+chunked runner (:mod:`jaxem.scale.chunked`) uses it too.
 """
 
 from __future__ import annotations
@@ -79,29 +82,29 @@ def platform(X, mesh: Mesh | None) -> str:
     return next(iter(held)).platform if held else jax.default_backend()
 
 
-def sharded_pass(pass_fn: Callable, mesh: Mesh | None, sum_aux: bool = True) -> Callable:
-    """``pass_fn(model, params, rows, hard, temperature) -> (objective, aux)`` over a mesh.
+def sharded_pass(sweep: Callable, mesh: Mesh | None, sum_aux: bool = True) -> Callable:
+    """``sweep(params, blocks, temperature) -> (objective, aux)`` over a mesh.
 
-    Each device runs ``pass_fn`` on its share of ``rows`` (split along the block axis, whose length
+    Each device runs ``sweep`` on its share of ``blocks`` (split along the block axis, whose length
     must be a multiple of the mesh size) with the same ``params`` and ``temperature``; the
     objectives are summed with ``psum``, and so are the auxiliary statistics when ``sum_aux``
     (else, e.g. per-row responsibilities, they stay split along the block axis). Without a mesh,
-    ``pass_fn`` itself is returned.
+    ``sweep`` itself is returned.
     """
     if mesh is None:
-        return pass_fn
+        return sweep
 
-    def run(model, params, rows, hard=False, temperature=None):
+    def run(params, blocks, temperature=None):
         # Parameters go in as explicit replicated arguments, not closed over: a closed-over array
         # placed on the mesh outside would carry a sharding that clashes inside shard_map.
-        def local(params, local_rows, temperature):
-            objective, aux = pass_fn(model, params, local_rows, hard, temperature)
+        def local(params, local_blocks, temperature):
+            objective, aux = sweep(params, local_blocks, temperature)
             objective = jax.lax.psum(objective, DATA_AXIS)
             return objective, jax.lax.psum(aux, DATA_AXIS) if sum_aux else aux
 
         out_specs = (P(), P() if sum_aux else P(DATA_AXIS))
         return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()),
-                             out_specs=out_specs)(params, rows, temperature)
+                             out_specs=out_specs)(params, blocks, temperature)
 
     return run
 

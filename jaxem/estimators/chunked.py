@@ -1,7 +1,7 @@
 """Estimators fitted out of core: an estimator's own hooks around :func:`jaxem.fit_chunked`.
 
 ``fit_mixture(GaussianMixture(...), "X.npy", chunk_size=...)`` fits a mixture estimator (any
-:class:`jaxem.estimators._base.MixtureEstimator` with a closed-form M-step), and ``fit_hmm`` a
+:class:`jaxem.estimators.MixtureEstimator` with a closed-form M-step), and ``fit_hmm`` a
 hidden Markov model estimator, from a chunk source (see :mod:`jaxem.data`), leaving the same
 fitted attributes as ``fit(X)``. What needs data in memory runs on ``init_size`` rows drawn from
 the source: the estimator's shape checks, its data-dependent constants (``GaussianMixture``
@@ -16,15 +16,21 @@ import types
 
 import numpy as np
 
-from .data import as_source, map_source
-from .estimators._base import _as_key
-from .streaming import DEFAULT_INIT_ROWS, fit_chunked
-from .validation import check_positive_int, check_sample_weight, check_tolerance
+from ..core.validation import check_sample_weight
+from ..scale.chunked import DEFAULT_INIT_ROWS, fit_chunked
+from ..scale.data import as_source, map_source
+from .params import _as_key
 
 
 def _sample(source, init_size: int, random_state):
     seed = random_state if isinstance(random_state, (int, np.integer)) else 0
     return source.sample(init_size, np.random.default_rng(seed), np.float64, allow_nan=True)[1]
+
+
+def _check_chunkable(est) -> None:
+    est._check_hyperparameters()
+    if est.m_step == "gradient":
+        raise ValueError("chunked fits need the closed-form M-step; set m_step='auto'")
 
 
 def fit_mixture(estimator, source, *, chunk_size: int | None = None, y=None, sample_weight=None,
@@ -43,9 +49,7 @@ def fit_mixture(estimator, source, *, chunk_size: int | None = None, y=None, sam
         ``estimator``, fitted.
     """
     est = estimator
-    est._check_hyperparameters()
-    if est.m_step == "gradient":
-        raise ValueError("chunked fits need the closed-form M-step; set m_step='auto'")
+    _check_chunkable(est)
     source = as_source(source)
     sample = est._validate(_sample(source, init_size, est.random_state), fitting=True)
     est.n_features_in_ = sample.shape[1]
@@ -58,10 +62,9 @@ def fit_mixture(estimator, source, *, chunk_size: int | None = None, y=None, sam
 
     result = fit_chunked(
         est._model(), map_source(source, to_model_coordinates), chunk_size=chunk_size,
-        key=_as_key(est.random_state), n_restarts=1 if init_params is not None else est.n_restarts,
-        max_iter=est.max_iter, tol=est.tol, sample_weight=sample_weight, labels=y,
-        init_params=init_params, init_size=init_size, e_step=getattr(est, "e_step", "soft"),
-        devices=devices)
+        key=_as_key(est.random_state), n_restarts=est._restarts(init_params), max_iter=est.max_iter,
+        tol=est.tol, sample_weight=sample_weight, labels=y, init_params=init_params,
+        init_size=init_size, e_step=est.e_step, devices=devices)
     weights = check_sample_weight(sample_weight, source.n_rows)
     total_weight = source.n_rows if weights is None else float(np.sum(weights))
     return est._record_fit(result, total_weight)
@@ -82,12 +85,7 @@ def fit_hmm(estimator, source, lengths=None, *, chunk_size: int | None = None,
         ``estimator``, fitted.
     """
     est = estimator
-    check_positive_int(est.n_components, "n_components")
-    check_positive_int(est.n_restarts, "n_restarts")
-    check_positive_int(est.n_iter, "n_iter")
-    check_tolerance(est.tol)
-    if est.m_step == "gradient":
-        raise ValueError("chunked fits need the closed-form M-step; set m_step='auto'")
+    _check_chunkable(est)
     for letter in est._letters():
         for name in est._attributes.get(letter, ()):
             est.__dict__.pop(name, None)
@@ -100,8 +98,7 @@ def fit_hmm(estimator, source, lengths=None, *, chunk_size: int | None = None,
     key = _as_key(est.random_state)
     start = est._start(types.SimpleNamespace(rows=sample), key)
     result = fit_chunked(est._hmm(), source, lengths=lengths, chunk_size=chunk_size, key=key,
-                         n_restarts=1 if start is not None else est.n_restarts,
-                         max_iter=est.n_iter, tol=est.tol, init_params=start, method=est.method,
-                         e_step=getattr(est, "e_step", "soft"), init_size=init_size,
-                         devices=devices)
+                         n_restarts=est._restarts(start), max_iter=est.n_iter, tol=est.tol,
+                         init_params=start, method=est.method, e_step=est.e_step,
+                         init_size=init_size, devices=devices)
     return est._record_fit(result)

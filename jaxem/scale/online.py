@@ -32,39 +32,40 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _passes, _precision
-from .data import as_source
-from .em import _restart_keys
-from .model import Model
-from .streaming import DEFAULT_INIT_ROWS, _host_blocks
-from .validation import (
+from ..core import blocks, driver, passes, precision
+from ..core.blocks import host_row_blocks
+from ..core.model import Model
+from ..core.result import FitResult
+from ..core.validation import (
     check_enough_rows,
     check_nonnegative_float,
     check_positive_int,
     default_float_dtype,
 )
+from .chunked import DEFAULT_INIT_ROWS
+from .data import as_source
 
 
 @dataclasses.dataclass(frozen=True)
-class OnlineResult:
-    """What :func:`fit_online` returns.
+class OnlineResult(FitResult):
+    """What :func:`fit_online` returns: a :class:`jaxem.FitResult` of its one restart, plus what is
+    online-specific.
+
+    Differences from a batch fit's result: ``history`` is ``[n_steps]``, each minibatch's mean
+    log-likelihood per row under the parameters before its step (a noisy running view; score the
+    full data for a final figure), and ``log_likelihood`` is the last of them times ``N`` (an
+    estimate); ``converged`` is ``[False]`` (online EM has no convergence test) and ``n_iter`` is
+    ``[n_steps]``.
 
     Attributes:
-        params: the parameters after the last step (pytree).
         n_steps: minibatch steps taken.
         n_epochs: passes over the data that makes (``n_steps * batch_size / N``).
-        history: ``[n_steps]`` each minibatch's mean log-likelihood per row under the parameters
-            before its step (a noisy running view; score the full data for a final figure).
         step_sizes: ``[n_steps]`` the ``ρ_t`` used.
-        fit_time: seconds of the whole loop (reading, compiling and computing).
     """
 
-    params: Any
-    n_steps: int
-    n_epochs: float
-    history: np.ndarray
-    step_sizes: np.ndarray
-    fit_time: float
+    n_steps: int = 0
+    n_epochs: float = 0.0
+    step_sizes: np.ndarray | None = None
 
 
 def step_sizes(n_steps: int, kappa: float = 0.6, t0: float = 2.0) -> np.ndarray:
@@ -73,10 +74,10 @@ def step_sizes(n_steps: int, kappa: float = 0.6, t0: float = 2.0) -> np.ndarray:
     return ((t0 + 1.0) / (t0 + t)) ** kappa
 
 
-@functools.partial(_precision.jit, static_argnames=("model",), donate_argnums=2)
+@functools.partial(precision.jit, static_argnames=("model",), donate_argnums=2)
 def _step(params, centre, average, rows, rho, scale, *, model):
     """One online-EM step: minibatch statistics about ``centre``, averaged in, then maximized."""
-    objective, stats = _passes.stats_pass(model, params, rows, centre=centre)
+    objective, stats = passes.stats_pass(model, params, rows, centre=centre)
     average = jax.tree.map(lambda a, s: (1.0 - rho) * a + (rho * scale) * s, average, stats)
     return model.maximize(average, centre), average, objective
 
@@ -108,7 +109,7 @@ def fit_online(model: Model, source, *, batch_size: int = 8192, n_epochs: float 
         progress: optional ``progress(step, minibatch mean log-likelihood)``.
 
     Returns:
-        :class:`OnlineResult`.
+        :class:`OnlineResult` (a :class:`jaxem.FitResult`).
     """
     batch_size = check_positive_int(batch_size, "batch_size")
     init_size = check_positive_int(init_size, "init_size")
@@ -126,7 +127,8 @@ def fit_online(model: Model, source, *, batch_size: int = 8192, n_epochs: float 
                          "sufficient statistics and needs one")
     if key is None and init_params is not None:
         key = jax.random.key(0)
-    key = _restart_keys(key, 1)[0]
+    keys = driver.restart_keys(key, 1)
+    key = keys[0]
     source = as_source(source)
     if source.n_rows is not None:  # arrays and files: their size is known before any compute
         if source.n_rows == 0:
@@ -137,7 +139,7 @@ def fit_online(model: Model, source, *, batch_size: int = 8192, n_epochs: float 
     rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
     if init_params is None:
         _, sample = source.sample(init_size, rng, dtype)
-        init_params = _precision.jit(model.init)(key, jnp.asarray(sample))
+        init_params = precision.jit(model.init)(key, jnp.asarray(sample))
     centre = jax.tree.map(lambda p: jnp.asarray(p, dtype), init_params)
     if source.n_rows is None:                         # an iterable: count its rows once
         for _ in source.chunks(batch_size, dtype=dtype):
@@ -146,7 +148,7 @@ def fit_online(model: Model, source, *, batch_size: int = 8192, n_epochs: float 
     batch_size = min(batch_size, n_rows)
     batches_per_epoch = math.ceil(n_rows / batch_size)
     total = max_steps or max(1, math.ceil(n_epochs * batches_per_epoch))
-    n_blocks, rows_per_block = _passes.plan_blocks(batch_size, block_size)
+    n_blocks, rows_per_block = blocks.plan_blocks(batch_size, block_size)
     rhos = step_sizes(total, kappa, t0)
 
     def batches():
@@ -166,10 +168,10 @@ def fit_online(model: Model, source, *, batch_size: int = 8192, n_epochs: float 
         if step == total or (max_seconds is not None and step
                              and time.perf_counter() - begin >= max_seconds):
             break
-        rows = jax.tree.map(jnp.asarray, _host_blocks(chunk, chunk.shape[0], None, None, n_blocks,
-                                                      rows_per_block))
+        rows = jax.tree.map(jnp.asarray, host_row_blocks(chunk, None, None, n_blocks,
+                                                         rows_per_block))
         if average is None:
-            shapes = jax.eval_shape(functools.partial(_passes.stats_pass, model), centre, rows)[1]
+            shapes = jax.eval_shape(functools.partial(passes.stats_pass, model), centre, rows)[1]
             average = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         scale = jnp.asarray(n_rows / chunk.shape[0], dtype)
         # One step in flight: the next minibatch is read while this one computes, and neither
@@ -183,6 +185,12 @@ def fit_online(model: Model, source, *, batch_size: int = 8192, n_epochs: float 
     n_steps = len(history)
     # One small transfer per step: stacking thousands of device scalars would compile a concat.
     history = np.array([float(h) for h in history])
-    return OnlineResult(params=params, n_steps=n_steps, n_epochs=n_steps * batch_size / n_rows,
-                        history=history,
-                        step_sizes=rhos[:n_steps], fit_time=time.perf_counter() - begin)
+    last = float(history[-1]) * n_rows if n_steps else float("nan")
+    return OnlineResult(
+        params=params, log_likelihood=last, history=history,
+        initial_log_likelihood=np.array([history[0] * n_rows if n_steps else np.nan]),
+        converged=np.zeros(1, bool), n_iter=np.array([n_steps]),
+        failed=np.array([not np.isfinite(last)]),
+        all_params=jax.tree.map(lambda p: p[None], params), all_log_likelihoods=np.array([last]),
+        best_restart=0, restart_keys=keys, fit_time=time.perf_counter() - begin,
+        n_steps=n_steps, n_epochs=n_steps * batch_size / n_rows, step_sizes=rhos[:n_steps])

@@ -6,70 +6,39 @@ fitted arrays only; all computation is the functional engine's.
 
 from __future__ import annotations
 
-import inspect
 import math
 
-import jax
+import jax.numpy as jnp
 import numpy as np
 
-from .. import em
-from ..progress import progress_bar
-from ..validation import (
+from ..core import inference as em
+from ..core.progress import progress_bar
+from ..core.validation import (
     NotFittedError,
     check_data,
     check_positive_int,
     check_sample_weight,
-    check_tolerance,
     to_device,
 )
-from ._params import Hyperparameters
+from .params import EMEstimator, _as_key
 
 
-def _as_key(random_state):
-    """A JAX key from ``None`` (fresh entropy from NumPy), an int, or a key."""
-    if random_state is None:
-        return jax.random.key(int(np.random.randint(0, 2**31 - 1)))
-    if isinstance(random_state, (int, np.integer)):
-        return jax.random.key(int(random_state))
-    return random_state
-
-
-class MixtureEstimator(Hyperparameters):
+class MixtureEstimator(EMEstimator):
     """Base of the mixture estimators: validation, fit over :func:`jaxem.fit`, inference.
 
-    Families implement ``_model``, ``_params``, ``_set_params_from``, ``_n_parameters`` and
-    ``sample``, and may override the ``_check_*``, ``_prepare``, ``_transform`` and
-    ``_initial_params`` hooks.
+    Families declare their hyperparameters and constraints (see :mod:`jaxem.estimators.params`),
+    implement ``_model``, ``_n_parameters`` and ``_sample_rows``, name their parameters in
+    ``_param_keys`` (or implement ``_params`` and ``_set_params_from``), and may override the
+    ``_check_values``, ``_validate``, ``_prepare``, ``_transform`` and ``_initial_params`` hooks.
     """
 
+    _parameters = {"tol": ..., "max_iter": 100, "init_params": "kmeans"}
+    _constraints = {"max_iter": check_positive_int}
     _fitted_attribute = "weights_"
-
-    # -- scikit-learn parameter protocol -------------------------------------------------------
-    @classmethod
-    def _param_names(cls):
-        sig = inspect.signature(cls.__init__)
-        return [p for p in sig.parameters if p != "self"]
-
-    def save(self, path) -> str:
-        """Write hyperparameters and fitted attributes to ``path`` (``.npz``); see :func:`jaxem.load`.
-
-        Returns:
-            ``path`` as a string.
-        """
-        from ..io import save
-
-        return save(self, path)
+    # The engine's parameter names; each is stored as the fitted attribute ``name + "_"``.
+    _param_keys: tuple[str, ...] = ()
 
     # -- hooks for the families ------------------------------------------------------------------
-    def _check_hyperparameters(self) -> None:
-        check_positive_int(self.n_components, "n_components")
-        check_positive_int(self.n_restarts, "n_restarts")
-        check_positive_int(self.max_iter, "max_iter")
-        check_tolerance(self.tol)
-        if self.m_step not in ("auto", "closed_form", "gradient"):
-            raise ValueError(f"m_step must be 'auto', 'closed_form' or 'gradient', got "
-                             f"{self.m_step!r}")
-
     def _model(self):
         raise NotImplementedError
 
@@ -78,14 +47,19 @@ class MixtureEstimator(Hyperparameters):
 
     def _params(self):
         """The engine's parameter pytree, built from the fitted attributes."""
-        raise NotImplementedError
+        dtype = em.default_float_dtype()
+        return {k: jnp.asarray(getattr(self, k + "_"), dtype) for k in self._param_keys}
 
     def _set_params_from(self, params) -> None:
-        raise NotImplementedError
+        for k in self._param_keys:
+            setattr(self, k + "_", np.asarray(params[k]))
 
     def _initial_params(self, X: np.ndarray):
         """User-given starting parameters, or ``None`` to use the model's initialiser."""
         return None
+
+    def _prepare(self, X: np.ndarray) -> None:
+        """Record data-dependent constants before fitting (none by default)."""
 
     def _transform(self, X: np.ndarray) -> np.ndarray:
         """Map validated data into the coordinates the parameters live in."""
@@ -94,11 +68,20 @@ class MixtureEstimator(Hyperparameters):
     def _n_parameters(self) -> int:
         raise NotImplementedError
 
+    def _sample_rows(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``[n, D]`` rows drawn from the components ``labels [n]``."""
+        raise NotImplementedError
+
     # -- data checks -----------------------------------------------------------------------------
     def _check_fitted(self) -> None:
         if not hasattr(self, self._fitted_attribute):
             raise NotFittedError(
                 f"this {type(self).__name__} is not fitted yet; call fit(X) before using it")
+
+    def _check_n_features(self, n_features: int, fitted: int) -> None:
+        if n_features != fitted:
+            raise ValueError(f"X has {n_features} features, but {type(self).__name__} was fitted "
+                             f"with {fitted} features")
 
     def _validate(self, X, fitting: bool) -> np.ndarray:
         name = type(self).__name__
@@ -109,9 +92,8 @@ class MixtureEstimator(Hyperparameters):
         if X.ndim != 2:
             raise ValueError(f"{name} expects 2-D data [n_samples, n_features], got shape "
                              f"{X.shape}")
-        if not fitting and X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, but {name} was fitted with "
-                             f"{self.n_features_in_} features")
+        if not fitting:
+            self._check_n_features(X.shape[1], self.n_features_in_)
         self._check_values(X)
         return X
 
@@ -138,13 +120,11 @@ class MixtureEstimator(Hyperparameters):
         self.n_features_in_ = X.shape[1]
         self._prepare(X)
         init_params = self._initial_params(X)
-        with progress_bar(getattr(self, "verbose", 0), self.max_iter,
-                          desc=type(self).__name__) as bar:
+        with progress_bar(self.verbose, self.max_iter, desc=type(self).__name__) as bar:
             result = em.fit(
                 self._model(), self._transform(X), key=_as_key(self.random_state),
-                n_restarts=1 if init_params is not None else self.n_restarts,
-                max_iter=self.max_iter, tol=self.tol, sample_weight=weights, labels=y,
-                init_params=init_params, e_step=getattr(self, "e_step", "soft"),
+                n_restarts=self._restarts(init_params), max_iter=self.max_iter, tol=self.tol,
+                sample_weight=weights, labels=y, init_params=init_params, e_step=self.e_step,
                 m_step=self.m_step, optimizer=self.optimizer, progress=bar)
         total_weight = X.shape[0] if weights is None else float(np.sum(weights))
         return self._record_fit(result, total_weight)
@@ -152,13 +132,9 @@ class MixtureEstimator(Hyperparameters):
     def _record_fit(self, result, total_weight: float):
         """Set the fitted attributes from a :class:`jaxem.FitResult` (in-memory or chunked fit);
         ``lower_bound_`` and ``history_`` are per unit of sample weight. Returns ``self``."""
-        best = result.best_restart
         self._set_params_from(result.params)
-        self.converged_ = bool(result.converged[best])
-        self.n_iter_ = int(result.n_iter[best])
         self.lower_bound_ = result.log_likelihood / total_weight
-        self.history_ = result.history[best] / total_weight
-        self.fit_result_ = result
+        self._record_run(result, per=total_weight)
         return self
 
     def fit_chunked(self, source, y=None, sample_weight=None, *, chunk_size=None,
@@ -174,15 +150,12 @@ class MixtureEstimator(Hyperparameters):
             devices: ``None`` (one device), ``"all"`` or a list of devices to split chunks over.
 
         Returns:
-            ``self``, fitted as by :meth:`fit` (see :func:`jaxem.chunked_estimators.fit_mixture`).
+            ``self``, fitted as by :meth:`fit` (see :func:`jaxem.estimators.chunked.fit_mixture`).
         """
-        from ..chunked_estimators import fit_mixture
+        from .chunked import fit_mixture
 
         return fit_mixture(self, source, chunk_size=chunk_size, y=y, sample_weight=sample_weight,
                            init_size=init_size, devices=devices)
-
-    def _prepare(self, X: np.ndarray) -> None:
-        """Record data-dependent constants before fitting (none by default)."""
 
     def fit_predict(self, X, y=None, sample_weight=None) -> np.ndarray:
         """Fit, then return the most probable component of each row ``[N]``."""
@@ -221,6 +194,18 @@ class MixtureEstimator(Hyperparameters):
         """Akaike information criterion on ``X`` (lower is better)."""
         return (-2 * self.score(X) * check_data(X, allow_nan=True).shape[0]
                 + 2 * self._n_parameters())
+
+    def sample(self, n_samples: int = 1, random_state=None) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n_samples`` rows from the fitted model.
+
+        Returns:
+            ``(X [n_samples, D], labels [n_samples])``.
+        """
+        self._check_fitted()
+        n_samples = check_positive_int(n_samples, "n_samples")
+        rng = np.random.default_rng(random_state)
+        labels = self._sample_components(n_samples, rng)
+        return self._sample_rows(labels, rng), labels
 
     def _sample_components(self, n_samples: int, rng: np.random.Generator) -> np.ndarray:
         weights = np.asarray(self.weights_, dtype=np.float64)

@@ -16,10 +16,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import constraints as C
-from .em import FitResult, fit
-from .model import Model
-from .validation import check_positive_int, check_sample_weight
+from ..core import constraints as C
+from ..core.inference import FitResult, fit
+from ..core.model import Model
+from ..core.validation import check_positive_int, check_sample_weight
 
 
 def count_free_parameters(model: Model, params: Any) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._loop import LoopOutput
+from .loop import LoopOutput
 from .validation import ConvergenceWarning
 
 

@@ -151,7 +151,7 @@ def save(estimator, path) -> str:
         warnings.warn(f"{cls.__name__}.save: hyperparameters {dropped} cannot be stored in a file "
                       "and load as None (predictions do not depend on them)", UserWarning,
                       stacklevel=2)
-    from . import __version__
+    from .. import __version__
 
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "class": f"{cls.__module__}:{cls.__qualname__}",
             "jaxem_version": __version__, "params": params, "attributes": attributes,

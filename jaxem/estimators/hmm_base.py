@@ -1,25 +1,23 @@
-"""The shared part of the hmmlearn-style HMM estimators (see :mod:`jaxem.hmm.estimators`):
+"""The shared part of the hmmlearn-style HMM estimators (see :mod:`jaxem.estimators.hmm`):
 hyperparameters, the chain's fitted attributes, fitting, scoring, decoding and sampling. A
 subclass supplies its emission: the chain model, how its parameters map to fitted attributes,
 and its data checks."""
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _precision
-from ..estimators._base import _as_key
-from ..estimators._params import Hyperparameters
-from ..progress import progress_bar
-from ..validation import NotFittedError, check_positive_int, check_tolerance
-from ..validation import default_float_dtype as _float
-from .fit import decode, fit, posterior, sample
-from .model import as_sequences
+from ..core import precision
+from ..core.progress import progress_bar
+from ..core.validation import NotFittedError, check_positive_int
+from ..core.validation import default_float_dtype as _float
+from ..hmm.baum_welch import decode, fit, posterior, sample
+from ..hmm.model import as_sequences
+from .params import EMEstimator, _as_key
 
 
 def _check_probabilities(value, name: str, shape: tuple) -> np.ndarray:
@@ -33,42 +31,17 @@ def _check_probabilities(value, name: str, shape: tuple) -> np.ndarray:
     return arr
 
 
-class _BaseHMM(Hyperparameters):
-    """Shared machinery: hyperparameters, fit, and inference; families add their emission."""
+class _BaseHMM(EMEstimator):
+    """Shared machinery: the chain's hyperparameters, fit, and inference; families add their
+    emission."""
 
     _emission_letters = ""
     # The attributes each init_params letter stands for; fit re-initialises those it names.
     _attributes = {"s": ("startprob_",), "t": ("transmat_",)}
 
-    def __init__(self, n_components: int = 1, *, startprob_prior: float = 1.0,
-                 transmat_prior: float = 1.0, n_iter: int = 100, tol: float = 1e-6,
-                 n_restarts: int = 1, init_params: str | None = None, random_state=None,
-                 method: str = "auto", m_step: str = "auto", optimizer=None,
-                 e_step="soft", verbose: int = 0):
-        self.n_components = n_components
-        self.startprob_prior = startprob_prior
-        self.transmat_prior = transmat_prior
-        self.n_iter = n_iter
-        self.tol = tol
-        self.n_restarts = n_restarts
-        self.init_params = init_params
-        self.random_state = random_state
-        self.method = method
-        self.m_step = m_step
-        self.optimizer = optimizer
-        self.e_step = e_step
-        self.verbose = verbose
-
-    # -- scikit-learn parameter protocol -------------------------------------------------------
-    @classmethod
-    def _param_names(cls):
-        names = []
-        for klass in cls.__mro__[:-1]:         # object's (*args, **kwargs) are not parameters
-            if "__init__" in klass.__dict__:
-                names += [name for name, p in inspect.signature(klass.__init__).parameters.items()
-                          if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-                          and name not in names]
-        return names
+    _parameters = {"n_components": ..., "startprob_prior": 1.0, "transmat_prior": 1.0,
+                   "n_iter": 100, "random_state": ..., "method": "auto"}
+    _constraints = {"n_iter": check_positive_int}
 
     # -- family hooks ----------------------------------------------------------------------------
     def _hmm(self):
@@ -128,7 +101,7 @@ class _BaseHMM(Hyperparameters):
         # from the attributes when init_params leaves out any of the emission's letters.
         if set(self._emission_letters) <= set(letters):
             rows = jnp.asarray(seqs.rows, _float())
-            start["emission"] = _precision.jit(hmm.init)(jax.random.split(key, 1)[0], rows)
+            start["emission"] = precision.jit(hmm.init)(jax.random.split(key, 1)[0], rows)
         else:
             start["emission"] = self._piece("emission")
         return start
@@ -144,10 +117,7 @@ class _BaseHMM(Hyperparameters):
         Returns:
             ``self``.
         """
-        check_positive_int(self.n_components, "n_components")
-        check_positive_int(self.n_restarts, "n_restarts")
-        check_positive_int(self.n_iter, "n_iter")
-        check_tolerance(self.tol)
+        self._check_hyperparameters()
         # What init_params names is re-initialised, so old values must not constrain the data
         # check (a refit may change D); they come back if the data are refused.
         names = [n for letter in self._letters() for n in self._attributes.get(letter, ())]
@@ -161,10 +131,9 @@ class _BaseHMM(Hyperparameters):
         start = self._start(seqs, key)
         with progress_bar(self.verbose, self.n_iter, desc=type(self).__name__) as bar:
             result = fit(self._hmm(), seqs.X, mask=seqs.mask, key=key,
-                         n_restarts=1 if start is not None else self.n_restarts,
-                         max_iter=self.n_iter, tol=self.tol, init_params=start, m_step=self.m_step,
-                         method=self.method, optimizer=self.optimizer, e_step=self.e_step,
-                         progress=bar)
+                         n_restarts=self._restarts(start), max_iter=self.n_iter, tol=self.tol,
+                         init_params=start, m_step=self.m_step, method=self.method,
+                         optimizer=self.optimizer, e_step=self.e_step, progress=bar)
         return self._record_fit(result)
 
     def _record_fit(self, result):
@@ -174,11 +143,7 @@ class _BaseHMM(Hyperparameters):
         self.startprob_ = np.asarray(p["initial"])
         self.transmat_ = np.asarray(p["transition"])
         self._set_emission(p["emission"])
-        best = result.best_restart
-        self.converged_ = bool(result.converged[best])
-        self.n_iter_ = int(result.n_iter[best])
-        self.history_ = result.history[best]
-        self.fit_result_ = result
+        self._record_run(result)
         return self
 
     def fit_chunked(self, source, lengths=None, *, chunk_size=None, init_size: int = 65536,
@@ -193,9 +158,9 @@ class _BaseHMM(Hyperparameters):
             devices: ``None``, ``"all"`` or a list of devices.
 
         Returns:
-            ``self`` (see :func:`jaxem.chunked_estimators.fit_hmm`).
+            ``self`` (see :func:`jaxem.estimators.chunked.fit_hmm`).
         """
-        from ..chunked_estimators import fit_hmm
+        from .chunked import fit_hmm
 
         return fit_hmm(self, source, lengths, chunk_size=chunk_size, init_size=init_size,
                        devices=devices)

@@ -1,0 +1,215 @@
+"""The EM loop: one pure function of bookkeeping per iteration, run compiled or on the host.
+
+Every restart advances in lock-step. An iteration is an M-step for every restart (vmapped) and one
+pass at the new parameters: the E-step plus whatever the next M-step needs. :func:`advance` does
+the rest (history, tolerance, fixed point, who is still running) and is the same function for the
+compiled loop (:func:`run_compiled_loop`, a ``lax.while_loop``) and the host loop
+(:func:`run_host_loop`, for passes that read data from the host and cannot be traced). A restart
+that converged, failed or ran out of iterations keeps its parameters (the batch still computes for
+it; its results are discarded), exactly as ``vmap`` of a while loop would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .blocks import HardStats
+
+Array = jax.Array
+
+
+class LoopOutput(NamedTuple):
+    """What the loop returns; every leaf has a leading ``[R]`` restart axis."""
+
+    params: Any
+    objective: Array         # [R] final objective
+    initial_objective: Array  # [R]
+    n_iter: Array            # [R] int32
+    converged: Array         # [R] bool
+    history: Array           # [R, max_iter], NaN after a restart stopped
+
+
+class Settings(NamedTuple):
+    """The loop's fixed settings: ``tol`` (traced scalar; negative: no objective test),
+    ``max_iter`` and ``may_stop(iteration) -> bool`` (whether convergence may be declared yet)."""
+
+    tol: Array
+    max_iter: int
+    may_stop: Callable
+
+
+def select(mask: Array, new, old):
+    """Leaf by leaf ``where(mask, new, old)``, ``mask`` broadcast over the leaves' trailing axes
+    (a ``[R]`` mask picks whole restarts; a scalar picks everything)."""
+    def pick(a, b):
+        return jnp.where(jnp.reshape(mask, jnp.shape(mask) + (1,) * (jnp.ndim(a) - jnp.ndim(mask))),
+                         a, b)
+    return jax.tree.map(pick, new, old)
+
+
+def map_restarts(fn: Callable, *trees, in_sequence: bool = False):
+    """``jax.vmap(fn)(*trees)`` over the leading restart axis, or with ``in_sequence`` one restart
+    after another (``lax.map``; see :data:`jaxem.core.blocks.SEQUENTIAL_RESTART_PLATFORMS`). With
+    a single restart ``fn`` runs unbatched instead: XLA does not always fold a size-1 batch back
+    out of the products."""
+    leaves = jax.tree.leaves(trees)
+    if leaves and all(leaf.shape[:1] == (1,) for leaf in leaves):
+        out = fn(*jax.tree.map(lambda a: a[0], trees))
+        return jax.tree.map(lambda a: a[None], out)
+    if in_sequence:
+        return jax.lax.map(lambda args: fn(*args), trees)
+    return jax.vmap(fn)(*trees)
+
+
+def _unchanged(new, old) -> Array:
+    """``[R]`` whether every parameter of restart ``r`` is bit-identical in ``new`` and ``old``."""
+    same = [jnp.all((a == b).reshape(a.shape[0], -1), axis=1) for a, b in
+            zip(jax.tree.leaves(new), jax.tree.leaves(old), strict=True)]
+    return jnp.all(jnp.stack(same), axis=0)
+
+
+def _fingerprint(aux) -> Array | None:
+    """The assignment fingerprint of a hard-EM pass's output (``None`` for other passes)."""
+    return aux.fingerprint if isinstance(aux, HardStats) else None
+
+
+def initial_state(params, aux_shapes, max_iter: int) -> dict:
+    """The loop state before its first trip (the initial E-step) for ``[R]``-stacked ``params``
+    and the pass's output shapes ``(objective [R], aux)``."""
+    obj_shape = aux_shapes[0]
+    n_restarts = obj_shape.shape[0]
+    nan = jnp.full((n_restarts,), jnp.nan, obj_shape.dtype)
+    no_aux = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shapes[1])
+    return dict(params=params, objective=nan, initial=nan, aux=no_aux,
+                consumed=_fingerprint(no_aux), trips=jnp.zeros((), jnp.int32),
+                n_iter=jnp.zeros((n_restarts,), jnp.int32),
+                converged=jnp.zeros((n_restarts,), bool), running=jnp.ones((n_restarts,), bool),
+                history=jnp.full((n_restarts, max_iter), jnp.nan, obj_shape.dtype))
+
+
+def keep_going(s: dict, max_iter: int) -> Array:
+    """Whether the loop takes another trip."""
+    return jnp.any(s["running"]) & (s["trips"] <= max_iter)
+
+
+def proposed(s: dict, stepped) -> Any:
+    """The parameters the next pass runs at: the M-step's for running restarts, else the old
+    (trip 0 is the initial E-step, whose M-step result is discarded)."""
+    return select(s["running"] & (s["trips"] > 0), stepped, s["params"])
+
+
+def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Settings) -> dict:
+    """One iteration's bookkeeping, given the M-step's output ``stepped``, the parameters the pass
+    ran at (:func:`proposed`) and the pass's ``(objective [R], aux)``. Pure: the compiled and the
+    host loop both call it."""
+    first, iteration = s["trips"] == 0, s["trips"]
+    running = s["running"] & ~first
+    obj_dtype = objective.dtype
+    # A change within float round-off of the objective is no progress: tol=0 then means "until
+    # nothing changes", which otherwise could spin on last-bit noise until max_iter. A negative
+    # tol (``tol=None`` to the user) switches the objective test off.
+    rel_tol = jnp.maximum(settings.tol, 4 * jnp.finfo(obj_dtype).eps)
+    change_small = jnp.abs(objective - s["objective"]) <= rel_tol * jnp.abs(s["objective"])
+    # Parameters an M-step left bit-identical are a fixed point: every later iteration would
+    # repeat this one, whatever the tolerance.
+    fixed_point = _unchanged(stepped, s["params"])
+    consumed = _fingerprint(s["aux"])
+    if consumed is not None:
+        # Hard EM: this M-step saw the same assignment as the one before it, so it changed
+        # nothing (the step counts, as k-means counts the pass that finds no row moved).
+        fixed_point |= (iteration >= 2) & _unchanged(consumed, s["consumed"])
+    converged = (running & (((settings.tol >= 0) & change_small) | fixed_point)
+                 & settings.may_stop(iteration))
+    row = jnp.maximum(iteration - 1, 0)
+    history = s["history"].at[:, row].set(jnp.where(running, objective, s["history"][:, row]))
+    finite = jnp.isfinite(objective)
+    still = jnp.where(first, finite,
+                      running & ~converged & finite & (iteration < settings.max_iter))
+    return dict(params=new_params,
+                objective=jnp.where(first | running, objective, s["objective"]),
+                initial=jnp.where(first, objective, s["initial"]),
+                # A stopped restart's stale statistics are never used for a kept update.
+                aux=aux, consumed=consumed, trips=iteration + 1, n_iter=s["n_iter"] + running,
+                converged=s["converged"] | converged, running=still, history=history)
+
+
+def output(s: dict) -> LoopOutput:
+    """The finished state as a :class:`LoopOutput`."""
+    return LoopOutput(s["params"], s["objective"], s["initial"], s["n_iter"], s["converged"],
+                      s["history"])
+
+
+# Progress reports leave the compiled program through one module-level function, so passing a
+# different callback to each fit does not recompile.
+_progress_sink: Any = None
+
+
+def _report(iteration, objective, converged, running):
+    # Trip 0 is the initial E-step, not an iteration.
+    if _progress_sink is not None and int(iteration) > 0:
+        _progress_sink(int(iteration), np.asarray(objective), np.asarray(converged),
+                       np.asarray(running))
+
+
+def set_progress_sink(progress: Callable | None) -> None:
+    """Where the compiled loop's reports go until the next call (``None``: nowhere)."""
+    global _progress_sink
+    _progress_sink = progress
+
+
+def run_compiled_loop(e_pass: Callable, m_step: Callable, params, settings: Settings, *,
+                      report: bool = False, in_sequence: bool = False) -> LoopOutput:
+    """The EM loop as a ``lax.while_loop`` (call it inside ``jit``).
+
+    Args:
+        e_pass: ``e_pass(params, iteration) -> (objective [R], aux)`` for the whole batch: the
+            E-step at ``params`` after ``iteration`` M-steps, plus what the next M-step needs.
+        m_step: ``m_step(params, aux) -> params`` for ONE restart (mapped over the batch).
+        params: starting parameters with a leading ``[R]`` axis.
+        settings: tolerance, iterations, ``may_stop``.
+        report: send each iteration to the progress sink (:func:`set_progress_sink`).
+        in_sequence: map the M-steps over restarts one after another.
+
+    The first trip is the initial E-step (its M-step result is discarded), so the pass, by far
+    the largest part of the program, is traced and compiled once rather than twice.
+    """
+    state = initial_state(params, jax.eval_shape(e_pass, params, jnp.zeros((), jnp.int32)),
+                          settings.max_iter)
+
+    def body(s):
+        stepped = map_restarts(m_step, s["params"], s["aux"], in_sequence=in_sequence)
+        new_params = proposed(s, stepped)
+        out = advance(s, stepped, new_params, *e_pass(new_params, s["trips"]), settings)
+        if report:
+            jax.debug.callback(_report, s["trips"], out["objective"], out["converged"],
+                               out["running"])
+        return out
+
+    return output(jax.lax.while_loop(lambda s: keep_going(s, settings.max_iter), body, state))
+
+
+def run_host_loop(e_pass: Callable, m_step: Callable, params, settings: Settings,
+                  on_iteration: Callable | None = None) -> LoopOutput:
+    """The EM loop as a Python loop, for passes that read their data from the host.
+
+    ``e_pass`` and ``m_step`` take and return the whole ``[R]`` batch; ``on_iteration``, if any,
+    is called like a progress callback once per iteration. The bookkeeping is :func:`advance`,
+    as in the compiled loop.
+    """
+    objective, aux = e_pass(params, 0)
+    state = initial_state(params, jax.eval_shape(lambda: (objective, aux)), settings.max_iter)
+    state = advance(state, params, params, jnp.asarray(objective), aux, settings)
+    while bool(keep_going(state, settings.max_iter)):
+        stepped = m_step(state["params"], state["aux"])
+        new_params = proposed(state, stepped)
+        objective, aux = e_pass(new_params, int(state["trips"]))
+        state = advance(state, stepped, new_params, jnp.asarray(objective), aux, settings)
+        if on_iteration is not None:
+            on_iteration(int(state["trips"]) - 1, np.asarray(state["objective"]),
+                         np.asarray(state["converged"]), np.asarray(state["running"]))
+    return output(jax.tree.map(np.asarray, state))

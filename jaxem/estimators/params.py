@@ -1,0 +1,153 @@
+"""Hyperparameters as declarations, and what the mixture and the HMM estimators share.
+
+A class states what it adds to its bases' hyperparameters in two dicts:
+
+- ``_parameters``: name -> default, in signature order. A new name goes right after the name
+  before it in the dict (first, when it opens the dict); a name a base already declares keeps its
+  place and only marks it (value ``...``) or changes its default.
+- ``_constraints``: name -> ``check(value, name)`` (see :mod:`jaxem.estimators.checks`), merged
+  with the bases'; :meth:`Hyperparameters._check_hyperparameters` runs them, the one place where
+  hyperparameters are checked.
+
+From these each class gets an ``__init__`` with a real signature (the first ``_positional`` names
+may be given by position, the rest by keyword) that stores every argument unchanged, so
+``inspect.signature``, ``get_params``, ``set_params`` and ``sklearn.clone`` see an ordinary
+scikit-learn constructor.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import jax
+import numpy as np
+
+from ..core.validation import check_positive_int, check_tolerance
+from .checks import check_m_step
+
+
+def _as_key(random_state):
+    """A JAX key from ``None`` (fresh entropy from NumPy), an int, or a key."""
+    if random_state is None:
+        return jax.random.key(int(np.random.randint(0, 2**31 - 1)))
+    if isinstance(random_state, (int, np.integer)):
+        return jax.random.key(int(random_state))
+    return random_state
+
+
+def _merge(inherited: dict, own: dict, owner: str) -> dict:
+    names, defaults = list(inherited), dict(inherited)
+    previous = None
+    for name, default in own.items():
+        if name not in defaults:
+            if default is ...:
+                raise TypeError(f"{owner}: {name!r} marks a place but no base declares it")
+            names.insert(0 if previous is None else names.index(previous) + 1, name)
+        if default is not ...:
+            defaults[name] = default
+        previous = name
+    return {name: defaults[name] for name in names}
+
+
+def _constructor(signature: inspect.Signature, owner: str):
+    def __init__(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        for name, value in list(bound.arguments.items())[1:]:
+            setattr(self, name, value)
+
+    __init__.__signature__ = signature
+    __init__.__qualname__ = f"{owner}.__init__"
+    __init__.__doc__ = f"Store the hyperparameters unchanged (see :class:`{owner}`)."
+    return __init__
+
+
+class Hyperparameters:
+    """scikit-learn's hyperparameter protocol over declared hyperparameters (see the module)."""
+
+    _parameters: dict = {}
+    _constraints: dict = {}
+    _positional = 1
+    # False: the class's ``_parameters`` is its whole signature (KMeans keeps scikit-learn's).
+    _inherit_parameters = True
+    _signature: dict = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        inherited = cls._signature if cls.__dict__.get("_inherit_parameters", True) else {}
+        cls._signature = _merge(inherited, cls._own_parameters(), cls.__qualname__)
+        constraints = {}
+        for klass in reversed(cls.__mro__):
+            constraints.update(klass.__dict__.get("_constraints", {}))
+        cls._all_constraints = constraints
+        kinds = [inspect.Parameter.POSITIONAL_OR_KEYWORD] * cls._positional
+        params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)] + [
+            inspect.Parameter(name, kinds[i] if i < len(kinds) else inspect.Parameter.KEYWORD_ONLY,
+                              default=default)
+            for i, (name, default) in enumerate(cls._signature.items())]
+        cls.__init__ = _constructor(inspect.Signature(params), cls.__qualname__)
+
+    @classmethod
+    def _own_parameters(cls) -> dict:
+        """This class's declaration (not its bases'); a base may derive some of it."""
+        return cls.__dict__.get("_parameters", {})
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return list(cls._signature)
+
+    def _check_hyperparameters(self) -> None:
+        """Run every declared constraint of this estimator's hyperparameters."""
+        for name, check in self._all_constraints.items():
+            if name in self._signature:
+                check(getattr(self, name), name)
+
+    def get_params(self, deep: bool = True) -> dict:
+        """Hyperparameters as a dict (scikit-learn's protocol, so ``clone`` and grid search work)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params):
+        """Set hyperparameters; returns ``self``."""
+        for name, value in params.items():
+            if name not in self._param_names():
+                raise ValueError(f"{type(self).__name__} has no parameter {name!r}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+class EMEstimator(Hyperparameters):
+    """Base of the mixture and HMM estimators: the hyperparameters and checks they share, the
+    record of a fit, and ``save``."""
+
+    _parameters = {"n_components": 1, "tol": 1e-6, "n_restarts": 1, "init_params": None,
+                   "random_state": None, "m_step": "auto", "optimizer": None, "e_step": "soft",
+                   "verbose": 0}
+    _constraints = {"n_components": check_positive_int, "n_restarts": check_positive_int,
+                    "tol": check_tolerance, "m_step": check_m_step}
+
+    def save(self, path) -> str:
+        """Write hyperparameters and fitted attributes to ``path`` (``.npz``); see :func:`jaxem.load`.
+
+        Returns:
+            ``path`` as a string.
+        """
+        from ..app.io import save
+
+        return save(self, path)
+
+    def _restarts(self, start) -> int:
+        """Starts to run: one from given parameters ``start``, else ``n_restarts`` random ones."""
+        return 1 if start is not None else self.n_restarts
+
+    def _record_run(self, result, per: float | None = None) -> None:
+        """Set ``converged_``, ``n_iter_``, ``history_`` (divided by ``per`` when given) and
+        ``fit_result_`` from the best restart of a :class:`jaxem.FitResult`."""
+        best = result.best_restart
+        self.converged_ = bool(result.converged[best])
+        self.n_iter_ = int(result.n_iter[best])
+        self.history_ = result.history[best] if per is None else result.history[best] / per
+        self.fit_result_ = result
