@@ -296,7 +296,7 @@ def test_fingerprint_sees_rows_trading_components_and_ignores_weightless_rows():
     """Hard EM's fixed-point test: per component, the wrapped sum of its rows' hashes. Two rows
     trading components (the same count in each) change it; reordering or zero-weight rows do
     not. Rows with a missing value hash their observed entries."""
-    from jaxem.core import blocks, passes
+    from jaxem.core import blocks
 
     X = jnp.asarray(_blobs4()[:8], jnp.float32)
     weights = jnp.ones(8)

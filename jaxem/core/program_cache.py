@@ -45,7 +45,7 @@ _OFF = ("0", "false", "no", "off")
 def _source_hash() -> str | None:
     """SHA-256 over the path and bytes of every ``.py`` file of the jaxem package (``None`` when
     they cannot be read: then nothing is cached)."""
-    root = Path(__file__).resolve().parent
+    root = Path(__file__).resolve().parents[1]  # the jaxem package, not only this folder
     digest = hashlib.sha256()
     try:
         paths = sorted(root.rglob("*.py"))

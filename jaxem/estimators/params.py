@@ -36,6 +36,7 @@ def _as_key(random_state):
 
 
 def _merge(inherited: dict, own: dict, owner: str) -> dict:
+    """The bases' ordered name -> default with a class's ``_parameters`` applied (module rule)."""
     names, defaults = list(inherited), dict(inherited)
     previous = None
     for name, default in own.items():
@@ -51,7 +52,10 @@ def _merge(inherited: dict, own: dict, owner: str) -> dict:
 
 def _constructor(signature: inspect.Signature, owner: str):
     def __init__(self, *args, **kwargs):
-        bound = signature.bind(self, *args, **kwargs)
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError as err:
+            raise TypeError(f"{owner}(): {err}") from None
         bound.apply_defaults()
         for name, value in list(bound.arguments.items())[1:]:
             setattr(self, name, value)
@@ -70,21 +74,20 @@ class Hyperparameters:
     _positional = 1
     # False: the class's ``_parameters`` is its whole signature (KMeans keeps scikit-learn's).
     _inherit_parameters = True
-    _signature: dict = {}
+    _defaults: dict = {}  # every hyperparameter, in signature order: name -> default
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        inherited = cls._signature if cls.__dict__.get("_inherit_parameters", True) else {}
-        cls._signature = _merge(inherited, cls._own_parameters(), cls.__qualname__)
+        inherited = cls._defaults if cls.__dict__.get("_inherit_parameters", True) else {}
+        cls._defaults = _merge(inherited, cls._own_parameters(), cls.__qualname__)
         constraints = {}
         for klass in reversed(cls.__mro__):
             constraints.update(klass.__dict__.get("_constraints", {}))
         cls._all_constraints = constraints
-        kinds = [inspect.Parameter.POSITIONAL_OR_KEYWORD] * cls._positional
-        params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)] + [
-            inspect.Parameter(name, kinds[i] if i < len(kinds) else inspect.Parameter.KEYWORD_ONLY,
-                              default=default)
-            for i, (name, default) in enumerate(cls._signature.items())]
+        positional, keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
+        params = [inspect.Parameter("self", positional)] + [
+            inspect.Parameter(name, positional if i < cls._positional else keyword, default=default)
+            for i, (name, default) in enumerate(cls._defaults.items())]
         cls.__init__ = _constructor(inspect.Signature(params), cls.__qualname__)
 
     @classmethod
@@ -94,12 +97,12 @@ class Hyperparameters:
 
     @classmethod
     def _param_names(cls) -> list[str]:
-        return list(cls._signature)
+        return list(cls._defaults)
 
     def _check_hyperparameters(self) -> None:
         """Run every declared constraint of this estimator's hyperparameters."""
         for name, check in self._all_constraints.items():
-            if name in self._signature:
+            if name in self._defaults:
                 check(getattr(self, name), name)
 
     def get_params(self, deep: bool = True) -> dict:
