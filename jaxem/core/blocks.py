@@ -32,14 +32,14 @@ def pad_rows(rows: np.ndarray, n_rows: int, fill=None) -> np.ndarray:
 
 
 # Rows per block when the caller does not choose. Each block costs XLA:CPU a fixed ~0.1 ms of
-# dispatch (2048-row blocks made a 1M-row k-means pass 1.8x slower than 4096), and 8192 rows
-# still beat 4096 with a full GMM's [block, K*D] temporaries (K=D=16: 0.030 vs 0.038 s/iter)
-# and k-means (0.025 vs 0.029); the diagonal and Bernoulli passes measured level.
+# dispatch, so small blocks lose (2048 rows made a k-means pass much slower than 4096), and
+# 8192 rows still beat 4096 for k-means and a full GMM despite its [block, K*D] temporaries;
+# the diagonal and Bernoulli passes are level.
 DEFAULT_BLOCK_ROWS = 8192
 
 
 # Rows times vmapped restarts per block when several restarts share a pass: their temporaries are
-# R times wider, and for 8 restarts 512 rows beat 256, 1024 and 2048 (full GMM, K=D=16).
+# R times wider, so a block takes R times fewer rows (tuned on a full GMM with 8 restarts).
 RESTART_BLOCK_WORK = 4096
 
 
@@ -52,9 +52,9 @@ MIN_BLOCK_ROWS = 256
 # batch's, so a batch of restarts passes over the data one restart after another (``lax.map``,
 # inside the same program; the loop and the M-steps stay vmapped). On XLA:CPU the batched
 # products of 8 restarts (128 weighted Gram matrices per block for a full GMM with K=16) ran
-# 1.48x slower per restart than one restart's pass, and the same pass mapped 1.02x; one restart's
-# pass there already runs near the cores' peak, so a batch has nothing to gain. Accelerators
-# need the batch to fill the device.
+# clearly slower per restart than one restart's pass, and the same pass mapped about level; one
+# restart's pass there already runs near the cores' peak, so a batch has nothing to gain.
+# Accelerators need the batch to fill the device.
 SEQUENTIAL_RESTART_PLATFORMS = ("cpu",)
 
 
@@ -210,7 +210,7 @@ def row_hashes(X: Array) -> Array:
     mix = jnp.cos(1.0 + jnp.arange(flat.shape[1], dtype=jnp.float32))
     signature = flat @ mix
     # Rows with missing (NaN) values hash their observed entries; the cleaned copy of the data
-    # is made only when there are any (it costs XLA:CPU ten times the product).
+    # is made only when there are any (on XLA:CPU it costs far more than the product).
     signature = jax.lax.cond(jnp.all(jnp.isfinite(signature)), lambda: signature,
                              lambda: jnp.nan_to_num(flat) @ mix)
     return jax.lax.bitcast_convert_type(signature, jnp.uint32) | jnp.uint32(1)

@@ -137,12 +137,18 @@ class Model:
                 "a closed-form M-step needs both suff_stats and maximize; got only "
                 + ("suff_stats" if maximize is None else "maximize"))
 
-    batch_log_joint = property(lambda self: self.kernels.batch_log_joint)
-    block_stats = property(lambda self: self.kernels.block_stats)
-    hard_block_stats = property(lambda self: self.kernels.hard_block_stats)
-    check_data = property(lambda self: self.kernels.check_data)
-    handles_missing = property(lambda self: self.kernels.handles_missing)
-    cache_key = property(lambda self: self.kernels.cache_key)
+    batch_log_joint = property(lambda self: self.kernels.batch_log_joint,
+                               doc="``kernels.batch_log_joint`` (see :class:`Kernels`).")
+    block_stats = property(lambda self: self.kernels.block_stats,
+                           doc="``kernels.block_stats`` (see :class:`Kernels`).")
+    hard_block_stats = property(lambda self: self.kernels.hard_block_stats,
+                                doc="``kernels.hard_block_stats`` (see :class:`Kernels`).")
+    check_data = property(lambda self: self.kernels.check_data,
+                          doc="``kernels.check_data`` (see :class:`Kernels`).")
+    handles_missing = property(lambda self: self.kernels.handles_missing,
+                               doc="``kernels.handles_missing`` (see :class:`Kernels`).")
+    cache_key = property(lambda self: self.kernels.cache_key,
+                         doc="``kernels.cache_key`` (see :class:`Kernels`).")
 
     @property
     def has_closed_form(self) -> bool:

@@ -206,7 +206,8 @@ def load(key: str | None, dynamic: tuple):
         payload = blob[pos + 33:]
         if hashlib.sha256(payload).digest() != digest:
             return None
-        # LAPACK's set-up (importing SciPy's kernels, about 0.15 s) overlaps the deserialisation.
+        # LAPACK's set-up (importing SciPy's kernels, slow next to a load) overlaps the
+        # deserialisation.
         lapack = threading.Thread(target=_initialize_lapack, daemon=True) if needs_lapack else None
         if lapack is not None:
             lapack.start()

@@ -92,14 +92,19 @@ class HMM:
                              ("name", name)):
             object.__setattr__(self, field, value)
 
-    init = property(lambda self: self.emission.init)
-    log_emission = property(lambda self: self.emission.log_joint)
-    batch_log_emission = property(lambda self: self.emission.batch_log_joint)
-    suff_stats = property(lambda self: self.emission.suff_stats)
-    maximize = property(lambda self: self.emission.maximize)
-    constraints = property(lambda self: self.emission.constraints)
-    # The name the engine used before the emission was a field.
-    emission_model = property(lambda self: self.emission)
+    init = property(lambda self: self.emission.init, doc="The emission's ``init``.")
+    log_emission = property(lambda self: self.emission.log_joint,
+                            doc="The emission's ``log_joint``: ``log p(x | z = k)``, ``[K]``.")
+    batch_log_emission = property(lambda self: self.emission.batch_log_joint,
+                                  doc="The emission's ``batch_log_joint`` (or ``None``).")
+    suff_stats = property(lambda self: self.emission.suff_stats,
+                          doc="The emission's ``suff_stats`` (or ``None``).")
+    maximize = property(lambda self: self.emission.maximize,
+                        doc="The emission's ``maximize`` (or ``None``).")
+    constraints = property(lambda self: self.emission.constraints,
+                           doc="The emission's ``constraints``.")
+    emission_model = property(lambda self: self.emission,
+                              doc="The emission model (its name before it was a field).")
 
     @property
     def has_closed_form(self) -> bool:

@@ -51,8 +51,8 @@ def shift_to_nearest(X: Array, means: Array) -> Shifted:
     expanded = jnp.sum(Mc * Mc, axis=1) - 2.0 * ((X - c) @ Mc.T)
     # Four comparisons per loop step: the index feeds five fusions (two picks, the own-component
     # mask, the moments' one-hot and its complement), and XLA copied a fully unrolled chain of K
-    # comparisons into each of them; a loop computes it once (the pass over 1M x 32 rows, K=32,
-    # in a bare scan: 250-290 -> 187-215 ms).
+    # comparisons into each of them; a loop computes it once, which makes the pass clearly
+    # faster.
     nearest = best_of_rows(-expanded.T, unroll=4)[1]
     # x - μ_j in one subtraction: going through x - c would round x to the scale of c, which
     # is far from the data when some centre sits on a distant outlier. μ_j - c is then the
@@ -63,7 +63,7 @@ def shift_to_nearest(X: Array, means: Array) -> Shifted:
 
 def _pick(table: Array, index: Array) -> Array:
     """``table[index]`` for ``table [K, ...]`` and ``index [B]``, as a one-hot product: exact for
-    finite tables, and on CPUs faster than XLA's gather (the diag pass ran 15% faster). HIGHEST
+    finite tables, and on CPUs faster than XLA's gather (it speeds up the diagonal pass). HIGHEST
     precision, because a GPU's default float32 product rounds its inputs to TF32."""
     onehot = jax.nn.one_hot(index, table.shape[0], dtype=table.dtype)
     picked = jnp.matmul(onehot, table.reshape(table.shape[0], -1),
@@ -103,8 +103,8 @@ def moments(shifted: Shifted, means: Array, resp: Array) -> tuple[Array, Array, 
     xs, mj = shifted.rows, shifted.centre
     onehot = jax.nn.one_hot(shifted.nearest, k, dtype=xs.dtype)
     # One product per operand, on arrays the E-step made already: concatenating the operands
-    # into one [B, 2D + K] product copied them, and the pass over 1M x 32 rows (K=32) took
-    # 270-310 ms against 220-250.
+    # into one [B, 2D + K] product copied them, and the copies cost more than the one product
+    # saved.
     r_x, r_xx, counts = resp.T @ xs, resp.T @ (xs * xs), resp.T @ onehot
     # Σ_n r_nk x'_n Δ_{k j(n)} = μ_k Σ r x' - Σ r x' μ_j over rows whose nearest centre j is not
     # k (for j = k, Δ = 0): leaving those rows out keeps their large, cancelling terms out.

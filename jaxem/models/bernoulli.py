@@ -47,7 +47,7 @@ def _log_binomial_coefficient(x: Array, n_trials: int) -> Array:
 def _batch_log_joint(params, X: Array, n_trials: int) -> Array:
     log_p, log_q = _log_probs(params["probs"])
     # x.log p + (n - x).log q = x.(log p - log q) + n Σ_d log q: one product over the [N, D] rows
-    # instead of two and no [N, D] temporary for n - x (1.6-1.8x faster per E-step at D=784).
+    # instead of two and no [N, D] temporary for n - x, the costs that dominate a wide E-step.
     per_component = X @ (log_p - log_q).T + n_trials * jnp.sum(log_q, axis=-1)
     return (jnp.log(params["weights"]) + per_component
             + _log_binomial_coefficient(X, n_trials)[:, None])

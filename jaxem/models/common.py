@@ -68,14 +68,13 @@ def centred_moments(X: Array, means: Array | None, weights: Array,
     """
     # One array, sqrt(w) (x - m_k), serves both moments: its Gram is the second and sqrt(w)
     # times it the first. Weighting one of two centred copies by w instead made XLA keep both and
-    # recompute the posterior inside the loop over rows (full K=D=16 Gaussian pass over 100k
-    # rows: 35 -> 25 ms). sqrt(w)² is w to a few ulps.
+    # recompute the posterior inside the loop over rows, a slower pass. sqrt(w)² is w to a few
+    # ulps.
     root = jnp.sqrt(weights).T                                   # [K, B]
     if X.shape[1] <= ROW_MINOR_MAX_FEATURES:
-        # Rows along the minor axis, [K, D, B]: for a few features XLA:CPU runs these batched
-        # products much faster that way. Full-covariance fits, 200k rows, s/iter [K, B, D] ->
-        # [K, D, B]: D=2 K=8 19 -> 10 ms, D=3 K=8 47 -> 23, D=3 K=64 259 -> 113, D=5 K=32
-        # 106 -> 92; D=1 level; from D=6 on it loses for some K (D=6 K=32 91 -> 112 ms).
+        # Rows along the minor axis, [K, D, B]: up to 5 features XLA:CPU runs these batched
+        # products faster that way (most at 2-3 features, level at 1); from 6 on it loses for
+        # some K.
         centred = X.T[None] if means is None else X.T[None] - means[:, :, None]
         weighted, rows, other = root[:, None, :] * centred, "kdb", "keb"
     else:

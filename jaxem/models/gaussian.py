@@ -86,9 +86,9 @@ def _mahalanobis(params, X: Array, covariance_type: str) -> Array:
 
 # Up to this many features the distances take x - μ_k as it is, one feature at a time: matrix
 # products over so few features run far below XLA:CPU's product speed (the diagonal types' eleven
-# in particular), and the [N, K] terms fuse into one pass. Fits of 200k rows, s/iter: diag D=1
-# K=5 36 -> 4 ms, D=2 K=5 23 -> 9, D=3 K=8 34 -> 15, D=4 K=32 67 -> 60; full D=1 K=5 10 -> 5.
-# Full and tied covariances measured level at D=2 and 3 (D² terms against one product).
+# in particular), and the [N, K] terms fuse into one pass. The gain shrinks as features grow
+# (the diagonal types still gain a little at 4). Full and tied covariances gain only at 1: at 2
+# and 3 their D² terms cost as much as the one whitening product they replace.
 DIRECT_MAX_FEATURES = {"full": 1, "tied": 1, "diag": 4, "spherical": 4}
 
 
@@ -164,8 +164,8 @@ def _diagonal_block_stats(params, X: Array, posterior, covariance_type: str):
     if X.shape[1] <= DIRECT_MAX_FEATURES[covariance_type]:
         row_objectives, resp = posterior(_batch_log_joint(params, X, covariance_type))
         return row_objectives, _suff_stats(params, X, resp, covariance_type)
-    # The log-joint and the statistics share one shift of the rows (computed twice, it cost 15%
-    # of the pass: XLA does not merge the two).
+    # The log-joint and the statistics share one shift of the rows: XLA does not merge two
+    # computations of it, and the second would be a sizeable share of the pass.
     shifted = _shift(params, X)
     distances = _diagonal_distances(params, shifted)
     row_objectives, resp = posterior(_log_joint_from(params, X.shape[1], covariance_type,
