@@ -160,7 +160,7 @@ def block_rows(X: Array, weights: Array, labels: Array | None, n_blocks: int, ro
 
 def carry_zeros(shapes, like: Array) -> Any:
     """Zeros of ``shapes`` (a pytree of shape/dtype structs) to start a sum over the blocks of
-    ``like``. Inside ``shard_map`` (see :mod:`jaxem.distributed`) each device sums its own blocks,
+    ``like``. Inside ``shard_map`` (see :mod:`jaxem.core.sharding`) each device sums its own blocks,
     so the zeros must vary over the same device axes as the data do."""
     # full_like takes only the type of ``like`` (its device-axis variance), never its values.
     return jax.tree.map(lambda s: jax.lax.full_like(like, 0, s.dtype, s.shape), shapes)

@@ -163,7 +163,7 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
             :mod:`jaxem.progress` for a progress bar); it does not trigger a recompilation.
         devices: ``None`` (one device), ``"all"`` (every device of every process), a list of
             devices or a :class:`jax.sharding.Mesh` with one ``"data"`` axis: each pass splits the
-            row blocks over the devices and adds their statistics (see :mod:`jaxem.distributed`).
+            row blocks over the devices and adds their statistics (see :mod:`jaxem.core.sharding`).
             Each device holds only its share of the rows during the fit; the initialiser first
             sees all rows on one device (pass ``init_params`` to skip it). For data larger than
             the devices' memory use :func:`jaxem.fit_chunked`, which accepts ``devices`` too.

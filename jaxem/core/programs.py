@@ -43,7 +43,7 @@ def run_compiled(program, dynamic: tuple, static: dict, progress=None,
     Returns:
         ``(output, compile_seconds, run_seconds)``; ``compile_seconds`` is 0 when an executable
         for these shapes was already in memory. A new process loads the mixture program of a
-        built-in model from the program cache (:mod:`jaxem._export_cache`) without tracing it,
+        built-in model from the program cache (:mod:`jaxem.core.program_cache`) without tracing it,
         and any other from JAX's persistent cache after tracing and lowering it; either way it
         then reports only that time.
     """

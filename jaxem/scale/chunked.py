@@ -72,7 +72,7 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
         model: a :class:`jaxem.Model`, or a :class:`jaxem.hmm.HMM` with a closed-form emission
             M-step.
         source: the data ``[N, ...]``: an array, a ``np.memmap``, a ``.npy`` path, or a callable
-            returning a fresh iterable of arrays per call (see :mod:`jaxem.data`). For an HMM,
+            returning a fresh iterable of arrays per call (see :mod:`jaxem.scale.data`). For an HMM,
             the rows of all sequences one after another (an array, memmap or ``.npy`` path).
         chunk_size: rows per chunk (default 65536); for an HMM, sequences per chunk (default:
             all sequences whose padded size fits 65536 steps). Peak memory grows with it.
@@ -90,7 +90,7 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
         block_size: rows per block inside a chunk (default as in :func:`jaxem.fit`: about 8192,
             or 4096 / R for R restarts vmapped on an accelerator).
         devices: ``None``, ``"all"``, a list of devices or a mesh: every chunk is split over the
-            devices and their statistics summed (see :mod:`jaxem.distributed`).
+            devices and their statistics summed (see :mod:`jaxem.core.sharding`).
 
     Returns:
         A :class:`jaxem.FitResult` (``compile_time`` is 0: chunk programs compile on first use and

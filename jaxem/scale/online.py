@@ -93,7 +93,7 @@ def fit_online(model: Model, source, *, batch_size: int = 8192, n_epochs: float 
         model: a :class:`jaxem.Model` with a closed-form M-step (see the module docstring for
             which families average exactly).
         source: data ``[N, ...]``: an array, memmap, ``.npy`` path or callable returning an
-            iterable of arrays (see :mod:`jaxem.data`); rows should be in random order when
+            iterable of arrays (see :mod:`jaxem.scale.data`); rows should be in random order when
             ``shuffle`` cannot apply (iterables are read in order).
         batch_size: rows per minibatch (the last one of an epoch is padded under weight 0).
         n_epochs: passes over the data (may be fractional).
