@@ -11,7 +11,8 @@ source files (read when this module is imported, so an edited checkout never loa
 program), the jax, jaxlib, numpy and Python versions, every jax configuration value as the calling
 thread sees it, ``XLA_FLAGS``, the devices and the CPU.
 
-Entries live in ``<cache dir>/programs`` where ``<cache dir>`` is :func:`jaxem.core.compile_cache.default_cache_dir`
+Entries live in ``<cache dir>/programs`` where ``<cache dir>`` is
+:func:`jaxem.core.compile_cache.default_cache_dir`
 (``$JAXEM_CACHE_DIR``). The cache is used only while JAX's persistent cache is on (so
 ``JAXEM_COMPILATION_CACHE=0`` and :func:`jaxem.disable_compilation_cache` switch it off too). Files
 are written to a temporary name and renamed, carry the full key text and a SHA-256 of their
