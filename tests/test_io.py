@@ -10,6 +10,7 @@ import sys
 import textwrap
 import warnings
 import zipfile
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -333,3 +334,23 @@ def test_read_table_missing_file_and_bad_columns(tmp_path):
     np.save(tmp_path / "s.npy", np.array(["a", "b"]))
     with pytest.raises(ValueError, match="not numeric"):
         jio.read_table(tmp_path / "s.npy")
+
+
+def test_files_saved_before_the_engine_moved_into_folders_still_load():
+    """tests/data holds a GaussianMixture and a PoissonHMM saved by jaxem 0.1.0 before its
+    modules moved into folders (the HMM's class is recorded as jaxem.hmm.estimators:PoissonHMM);
+    they load, and predict as they did when saved."""
+    from jaxem.datasets import load_old_faithful
+
+    data = Path(__file__).resolve().parent / "data"
+    expected = np.load(data / "v0_1_0_expected.npz")
+    X, _ = load_old_faithful()
+    gm = jem.load(data / "gmm_v0_1_0.npz")
+    assert type(gm) is jem.GaussianMixture
+    np.testing.assert_allclose(gm.predict_proba(X), expected["gmm_proba"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(gm.score(X), expected["gmm_score"], rtol=1e-6)
+    hmm = jem.load(data / "poisson_hmm_v0_1_0.npz")
+    assert type(hmm) is jem.PoissonHMM
+    Y = expected["Y"]
+    np.testing.assert_array_equal(hmm.predict(Y, [150, 150]), expected["hmm_states"])
+    np.testing.assert_allclose(hmm.score(Y, [150, 150]), expected["hmm_score"], rtol=1e-6)
