@@ -137,19 +137,6 @@ class Model:
                 "a closed-form M-step needs both suff_stats and maximize; got only "
                 + ("suff_stats" if maximize is None else "maximize"))
 
-    batch_log_joint = property(lambda self: self.kernels.batch_log_joint,
-                               doc="``kernels.batch_log_joint`` (see :class:`Kernels`).")
-    block_stats = property(lambda self: self.kernels.block_stats,
-                           doc="``kernels.block_stats`` (see :class:`Kernels`).")
-    hard_block_stats = property(lambda self: self.kernels.hard_block_stats,
-                                doc="``kernels.hard_block_stats`` (see :class:`Kernels`).")
-    check_data = property(lambda self: self.kernels.check_data,
-                          doc="``kernels.check_data`` (see :class:`Kernels`).")
-    handles_missing = property(lambda self: self.kernels.handles_missing,
-                               doc="``kernels.handles_missing`` (see :class:`Kernels`).")
-    cache_key = property(lambda self: self.kernels.cache_key,
-                         doc="``kernels.cache_key`` (see :class:`Kernels`).")
-
     @property
     def has_closed_form(self) -> bool:
         """True when the model supplies ``suff_stats`` and ``maximize``."""
@@ -160,6 +147,16 @@ class Model:
         if self.kernels.batch_log_joint is not None:
             return self.kernels.batch_log_joint(params, X)
         return jax.vmap(self.log_joint, in_axes=(None, 0))(params, X)
+
+
+def _kernel_field(name: str) -> property:
+    return property(lambda self: getattr(self.kernels, name),
+                    doc=f"``kernels.{name}`` (see :class:`Kernels`).")
+
+
+# Read-only as before they moved into Kernels: model.batch_log_joint, model.cache_key, ...
+for _name in _KERNEL_FIELDS:
+    setattr(Model, _name, _kernel_field(_name))
 
 
 def stable_repr(value) -> str | None:

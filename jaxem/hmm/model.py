@@ -92,20 +92,6 @@ class HMM:
                              ("name", name)):
             object.__setattr__(self, field, value)
 
-    init = property(lambda self: self.emission.init, doc="The emission's ``init``.")
-    log_emission = property(lambda self: self.emission.log_joint,
-                            doc="The emission's ``log_joint``: ``log p(x | z = k)``, ``[K]``.")
-    batch_log_emission = property(lambda self: self.emission.batch_log_joint,
-                                  doc="The emission's ``batch_log_joint`` (or ``None``).")
-    suff_stats = property(lambda self: self.emission.suff_stats,
-                          doc="The emission's ``suff_stats`` (or ``None``).")
-    maximize = property(lambda self: self.emission.maximize,
-                        doc="The emission's ``maximize`` (or ``None``).")
-    constraints = property(lambda self: self.emission.constraints,
-                           doc="The emission's ``constraints``.")
-    emission_model = property(lambda self: self.emission,
-                              doc="The emission model (its name before it was a field).")
-
     @property
     def has_closed_form(self) -> bool:
         """True when the emission supplies ``suff_stats`` and ``maximize``."""
@@ -126,6 +112,23 @@ class HMM:
         K = self.n_states
         return {"initial": jnp.full((K,), 1.0 / K, dtype),
                 "transition": jnp.full((K, K), 1.0 / K, dtype)}
+
+
+# The emission's functions under their HMM names (read-only), as before the emission was a field.
+_EMISSION_NAMES = {"init": "init", "log_emission": "log_joint",
+                   "batch_log_emission": "batch_log_joint", "suff_stats": "suff_stats",
+                   "maximize": "maximize", "constraints": "constraints"}
+
+
+def _emission_field(field: str) -> property:
+    return property(lambda self: getattr(self.emission, field),
+                    doc=f"The emission model's ``{field}``.")
+
+
+for _name, _field in _EMISSION_NAMES.items():
+    setattr(HMM, _name, _emission_field(_field))
+HMM.emission_model = property(lambda self: self.emission,
+                              doc="The emission model (its name before it was a field).")
 
 
 class Sequences(NamedTuple):
