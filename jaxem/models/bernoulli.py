@@ -23,18 +23,11 @@ from ..core import constraints as C
 from ..core.model import Model, model_factory
 from ..core.validation import check_positive_int, check_values
 from . import init as initialisers
+from .distributions import bernoulli_log_prob
 
 Array = jax.Array
 
 INIT_METHODS = ("kmeans", "random")
-
-
-def _log_probs(probs: Array) -> tuple[Array, Array]:
-    # A probability of exactly 0 or 1 (a feature constant within a component) gives log(tiny)
-    # instead of -inf: the component becomes (numerically) impossible for a row that disagrees,
-    # and 0 * log(p) stays 0 instead of NaN in the matrix products.
-    tiny = jnp.finfo(probs.dtype).tiny
-    return jnp.log(jnp.maximum(probs, tiny)), jnp.log(jnp.maximum(1.0 - probs, tiny))
 
 
 def _log_binomial_coefficient(x: Array, n_trials: int) -> Array:
@@ -45,11 +38,7 @@ def _log_binomial_coefficient(x: Array, n_trials: int) -> Array:
 
 
 def _batch_log_joint(params, X: Array, n_trials: int) -> Array:
-    log_p, log_q = _log_probs(params["probs"])
-    # x.log p + (n - x).log q = x.(log p - log q) + n Σ_d log q: one product over the [N, D] rows
-    # instead of two and no [N, D] temporary for n - x, the costs that dominate a wide E-step.
-    per_component = X @ (log_p - log_q).T + n_trials * jnp.sum(log_q, axis=-1)
-    return (jnp.log(params["weights"]) + per_component
+    return (jnp.log(params["weights"]) + bernoulli_log_prob(params["probs"], X, n_trials)
             + _log_binomial_coefficient(X, n_trials)[:, None])
 
 

@@ -125,17 +125,20 @@ def fit_online(model: Model, source, *, batch_size: int = 8192, n_epochs: float 
     if not model.has_closed_form:
         raise ValueError(f"{model.name!r} has no closed-form M-step; online EM averages "
                          "sufficient statistics and needs one")
-    if key is None and init_params is not None:
-        key = jax.random.key(0)
-    keys = driver.restart_keys(key, 1)
-    key = keys[0]
+    dtype = np.dtype(default_float_dtype())
+    # The front end every fit shares: the key, the block size, the callback, init_params.
+    setup = driver.setup_fit(model, key=key, n_restarts=1, m_step="closed_form",
+                             block_size=block_size, progress=progress, init_params=init_params,
+                             dtype=dtype)
+    keys, key = setup.keys, setup.keys[0]
+    init_params = (None if setup.init_params is None
+                   else jax.tree.map(lambda p: p[0], setup.init_params))
     source = as_source(source)
     if source.n_rows is not None:  # arrays and files: their size is known before any compute
         if source.n_rows == 0:
             raise ValueError("X has 0 rows but at least 1 are needed")
         if model.n_components is not None:
             check_enough_rows(source.n_rows, model.n_components)
-    dtype = np.dtype(default_float_dtype())
     rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
     if init_params is None:
         _, sample = source.sample(init_size, rng, dtype)
@@ -148,7 +151,7 @@ def fit_online(model: Model, source, *, batch_size: int = 8192, n_epochs: float 
     batch_size = min(batch_size, n_rows)
     batches_per_epoch = math.ceil(n_rows / batch_size)
     total = max_steps or max(1, math.ceil(n_epochs * batches_per_epoch))
-    n_blocks, rows_per_block = blocks.plan_blocks(batch_size, block_size)
+    n_blocks, rows_per_block = blocks.plan_blocks(batch_size, setup.block_size)
     rhos = step_sizes(total, kappa, t0)
 
     def batches():
