@@ -12,10 +12,10 @@ from .core import compile_cache as _compile_cache
 from .core import constraints
 from .core.compile_cache import disable_compilation_cache, enable_compilation_cache
 from .core.estep import Annealing
-from .core.fit import fit
 from .core.inference import e_step, elbo, expected_log_joint, log_likelihood
 from .core.model import Model
 from .core.result import FitError, FitResult
+from .core.runner import fit
 from .core.validation import ConvergenceWarning, NotFittedError
 from .estimators import (
     BernoulliMixture,

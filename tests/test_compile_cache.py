@@ -103,7 +103,7 @@ def _program_args(n: int = 200):
     X = jax.numpy.asarray(np.random.default_rng(0).normal(size=(n, 2)).astype(np.float32))
     keys = jax.random.split(jax.random.key(0), 2)
     dynamic = (keys, None, X, jax.numpy.ones((n,), X.dtype), None, jax.numpy.asarray(0.0, X.dtype))
-    static = dict(model=model, n_blocks=1, rows=n, max_iter=3, use_gradient=False, optimizer=None,
+    static = dict(model=model, n_blocks=1, rows_per_block=n, max_iter=3, use_gradient=False, optimizer=None,
                   m_step_iters=20, rule=jem.estep.resolve_e_step("soft"), report=False)
     return static, dynamic
 
@@ -135,7 +135,7 @@ def test_mismatched_entry_is_a_miss(tmp_path, monkeypatch):
     try:
         static, dynamic = _program_args(203)
         key = _export_cache.program_key("p", static, dynamic)
-        lowered = jem.core.fit.program.lower(*dynamic, **static)
+        lowered = jem.core.runner.program.lower(*dynamic, **static)
         compiled = lowered.compile()
         _export_cache._store(key, compiled, lowered.as_text())
         assert _export_cache.load(key, dynamic) is not None

@@ -20,15 +20,15 @@ import numpy as np
 Array = jax.Array
 
 
-def pad_rows(rows: np.ndarray, n_rows: int, fill=None) -> np.ndarray:
+def pad_rows(rows_per_block: np.ndarray, n_rows: int, fill=None) -> np.ndarray:
     """``rows [n, ...]`` padded to ``n_rows`` rows (host side): with ``fill``, or copies of the
     first row when ``fill`` is ``None`` (finite under any model)."""
-    pad = n_rows - rows.shape[0]
+    pad = n_rows - rows_per_block.shape[0]
     if pad == 0:
-        return rows
-    extra = (np.broadcast_to(rows[:1], (pad,) + rows.shape[1:]) if fill is None
-             else np.full((pad,) + rows.shape[1:], fill, rows.dtype))
-    return np.concatenate([rows, extra])
+        return rows_per_block
+    extra = (np.broadcast_to(rows_per_block[:1], (pad,) + rows_per_block.shape[1:]) if fill is None
+             else np.full((pad,) + rows_per_block.shape[1:], fill, rows_per_block.dtype))
+    return np.concatenate([rows_per_block, extra])
 
 
 # Rows per block when the caller does not choose. Each block costs XLA:CPU a fixed ~0.1 ms of
@@ -85,32 +85,32 @@ def plan_blocks(n_rows: int, block_size: int | None, n_shards: int = 1) -> tuple
     is a multiple of ``n_shards`` (the devices the blocks are split over)."""
     target = DEFAULT_BLOCK_ROWS if block_size is None else block_size
     n_blocks = max(1, math.ceil(n_rows / target))
-    rows = math.ceil(n_rows / n_blocks)
+    rows_per_block = math.ceil(n_rows / n_blocks)
     if n_blocks > 1:
-        rows = 8 * math.ceil(rows / 8)
-        n_blocks = math.ceil(n_rows / rows)
+        rows_per_block = 8 * math.ceil(rows_per_block / 8)
+        n_blocks = math.ceil(n_rows / rows_per_block)
     if n_blocks % n_shards:
         n_blocks = n_shards * math.ceil(n_blocks / n_shards)
-        rows = math.ceil(n_rows / n_blocks)
-    if n_blocks * rows != n_rows:
+        rows_per_block = math.ceil(n_rows / n_blocks)
+    if n_blocks * rows_per_block != n_rows:
         # Blocks up to a fifth smaller that tile the rows exactly spare the program a padded copy
         # of the whole data set (the reshape into blocks is then free).
         for exact in range(n_blocks, n_blocks + min(n_blocks // 4, 10_000) + 1):
             if n_rows % exact == 0 and (n_rows // exact) % 8 == 0 and exact % n_shards == 0:
                 return exact, n_rows // exact
-    return n_blocks, rows
+    return n_blocks, rows_per_block
 
 
-def to_blocks(X: Array, weights: Array, n_blocks: int, rows: int) -> tuple[Array, Array]:
+def to_blocks(X: Array, weights: Array, n_blocks: int, rows_per_block: int) -> tuple[Array, Array]:
     """Pad ``X [N, ...]`` and row weights ``[N, ...]`` (per-row weights or weighted
     responsibilities) to ``n_blocks * rows`` rows and reshape both into blocks. Padded rows copy
     the first row of ``X`` and get weight 0."""
-    pad = n_blocks * rows - X.shape[0]
+    pad = n_blocks * rows_per_block - X.shape[0]
     if pad:
         X = jnp.concatenate([X, jnp.broadcast_to(X[:1], (pad,) + X.shape[1:])])
         weights = jnp.concatenate([weights, jnp.zeros((pad,) + weights.shape[1:], weights.dtype)])
-    return (X.reshape((n_blocks, rows) + X.shape[1:]),
-            weights.reshape((n_blocks, rows) + weights.shape[1:]))
+    return (X.reshape((n_blocks, rows_per_block) + X.shape[1:]),
+            weights.reshape((n_blocks, rows_per_block) + weights.shape[1:]))
 
 
 def map_row_blocks(fn: Callable, X: Array, block_size: int | None = None) -> Any:
@@ -118,12 +118,12 @@ def map_row_blocks(fn: Callable, X: Array, block_size: int | None = None) -> Any
     computed one block of rows at a time, so that its temporaries (``[K, block]`` scores, say)
     stay in cache instead of spanning all ``N`` rows of ``X [N, ...]``."""
     n_rows = X.shape[0]
-    n_blocks, rows = plan_blocks(n_rows, block_size)
+    n_blocks, rows_per_block = plan_blocks(n_rows, block_size)
     if n_blocks == 1:
         return fn(X)
-    Xb, _ = to_blocks(X, jnp.zeros((n_rows,), X.dtype), n_blocks, rows)
+    Xb, _ = to_blocks(X, jnp.zeros((n_rows,), X.dtype), n_blocks, rows_per_block)
     out = jax.lax.map(fn, Xb)
-    return jax.tree.map(lambda a: a.reshape((n_blocks * rows,) + a.shape[2:])[:n_rows], out)
+    return jax.tree.map(lambda a: a.reshape((n_blocks * rows_per_block,) + a.shape[2:])[:n_rows], out)
 
 
 class Rows(NamedTuple):
@@ -138,22 +138,22 @@ class Rows(NamedTuple):
     hashes: Array | None = None
 
 
-def host_row_blocks(chunk: np.ndarray, weights, labels, n_blocks: int, rows: int) -> Rows:
+def host_row_blocks(chunk: np.ndarray, weights, labels, n_blocks: int, rows_per_block: int) -> Rows:
     """A host chunk ``[n, ...]`` with optional ``weights [n]`` and ``labels [n]`` laid out as
     :class:`Rows` of ``[n_blocks, rows, ...]`` NumPy arrays (padded under weight 0, label -1)."""
-    size = n_blocks * rows
+    size = n_blocks * rows_per_block
     w = np.ones(chunk.shape[0], chunk.dtype) if weights is None else weights.astype(chunk.dtype)
     out = [pad_rows(chunk, size), pad_rows(w, size, 0)]
     if labels is not None:
         out.append(pad_rows(labels, size, -1))
-    return Rows(*(a.reshape((n_blocks, rows) + a.shape[1:]) for a in out))
+    return Rows(*(a.reshape((n_blocks, rows_per_block) + a.shape[1:]) for a in out))
 
 
-def block_rows(X: Array, weights: Array, labels: Array | None, n_blocks: int, rows: int) -> Rows:
+def block_rows(X: Array, weights: Array, labels: Array | None, n_blocks: int, rows_per_block: int) -> Rows:
     """Lay ``X [N, ...]``, ``weights [N]`` and ``labels [N]`` (or ``None``) out in row blocks."""
-    Xb, wb = to_blocks(X, weights, n_blocks, rows)
+    Xb, wb = to_blocks(X, weights, n_blocks, rows_per_block)
     if labels is not None:
-        labels = to_blocks(X, labels, n_blocks, rows)[1]
+        labels = to_blocks(X, labels, n_blocks, rows_per_block)[1]
     # Hashed as one [n_blocks * rows] array: vmapped, row_hashes' cond would run both branches.
     return Rows(Xb, wb, labels, row_hashes(Xb.reshape((-1,) + Xb.shape[2:])).reshape(Xb.shape[:2]))
 
@@ -183,9 +183,9 @@ def blocked_suff_stats(suff_stats, params: Any, X: Array, resp: Array) -> Any:
     """``suff_stats(params, X, resp)`` (a model's additive statistics) summed over row blocks, so
     its temporaries (``[K, block, D]`` for Gaussians) never span all ``N`` rows. For initialisers,
     which see the whole data set ``X [N, ...]`` and responsibilities ``resp [N, K]`` at once."""
-    n_blocks, rows = plan_blocks(X.shape[0], None)
+    n_blocks, rows_per_block = plan_blocks(X.shape[0], None)
     return sum_over_blocks(functools.partial(suff_stats, params),
-                            to_blocks(X, resp, n_blocks, rows))
+                            to_blocks(X, resp, n_blocks, rows_per_block))
 
 
 class HardStats(NamedTuple):

@@ -12,9 +12,9 @@ import numpy as np
 
 from . import blocks, driver, precision
 from .estep import fixed_responsibility_sum, posterior, weighted_sum
-from .fit import fit  # noqa: F401  (jaxem.em.fit, the old path, lives on here)
 from .model import Model
 from .result import FitError, FitResult  # noqa: F401  (likewise)
+from .runner import fit  # noqa: F401  (jaxem.em.fit, the old path, lives on here)
 from .validation import check_sample_weight, default_float_dtype, to_device  # noqa: F401
 
 Array = jax.Array

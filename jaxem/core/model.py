@@ -113,8 +113,10 @@ class Model:
     log_prior: Callable[[Params], Array] | None = None
     kernels: Kernels = Kernels()
 
-    def __init__(self, init, log_joint, suff_stats=None, maximize=None, constraints=None,
+    def __init__(self, init, log_joint, *, suff_stats=None, maximize=None, constraints=None,
                  n_components=None, name="custom", log_prior=None, kernels=None, **kernel_fields):
+        # Keyword-only past log_joint: the fields' order changed when the kernels moved out, so
+        # a positional third argument must fail rather than land in another field.
         unknown = sorted(set(kernel_fields) - set(_KERNEL_FIELDS))
         if unknown:
             raise TypeError(f"Model got unexpected keyword argument(s) {', '.join(unknown)}")

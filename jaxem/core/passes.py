@@ -2,7 +2,7 @@
 
 A :class:`Pass` is the E-step fused with whatever the M-step needs, for ONE restart, plus the
 M-step itself. A runner decides where the data come from: the compiled in-memory loop
-(:func:`jaxem.core.fit.run_in_memory`, row blocks inside one program, optionally split over
+(:func:`jaxem.core.runner.run_in_memory`, row blocks inside one program, optionally split over
 devices), the chunked host loop (:mod:`jaxem.scale.chunked`) or online minibatches
 (:mod:`jaxem.scale.online`). Mixtures' passes are here; an HMM's (forward-backward over
 sequences) is :func:`jaxem.hmm.baum_welch.hmm_pass`, and every runner takes either.
@@ -295,8 +295,8 @@ def _check_row_arrays(source, sample_weight, labels, n_components: int | None):
 def _initialise(keys, X, weights, labels, *, model, align):
     params = jax.vmap(model.init, in_axes=(0, None))(keys, X)
     if align:
-        n_blocks, rows = plan_blocks(X.shape[0], None)
-        blocked = block_rows(X, weights, labels, n_blocks, rows)
+        n_blocks, rows_per_block = plan_blocks(X.shape[0], None)
+        blocked = block_rows(X, weights, labels, n_blocks, rows_per_block)
         params = jax.vmap(lambda p: align_to_labels(model, p, blocked))(params)
     return params
 
@@ -311,14 +311,14 @@ def row_chunk_parts(model: Model, source, *, lengths, chunk_size, block_size, me
         raise ValueError("lengths are for HMMs; a mixture's rows are independent")
     weights, labels = _check_row_arrays(source, sample_weight, labels, model.n_components)
     chunk_size = chunk_size or default_chunk_rows
-    n_blocks, rows = plan_blocks(chunk_size, block_size, sharding.n_shards(mesh))
+    n_blocks, rows_per_block = plan_blocks(chunk_size, block_size, sharding.n_shards(mesh))
 
     def read():
         for start, chunk in source.chunks(chunk_size, allow_nan=model.handles_missing,
                                           dtype=dtype):
             stop = start + chunk.shape[0]
             host = host_row_blocks(chunk, None if weights is None else weights[start:stop],
-                                   None if labels is None else labels[start:stop], n_blocks, rows)
+                                   None if labels is None else labels[start:stop], n_blocks, rows_per_block)
             yield Rows(*(None if a is None else sharding.put_blocks(a, mesh) for a in host))
 
     def initialise(keys, index, sample):

@@ -3,7 +3,7 @@ the E-step, Viterbi and sampling at given parameters.
 
 The fit lays the sequences out (:class:`jaxem.hmm.passes.SequenceLayout`), builds the Baum-Welch
 pass (:func:`jaxem.hmm.passes.hmm_pass`) and runs it with the same compiled runner as a mixture's
-fit (:func:`jaxem.core.fit.run_in_memory`); it returns :class:`jaxem.FitResult`.
+fit (:func:`jaxem.core.runner.run_in_memory`); it returns :class:`jaxem.FitResult`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from ..core import driver, loop, precision, programs, sharding
 from ..core.ascent import DEFAULT_M_STEP_ITERS
 from ..core.blocks import plan_restarts
 from ..core.estep import Annealing
-from ..core.fit import run_in_memory
 from ..core.result import FitResult
+from ..core.runner import run_in_memory
 from ..core.validation import check_positive_int, default_float_dtype
 from . import inference
 from .model import HMM, Sequences, as_sequences

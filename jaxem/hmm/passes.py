@@ -32,14 +32,14 @@ _FLUSH = float(np.exp(-80.0))
 
 class SequenceLayout:
     """Static shape of the padded data, hashable for ``jit``: ``B`` sequences of ``T`` steps,
-    flattened to ``B * T`` rows in ``n_blocks`` blocks of ``rows`` (the last block padded)."""
+    flattened to ``B * T`` rows in ``n_blocks`` blocks of ``rows_per_block`` (the last block padded)."""
 
     def __init__(self, n_seq: int, n_steps: int, block_size: int | None = None):
         self.n_seq, self.n_steps = n_seq, n_steps
-        self.n_blocks, self.rows = blocks.plan_blocks(n_seq * n_steps, block_size)
+        self.n_blocks, self.rows_per_block = blocks.plan_blocks(n_seq * n_steps, block_size)
 
     def _key(self):
-        return (self.n_seq, self.n_steps, self.n_blocks, self.rows)
+        return (self.n_seq, self.n_steps, self.n_blocks, self.rows_per_block)
 
     def __hash__(self):
         return hash(self._key())
@@ -51,15 +51,15 @@ class SequenceLayout:
         """``[B, T, ...]`` observations as ``[n_blocks, rows, ...]`` (padding copies a real row)."""
         flat = X.reshape((self.n_seq * self.n_steps,) + X.shape[2:])
         return blocks.to_blocks(flat, jnp.zeros(flat.shape[:1], X.dtype), self.n_blocks,
-                                 self.rows)[0]
+                                 self.rows_per_block)[0]
 
     def step_blocks(self, values: Array) -> Array:
         """Per-step ``values [B, T, ...]`` as ``[n_blocks, rows, ...]``, zero on the padding."""
         flat = values.reshape((self.n_seq * self.n_steps,) + values.shape[2:])
-        pad = self.n_blocks * self.rows - flat.shape[0]
+        pad = self.n_blocks * self.rows_per_block - flat.shape[0]
         if pad:
             flat = jnp.concatenate([flat, jnp.zeros((pad,) + flat.shape[1:], flat.dtype)])
-        return flat.reshape((self.n_blocks, self.rows) + flat.shape[1:])
+        return flat.reshape((self.n_blocks, self.rows_per_block) + flat.shape[1:])
 
     def unblock(self, values: Array) -> Array:
         """``[n_blocks, rows, ...]`` back to ``[B, T, ...]``."""

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 
 from ..core import estep
 from ..core import seeding as initialisers
-from ..core.fit import run_em
 from ..core.model import Model, model_factory
+from ..core.runner import run_em
 from .common import empty_components
 
 Array = jax.Array

@@ -65,8 +65,8 @@ def run_em(model: Model, params, X: Array, *, max_iter: int, e_step: str = "soft
     ``max_iter`` iterations; traceable, for initialisers that run EM inside another program (the
     k-means initialiser's Lloyd iterations). Returns the final parameters."""
     rule = resolve_e_step(e_step)
-    n_blocks, rows = blocks.plan_blocks(X.shape[0], None)
-    blocked = blocks.block_rows(X, jnp.ones(X.shape[:1], X.dtype), None, n_blocks, rows)
+    n_blocks, rows_per_block = blocks.plan_blocks(X.shape[0], None)
+    blocked = blocks.block_rows(X, jnp.ones(X.shape[:1], X.dtype), None, n_blocks, rows_per_block)
     settings = loop.Settings(jnp.zeros((), X.dtype), max_iter, rule.may_stop)
     out = run_in_memory(mixture_pass(model, hard=rule.hard), jax.tree.map(lambda p: p[None], params),
                         blocked, settings, rule, X.dtype)
@@ -81,22 +81,22 @@ def _initial_params(model: Model, keys, X, blocked, labels, use_gradient: bool):
     return params
 
 
-def _initialise(keys, X, weights, labels, *, model, n_blocks, rows, use_gradient, report):
+def _initialise(keys, X, weights, labels, *, model, n_blocks, rows_per_block, use_gradient, report):
     del report  # run_compiled's protocol; nothing to report
-    blocked = blocks.block_rows(X, weights, labels, n_blocks, rows)
+    blocked = blocks.block_rows(X, weights, labels, n_blocks, rows_per_block)
     return _initial_params(model, keys, X, blocked, labels, use_gradient)
 
 
 # The initialisation alone, for a sharded fit: it sees all rows on one device, while the fit
 # program sees only the padded row blocks, split over the devices.
 _initialise_program = precision.jit(
-    _initialise, static_argnames=("model", "n_blocks", "rows", "use_gradient", "report"))
+    _initialise, static_argnames=("model", "n_blocks", "rows_per_block", "use_gradient", "report"))
 
 
-def _program(keys, init_params, X, weights, labels, tol, *, n_blocks, rows, max_iter,
+def _program(keys, init_params, X, weights, labels, tol, *, n_blocks, rows_per_block, max_iter,
              use_gradient, optimizer, m_step_iters, rule, report, model, mesh=None,
              in_sequence=False):
-    blocked = blocks.block_rows(X, weights, labels, n_blocks, rows)
+    blocked = blocks.block_rows(X, weights, labels, n_blocks, rows_per_block)
     if init_params is None:
         init_params = _initial_params(model, keys, X, blocked, labels, use_gradient)
     em_pass = mixture_pass(model, hard=rule.hard, use_gradient=use_gradient, optimizer=optimizer,
@@ -105,11 +105,11 @@ def _program(keys, init_params, X, weights, labels, tol, *, n_blocks, rows, max_
                          rule, X.dtype, mesh=mesh, in_sequence=in_sequence, report=report)
 
 
-_STATIC = ("model", "n_blocks", "rows", "max_iter", "use_gradient", "optimizer", "m_step_iters",
+_STATIC = ("model", "n_blocks", "rows_per_block", "max_iter", "use_gradient", "optimizer", "m_step_iters",
            "rule", "report", "mesh", "in_sequence")
 # The name the on-disk program cache knows this program by (its key also names the static
 # arguments and the source of jaxem).
-PROGRAM_NAME = "jaxem.core.fit._program"
+PROGRAM_NAME = "jaxem.core.runner._program"
 program = precision.jit(_program, static_argnames=_STATIC)
 
 
@@ -193,8 +193,8 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
                                           driver.n_components(model, keys[0], X)))
     mesh = sharding.data_mesh(devices)
     plan = blocks.plan_restarts(keys.shape[0], sharding.platform(X, mesh), setup.block_size)
-    n_blocks, rows = blocks.plan_blocks(X.shape[0], plan.block_size, sharding.n_shards(mesh))
-    static = dict(model=model, n_blocks=n_blocks, rows=rows, max_iter=setup.max_iter,
+    n_blocks, rows_per_block = blocks.plan_blocks(X.shape[0], plan.block_size, sharding.n_shards(mesh))
+    static = dict(model=model, n_blocks=n_blocks, rows_per_block=rows_per_block, max_iter=setup.max_iter,
                   use_gradient=setup.use_gradient, optimizer=setup.optimizer,
                   m_step_iters=setup.m_step_iters, rule=setup.rule, in_sequence=plan.in_sequence)
     rows_X, init_compile, init_run = X, 0.0, 0.0
@@ -203,10 +203,11 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         if init_params is None:
             init_params, init_compile, init_run = programs.run_compiled(
                 _initialise_program, (keys, X, weights, labels),
-                dict(model=model, n_blocks=n_blocks, rows=rows, use_gradient=setup.use_gradient))
+                dict(model=model, n_blocks=n_blocks, rows_per_block=rows_per_block,
+                     use_gradient=setup.use_gradient))
         init_params = sharding.replicate(init_params, mesh)
         # Padded on the host to the blocks' length (weight 0, label unknown), then split.
-        n_padded = n_blocks * rows
+        n_padded = n_blocks * rows_per_block
         padded = (blocks.pad_rows(np.asarray(X), n_padded),
                   blocks.pad_rows(np.asarray(weights), n_padded, 0),
                   None if labels is None else blocks.pad_rows(np.asarray(labels), n_padded, -1))
