@@ -77,8 +77,8 @@ class ChunkParts(NamedTuple):
         em_pass: the :class:`Pass`; its ``data`` are one chunk's.
         read: ``read()`` a fresh iterator over the source's chunks, each the pass's data placed on
             the devices.
-        initialise: ``initialise(keys [R], index, sample) -> [R] params`` from an in-memory
-            sample of the source (``index``: the sampled rows' positions, or ``None``).
+        initialise: ``initialise(keys [R], rng, init_size) -> [R] params`` from a sample of
+            ``init_size`` rows of the source drawn with the NumPy generator ``rng``.
         q_sweep: for a gradient M-step, ``q_sweep((u, θ_old), data, temperature) -> (objective,
             (Q, ∇_u Q))`` over one chunk (see :func:`q_gradient_pass`); else ``None``.
         total_weight: the data's total weight (the gradient M-step's loss is per unit weight).
@@ -302,11 +302,10 @@ def _initialise(keys, X, weights, labels, *, model, align):
 
 
 def row_chunk_parts(model: Model, source, *, lengths, chunk_size, block_size, mesh, dtype, rule,
-                    use_gradient, sample_weight, labels, method, default_chunk_rows: int,
-                    in_sequence: bool = False) -> ChunkParts:
+                    use_gradient, sample_weight, labels, method, default_chunk_rows: int) -> ChunkParts:
     """How a chunked runner reads ``source`` (a :mod:`jaxem.scale.data` source) for a mixture:
     ``chunk_size`` rows at a time, each chunk in row blocks with its weights and labels."""
-    del method, in_sequence
+    del method  # the HMM's forward-backward option
     if lengths is not None:
         raise ValueError("lengths are for HMMs; a mixture's rows are independent")
     weights, labels = _check_row_arrays(source, sample_weight, labels, model.n_components)
@@ -321,7 +320,8 @@ def row_chunk_parts(model: Model, source, *, lengths, chunk_size, block_size, me
                                    None if labels is None else labels[start:stop], n_blocks, rows_per_block)
             yield Rows(*(None if a is None else sharding.put_blocks(a, mesh) for a in host))
 
-    def initialise(keys, index, sample):
+    def initialise(keys, rng, init_size):
+        index, sample = source.sample(init_size, rng, dtype, model.handles_missing)
         w = np.ones(sample.shape[0], dtype) if weights is None else weights[index]
         return _initialise(keys, jnp.asarray(sample), jnp.asarray(w, dtype),
                            None if labels is None else jnp.asarray(labels[index]), model=model,

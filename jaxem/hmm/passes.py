@@ -255,7 +255,8 @@ def chunk_parts(hmm: HMM, source, *, lengths, chunk_size, block_size, mesh, dtyp
             index = np.where(mask, local[:, None] + steps[None, :], local[:, None])
             yield sharding.put_blocks(X[index], mesh), sharding.put_blocks(mask, mesh)
 
-    def initialise(keys, _index, sample):
+    def initialise(keys, rng, init_size):
+        _, sample = source.sample(init_size, rng, dtype)
         return _initialise(keys, jnp.asarray(sample), hmm=hmm)
 
     return ChunkParts(_chunk_pass(hmm, layout, inference.choose_method(method, T)), read,

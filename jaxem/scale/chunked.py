@@ -122,9 +122,7 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
     params = setup.init_params
     if params is None:
         seed = int(jax.random.randint(setup.keys[0], (), 0, 2**31 - 1))
-        index, sample = source.sample(init_size, np.random.default_rng(seed), dtype,
-                                      getattr(model, "handles_missing", False))
-        params = parts.initialise(setup.keys, index, sample)
+        params = parts.initialise(setup.keys, np.random.default_rng(seed), init_size)
     em_pass = parts.em_pass
     options = dict(mesh=mesh, shard_map=em_pass.shard_map, in_sequence=plan.in_sequence)
 
