@@ -354,3 +354,15 @@ def test_files_saved_before_the_engine_moved_into_folders_still_load():
     Y = expected["Y"]
     np.testing.assert_array_equal(hmm.predict(Y, [150, 150]), expected["hmm_states"])
     np.testing.assert_allclose(hmm.score(Y, [150, 150]), expected["hmm_score"], rtol=1e-6)
+
+
+def test_a_map_fit_loads_and_predicts_as_before(tmp_path):
+    """A GaussianMixture fitted with priors keeps no prior in its file (it depends on the
+    training data); the loaded model predicts and scores exactly as the fitted one."""
+    X = three_blobs(n=300)
+    gm = jem.GaussianMixture(3, weight_concentration=2.0, mean_precision_prior=0.1,
+                             random_state=0).fit(X)
+    gm.save(tmp_path / "map.npz")
+    loaded = jem.load(tmp_path / "map.npz")
+    np.testing.assert_array_equal(loaded.predict_proba(X), gm.predict_proba(X))
+    assert loaded.score(X) == gm.score(X)

@@ -84,9 +84,11 @@ class GaussianMixture(MixtureEstimator):
         return X
 
     def _model(self):
+        # A loaded estimator has no _prior (it depends on the training data, and a file holds
+        # arrays only); predictions need none, since the prior enters the fit, not the log-joint.
         return gaussian_family.gaussian_mixture(
             self.n_components, self.covariance_type, float(self.reg_covar), self.init_params,
-            prior=self._prior, missing=self._has_nan)
+            prior=getattr(self, "_prior", None), missing=self._has_nan)
 
     def _prepare(self, X: np.ndarray) -> None:
         # Fitting in coordinates centred on the data mean keeps float32 products accurate for
