@@ -316,3 +316,38 @@ def test_same_key_gives_bit_identical_results_in_and_across_processes():
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == runs[0]
+
+
+def test_means_far_from_the_origin_keep_what_the_fit_resolved():
+    """A timestamp-like column (1.7e9 + {0, 100} + noise): the fit runs centred, and the reported
+    means, score and labels keep the 100 apart that float32 cannot hold at 1.7e9."""
+    rng = np.random.default_rng(0)
+    truth = rng.choice([0.0, 100.0], 400)
+    X = np.column_stack([1.7e9 + truth + rng.normal(0, 1, 400), rng.normal(size=400)])
+    gm = jem.GaussianMixture(2, random_state=0).fit(X)
+    assert gm.means_.dtype == np.float64
+    np.testing.assert_allclose(np.sort(gm.means_[:, 0]) - 1.7e9, [0.0, 100.0], atol=0.5)
+    assert gm.score(X) == pytest.approx(gm.lower_bound_, rel=1e-4)
+    labels = gm.predict(X)
+    assert set(labels.tolist()) == {0, 1}
+    agree = np.mean(labels == (truth > 0))
+    assert max(agree, 1 - agree) == 1.0
+
+
+def test_a_restart_with_non_finite_parameters_has_failed_not_converged():
+    """The loop stops a restart whose objective is not finite; one whose parameters are not
+    finite while its objective is counts as failed too, is never reported as converged, and is
+    never chosen as the best."""
+    from jaxem.core.loop import LoopOutput
+    from jaxem.core.result import result_from_loop
+
+    params = {"means": np.array([[0.0, 1.0], [np.nan, 1.0]]), "weights": np.array([[1.0], [1.0]])}
+    out = LoopOutput(params, objective=np.array([-10.0, -1.0]), initial_objective=np.zeros(2),
+                     n_iter=np.array([3, 3]), converged=np.array([True, True]),
+                     history=np.zeros((2, 3)))
+    result = result_from_loop(out, keys=np.zeros(2), max_iter=3, tol=1e-6)
+    assert result.best_restart == 0 and result.failed.tolist() == [False, True]
+    assert result.converged.tolist() == [True, False]
+    with pytest.raises(jem.FitError, match=r"parameter \"\['means'\]\" became NaN"):
+        result_from_loop(out._replace(objective=np.array([np.nan, -1.0])), keys=np.zeros(2),
+                         max_iter=3, tol=1e-6)

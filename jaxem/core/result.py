@@ -61,6 +61,21 @@ class FitResult:
     fit_time: float = 0.0
 
 
+def _non_finite_params(params) -> np.ndarray:
+    """``[R]`` the path of the first floating parameter of each restart that holds a NaN or an
+    infinity (``""`` where all are finite)."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    n_restarts = np.shape(leaves[0][1])[0] if leaves else 0
+    bad = np.full((n_restarts,), "", dtype=object)
+    for path, leaf in leaves:
+        leaf = np.asarray(leaf)
+        if not np.issubdtype(leaf.dtype, np.floating):
+            continue
+        finite = np.isfinite(leaf.reshape(n_restarts, -1)).all(axis=1)
+        bad = np.where((bad == "") & ~finite, jax.tree_util.keystr(path), bad)
+    return bad
+
+
 def result_from_loop(out: LoopOutput, keys, *, max_iter: int, tol: float | None,
                      compile_time: float = 0.0, fit_time: float = 0.0, hint: str = "",
                      stacklevel: int = 3) -> FitResult:
@@ -77,13 +92,16 @@ def result_from_loop(out: LoopOutput, keys, *, max_iter: int, tol: float | None,
         stacklevel: for the warning, so it points at the user's call.
     """
     ll = np.asarray(out.objective)
-    failed = ~np.isfinite(ll)
+    bad_params = _non_finite_params(out.params)
+    failed = ~np.isfinite(ll) | (bad_params != "")
     if failed.all():
-        raise FitError(
-            f"all {ll.shape[0]} restarts failed: the log-likelihood became "
-            f"{'NaN' if np.isnan(ll).any() else 'infinite'}" + (f"; {hint}" if hint else ""))
+        what = (f"parameter {bad_params[np.isfinite(ll)][0]!r} became NaN or infinite"
+                if np.isfinite(ll).any() else
+                f"the log-likelihood became {'NaN' if np.isnan(ll).any() else 'infinite'}")
+        raise FitError(f"all {ll.shape[0]} restarts failed: {what}" + (f"; {hint}" if hint else ""))
     best = int(np.argmax(np.where(failed, -np.inf, ll)))
-    converged = np.asarray(out.converged)
+    # A restart whose numbers are not finite has not converged, whatever its last change was.
+    converged = np.asarray(out.converged) & ~failed
     if tol is not None and not converged[~failed].any():
         warnings.warn(
             f"no restart converged within max_iter={max_iter} iterations (relative change of the "

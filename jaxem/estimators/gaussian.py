@@ -135,7 +135,9 @@ class GaussianMixture(MixtureEstimator):
     def _set_params_from(self, params) -> None:
         A = np.asarray(params["prec_chol"])
         self.weights_ = np.asarray(params["weights"])
-        self.means_ = np.asarray(params["means"]) + self._offset.astype(A.dtype)
+        # In float64: the offset of data far from the origin (timestamps, say) must not swallow the
+        # means the fit resolved about it (1.7e9 + 100 and 1.7e9 are the same float32).
+        self.means_ = np.asarray(params["means"], np.float64) + np.asarray(self._offset, np.float64)
         self.covariances_ = np.asarray(
             gaussian_family.covariances_from_prec_chol(params["prec_chol"], self.covariance_type))
         if self.covariance_type in ("full", "tied"):
