@@ -98,6 +98,11 @@ def sharded_pass(sweep: Callable, mesh: Mesh | None, sum_aux: bool = True) -> Ca
         # Parameters go in as explicit replicated arguments, not closed over: a closed-over array
         # placed on the mesh outside would carry a sharding that clashes inside shard_map.
         def local(params, local_blocks, temperature):
+            # Each device's sums are its own (varying over the data axis) until the psum below.
+            # Marked so, a gradient a sweep takes with respect to the parameters (the chunked
+            # gradient M-step's Q) stays this device's part; left replicated, JAX sums it over
+            # the devices already and the psum would count it once per device again.
+            params = jax.lax.pcast(params, DATA_AXIS, to="varying")
             objective, aux = sweep(params, local_blocks, temperature)
             objective = jax.lax.psum(objective, DATA_AXIS)
             return objective, jax.lax.psum(aux, DATA_AXIS) if sum_aux else aux
