@@ -46,3 +46,17 @@ def assert_non_decreasing(result, rel=None, atol=0.0):
         allowed = rel * np.abs(row[:-1]) + atol[r]
         assert np.all(drops <= allowed), (
             f"restart {r}: log-likelihood fell by {drops.max():.3g} (allowed {allowed.max():.3g})")
+
+
+def max_relative_difference(a, b) -> float:
+    """The largest ``|a - b|`` of two pytrees of arrays, relative to each leaf's largest ``|a|``
+    (NaN where and only where the other has NaN; used by scripts that compare fits)."""
+    import jax
+
+    worst = 0.0
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
+        assert u.shape == v.shape and np.array_equal(np.isnan(u), np.isnan(v))
+        ok = ~np.isnan(u)
+        worst = max(worst, float(np.max(np.abs(u[ok] - v[ok]) / (np.abs(u[ok]).max() + 1e-300))))
+    return worst

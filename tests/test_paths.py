@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from conftest import three_blobs
 from test_families_math import ALL_FEATURES, mixed_data
+from test_gaussian_missing import _with_holes as with_holes
 
 import jaxem as jem
 from jaxem import hmm as jhmm
@@ -79,16 +80,6 @@ def _regression(rng):
     return np.column_stack([inputs, y])
 
 
-def _with_holes(X, rate=0.2, seed=0):
-    """NaN entries as in test_gaussian_missing.py (no row loses every entry)."""
-    rng = np.random.default_rng(seed)
-    X = np.array(X, dtype=np.float64)
-    holes = rng.uniform(size=X.shape) < rate
-    holes[holes.all(axis=1), 0] = False
-    X[holes] = np.nan
-    return X
-
-
 # The product of families, with missing values; gamma and exponential have their own cases.
 MIXED_FEATURES = ALL_FEATURES[:4]
 
@@ -114,7 +105,7 @@ def _case(name):
         return jem.mixture_of_experts(2), _regression(rng)
     if name == "gaussian_missing":
         X = np.concatenate([three_blobs(N, dtype=np.float64), rng.normal(size=(N, 1))], axis=1)
-        return jem.gaussian_mixture(3, "full", missing=True), _with_holes(X)
+        return jem.gaussian_mixture(3, "full", missing=True), with_holes(X, rate=0.2)
     raise AssertionError(name)
 
 

@@ -24,16 +24,7 @@ COMMON = """
     sys.path.insert(0, sys.argv[1])
     import jaxem as jem
     from jaxem.core import programs
-    from conftest import three_blobs
-
-    def rel(a, b):
-        worst = 0.0
-        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-            u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
-            assert u.shape == v.shape and np.array_equal(np.isnan(u), np.isnan(v))
-            ok = ~np.isnan(u)
-            worst = max(worst, float(np.max(np.abs(u[ok] - v[ok]) / (np.abs(u[ok]).max() + 1e-300))))
-        return worst
+    from conftest import max_relative_difference as rel, three_blobs
 
     out = {"devices": len(jax.devices())}
     X = three_blobs(501).astype(np.float64)
