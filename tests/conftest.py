@@ -1,6 +1,18 @@
+import os
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
+
+# Each pytest-xdist worker keeps its own compilation cache. JAX writes a cache entry in place (not
+# through a rename), so a worker reading an entry the other is still writing can load a truncated
+# executable and crash (seen: a segfault in jax's compilation_cache while both compiled the same
+# program). Set before jaxem is imported, which switches the cache on.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER and "JAXEM_CACHE_DIR" not in os.environ:
+    _BASE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    os.environ["JAXEM_CACHE_DIR"] = str(_BASE / "jaxem" / f"xla-tests-{_WORKER}")
 
 
 @pytest.fixture

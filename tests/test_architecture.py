@@ -105,6 +105,22 @@ def test_no_private_name_is_imported_from_another_folder():
     assert not offences, "\n".join(offences)
 
 
+def test_no_public_name_from_another_folder_is_renamed_private():
+    """``from ..core.x import name as _name`` hides a seam as a private import does; only a
+    package's ``__init__`` (a public surface keeping its namespace clean) may do it."""
+    offences = []
+    for name, path in MODULES.items():
+        if path.name == "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2 or (
+                    isinstance(node, ast.ImportFrom) and node.level == 0
+                    and (node.module or "").startswith("jaxem.")):
+                offences += [f"{name} imports {a.name} as {a.asname}" for a in node.names
+                             if (a.asname or "").startswith("_") and not a.name.startswith("_")]
+    assert not offences, "\n".join(offences)
+
+
 def test_folders_import_only_the_layers_below_them():
     offences = []
     for name in MODULES:

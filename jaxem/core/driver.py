@@ -133,9 +133,8 @@ def as_data(X, model) -> np.ndarray:
     """``X`` checked as a model's data (NaN only where the model handles missing values, then
     the model's own ``check_data``), as a NumPy array."""
     arr = check_data(X, allow_nan=model.handles_missing)
-    check_model_data = getattr(model, "check_data", None)
-    if check_model_data is not None:
-        check_model_data(arr)
+    if model.check_data is not None:
+        model.check_data(arr)
     return arr
 
 

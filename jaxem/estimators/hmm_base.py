@@ -13,8 +13,7 @@ import numpy as np
 
 from ..core import precision
 from ..core.progress import progress_bar
-from ..core.validation import NotFittedError, check_positive_int
-from ..core.validation import default_float_dtype as _float
+from ..core.validation import NotFittedError, check_positive_int, default_float_dtype
 from ..hmm.baum_welch import decode, fit, posterior, sample
 from ..hmm.model import as_sequences
 from .params import EMEstimator, _as_key
@@ -70,7 +69,7 @@ class _BaseHMM(EMEstimator):
 
     def _piece(self, name: str):
         """One part of the engine's parameters from the (possibly user-assigned) attributes."""
-        K, dtype = self.n_components, _float()
+        K, dtype = self.n_components, default_float_dtype()
         try:
             if name == "initial":
                 value = _check_probabilities(self.startprob_, "startprob_", (K,))
@@ -92,7 +91,7 @@ class _BaseHMM(EMEstimator):
         if set("st" + self._emission_letters) <= set(letters):
             return None
         hmm = self._hmm()
-        start = hmm.uniform_chain(_float())
+        start = hmm.uniform_chain(default_float_dtype())
         if "s" not in letters:
             start["initial"] = self._piece("initial")
         if "t" not in letters:
@@ -100,7 +99,7 @@ class _BaseHMM(EMEstimator):
         # The emission's parameters start together: all from the model's initialiser, or all
         # from the attributes when init_params leaves out any of the emission's letters.
         if set(self._emission_letters) <= set(letters):
-            rows = jnp.asarray(seqs.rows, _float())
+            rows = jnp.asarray(seqs.rows, default_float_dtype())
             start["emission"] = precision.jit(hmm.init)(jax.random.split(key, 1)[0], rows)
         else:
             start["emission"] = self._piece("emission")
