@@ -14,7 +14,7 @@ from .core.compile_cache import disable_compilation_cache, enable_compilation_ca
 from .core.estep import Annealing
 from .core.inference import e_step, elbo, expected_log_joint, log_likelihood
 from .core.model import Model
-from .core.result import FitError, FitResult
+from .core.result import FitError, FitInterrupted, FitResult
 from .core.runner import fit
 from .core.validation import ConvergenceWarning, NotFittedError
 from .estimators import (
@@ -66,7 +66,7 @@ __all__ = [
     "CategoricalMixture", "ComponentSelection", "constraints", "ConvergenceWarning",
     "disable_compilation_cache", "e_step", "elbo", "enable_compilation_cache", "expected_log_joint",
     "exponential_mixture", "ExponentialMixture", "fit", "fit_chunked", "fit_online", "FitError",
-    "FitResult", "gamma_mixture", "GammaMixture", "gaussian_mixture", "GaussianHMM",
+    "FitInterrupted", "FitResult", "gamma_mixture", "GammaMixture", "gaussian_mixture", "GaussianHMM",
     "GaussianMixture", "hmm", "independent_mixture", "IndependentMixture", "init",
     "isotropic_mixture", "KMeans", "load", "log_likelihood", "log_likelihood_chunked",
     "mixture_of_experts", "mixture_of_linear_regressions", "MixtureOfExperts",

@@ -158,15 +158,24 @@ def run_fit(args: argparse.Namespace) -> int:
     est, shown = _make_estimator(cls, args, args.components)
     X, names = _read(args)
     fit_kwargs = _lengths(args, X.shape[0], cls)
-    elapsed = _fit(est, X, fit_kwargs)
-    print("\n".join(summary(est, X, names, f"jaxem fit: {cls.__name__} fitted by EM to "
-                            f"{args.data}", shown, elapsed, fit_kwargs)))
+    title, status = f"jaxem fit: {cls.__name__} fitted by EM to {args.data}", 0
+    start = time.perf_counter()
+    try:
+        elapsed = _fit(est, X, fit_kwargs)
+    except jaxem.FitInterrupted as stop:
+        # The estimator holds the parameters reached so far: print and save them, then exit as
+        # an interrupted command does.
+        elapsed, status = time.perf_counter() - start, 130
+        title = (f"jaxem fit: {cls.__name__} INTERRUPTED after {est.n_iter_} iterations (not "
+                 f"converged; the parameters so far) on {args.data}")
+        print(f"jaxem: interrupted: {stop}", file=sys.stderr)
+    print("\n".join(summary(est, X, names, title, shown, elapsed, fit_kwargs)))
     if args.out:
         jio.save(est, args.out)
         print(f"\nmodel saved to {args.out} (load with jaxem.load or 'jaxem predict')")
-    if args.plot:
+    if args.plot and not status:
         _save_plot(est, X, names, args.plot, fit_kwargs)
-    return 0
+    return status
 
 
 def run_predict(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ import numpy as np
 from . import loop
 from .ascent import DEFAULT_M_STEP_ITERS, DEFAULT_OPTIMIZER
 from .estep import EStepRule, resolve_e_step
-from .result import FitResult, result_from_loop
+from .result import FitInterrupted, FitResult, result_from_loop
 from .validation import check_data, check_positive_int, check_tolerance, tolerance_value
 
 Array = jax.Array
@@ -127,6 +127,13 @@ def finish(out: loop.LoopOutput, setup: FitSetup, *, compile_time: float = 0.0,
     its warning points at the user's call of the fit."""
     return result_from_loop(out, setup.keys, max_iter=setup.max_iter, tol=setup.tol,
                             compile_time=compile_time, fit_time=fit_time, hint=hint, stacklevel=4)
+
+
+def interrupted(stop: loop.Interrupted, setup: FitSetup, hint: str = "") -> FitInterrupted:
+    """The :class:`jaxem.FitInterrupted` for a loop stopped by Ctrl-C (the front ends raise
+    it), holding the result of the iterations done."""
+    return FitInterrupted(result_from_loop(stop.output, setup.keys, max_iter=setup.max_iter,
+                                           tol=setup.tol, hint=hint, interrupted=True))
 
 
 def as_data(X, model) -> np.ndarray:

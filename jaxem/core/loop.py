@@ -138,6 +138,16 @@ def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Setti
                 converged=s["converged"] | converged, running=still, history=history)
 
 
+class Interrupted(KeyboardInterrupt):
+    """A loop stopped by Ctrl-C between two iterations (the host loop) or two segments (the
+    compiled loop); ``output`` is the :class:`LoopOutput` of the last completed iteration. The
+    fit front ends turn it into :class:`jaxem.FitInterrupted`, which carries a result."""
+
+    def __init__(self, output: LoopOutput):
+        super().__init__("the fit was interrupted")
+        self.output = output
+
+
 def output(s: dict) -> LoopOutput:
     """The finished state as a :class:`LoopOutput`."""
     return LoopOutput(s["params"], s["objective"], s["initial"], s["n_iter"], s["converged"],
@@ -162,24 +172,37 @@ def set_progress_sink(progress: Callable | None) -> None:
     _progress_sink = progress
 
 
+def start_state(e_pass: Callable, params, settings: Settings) -> dict:
+    """The loop state before its first trip, for :func:`run_compiled_loop` (traced: only the
+    shapes of ``e_pass``'s output are needed, so nothing of the pass is compiled)."""
+    return initial_state(params, jax.eval_shape(e_pass, params, jnp.zeros((), jnp.int32)),
+                         settings.max_iter)
+
+
 def run_compiled_loop(e_pass: Callable, m_step: Callable, params, settings: Settings, *,
-                      report: bool = False, in_sequence: bool = False) -> LoopOutput:
+                      report: bool = False, in_sequence: bool = False, state: dict | None = None,
+                      stop_at: Array | None = None):
     """The EM loop as a ``lax.while_loop`` (call it inside ``jit``).
 
     Args:
         e_pass: ``e_pass(params, iteration) -> (objective [R], aux)`` for the whole batch: the
             E-step at ``params`` after ``iteration`` M-steps, plus what the next M-step needs.
         m_step: ``m_step(params, aux) -> params`` for ONE restart (mapped over the batch).
-        params: starting parameters with a leading ``[R]`` axis.
+        params: starting parameters with a leading ``[R]`` axis (unused with ``state``).
         settings: tolerance, iterations, ``may_stop``.
         report: send each iteration to the progress sink (:func:`set_progress_sink`).
         in_sequence: map the M-steps over restarts one after another.
+        state: continue from this loop state (:func:`start_state`, or what an earlier call
+            returned) instead of starting from ``params``.
+        stop_at: also stop once this many trips are done (a traced int32 scalar, so one compiled
+            program runs any segment) and return the loop state, not a :class:`LoopOutput`: the
+            host then calls again with it (:func:`jaxem.core.programs.run_segmented`).
 
     The first trip is the initial E-step (its M-step result is discarded), so the pass, by far
     the largest part of the program, is traced and compiled once rather than twice.
     """
-    state = initial_state(params, jax.eval_shape(e_pass, params, jnp.zeros((), jnp.int32)),
-                          settings.max_iter)
+    if state is None:
+        state = start_state(e_pass, params, settings)
 
     def body(s):
         stepped = map_restarts(m_step, s["params"], s["aux"], in_sequence=in_sequence)
@@ -190,7 +213,12 @@ def run_compiled_loop(e_pass: Callable, m_step: Callable, params, settings: Sett
                                out["running"])
         return out
 
-    return output(jax.lax.while_loop(lambda s: keep_going(s, settings.max_iter), body, state))
+    def cond(s):
+        go = keep_going(s, settings.max_iter)
+        return go if stop_at is None else go & (s["trips"] < stop_at)
+
+    final = jax.lax.while_loop(cond, body, state)
+    return final if stop_at is not None else output(final)
 
 
 def run_host_loop(e_pass: Callable, m_step: Callable, params, settings: Settings,
@@ -204,12 +232,16 @@ def run_host_loop(e_pass: Callable, m_step: Callable, params, settings: Settings
     objective, aux = e_pass(params, 0)
     state = initial_state(params, jax.eval_shape(lambda: (objective, aux)), settings.max_iter)
     state = advance(state, params, params, jnp.asarray(objective), aux, settings)
-    while bool(keep_going(state, settings.max_iter)):
-        stepped = m_step(state["params"], state["aux"])
-        new_params = proposed(state, stepped)
-        objective, aux = e_pass(new_params, int(state["trips"]))
-        state = advance(state, stepped, new_params, jnp.asarray(objective), aux, settings)
-        if on_iteration is not None:
-            on_iteration(int(state["trips"]) - 1, np.asarray(state["objective"]),
-                         np.asarray(state["converged"]), np.asarray(state["running"]))
+    try:
+        while bool(keep_going(state, settings.max_iter)):
+            stepped = m_step(state["params"], state["aux"])
+            new_params = proposed(state, stepped)
+            objective, aux = e_pass(new_params, int(state["trips"]))
+            state = advance(state, stepped, new_params, jnp.asarray(objective), aux, settings)
+            if on_iteration is not None:
+                on_iteration(int(state["trips"]) - 1, np.asarray(state["objective"]),
+                             np.asarray(state["converged"]), np.asarray(state["running"]))
+    except KeyboardInterrupt:
+        # ``state`` is the last completed iteration's (an assignment is never half done).
+        raise Interrupted(output(jax.tree.map(np.asarray, state))) from None
     return output(jax.tree.map(np.asarray, state))

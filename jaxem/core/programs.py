@@ -7,11 +7,16 @@ time apart; a built-in model's program may also come from the on-disk program ca
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import loop, program_cache
 
@@ -26,13 +31,32 @@ def _signature(tree) -> tuple:
                           for x in leaves)
 
 
+def _executable(program, dynamic: tuple, static: dict, disk_name: str | None) -> tuple:
+    """``(compiled program, compile seconds)`` for these arguments: from memory, the program
+    cache on disk, or compiled now (see :func:`run_compiled`)."""
+    cache_key = (program, tuple(sorted(static.items(), key=lambda item: item[0])),
+                 _signature(dynamic))
+    executable = _EXECUTABLES.get(cache_key)
+    if executable is not None:
+        _EXECUTABLES.move_to_end(cache_key)
+        return executable, 0.0
+    start = time.perf_counter()
+    disk_key = None if disk_name is None else program_cache.program_key(disk_name, static, dynamic)
+    executable = program_cache.load(disk_key, dynamic)
+    if executable is None:
+        executable = program_cache.compile_and_store(disk_key, program.lower(*dynamic, **static))
+    _EXECUTABLES[cache_key] = executable
+    if len(_EXECUTABLES) > _MAX_EXECUTABLES:
+        _EXECUTABLES.popitem(last=False)
+    return executable, time.perf_counter() - start
+
+
 def run_compiled(program, dynamic: tuple, static: dict, progress=None,
                  disk_name: str | None = None) -> tuple:
     """Compile (or reuse) a fit program for these arguments and run it.
 
     Args:
-        dynamic: the program's positional (traced) arguments; for the mixture program
-            ``(keys, init_params, X, weights, labels, tol)``.
+        dynamic: the program's positional (traced) arguments.
         static: its static keyword arguments except ``report`` (models hash by identity, so the
             cache key keeps the model itself alive).
         progress: optional ``progress(iteration, objective [R], converged [R], running [R])``
@@ -48,24 +72,7 @@ def run_compiled(program, dynamic: tuple, static: dict, progress=None,
         then reports only that time.
     """
     static = dict(static, report=progress is not None)
-    cache_key = (program, tuple(sorted(static.items(), key=lambda item: item[0])),
-                 _signature(dynamic))
-    compile_seconds = 0.0
-    executable = _EXECUTABLES.get(cache_key)
-    if executable is None:
-        start = time.perf_counter()
-        disk_key = (None if disk_name is None
-                    else program_cache.program_key(disk_name, static, dynamic))
-        executable = program_cache.load(disk_key, dynamic)
-        if executable is None:
-            executable = program_cache.compile_and_store(disk_key,
-                                                         program.lower(*dynamic, **static))
-        compile_seconds = time.perf_counter() - start
-        _EXECUTABLES[cache_key] = executable
-        if len(_EXECUTABLES) > _MAX_EXECUTABLES:
-            _EXECUTABLES.popitem(last=False)
-    else:
-        _EXECUTABLES.move_to_end(cache_key)
+    executable, compile_seconds = _executable(program, dynamic, static, disk_name)
     loop.set_progress_sink(progress)
     try:
         start = time.perf_counter()
@@ -74,3 +81,97 @@ def run_compiled(program, dynamic: tuple, static: dict, progress=None,
     finally:
         loop.set_progress_sink(None)
     return out, compile_seconds, run_seconds
+
+
+# How long one segment of a compiled loop should run: Ctrl-C waits for the running segment, and
+# each boundary costs a dispatch and a read of two small arrays (tens of microseconds), so half
+# a second keeps both small. The first segment is a few trips, to measure a trip's time.
+SEGMENT_SECONDS = 0.5
+FIRST_SEGMENT_TRIPS = 3
+
+
+@contextlib.contextmanager
+def _interrupt_flag() -> Iterator[Callable[[], bool]]:
+    """Within the block, Ctrl-C (SIGINT) only raises a flag, read by the yielded function; a
+    second Ctrl-C raises :class:`KeyboardInterrupt` at once. Where Python's default handler is
+    not the one installed (another thread, or the caller's own handler) nothing changes."""
+    hits = []
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield lambda: False
+        return
+
+    def handler(signum, frame):
+        if hits:
+            raise KeyboardInterrupt
+        hits.append(signum)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(hits)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run_segmented(program, dynamic: tuple, static: dict, progress=None,
+                  disk_name: str | None = None, on_segment: Callable | None = None,
+                  restore: Callable | None = None) -> tuple:
+    """Run a segmented fit program: the compiled EM loop in segments of about
+    :data:`SEGMENT_SECONDS`, so Ctrl-C stops it between two segments with what it had.
+
+    ``program(*dynamic, state, stop_at, **static)`` is one jitted function with two uses (see
+    :func:`jaxem.core.runner.run_in_memory`): with ``state=None`` it returns the loop's starting
+    state (the initialisation; the pass is not compiled), and with a state it runs the loop on
+    until ``stop_at`` trips are done (a traced scalar: every segment runs the same executable)
+    and returns the new state, which stays on the device (its buffers donated to the next call).
+    The first segment is :data:`FIRST_SEGMENT_TRIPS` trips; each later one is sized from the
+    trips per second measured so far.
+
+    Args:
+        program, dynamic, static, progress, disk_name: as in :func:`run_compiled`.
+        on_segment: optional ``on_segment(state)`` called after every segment that did not end
+            the loop (checkpoints).
+        restore: optional ``restore(start_state) -> state``: the state to continue from (a
+            resumed fit), given the program's starting state (its shapes and placement).
+
+    Returns:
+        ``(LoopOutput, compile_seconds, run_seconds)``.
+
+    Raises:
+        jaxem.core.loop.Interrupted: Ctrl-C arrived; it carries the last segment's output.
+    """
+    static = dict(static, report=progress is not None)
+    stop_at = jnp.zeros((), jnp.int32)
+    compile_seconds = run_seconds = 0.0
+    loop.set_progress_sink(progress)
+    try:
+        with _interrupt_flag() as interrupted:
+            start, compile_seconds = _executable(program, dynamic + (None, stop_at), static,
+                                                 disk_name)
+            began = time.perf_counter()
+            state = start(*dynamic, None, stop_at)
+            run_seconds = time.perf_counter() - began
+            if restore is not None:
+                state = restore(state)
+            segment, seconds = _executable(program, dynamic + (state, stop_at), static, disk_name)
+            compile_seconds += seconds
+            max_iter = state["history"].shape[1]
+            trips = int(state["trips"])
+            stop = trips + FIRST_SEGMENT_TRIPS
+            while True:
+                began = time.perf_counter()
+                state = segment(*dynamic, state, jnp.asarray(min(stop, max_iter + 1), jnp.int32))
+                done, running = int(state["trips"]), np.asarray(state["running"])
+                elapsed = time.perf_counter() - began
+                run_seconds += elapsed
+                if not (running.any() and done <= max_iter):
+                    break
+                if on_segment is not None:
+                    on_segment(state)
+                if interrupted():
+                    raise loop.Interrupted(loop.output(state))
+                per_trip = elapsed / max(done - trips, 1)
+                trips, stop = done, done + max(1, int(SEGMENT_SECONDS / per_trip))
+    finally:
+        loop.set_progress_sink(None)
+    return loop.output(state), compile_seconds, run_seconds

@@ -59,6 +59,26 @@ class FitResult:
     restart_keys: Any
     compile_time: float = 0.0
     fit_time: float = 0.0
+    interrupted: bool = False
+
+
+class FitInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a fit between two iterations (or two segments of the compiled loop,
+    about half a second each). ``result`` is a :class:`FitResult` with the parameters reached
+    so far (``interrupted`` True; restarts still running are not ``converged``); a
+    KeyboardInterrupt, so a script stops unless it catches it::
+
+        try:
+            result = jem.fit(model, X, key=key, max_iter=10_000)
+        except jem.FitInterrupted as stop:
+            result = stop.result
+    """
+
+    def __init__(self, result: FitResult):
+        n_iter = int(np.max(result.n_iter)) if np.size(result.n_iter) else 0
+        super().__init__(f"the fit was interrupted after {n_iter} iterations (log-likelihood "
+                         f"{result.log_likelihood:.6g}); the parameters so far are in .result")
+        self.result = result
 
 
 def _non_finite_params(params) -> np.ndarray:
@@ -78,7 +98,7 @@ def _non_finite_params(params) -> np.ndarray:
 
 def result_from_loop(out: LoopOutput, keys, *, max_iter: int, tol: float | None,
                      compile_time: float = 0.0, fit_time: float = 0.0, hint: str = "",
-                     stacklevel: int = 3) -> FitResult:
+                     stacklevel: int = 3, interrupted: bool = False) -> FitResult:
     """The :class:`FitResult` of a finished loop (every fit driver's last step): picks the best
     restart that did not fail, raises :class:`FitError` when all failed, warns
     :class:`ConvergenceWarning` when none converged.
@@ -90,6 +110,7 @@ def result_from_loop(out: LoopOutput, keys, *, max_iter: int, tol: float | None,
         compile_time, fit_time: seconds, reported in the result.
         hint: what to check, appended to the all-failed message.
         stacklevel: for the warning, so it points at the user's call.
+        interrupted: the loop was stopped by Ctrl-C (no warning; the result says so).
     """
     ll = np.asarray(out.objective)
     bad_params = _non_finite_params(out.params)
@@ -102,7 +123,7 @@ def result_from_loop(out: LoopOutput, keys, *, max_iter: int, tol: float | None,
     best = int(np.argmax(np.where(failed, -np.inf, ll)))
     # A restart whose numbers are not finite has not converged, whatever its last change was.
     converged = np.asarray(out.converged) & ~failed
-    if tol is not None and not converged[~failed].any():
+    if tol is not None and not interrupted and not converged[~failed].any():
         warnings.warn(
             f"no restart converged within max_iter={max_iter} iterations (relative change of the "
             f"log-likelihood still above tol={tol:g}); increase max_iter or tol",
@@ -121,4 +142,5 @@ def result_from_loop(out: LoopOutput, keys, *, max_iter: int, tol: float | None,
         restart_keys=keys,
         compile_time=compile_time,
         fit_time=fit_time,
+        interrupted=interrupted,
     )

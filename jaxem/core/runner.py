@@ -28,8 +28,15 @@ Array = jax.Array
 
 
 def run_in_memory(em_pass: Pass, params, data, settings: loop.Settings, rule: EStepRule, dtype, *,
-                  mesh=None, in_sequence: bool = False, report: bool = False) -> loop.LoopOutput:
+                  mesh=None, in_sequence: bool = False, report: bool = False,
+                  state: dict | None = None, stop_at: Array | None = None):
     """EM for ``[R]``-stacked ``params`` on blocked ``data`` held in memory (inside ``jit``).
+
+    Without ``stop_at`` the whole loop runs and its :class:`jaxem.core.loop.LoopOutput` is
+    returned. With ``stop_at`` (a traced int32 scalar) it runs one segment of the loop, as
+    :func:`jaxem.core.programs.run_segmented` drives it: from ``state`` until ``stop_at`` trips
+    are done, returning the loop state; with ``state`` ``None`` it only returns the state
+    before the first trip (nothing of the pass is compiled).
 
     Args:
         em_pass: what a sweep computes (see :class:`jaxem.core.passes.Pass`).
@@ -42,6 +49,7 @@ def run_in_memory(em_pass: Pass, params, data, settings: loop.Settings, rule: ES
         in_sequence: the restarts sweep the data one after another (see
             :func:`jaxem.core.blocks.plan_restarts`).
         report: send each iteration to the progress sink.
+        state, stop_at: the segment to run (see above).
     """
     sweep = (sharding.sharded_pass(em_pass.sweep, mesh, sum_aux=em_pass.additive)
              if em_pass.shard_map else em_pass.sweep)
@@ -57,7 +65,10 @@ def run_in_memory(em_pass: Pass, params, data, settings: loop.Settings, rule: ES
         return loop.map_restarts(lambda q: objective_and_aux(q, temperature), p,
                                  in_sequence=in_sequence)
 
-    return loop.run_compiled_loop(e_pass, em_pass.m_step, params, settings, report=report)
+    if stop_at is not None and state is None:
+        return loop.start_state(e_pass, params, settings)
+    return loop.run_compiled_loop(e_pass, em_pass.m_step, params, settings, report=report,
+                                  state=state, stop_at=stop_at)
 
 
 def run_em(model: Model, params, X: Array, *, max_iter: int, e_step: str = "soft") -> Any:
@@ -93,16 +104,19 @@ _initialise_program = precision.jit(
     _initialise, static_argnames=("model", "n_blocks", "rows_per_block", "use_gradient", "report"))
 
 
-def _program(keys, init_params, X, weights, labels, tol, *, n_blocks, rows_per_block, max_iter,
-             use_gradient, optimizer, m_step_iters, rule, report, model, mesh=None,
+def _program(keys, init_params, X, weights, labels, tol, state, stop_at, *, n_blocks, rows_per_block,
+             max_iter, use_gradient, optimizer, m_step_iters, rule, report, model, mesh=None,
              in_sequence=False):
+    # A segmented program (see programs.run_segmented): state None builds the starting state,
+    # a state runs the loop on from it until stop_at trips.
     blocked = blocks.block_rows(X, weights, labels, n_blocks, rows_per_block)
-    if init_params is None:
+    if init_params is None and state is None:
         init_params = _initial_params(model, keys, X, blocked, labels, use_gradient)
     em_pass = mixture_pass(model, hard=rule.hard, use_gradient=use_gradient, optimizer=optimizer,
                            m_step_iters=m_step_iters, X_blocks=blocked.X)
     return run_in_memory(em_pass, init_params, blocked, loop.Settings(tol, max_iter, rule.may_stop),
-                         rule, X.dtype, mesh=mesh, in_sequence=in_sequence, report=report)
+                         rule, X.dtype, mesh=mesh, in_sequence=in_sequence, report=report,
+                         state=state, stop_at=stop_at)
 
 
 _STATIC = ("model", "n_blocks", "rows_per_block", "max_iter", "use_gradient", "optimizer", "m_step_iters",
@@ -110,7 +124,7 @@ _STATIC = ("model", "n_blocks", "rows_per_block", "max_iter", "use_gradient", "o
 # The name the on-disk program cache knows this program by (its key also names the static
 # arguments and the source of jaxem).
 PROGRAM_NAME = "jaxem.core.runner._program"
-program = precision.jit(_program, static_argnames=_STATIC)
+program = precision.jit(_program, static_argnames=_STATIC, donate_argnames=("state",))
 
 
 def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: int = 100,
@@ -215,9 +229,11 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         keys = sharding.replicate(keys, mesh)
     tol_value = setup.loop_settings(X.dtype).tol
     try:
-        out, compile_time, fit_time = programs.run_compiled(
+        out, compile_time, fit_time = programs.run_segmented(
             program, (keys, init_params, rows_X, weights, labels, tol_value), static,
             setup.progress, disk_name=PROGRAM_NAME)
+    except loop.Interrupted as stop:
+        raise driver.interrupted(stop, setup) from None
     except (TypeError, ValueError, IndexError) as err:
         # Tracing failed before any compute; when the model cannot even score these rows (wrong
         # rank or feature count), say that instead of JAX's shape error deep in the model.

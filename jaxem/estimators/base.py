@@ -20,7 +20,7 @@ from ..core.validation import (
     check_sample_weight,
     to_device,
 )
-from .params import EMEstimator, _as_key
+from .params import EMEstimator, _as_key, recording_interrupted
 
 
 class MixtureEstimator(EMEstimator):
@@ -120,13 +120,14 @@ class MixtureEstimator(EMEstimator):
         self.n_features_in_ = X.shape[1]
         self._prepare(X)
         init_params = self._initial_params(X)
-        with progress_bar(self.verbose, self.max_iter, desc=type(self).__name__) as bar:
+        total_weight = X.shape[0] if weights is None else float(np.sum(weights))
+        with (progress_bar(self.verbose, self.max_iter, desc=type(self).__name__) as bar,
+              recording_interrupted(lambda partial: self._record_fit(partial, total_weight))):
             result = em.fit(
                 self._model(), self._transform(X), key=_as_key(self.random_state),
                 n_restarts=self._restarts(init_params), max_iter=self.max_iter, tol=self.tol,
                 sample_weight=weights, labels=y, init_params=init_params, e_step=self.e_step,
                 m_step=self.m_step, optimizer=self.optimizer, progress=bar)
-        total_weight = X.shape[0] if weights is None else float(np.sum(weights))
         return self._record_fit(result, total_weight)
 
     def _record_fit(self, result, total_weight: float):

@@ -19,7 +19,7 @@ import numpy as np
 from ..core.validation import check_sample_weight
 from ..scale.chunked import DEFAULT_INIT_ROWS, fit_chunked
 from ..scale.data import as_source, map_source
-from .params import _as_key
+from .params import _as_key, recording_interrupted
 
 
 def _sample(source, init_size: int, random_state):
@@ -60,13 +60,14 @@ def fit_mixture(estimator, source, *, chunk_size: int | None = None, y=None, sam
         chunk = est._validate(chunk, fitting=False)
         return est._transform(chunk)
 
-    result = fit_chunked(
-        est._model(), map_source(source, to_model_coordinates), chunk_size=chunk_size,
-        key=_as_key(est.random_state), n_restarts=est._restarts(init_params), max_iter=est.max_iter,
-        tol=est.tol, sample_weight=sample_weight, labels=y, init_params=init_params,
-        init_size=init_size, e_step=est.e_step, devices=devices)
     weights = check_sample_weight(sample_weight, source.n_rows)
     total_weight = source.n_rows if weights is None else float(np.sum(weights))
+    with recording_interrupted(lambda partial: est._record_fit(partial, total_weight)):
+        result = fit_chunked(
+            est._model(), map_source(source, to_model_coordinates), chunk_size=chunk_size,
+            key=_as_key(est.random_state), n_restarts=est._restarts(init_params),
+            max_iter=est.max_iter, tol=est.tol, sample_weight=sample_weight, labels=y,
+            init_params=init_params, init_size=init_size, e_step=est.e_step, devices=devices)
     return est._record_fit(result, total_weight)
 
 
@@ -97,8 +98,9 @@ def fit_hmm(estimator, source, lengths=None, *, chunk_size: int | None = None,
     est._check_values(sample)
     key = _as_key(est.random_state)
     start = est._start(types.SimpleNamespace(rows=sample), key)
-    result = fit_chunked(est._hmm(), source, lengths=lengths, chunk_size=chunk_size, key=key,
-                         n_restarts=est._restarts(start), max_iter=est.n_iter, tol=est.tol,
-                         init_params=start, method=est.method, e_step=est.e_step,
-                         init_size=init_size, devices=devices)
+    with recording_interrupted(est._record_fit):
+        result = fit_chunked(est._hmm(), source, lengths=lengths, chunk_size=chunk_size, key=key,
+                             n_restarts=est._restarts(start), max_iter=est.n_iter, tol=est.tol,
+                             init_params=start, method=est.method, e_step=est.e_step,
+                             init_size=init_size, devices=devices)
     return est._record_fit(result)

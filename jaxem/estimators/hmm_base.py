@@ -16,7 +16,7 @@ from ..core.progress import progress_bar
 from ..core.validation import NotFittedError, check_positive_int, default_float_dtype
 from ..hmm.baum_welch import decode, fit, posterior, sample
 from ..hmm.model import as_sequences
-from .params import EMEstimator, _as_key
+from .params import EMEstimator, _as_key, recording_interrupted
 
 
 def _check_probabilities(value, name: str, shape: tuple) -> np.ndarray:
@@ -128,7 +128,8 @@ class _BaseHMM(EMEstimator):
             raise
         key = _as_key(self.random_state)
         start = self._start(seqs, key)
-        with progress_bar(self.verbose, self.n_iter, desc=type(self).__name__) as bar:
+        with (progress_bar(self.verbose, self.n_iter, desc=type(self).__name__) as bar,
+              recording_interrupted(self._record_fit)):
             result = fit(self._hmm(), seqs.X, mask=seqs.mask, key=key,
                          n_restarts=self._restarts(start), max_iter=self.n_iter, tol=self.tol,
                          init_params=start, m_step=self.m_step, method=self.method,

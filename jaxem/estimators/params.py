@@ -17,11 +17,14 @@ scikit-learn constructor.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
 
+from ..core.result import FitInterrupted
 from ..core.validation import check_positive_int, check_tolerance
 from .checks import check_m_step
 
@@ -33,6 +36,18 @@ def _as_key(random_state):
     if isinstance(random_state, (int, np.integer)):
         return jax.random.key(int(random_state))
     return random_state
+
+
+@contextlib.contextmanager
+def recording_interrupted(record: Callable) -> Iterator[None]:
+    """Around an estimator's fit: when Ctrl-C stops it (:class:`jaxem.FitInterrupted`), set the
+    fitted attributes from the parameters reached so far with ``record(result)`` (so
+    ``converged_`` is False and the estimator predicts with them), then let the interrupt go on."""
+    try:
+        yield
+    except FitInterrupted as stop:
+        record(stop.result)
+        raise
 
 
 def _merge(inherited: dict, own: dict, owner: str) -> dict:

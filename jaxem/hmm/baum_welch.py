@@ -30,9 +30,10 @@ from .passes import SequenceLayout, hmm_pass, posteriors, uniform_start
 Array = jax.Array
 
 
-def _program(keys, init_params, X, mask, rows, tol, *, hmm, layout, method, max_iter,
-             use_gradient, optimizer, m_step_iters, rule, report, in_sequence=False):
-    if init_params is None:
+def _program(keys, init_params, X, mask, rows, tol, state, stop_at, *, hmm, layout, method,
+             max_iter, use_gradient, optimizer, m_step_iters, rule, report, in_sequence=False):
+    # Segmented as the mixture's program is (jaxem.core.programs.run_segmented).
+    if init_params is None and state is None:
         init_params = uniform_start(hmm, jax.vmap(hmm.init, in_axes=(0, None))(keys, rows),
                                     X.dtype)
     Xb = layout.observation_blocks(X)
@@ -40,12 +41,12 @@ def _program(keys, init_params, X, mask, rows, tol, *, hmm, layout, method, max_
                        optimizer=optimizer, m_step_iters=m_step_iters, Xb=Xb)
     return run_in_memory(em_pass, init_params, (Xb, mask),
                          loop.Settings(tol, max_iter, rule.may_stop), rule, X.dtype,
-                         in_sequence=in_sequence, report=report)
+                         in_sequence=in_sequence, report=report, state=state, stop_at=stop_at)
 
 
 _STATIC = ("hmm", "layout", "method", "max_iter", "use_gradient", "optimizer", "m_step_iters",
            "rule", "report", "in_sequence")
-_program_jit = precision.jit(_program, static_argnames=_STATIC)
+_program_jit = precision.jit(_program, static_argnames=_STATIC, donate_argnames=("state",))
 
 
 def _as_float(seqs: Sequences):
@@ -111,7 +112,7 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
                   use_gradient=setup.use_gradient, m_step_iters=setup.m_step_iters,
                   rule=setup.rule, in_sequence=in_sequence, optimizer=setup.optimizer)
     try:
-        out, compile_s, run_s = programs.run_compiled(
+        out, compile_s, run_s = programs.run_segmented(
             _program_jit, (setup.keys, setup.init_params, Xp, maskp, rows,
                            setup.loop_settings(Xp.dtype).tol), static, setup.progress)
     except (TypeError, ValueError, IndexError) as err:
@@ -123,6 +124,8 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
                              err, hint="; padded sequences [B, T, ...] need mask=[B, T]"
                              if padded else "")
         raise
+    except loop.Interrupted as stop:
+        raise driver.interrupted(stop, setup) from None
     return driver.finish(out, setup, compile_time=compile_s, fit_time=run_s)
 
 

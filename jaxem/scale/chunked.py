@@ -142,8 +142,11 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
 
         m_step = functools.partial(_maximize, em_pass=em_pass)
     start = time.perf_counter()
-    out = loop.run_host_loop(e_pass, m_step, params, setup.loop_settings(dtype),
-                             on_iteration=setup.progress)
+    try:
+        out = loop.run_host_loop(e_pass, m_step, params, setup.loop_settings(dtype),
+                                 on_iteration=setup.progress)
+    except loop.Interrupted as stop:
+        raise driver.interrupted(stop, setup) from None
     return driver.finish(out, setup, fit_time=time.perf_counter() - start)
 
 
