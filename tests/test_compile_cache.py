@@ -66,7 +66,8 @@ def warm(tmp_path_factory):
 
 def test_new_process_is_served_bit_identical(warm):
     cache, first = warm
-    assert not first["served"] and len(_entries(cache)) == 1
+    # A fit is two programs: its start (the initialisation) and its loop's segments.
+    assert not first["served"] and len(_entries(cache)) == 2
     second = _run(cache)
     assert second["served"]
     assert second["history"] == first["history"] and second["means"] == first["means"]
@@ -76,15 +77,23 @@ def test_corrupt_or_foreign_entry_is_a_miss(warm, tmp_path):
     cache, first = warm
     copy = tmp_path / "cache"
     (copy / "programs").mkdir(parents=True)
-    entry = _entries(cache)[0]
-    blob = bytearray(entry.read_bytes())
-    blob[-100] ^= 0xFF                              # a flipped byte in the executable
-    (copy / "programs" / entry.name).write_bytes(bytes(blob))
+    entries = _entries(cache)
+
+    def write_all(damage):
+        for entry in entries:
+            (copy / "programs" / entry.name).write_bytes(damage(entry.read_bytes()))
+
+    def flip(blob):
+        blob = bytearray(blob)
+        blob[-100] ^= 0xFF                          # a flipped byte in the executable
+        return bytes(blob)
+
+    write_all(flip)
     out = _run(copy)
     assert not out["served"] and out["history"] == first["history"]
-    (copy / "programs" / entry.name).write_bytes(b"not a program")
+    write_all(lambda blob: b"not a program")
     assert not _run(copy)["served"]
-    (copy / "programs" / entry.name).write_bytes(entry.read_bytes()[:1000])   # truncated
+    write_all(lambda blob: blob[:1000])             # truncated
     assert not _run(copy)["served"]
 
 
@@ -102,7 +111,9 @@ def _program_args(n: int = 200):
     model = jem.gaussian_mixture(2, "diag")
     X = jax.numpy.asarray(np.random.default_rng(0).normal(size=(n, 2)).astype(np.float32))
     keys = jax.random.split(jax.random.key(0), 2)
-    dynamic = (keys, None, X, jax.numpy.ones((n,), X.dtype), None, jax.numpy.asarray(0.0, X.dtype))
+    # The program's start (no loop state yet; see jaxem.core.programs.run_segmented).
+    dynamic = (keys, None, X, jax.numpy.ones((n,), X.dtype), None, jax.numpy.asarray(0.0, X.dtype),
+               None, jax.numpy.zeros((), jax.numpy.int32))
     static = dict(model=model, n_blocks=1, rows_per_block=n, max_iter=3, use_gradient=False, optimizer=None,
                   m_step_iters=20, rule=jem.estep.resolve_e_step("soft"), report=False)
     return static, dynamic

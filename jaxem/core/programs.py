@@ -114,8 +114,8 @@ def _interrupt_flag() -> Iterator[Callable[[], bool]]:
 
 
 def run_segmented(program, dynamic: tuple, static: dict, progress=None,
-                  disk_name: str | None = None, on_segment: Callable | None = None,
-                  restore: Callable | None = None) -> tuple:
+                  disk_name: str | None = None, saver=None, restore: Callable | None = None
+                  ) -> tuple:
     """Run a segmented fit program: the compiled EM loop in segments of about
     :data:`SEGMENT_SECONDS`, so Ctrl-C stops it between two segments with what it had.
 
@@ -129,8 +129,9 @@ def run_segmented(program, dynamic: tuple, static: dict, progress=None,
 
     Args:
         program, dynamic, static, progress, disk_name: as in :func:`run_compiled`.
-        on_segment: optional ``on_segment(state)`` called after every segment that did not end
-            the loop (checkpoints).
+        saver: optional :class:`jaxem.core.checkpoint.Saver`, called with the state after
+            every segment (segments also pause at its iterations), and made to save when the
+            loop ends or is interrupted.
         restore: optional ``restore(start_state) -> state``: the state to continue from (a
             resumed fit), given the program's starting state (its shapes and placement).
 
@@ -158,6 +159,8 @@ def run_segmented(program, dynamic: tuple, static: dict, progress=None,
             max_iter = state["history"].shape[1]
             trips = int(state["trips"])
             stop = trips + FIRST_SEGMENT_TRIPS
+            if saver is not None and saver.next_stop(trips) is not None:
+                stop = min(stop, saver.next_stop(trips))
             while True:
                 began = time.perf_counter()
                 state = segment(*dynamic, state, jnp.asarray(min(stop, max_iter + 1), jnp.int32))
@@ -166,12 +169,18 @@ def run_segmented(program, dynamic: tuple, static: dict, progress=None,
                 run_seconds += elapsed
                 if not (running.any() and done <= max_iter):
                     break
-                if on_segment is not None:
-                    on_segment(state)
                 if interrupted():
+                    if saver is not None:
+                        saver.save(state)
                     raise loop.Interrupted(loop.output(state))
+                if saver is not None:
+                    saver(state)
                 per_trip = elapsed / max(done - trips, 1)
                 trips, stop = done, done + max(1, int(SEGMENT_SECONDS / per_trip))
+                if saver is not None and saver.next_stop(done) is not None:
+                    stop = min(stop, saver.next_stop(done))
     finally:
         loop.set_progress_sink(None)
+    if saver is not None:
+        saver.save(state)
     return loop.output(state), compile_seconds, run_seconds
