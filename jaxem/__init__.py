@@ -10,6 +10,7 @@ from .app.io import load, save
 from .app.selection import ComponentSelection, select_components
 from .core import compile_cache as _compile_cache
 from .core import constraints
+from .core.checkpoint import Checkpoint
 from .core.compile_cache import disable_compilation_cache, enable_compilation_cache
 from .core.estep import Annealing
 from .core.inference import e_step, elbo, expected_log_joint, log_likelihood
@@ -63,7 +64,7 @@ def __getattr__(name):
 
 __all__ = [
     "Annealing", "bernoulli_mixture", "BernoulliMixture", "categorical_mixture", "CategoricalHMM",
-    "CategoricalMixture", "ComponentSelection", "constraints", "ConvergenceWarning",
+    "CategoricalMixture", "Checkpoint", "ComponentSelection", "constraints", "ConvergenceWarning",
     "disable_compilation_cache", "e_step", "elbo", "enable_compilation_cache", "expected_log_joint",
     "exponential_mixture", "ExponentialMixture", "fit", "fit_chunked", "fit_online", "FitError",
     "FitInterrupted", "FitResult", "gamma_mixture", "GammaMixture", "gaussian_mixture", "GaussianHMM",

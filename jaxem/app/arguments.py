@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", "-o", metavar="FILE", help="save the fitted model to FILE (.npz)")
     fit.add_argument("--plot", metavar="FILE", help="draw the learning curve and the clusters "
                      "(or decoded states) to FILE (needs matplotlib)")
+    fit.add_argument("--checkpoint", metavar="FILE", help="save the fit's state to FILE every "
+                     "minute, at the end and on Ctrl-C, so a killed fit can be resumed")
+    fit.add_argument("--resume", action="store_true", help="continue from --checkpoint FILE when "
+                     "it exists (same data and options), to the result of an uninterrupted fit")
 
     predict = commands.add_parser(
         "predict", help="label the rows of a data file with a saved model",

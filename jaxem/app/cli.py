@@ -53,6 +53,10 @@ def _make_estimator(cls, args: argparse.Namespace, k: int):
     if args.max_iter is not None:
         wanted["n_iter" if "n_iter" in params and "max_iter" not in params else "max_iter"] = \
             args.max_iter
+    if getattr(args, "resume", False) and not args.checkpoint:
+        raise UsageError("--resume needs --checkpoint FILE (the file to resume from)")
+    if getattr(args, "checkpoint", None):
+        wanted.update(checkpoint=args.checkpoint, resume=args.resume)
     verbose = 0 if args.quiet else 1  # a bar only on a terminal, for fits longer than a second
     if "verbose" in params:
         wanted["verbose"] = verbose

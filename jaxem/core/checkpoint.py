@@ -101,6 +101,8 @@ def _update(digest, part) -> None:
         if isinstance(part, jax.Array) and jax.dtypes.issubdtype(part.dtype, jax.dtypes.prng_key):
             part = jax.random.key_data(part)
         arr = np.ascontiguousarray(np.asarray(part))
+        if arr.dtype.hasobject:
+            raise TypeError(f"cannot fingerprint a {type(part).__name__}")
         digest.update(f"a{arr.dtype.str}{arr.shape}:".encode())
         digest.update(arr.tobytes())
 

@@ -15,9 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import checkpoint as checkpoints
 from . import loop
 from .ascent import DEFAULT_M_STEP_ITERS, DEFAULT_OPTIMIZER
+from .checkpoint import Checkpoint, as_checkpoint
 from .estep import EStepRule, resolve_e_step
+from .model import factory_cache_key, stable_repr
 from .result import FitInterrupted, FitResult, result_from_loop
 from .validation import check_data, check_positive_int, check_tolerance, tolerance_value
 
@@ -39,6 +42,8 @@ class FitSetup(NamedTuple):
         block_size: rows per block, ``None`` to let the runner choose.
         init_params: starting parameters broadcast to ``[R]``, or ``None`` (the model's ``init``).
         progress: the progress callback, or ``None``.
+        checkpoint: where to save the loop state (:class:`jaxem.core.checkpoint.Checkpoint`),
+            or ``None``; resume: continue from it.
     """
 
     keys: Any
@@ -51,10 +56,29 @@ class FitSetup(NamedTuple):
     block_size: int | None
     init_params: Any
     progress: Callable | None
+    checkpoint: Checkpoint | None = None
+    resume: bool = False
 
     @property
     def n_restarts(self) -> int:
         return int(self.keys.shape[0])
+
+    def checkpointing(self, model, data: tuple, layout: tuple = ()) -> tuple:
+        """``(saver, restore)`` for a fit with ``checkpoint=``, else ``(None, None)``: the
+        :class:`jaxem.core.checkpoint.Saver` and the restore function, under fingerprints of
+        the model (its factory call, else its name), ``data`` (arrays, hashed) and the settings
+        (these, plus the runner's ``layout``), so a resume with other data is refused."""
+        if self.checkpoint is None:
+            return None, None
+        name = factory_cache_key(model) or getattr(model, "cache_key", None) or model.name
+        settings = (self.max_iter, self.tol, stable_repr(self.rule) or repr(self.rule.hard),
+                    self.use_gradient, self.m_step_iters, type(self.optimizer).__name__,
+                    self.keys, None if self.init_params is None else jax.tree.leaves(self.init_params),
+                    layout)
+        prints = {"model": checkpoints.fingerprint(name), "data": checkpoints.fingerprint(*data),
+                  "settings": checkpoints.fingerprint(*settings)}
+        return (checkpoints.Saver(self.checkpoint, prints),
+                checkpoints.restorer(self.checkpoint, self.resume, prints))
 
     def loop_settings(self, dtype) -> loop.Settings:
         """The loop's settings, the tolerance as a ``dtype`` scalar (traced, not static)."""
@@ -80,14 +104,15 @@ def setup_fit(target, *, key=None, n_restarts: int | None = None, max_iter: int 
               tol: float | None = 1e-6, e_step="soft", m_step: str = "auto", optimizer=None,
               m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
               progress: Callable | None = None, init_params: Any = None, dtype=None,
-              default_optimizer=DEFAULT_OPTIMIZER) -> FitSetup:
+              default_optimizer=DEFAULT_OPTIMIZER, checkpoint=None, resume: bool = False
+              ) -> FitSetup:
     """Check a fit's common arguments, before any compute.
 
     Args:
         target: the model (a :class:`jaxem.Model` or :class:`jaxem.hmm.HMM`): its
             ``has_closed_form`` and ``name`` are read.
         key, n_restarts, max_iter, tol, e_step, m_step, optimizer, m_step_iters, block_size,
-            progress, init_params: as in :func:`jaxem.fit`.
+            progress, init_params, checkpoint, resume: as in :func:`jaxem.fit`.
         dtype: cast ``init_params`` to this float type (``None``: keep theirs).
         default_optimizer: the optimiser when ``optimizer`` is ``None`` and the M-step is by
             gradient (one object, so repeated fits hit the compilation cache).
@@ -108,6 +133,7 @@ def setup_fit(target, *, key=None, n_restarts: int | None = None, max_iter: int 
     if m_step == "closed_form" and not target.has_closed_form:
         raise ValueError(f"model {target.name!r} has no closed-form M-step; use m_step='gradient'")
     use_gradient = m_step == "gradient" or not target.has_closed_form
+    checkpoint = as_checkpoint(checkpoint, resume)
     if progress is not None and not callable(progress):
         raise ValueError(f"progress must be callable or None, got {type(progress).__name__}")
     if key is None and init_params is not None:
@@ -118,7 +144,8 @@ def setup_fit(target, *, key=None, n_restarts: int | None = None, max_iter: int 
             lambda p: jnp.broadcast_to(jnp.asarray(p, dtype), (keys.shape[0],) + jnp.shape(p)),
             init_params)
     return FitSetup(keys, rule, use_gradient, (optimizer or default_optimizer) if use_gradient
-                    else None, m_step_iters, max_iter, tol, block_size, init_params, progress)
+                    else None, m_step_iters, max_iter, tol, block_size, init_params, progress,
+                    checkpoint, resume)
 
 
 def finish(out: loop.LoopOutput, setup: FitSetup, *, compile_time: float = 0.0,

@@ -222,16 +222,21 @@ def run_compiled_loop(e_pass: Callable, m_step: Callable, params, settings: Sett
 
 
 def run_host_loop(e_pass: Callable, m_step: Callable, params, settings: Settings,
-                  on_iteration: Callable | None = None) -> LoopOutput:
+                  on_iteration: Callable | None = None, *, saver=None,
+                  restore: Callable | None = None) -> LoopOutput:
     """The EM loop as a Python loop, for passes that read their data from the host.
 
     ``e_pass`` and ``m_step`` take and return the whole ``[R]`` batch; ``on_iteration``, if any,
     is called like a progress callback once per iteration. The bookkeeping is :func:`advance`,
-    as in the compiled loop.
+    as in the compiled loop. ``saver`` (a :class:`jaxem.core.checkpoint.Saver`) is called with
+    the state after every iteration and saves at the end and on Ctrl-C; ``restore(state)``
+    replaces the state after the initial E-step (a resumed fit).
     """
     objective, aux = e_pass(params, 0)
     state = initial_state(params, jax.eval_shape(lambda: (objective, aux)), settings.max_iter)
     state = advance(state, params, params, jnp.asarray(objective), aux, settings)
+    if restore is not None:
+        state = restore(state)
     try:
         while bool(keep_going(state, settings.max_iter)):
             stepped = m_step(state["params"], state["aux"])
@@ -241,7 +246,13 @@ def run_host_loop(e_pass: Callable, m_step: Callable, params, settings: Settings
             if on_iteration is not None:
                 on_iteration(int(state["trips"]) - 1, np.asarray(state["objective"]),
                              np.asarray(state["converged"]), np.asarray(state["running"]))
+            if saver is not None:
+                saver(state)
     except KeyboardInterrupt:
         # ``state`` is the last completed iteration's (an assignment is never half done).
+        if saver is not None:
+            saver.save(state)
         raise Interrupted(output(jax.tree.map(np.asarray, state))) from None
+    if saver is not None:
+        saver.save(state)
     return output(jax.tree.map(np.asarray, state))

@@ -132,7 +132,8 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         e_step: str | Annealing = "soft", m_step: str = "auto",
         optimizer: optax.GradientTransformation | None = None,
         m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
-        progress: Callable | None = None, devices=None) -> FitResult:
+        progress: Callable | None = None, devices=None, checkpoint=None,
+        resume: bool = False) -> FitResult:
     """Fit ``model`` to ``X`` by EM from several random starts at once.
 
     Args:
@@ -181,6 +182,12 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
             Each device holds only its share of the rows during the fit; the initialiser first
             sees all rows on one device (pass ``init_params`` to skip it). For data larger than
             the devices' memory use :func:`jaxem.fit_chunked`, which accepts ``devices`` too.
+        checkpoint: optional file name (or :class:`jaxem.Checkpoint`, which sets how often) where
+            the loop state is saved while the fit runs (every 60 s by default), when it ends and
+            when Ctrl-C stops it; see :mod:`jaxem.core.checkpoint`.
+        resume: continue from ``checkpoint`` when the file exists (a killed fit then ends with
+            the result it would have had); it must come from a fit with the same model, data and
+            settings, else ValueError. Without the file the fit starts afresh.
 
     Returns:
         A :class:`FitResult`.
@@ -188,12 +195,15 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
     Raises:
         ValueError: bad input or arguments, before any compute.
         FitError: every restart's log-likelihood became NaN or infinite.
+        FitInterrupted: Ctrl-C stopped the fit (within about a second); it carries the
+            :class:`FitResult` of the iterations done (``interrupted`` True).
     """
     setup = driver.setup_fit(model, key=key, n_restarts=n_restarts, max_iter=max_iter, tol=tol,
                              e_step=e_step, m_step=m_step, optimizer=optimizer,
                              m_step_iters=m_step_iters, block_size=block_size, progress=progress,
-                             init_params=init_params)
-    X = to_device(driver.as_data(X, model))
+                             init_params=init_params, checkpoint=checkpoint, resume=resume)
+    host_X = driver.as_data(X, model)
+    X = to_device(host_X)
     host_weights = check_sample_weight(sample_weight, X.shape[0])
     weights = (jnp.ones((X.shape[0],), X.dtype) if host_weights is None
                else jnp.asarray(host_weights, X.dtype))
@@ -228,10 +238,12 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         rows_X, weights, labels = sharding.split_rows(padded, mesh)
         keys = sharding.replicate(keys, mesh)
     tol_value = setup.loop_settings(X.dtype).tol
+    saver, restore = setup.checkpointing(model, (host_X, host_weights, labels),
+                                         (n_blocks, rows_per_block))
     try:
         out, compile_time, fit_time = programs.run_segmented(
             program, (keys, init_params, rows_X, weights, labels, tol_value), static,
-            setup.progress, disk_name=PROGRAM_NAME)
+            setup.progress, disk_name=PROGRAM_NAME, saver=saver, restore=restore)
     except loop.Interrupted as stop:
         raise driver.interrupted(stop, setup) from None
     except (TypeError, ValueError, IndexError) as err:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.checkpoint import as_checkpoint
 from ..core.validation import check_nonnegative_float
 
 M_STEPS = ("auto", "closed_form", "gradient")
@@ -27,6 +28,15 @@ def one_of(options: tuple, described: str | None = None):
 
 
 check_m_step = one_of(M_STEPS, "'auto', 'closed_form' or 'gradient'")
+
+
+def check_checkpoint(value, name: str) -> None:
+    """``None``, a file name or a :class:`jaxem.Checkpoint` (see :mod:`jaxem.core.checkpoint`)."""
+    if value is not None:
+        try:
+            as_checkpoint(value, False)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{name}: {err}") from None
 
 
 def check_concentration(value, name: str) -> None:

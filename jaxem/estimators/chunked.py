@@ -67,7 +67,8 @@ def fit_mixture(estimator, source, *, chunk_size: int | None = None, y=None, sam
             est._model(), map_source(source, to_model_coordinates), chunk_size=chunk_size,
             key=_as_key(est.random_state), n_restarts=est._restarts(init_params),
             max_iter=est.max_iter, tol=est.tol, sample_weight=sample_weight, labels=y,
-            init_params=init_params, init_size=init_size, e_step=est.e_step, devices=devices)
+            init_params=init_params, init_size=init_size, e_step=est.e_step, devices=devices,
+            checkpoint=est.checkpoint, resume=est.resume)
     return est._record_fit(result, total_weight)
 
 
@@ -102,5 +103,6 @@ def fit_hmm(estimator, source, lengths=None, *, chunk_size: int | None = None,
         result = fit_chunked(est._hmm(), source, lengths=lengths, chunk_size=chunk_size, key=key,
                              n_restarts=est._restarts(start), max_iter=est.n_iter, tol=est.tol,
                              init_params=start, method=est.method, e_step=est.e_step,
-                             init_size=init_size, devices=devices)
+                             init_size=init_size, devices=devices,
+                             checkpoint=est.checkpoint, resume=est.resume)
     return est._record_fit(result)

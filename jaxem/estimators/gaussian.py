@@ -38,6 +38,9 @@ class GaussianMixture(MixtureEstimator):
         e_step: ``"soft"`` (EM), ``"hard"`` (classification EM) or ``"anneal"`` / a
             :class:`jaxem.Annealing` schedule (deterministic annealing); see :func:`jaxem.fit`.
         verbose: ``0`` no progress bar, ``1`` one on a terminal for long fits, ``2`` always.
+        checkpoint: ``None``, a file name or a :class:`jaxem.Checkpoint`: the fit saves its loop
+            state there (every 60 s by default, at the end, on Ctrl-C); resume: continue from
+            it (same data and hyperparameters, else ValueError); see :func:`jaxem.fit`.
         weight_concentration: ``α >= 1`` of a symmetric Dirichlet prior on the weights (MAP-EM;
             1 is flat, larger keeps every weight away from 0).
         mean_precision_prior, mean_prior, covariance_prior, degrees_of_freedom_prior: a

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..core.result import FitInterrupted
 from ..core.validation import check_positive_int, check_tolerance
-from .checks import check_m_step
+from .checks import check_checkpoint, check_m_step, one_of
 
 
 def _as_key(random_state):
@@ -143,9 +143,10 @@ class EMEstimator(Hyperparameters):
 
     _parameters = {"n_components": 1, "tol": 1e-6, "n_restarts": 1, "init_params": None,
                    "random_state": None, "m_step": "auto", "optimizer": None, "e_step": "soft",
-                   "verbose": 0}
+                   "verbose": 0, "checkpoint": None, "resume": False}
     _constraints = {"n_components": check_positive_int, "n_restarts": check_positive_int,
-                    "tol": check_tolerance, "m_step": check_m_step}
+                    "tol": check_tolerance, "m_step": check_m_step,
+                    "checkpoint": check_checkpoint, "resume": one_of((False, True))}
 
     def save(self, path) -> str:
         """Write hyperparameters and fitted attributes to ``path`` (``.npz``); see :func:`jaxem.load`.

@@ -59,7 +59,8 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
         max_iter: int = 100, tol: float = 1e-6, init_params: Any = None, m_step: str = "auto",
         method: str = "auto", optimizer: optax.GradientTransformation | None = None,
         m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
-        e_step: str | Annealing = "soft", progress=None) -> FitResult:
+        e_step: str | Annealing = "soft", progress=None, checkpoint=None,
+        resume: bool = False) -> FitResult:
     """Fit ``hmm`` by Baum-Welch (EM) from several starts at once.
 
     Args:
@@ -87,6 +88,8 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
             ``T`` cooled to 1; the history stays the log-likelihood).
         progress: optional ``progress(iteration, log_likelihood [R], converged [R], running [R])``
             called once per iteration, as in :func:`jaxem.fit`.
+        checkpoint, resume: save the loop state to a file and continue from it, as in
+            :func:`jaxem.fit`.
 
     Returns:
         :class:`jaxem.FitResult`; ``history`` and ``log_likelihood`` are the total log-likelihood
@@ -99,7 +102,8 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
     setup = driver.setup_fit(hmm, key=key, n_restarts=n_restarts, max_iter=max_iter, tol=tol,
                              e_step=e_step, m_step=m_step, optimizer=optimizer,
                              m_step_iters=m_step_iters, block_size=block_size, progress=progress,
-                             init_params=init_params, dtype=default_float_dtype())
+                             init_params=init_params, dtype=default_float_dtype(),
+                             checkpoint=checkpoint, resume=resume)
     seqs = as_sequences(X, lengths, mask)
     method = inference.choose_method(method, seqs.X.shape[1])
     if seqs.rows.shape[0] < hmm.n_states:
@@ -111,10 +115,13 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
     static = dict(hmm=hmm, layout=layout, method=method, max_iter=setup.max_iter,
                   use_gradient=setup.use_gradient, m_step_iters=setup.m_step_iters,
                   rule=setup.rule, in_sequence=in_sequence, optimizer=setup.optimizer)
+    saver, restore = setup.checkpointing(hmm, (seqs.X, seqs.mask),
+                                         (layout.n_blocks, layout.rows_per_block, method))
     try:
         out, compile_s, run_s = programs.run_segmented(
             _program_jit, (setup.keys, setup.init_params, Xp, maskp, rows,
-                           setup.loop_settings(Xp.dtype).tol), static, setup.progress)
+                           setup.loop_settings(Xp.dtype).tol), static, setup.progress,
+            saver=saver, restore=restore)
     except (TypeError, ValueError, IndexError) as err:
         # Say so when the emission cannot even score these observations (say a padded [B, T, D]
         # array given without its mask, read as one sequence of [T, D] observations).

@@ -65,7 +65,8 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
                 init_size: int = DEFAULT_INIT_ROWS, e_step="soft", m_step: str = "auto",
                 optimizer=None, m_step_iters: int = 10, method: str = "auto",
                 block_size: int | None = None, devices=None,
-                progress: Callable | None = None) -> FitResult:
+                progress: Callable | None = None, checkpoint=None,
+                resume: bool = False) -> FitResult:
     """Fit ``model`` by exact EM reading ``source`` in chunks (data larger than memory).
 
     Args:
@@ -91,6 +92,9 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
             or 4096 / R for R restarts vmapped on an accelerator).
         devices: ``None``, ``"all"``, a list of devices or a mesh: every chunk is split over the
             devices and their statistics summed (see :mod:`jaxem.core.sharding`).
+        checkpoint, resume: save the loop state after iterations and continue from it, as in
+            :func:`jaxem.fit`; a resume first repeats the initial pass over the data. The data
+            are fingerprinted by their row count and the initial parameters drawn from them.
 
     Returns:
         A :class:`jaxem.FitResult` (``compile_time`` is 0: chunk programs compile on first use and
@@ -109,7 +113,8 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
                              e_step=e_step, m_step=m_step, optimizer=optimizer,
                              m_step_iters=m_step_iters, block_size=block_size, progress=progress,
                              init_params=init_params, dtype=dtype,
-                             default_optimizer=chunked_gradient.DEFAULT_OPTIMIZER)
+                             default_optimizer=chunked_gradient.DEFAULT_OPTIMIZER,
+                             checkpoint=checkpoint, resume=resume)
     if setup.use_gradient:
         chunked_gradient.check_optimizer(setup.optimizer)
     mesh = sharding.data_mesh(devices)
@@ -142,9 +147,14 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
 
         m_step = functools.partial(_maximize, em_pass=em_pass)
     start = time.perf_counter()
+    # Reading every row to fingerprint the data would cost a pass: its row count and the
+    # initial parameters (drawn from a sample of it) stand for it.
+    saver, restore = setup.checkpointing(
+        model, (source.n_rows, jax.tree.leaves(params), sample_weight, labels),
+        (chunk_size, plan.block_size, method, None if lengths is None else np.asarray(lengths)))
     try:
         out = loop.run_host_loop(e_pass, m_step, params, setup.loop_settings(dtype),
-                                 on_iteration=setup.progress)
+                                 on_iteration=setup.progress, saver=saver, restore=restore)
     except loop.Interrupted as stop:
         raise driver.interrupted(stop, setup) from None
     return driver.finish(out, setup, fit_time=time.perf_counter() - start)
