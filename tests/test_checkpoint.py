@@ -194,5 +194,5 @@ def test_command_line_checkpoint_and_resume(tmp_path, capsys):
                 if line.strip().startswith(("log-likelihood", "BIC", "converged", "0 ", "1 "))]
 
     assert fitted(capsys.readouterr().out) == fitted(first) and len(fitted(first)) == 5
-    assert main(["fit", str(data), "--resume"]) == 2
+    assert main(["fit", str(data), "-k", "2", "--resume"]) == 2
     assert "--resume needs --checkpoint" in capsys.readouterr().err
