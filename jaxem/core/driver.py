@@ -63,20 +63,28 @@ class FitSetup(NamedTuple):
     def n_restarts(self) -> int:
         return int(self.keys.shape[0])
 
-    def checkpointing(self, model, data: tuple, layout: tuple = ()) -> tuple:
-        """``(saver, restore)`` for a fit with ``checkpoint=``, else ``(None, None)``: the
-        :class:`jaxem.core.checkpoint.Saver` and the restore function, under fingerprints of
-        the model (its factory call, else its name), ``data`` (arrays, hashed) and the settings
-        (these, plus the runner's ``layout``), so a resume with other data is refused."""
-        if self.checkpoint is None:
-            return None, None
+    def fingerprints(self, model, data: tuple | None = None, layout: tuple = ()) -> dict:
+        """SHA-256 fingerprints of the ``model`` (its factory call, else its name), the settings
+        (these, with the runner's ``layout``) and, when given, the ``data`` (arrays, hashed):
+        what a resumed fit, or every process of one fit, must share."""
         name = factory_cache_key(model) or getattr(model, "cache_key", None) or model.name
         settings = (self.max_iter, self.tol, stable_repr(self.rule) or repr(self.rule.hard),
                     self.use_gradient, self.m_step_iters, type(self.optimizer).__name__,
-                    self.keys, None if self.init_params is None else jax.tree.leaves(self.init_params),
-                    layout)
-        prints = {"model": checkpoints.fingerprint(name), "data": checkpoints.fingerprint(*data),
+                    self.block_size, self.keys,
+                    None if self.init_params is None else jax.tree.leaves(self.init_params), layout)
+        prints = {"model": checkpoints.fingerprint(name),
                   "settings": checkpoints.fingerprint(*settings)}
+        if data is not None:
+            prints["data"] = checkpoints.fingerprint(*data)
+        return prints
+
+    def checkpointing(self, model, data: tuple, layout: tuple = ()) -> tuple:
+        """``(saver, restore)`` for a fit with ``checkpoint=``, else ``(None, None)``: the
+        :class:`jaxem.core.checkpoint.Saver` and the restore function, under
+        :meth:`fingerprints`, so a resume with another model, data or settings is refused."""
+        if self.checkpoint is None:
+            return None, None
+        prints = self.fingerprints(model, data, layout)
         return (checkpoints.Saver(self.checkpoint, prints),
                 checkpoints.restorer(self.checkpoint, self.resume, prints))
 

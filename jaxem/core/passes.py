@@ -310,15 +310,24 @@ def row_chunk_parts(model: Model, source, *, lengths, chunk_size, block_size, me
         raise ValueError("lengths are for HMMs; a mixture's rows are independent")
     weights, labels = _check_row_arrays(source, sample_weight, labels, model.n_components)
     chunk_size = chunk_size or default_chunk_rows
-    n_blocks, rows_per_block = plan_blocks(chunk_size, block_size, sharding.n_shards(mesh))
+    n_blocks, rows_per_block = plan_blocks(chunk_size, block_size, sharding.local_shards(mesh))
+    # Several processes, each reading its own rows, run one compiled call per chunk together:
+    # one with fewer chunks adds chunks of weight 0.
+    n_chunks = None if source.n_rows is None else -(-source.n_rows // chunk_size)
+    all_chunks = sharding.max_over_processes(n_chunks or 0, mesh)
 
     def read():
+        host, done = None, 0
         for start, chunk in source.chunks(chunk_size, allow_nan=model.handles_missing,
                                           dtype=dtype):
             stop = start + chunk.shape[0]
             host = host_row_blocks(chunk, None if weights is None else weights[start:stop],
                                    None if labels is None else labels[start:stop], n_blocks, rows_per_block)
+            done += 1
             yield Rows(*(None if a is None else sharding.put_blocks(a, mesh) for a in host))
+        for _ in range(all_chunks - done):
+            empty = host._replace(weights=np.zeros_like(host.weights))
+            yield Rows(*(None if a is None else sharding.put_blocks(a, mesh) for a in empty))
 
     def initialise(keys, rng, init_size):
         index, sample = source.sample(init_size, rng, dtype, model.handles_missing)

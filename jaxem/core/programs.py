@@ -142,7 +142,8 @@ def run_segmented(program, dynamic: tuple, static: dict, progress=None,
         jaxem.core.loop.Interrupted: Ctrl-C arrived; it carries the last segment's output.
     """
     static = dict(static, report=progress is not None)
-    stop_at = jnp.zeros((), jnp.int32)
+    # A NumPy scalar: with several processes it is the same value in each, not one device's.
+    stop_at = np.int32(0)
     compile_seconds = run_seconds = 0.0
     loop.set_progress_sink(progress)
     try:
@@ -163,7 +164,7 @@ def run_segmented(program, dynamic: tuple, static: dict, progress=None,
                 stop = min(stop, saver.next_stop(trips))
             while True:
                 began = time.perf_counter()
-                state = segment(*dynamic, state, jnp.asarray(min(stop, max_iter + 1), jnp.int32))
+                state = segment(*dynamic, state, np.int32(min(stop, max_iter + 1)))
                 done, running = int(state["trips"]), np.asarray(state["running"])
                 elapsed = time.perf_counter() - began
                 run_seconds += elapsed

@@ -217,18 +217,21 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
                                           driver.n_components(model, keys[0], X)))
     mesh = sharding.data_mesh(devices)
     plan = blocks.plan_restarts(keys.shape[0], sharding.platform(X, mesh), setup.block_size)
-    n_blocks, rows_per_block = blocks.plan_blocks(X.shape[0], plan.block_size, sharding.n_shards(mesh))
-    static = dict(model=model, n_blocks=n_blocks, rows_per_block=rows_per_block, max_iter=setup.max_iter,
-                  use_gradient=setup.use_gradient, optimizer=setup.optimizer,
-                  m_step_iters=setup.m_step_iters, rule=setup.rule, in_sequence=plan.in_sequence)
+    n_blocks, rows_per_block = blocks.plan_blocks(X.shape[0], plan.block_size,
+                                                  sharding.local_shards(mesh))
     rows_X, init_compile, init_run = X, 0.0, 0.0
     if mesh is not None:
-        static["mesh"] = mesh
         if init_params is None:
             init_params, init_compile, init_run = programs.run_compiled(
                 _initialise_program, (keys, X, weights, labels),
                 dict(model=model, n_blocks=n_blocks, rows_per_block=rows_per_block,
                      use_gradient=setup.use_gradient))
+        # Several processes: each holds its own rows, padded to the largest share; all start
+        # from process 0's parameters.
+        init_params, largest, _ = sharding.pool_processes(mesh, setup.fingerprints(model),
+                                                          init_params, X.shape[0])
+        n_blocks, rows_per_block = blocks.plan_blocks(largest, plan.block_size,
+                                                      sharding.local_shards(mesh))
         init_params = sharding.replicate(init_params, mesh)
         # Padded on the host to the blocks' length (weight 0, label unknown), then split.
         n_padded = n_blocks * rows_per_block
@@ -237,7 +240,14 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
                   None if labels is None else blocks.pad_rows(np.asarray(labels), n_padded, -1))
         rows_X, weights, labels = sharding.split_rows(padded, mesh)
         keys = sharding.replicate(keys, mesh)
+        n_blocks *= jax.process_count()
+    static = dict(model=model, n_blocks=n_blocks, rows_per_block=rows_per_block, max_iter=setup.max_iter,
+                  use_gradient=setup.use_gradient, optimizer=setup.optimizer,
+                  m_step_iters=setup.m_step_iters, rule=setup.rule, in_sequence=plan.in_sequence,
+                  **({} if mesh is None else {"mesh": mesh}))
     tol_value = setup.loop_settings(X.dtype).tol
+    if mesh is not None:
+        tol_value = sharding.replicate(tol_value, mesh)
     saver, restore = setup.checkpointing(model, (host_X, host_weights, labels),
                                          (n_blocks, rows_per_block))
     try:

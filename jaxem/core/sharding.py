@@ -6,19 +6,24 @@ its own blocks (``jax.shard_map``), and adds the parts with one ``psum``. The M-
 the summed statistics, identically on every device. The result equals the single-device fit up to
 the order of float additions.
 
-Several hosts: start every process with ``jax.distributed.initialize()`` (coordinator address,
-number of processes and process id from arguments or the cluster's environment, e.g. SLURM), then
-make the same call in every process; ``jax.devices()`` then lists the devices of all hosts and
-``devices="all"`` shards over all of them::
+Several processes (hosts): start every process with ``jax.distributed.initialize()``
+(coordinator address, number of processes and process id from arguments or the cluster's
+environment, e.g. SLURM), then make the same call in every process, each with **its own rows**
+(its own files, or its own slice of one); ``devices="all"`` then shards over the devices of all
+processes and sums the statistics over all of them, so every process gets the same result, that
+of one process fitting all the rows::
 
     import jax, jaxem as jem
     jax.distributed.initialize()          # once per process, before any other JAX call
-    result = jem.fit_chunked(model, "/shared/X.npy", key=jax.random.key(0), devices="all")
+    mine = f"/data/part-{jax.process_index()}.npy"
+    result = jem.fit_chunked(model, mine, key=jax.random.key(0), devices="all")
 
-Every process reads each chunk (the data must be readable by every process, e.g. a ``.npy`` on
-a shared file system) and places on its own devices only the blocks they hold. With
-:func:`jaxem.fit` every process passes the same in-memory ``X``. jaxem adds no cluster layer of
-its own; multi-host runs have not been tested here (only several devices in one process).
+At the start the processes compare (:func:`pool_processes`) the model, the settings and the
+restart keys, and fail together with one message if they differ; the initial parameters are
+process 0's (drawn from its rows, or given) and the row counts are added up. Each process's rows
+are padded to the largest share (zero weight), so the shares need not be equal. On CPUs the
+collectives need ``jax.config.update("jax_cpu_collectives_implementation", "gloo")`` before
+``initialize``.
 
 This module sits in ``core`` because the compiled in-memory runner splits its passes with it; the
 chunked runner (:mod:`jaxem.scale.chunked`) uses it too.
@@ -29,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -114,21 +120,83 @@ def sharded_pass(sweep: Callable, mesh: Mesh | None, sum_aux: bool = True) -> Ca
     return run
 
 
+def local_shards(mesh: Mesh | None) -> int:
+    """How many parts this process's rows are split into: its own devices in the mesh (all of
+    them with one process; 1 without a mesh)."""
+    if mesh is None:
+        return 1
+    return sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+
+
+def _several_processes(mesh: Mesh | None) -> bool:
+    return mesh is not None and jax.process_count() > 1
+
+
 def put_blocks(blocks: np.ndarray, mesh: Mesh | None) -> jax.Array:
-    """Place host ``blocks [n_blocks, ...]`` on the devices, split along the block axis (each
-    process copies only the blocks its own devices hold)."""
+    """Place host ``blocks [n_blocks, ...]`` on the devices, split along the block axis. With
+    several processes, ``blocks`` are this process's own and the array holds every process's
+    blocks one process after another."""
     if mesh is None:
         return jax.device_put(blocks)
     sharding = NamedSharding(mesh, P(DATA_AXIS))
+    if _several_processes(mesh):
+        return jax.make_array_from_process_local_data(sharding, blocks)
     return jax.make_array_from_callback(blocks.shape, sharding, lambda index: blocks[index])
 
 
 def split_rows(tree, mesh: Mesh):
     """Every array of ``tree`` (``None`` leaves kept) split by rows (its leading axis, a multiple
-    of the mesh size) over the devices of ``mesh``: each device holds only its share."""
+    of this process's devices in the mesh) over the devices of ``mesh``: each device holds only
+    its share; with several processes each gives its own rows."""
+    if _several_processes(mesh):
+        return jax.tree.map(lambda a: put_blocks(np.asarray(a), mesh), tree)
     return jax.device_put(tree, NamedSharding(mesh, P(DATA_AXIS)))
 
 
 def replicate(tree, mesh: Mesh):
-    """Every array of ``tree`` (``None`` leaves kept) as a copy on each device of ``mesh``."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    """Every array of ``tree`` (``None`` leaves kept) as a copy on each device of ``mesh``
+    (with several processes, each gives the same value)."""
+    if not _several_processes(mesh):
+        return jax.device_put(tree, NamedSharding(mesh, P()))
+    sharding = NamedSharding(mesh, P())
+
+    def place(leaf):
+        if jax.dtypes.issubdtype(jnp.result_type(leaf), jax.dtypes.prng_key):
+            data = jax.make_array_from_process_local_data(sharding, np.asarray(jax.random.key_data(leaf)))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+        return jax.make_array_from_process_local_data(sharding, np.asarray(leaf))
+
+    return jax.tree.map(place, tree)
+
+
+def pool_processes(mesh: Mesh | None, fingerprints: dict, init_params, n_rows: int) -> tuple:
+    """Start a fit across processes: check that every process has the same ``fingerprints``
+    (name -> hex digest: model, settings, restart keys), take process 0's ``init_params``, and
+    count the rows. Every process calls it with its own values; all fail together when they
+    differ. Returns ``(init_params, largest share of rows, total rows)``; with one process,
+    ``init_params`` and ``n_rows`` as given."""
+    if not _several_processes(mesh):
+        return init_params, n_rows, n_rows
+    from jax.experimental import multihost_utils
+
+    names = sorted(fingerprints)
+    mine = np.array([int(fingerprints[name][:8], 16) for name in names] + [n_rows], np.int64)
+    every = np.asarray(multihost_utils.process_allgather(mine))
+    differ = [name for i, name in enumerate(names) if np.any(every[:, i] != every[0, i])]
+    if differ:
+        raise ValueError(f"the {every.shape[0]} processes of this fit disagree on its "
+                         f"{', '.join(differ)}: every process must make the same call (same model, "
+                         "settings and key), each with its own rows")
+    rows = every[:, -1]
+    if init_params is not None:
+        init_params = multihost_utils.broadcast_one_to_all(init_params)
+    return init_params, int(rows.max()), int(rows.sum())
+
+
+def max_over_processes(value: int, mesh: Mesh | None) -> int:
+    """The largest of every process's ``value`` (``value`` with one process)."""
+    if not _several_processes(mesh):
+        return value
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.array([value], np.int64))))

@@ -128,6 +128,10 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
     if params is None:
         seed = int(jax.random.randint(setup.keys[0], (), 0, 2**31 - 1))
         params = parts.initialise(setup.keys, np.random.default_rng(seed), init_size)
+    # Several processes, each with its own rows: they check they make the same fit, and all
+    # start from process 0's parameters.
+    params, _, _ = sharding.pool_processes(mesh, setup.fingerprints(model), params,
+                                           source.n_rows or 0)
     em_pass = parts.em_pass
     options = dict(mesh=mesh, shard_map=em_pass.shard_map, in_sequence=plan.in_sequence)
 
