@@ -1,0 +1,111 @@
+"""Two real processes on 127.0.0.1 (``jax.distributed``, CPU, gloo collectives), each holding half
+of the rows: ``jem.fit`` and ``jem.fit_chunked`` with ``devices="all"`` give every process the
+parameters of one process fitting all the rows; processes that make different calls fail together
+with one message. Every subprocess runs under a timeout, so a stuck collective fails the test
+instead of hanging it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from conftest import three_blobs
+
+import jaxem as jem
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 240
+
+WORKER = """
+import json, sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+pid, port = int(sys.argv[1]), sys.argv[2]
+jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid,
+                           initialization_timeout=60)
+import numpy as np, jaxem as jem
+from conftest import three_blobs
+X = three_blobs(601)
+mine = X[:250] if pid == 0 else X[250:]          # unequal shares
+model = jem.gaussian_mixture(3)
+init = jax.tree.map(np.asarray, model.init(jax.random.key(0), jax.numpy.asarray(X)))
+kw = dict(key=jax.random.key(0), max_iter=15, tol=None, devices="all")
+out = {}
+fitted = jem.fit(model, mine, init_params=init, **kw)
+out["fit"] = {"means": np.asarray(fitted.params["means"]).tolist(), "history": fitted.history[0].tolist()}
+out["default_init"] = np.asarray(jem.fit(model, mine, **kw).params["means"]).tolist()
+chunked = jem.fit_chunked(model, mine, init_params=init, chunk_size=64, **kw)
+out["chunked"] = {"means": np.asarray(chunked.params["means"]).tolist(),
+                  "history": chunked.history[0].tolist()}
+try:
+    jem.fit(model, mine, init_params=init, **dict(kw, max_iter=15 + pid))
+    out["disagree"] = None
+except ValueError as err:
+    out["disagree"] = str(err)
+print("RESULT " + json.dumps(out), flush=True)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_processes():
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(pid), str(port)],
+                              cwd=ROOT / "tests", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+             for pid in (0, 1)]
+    outputs = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=TIMEOUT)
+            assert proc.returncode == 0, stderr[-3000:]
+            line = next(ln for ln in stdout.splitlines() if ln.startswith("RESULT "))
+            outputs.append(json.loads(line[len("RESULT "):]))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def single():
+    X = three_blobs(601)
+    model = jem.gaussian_mixture(3)
+    init = model.init(jax.random.key(0), jax.numpy.asarray(X))
+    kw = dict(key=jax.random.key(0), max_iter=15, tol=None)
+    return jem.fit(model, X, init_params=init, **kw)
+
+
+def _close(a, b, rel=1e-5):
+    a, b = np.asarray(a), np.asarray(b)
+    assert np.max(np.abs(a - b)) <= rel * np.max(np.abs(b)), np.max(np.abs(a - b))
+
+
+@pytest.mark.parametrize("runner", ["fit", "chunked"])
+def test_each_process_with_half_the_rows_gets_the_all_rows_fit(two_processes, single, runner):
+    for out in two_processes:
+        _close(out[runner]["means"], single.params["means"])
+        _close(out[runner]["history"], single.history[0])
+    assert two_processes[0][runner] == two_processes[1][runner]
+
+
+def test_processes_start_from_the_same_parameters(two_processes):
+    assert two_processes[0]["default_init"] == two_processes[1]["default_init"]
+
+
+def test_processes_that_disagree_fail_together(two_processes):
+    for out in two_processes:
+        assert out["disagree"] is not None and "disagree on its settings" in out["disagree"]
