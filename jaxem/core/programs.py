@@ -165,7 +165,8 @@ def run_segmented(program, dynamic: tuple, static: dict, progress=None,
             while True:
                 began = time.perf_counter()
                 state = segment(*dynamic, state, np.int32(min(stop, max_iter + 1)))
-                done, running = int(state["trips"]), np.asarray(state["running"])
+                done, running = jax.device_get((state["trips"], state["running"]))
+                done = int(done)
                 elapsed = time.perf_counter() - began
                 run_seconds += elapsed
                 if not (running.any() and done <= max_iter):
