@@ -314,7 +314,7 @@ def row_chunk_parts(model: Model, source, *, lengths, chunk_size, block_size, me
     # Several processes, each reading its own rows, run one compiled call per chunk together:
     # one with fewer chunks adds chunks of weight 0.
     n_chunks = None if source.n_rows is None else -(-source.n_rows // chunk_size)
-    all_chunks = sharding.max_over_processes(n_chunks or 0, mesh)
+    all_chunks = int(sharding.over_processes(n_chunks or 0, mesh).max())
 
     def read():
         host, done = None, 0
@@ -338,8 +338,8 @@ def row_chunk_parts(model: Model, source, *, lengths, chunk_size, block_size, me
 
     em_pass = mixture_pass(model, hard=rule.hard)
     q_sweep = _q_sweep(model, rule.hard) if use_gradient else None
-    total = (None if source.n_rows is None else
-             float(source.n_rows if weights is None else np.sum(weights)))
+    total = (None if source.n_rows is None else float(sharding.over_processes(
+        source.n_rows if weights is None else np.sum(weights), mesh).sum()))
     return ChunkParts(em_pass, read, initialise, q_sweep, total)
 
 

@@ -193,10 +193,10 @@ def pool_processes(mesh: Mesh | None, fingerprints: dict, init_params, n_rows: i
     return init_params, int(rows.max()), int(rows.sum())
 
 
-def max_over_processes(value: int, mesh: Mesh | None) -> int:
-    """The largest of every process's ``value`` (``value`` with one process)."""
+def over_processes(value: float, mesh: Mesh | None) -> np.ndarray:
+    """Every process's ``value`` (``[n_processes]``; ``[value]`` with one process)."""
     if not _several_processes(mesh):
-        return value
+        return np.array([value])
     from jax.experimental import multihost_utils
 
-    return int(np.max(multihost_utils.process_allgather(np.array([value], np.int64))))
+    return np.asarray(multihost_utils.process_allgather(np.array([value], np.float64))).ravel()
