@@ -145,3 +145,28 @@ def test_ctrl_c_stops_jaxem_fit_prints_and_saves_what_it_had(tmp_path):
     assert not est.converged_
     assert 0 < est.n_iter_ < MAX_ITER
     assert np.all(np.isfinite(est.means_)) and np.isclose(est.weights_.sum(), 1.0, rtol=1e-5)
+
+
+def test_ctrl_c_during_online_and_chunked_fits_keeps_the_steps_done():
+    X = np.random.default_rng(0).normal(size=(2000, 2)).astype(np.float32)
+
+    def ctrl_c_at(n):
+        def progress(step, *_):
+            if step == n:
+                raise KeyboardInterrupt
+        return progress
+
+    import jax
+
+    with pytest.raises(jem.FitInterrupted) as stop:
+        jem.fit_online(jem.gaussian_mixture(2), X, batch_size=100, n_epochs=5,
+                       key=jax.random.key(0), progress=ctrl_c_at(7))
+    assert stop.value.result.interrupted and stop.value.result.n_steps == 7
+    assert np.all(np.isfinite(stop.value.result.params["means"]))
+    with pytest.raises(jem.FitInterrupted) as stop:
+        jem.fit_chunked(jem.gaussian_mixture(2), X, chunk_size=500, max_iter=50, tol=None,
+                        key=jax.random.key(0), progress=ctrl_c_at(4))
+    result = stop.value.result
+    assert result.interrupted and result.n_iter[0] == 4 and not result.converged[0]
+    assert result.log_likelihood == pytest.approx(
+        float(jem.log_likelihood(jem.gaussian_mixture(2), result.params, X)), rel=1e-5)

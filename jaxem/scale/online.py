@@ -35,7 +35,7 @@ import numpy as np
 from ..core import blocks, driver, passes, precision
 from ..core.blocks import host_row_blocks
 from ..core.model import Model
-from ..core.result import FitResult
+from ..core.result import FitInterrupted, FitResult
 from ..core.validation import (
     check_enough_rows,
     check_nonnegative_float,
@@ -110,6 +110,10 @@ def fit_online(model: Model, source, *, batch_size: int = 8192, n_epochs: float 
 
     Returns:
         :class:`OnlineResult` (a :class:`jaxem.FitResult`).
+
+    Raises:
+        FitInterrupted: Ctrl-C stopped the fit between two steps; it carries the result of the
+            steps done.
     """
     batch_size = check_positive_int(batch_size, "batch_size")
     init_size = check_positive_int(init_size, "init_size")
@@ -167,24 +171,35 @@ def fit_online(model: Model, source, *, batch_size: int = 8192, n_epochs: float 
 
     params, average, history = centre, None, []
     begin = time.perf_counter()
-    for step, chunk in enumerate(batches()):
-        if step == total or (max_seconds is not None and step
-                             and time.perf_counter() - begin >= max_seconds):
-            break
-        rows = jax.tree.map(jnp.asarray, host_row_blocks(chunk, None, None, n_blocks,
-                                                         rows_per_block))
-        if average is None:
-            shapes = jax.eval_shape(functools.partial(passes.stats_pass, model), centre, rows)[1]
-            average = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        scale = jnp.asarray(n_rows / chunk.shape[0], dtype)
-        # One step in flight: the next minibatch is read while this one computes, and neither
-        # host memory nor the max_seconds clock runs ahead of the device.
-        jax.block_until_ready(params)
-        params, average, objective = _step(params, centre, average, rows,
-                                           jnp.asarray(rhos[step], dtype), scale, model=model)
-        history.append(objective / chunk.shape[0])    # left on the device: no sync per step
-        if progress is not None:
-            progress(step + 1, float(history[-1]))
+    try:
+        for step, chunk in enumerate(batches()):
+            if step == total or (max_seconds is not None and step
+                                 and time.perf_counter() - begin >= max_seconds):
+                break
+            rows = jax.tree.map(jnp.asarray, host_row_blocks(chunk, None, None, n_blocks,
+                                                             rows_per_block))
+            if average is None:
+                shapes = jax.eval_shape(functools.partial(passes.stats_pass, model), centre,
+                                        rows)[1]
+                average = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+            scale = jnp.asarray(n_rows / chunk.shape[0], dtype)
+            # One step in flight: the next minibatch is read while this one computes, and
+            # neither host memory nor the max_seconds clock runs ahead of the device.
+            jax.block_until_ready(params)
+            params, average, objective = _step(params, centre, average, rows,
+                                               jnp.asarray(rhos[step], dtype), scale, model=model)
+            history.append(objective / chunk.shape[0])  # left on the device: no sync per step
+            if progress is not None:
+                progress(step + 1, float(history[-1]))
+    except KeyboardInterrupt:
+        raise FitInterrupted(_result(params, history, n_rows, batch_size, keys, rhos,
+                                     time.perf_counter() - begin, interrupted=True)) from None
+    return _result(params, history, n_rows, batch_size, keys, rhos, time.perf_counter() - begin)
+
+
+def _result(params, history, n_rows, batch_size, keys, rhos, fit_time,
+            interrupted: bool = False) -> OnlineResult:
+    """The :class:`OnlineResult` after the steps whose objectives are in ``history``."""
     n_steps = len(history)
     # One small transfer per step: stacking thousands of device scalars would compile a concat.
     history = np.array([float(h) for h in history])
@@ -195,5 +210,5 @@ def fit_online(model: Model, source, *, batch_size: int = 8192, n_epochs: float 
         converged=np.zeros(1, bool), n_iter=np.array([n_steps]),
         failed=np.array([not np.isfinite(last)]),
         all_params=jax.tree.map(lambda p: p[None], params), all_log_likelihoods=np.array([last]),
-        best_restart=0, restart_keys=keys, fit_time=time.perf_counter() - begin,
+        best_restart=0, restart_keys=keys, fit_time=fit_time, interrupted=interrupted,
         n_steps=n_steps, n_epochs=n_steps * batch_size / n_rows, step_sizes=rhos[:n_steps])
