@@ -47,13 +47,13 @@ def measure(repeats: int) -> dict:
             def run(X=X, k=k, r=r, iters=iters):
                 return jem.fit(jem.gaussian_mixture(k), X, key=jax.random.key(0), n_restarts=r,
                                max_iter=iters, tol=None)
-        run()  # compiles
+        compile_seconds = run().compile_time
         wall, cpu = [], []
         for _ in range(repeats):
             start = time.process_time()
             wall.append(run().fit_time / iters)
             cpu.append((time.process_time() - start) / iters)
-        out[label] = [statistics.median(wall), statistics.median(cpu)]
+        out[label] = [statistics.median(wall), statistics.median(cpu), compile_seconds]
     return out
 
 
@@ -79,11 +79,14 @@ def main() -> None:
             for label, seconds in json.loads(done.stdout.strip().splitlines()[-1]).items():
                 times[name][label].append(seconds)
     # Wall: EM time per iteration; CPU: the process's CPU time per iteration (the whole fit call,
-    # steadier than wall on a shared machine).
+    # steadier than wall on a shared machine); compile: the first fit's compile_time (run with
+    # JAXEM_COMPILATION_CACHE=0 to compare compilations rather than cache loads).
     for label, *_ in CASES:
-        for i, kind in enumerate(("wall", "cpu")):
+        for i, kind in enumerate(("wall", "cpu", "compile")):
             row = {name: statistics.median(t[i] for t in times[name][label]) for name in trees}
-            text = "  ".join(f"{name} {row[name] * 1e3:8.4f} ms/it" for name in trees)
+            unit = "s" if kind == "compile" else "ms/it"
+            scale = 1 if kind == "compile" else 1e3
+            text = "  ".join(f"{name} {row[name] * scale:8.4f} {unit}" for name in trees)
             ratio = f"  ratio {row['segmented'] / row['other']:.3f}" if "other" in row else ""
             print(f"{label:38s} {kind:4s} {text}{ratio}")
 
