@@ -118,7 +118,7 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         e_step: str | Annealing = "soft", m_step: str = "auto",
         optimizer: optax.GradientTransformation | None = None,
         m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
-        progress: Callable | None = None, devices=None) -> FitResult:
+        progress: Callable | None = None, devices=None, dtype=None) -> FitResult:
     """Fit ``model`` to ``X`` by EM from several random starts at once.
 
     Args:
@@ -167,6 +167,11 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
             Each device holds only its share of the rows during the fit; the initialiser first
             sees all rows on one device (pass ``init_params`` to skip it). For data larger than
             the devices' memory use :func:`jaxem.fit_chunked`, which accepts ``devices`` too.
+        dtype: the float type to compute in: ``"float32"``, ``"float64"``, ``"auto"`` (float64
+            where float32 cannot meet ``tol`` or costs little, see
+            :func:`jaxem.core.precision.resolve`) or ``None`` (JAX's default). It needs no
+            global flag: the fit runs in JAX's x64 mode only when it computes in float64, and
+            then returns NumPy float64 arrays.
 
     Returns:
         A :class:`FitResult`.
@@ -175,10 +180,17 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         ValueError: bad input or arguments, before any compute.
         FitError: every restart's log-likelihood became NaN or infinite.
     """
+    width = precision.resolve(dtype, n_values=precision.data_values(X), tol=tol)
+    if precision.differs(width):
+        return precision.run_in(width, fit, model, X, key=key, n_restarts=n_restarts,
+                                max_iter=max_iter, tol=tol, sample_weight=sample_weight,
+                                labels=labels, init_params=init_params, e_step=e_step,
+                                m_step=m_step, optimizer=optimizer, m_step_iters=m_step_iters,
+                                block_size=block_size, progress=progress, devices=devices)
     setup = driver.setup_fit(model, key=key, n_restarts=n_restarts, max_iter=max_iter, tol=tol,
                              e_step=e_step, m_step=m_step, optimizer=optimizer,
                              m_step_iters=m_step_iters, block_size=block_size, progress=progress,
-                             init_params=init_params)
+                             init_params=init_params, dtype=width)
     X = to_device(driver.as_data(X, model))
     host_weights = check_sample_weight(sample_weight, X.shape[0])
     weights = (jnp.ones((X.shape[0],), X.dtype) if host_weights is None
