@@ -65,7 +65,7 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
                 init_size: int = DEFAULT_INIT_ROWS, e_step="soft", m_step: str = "auto",
                 optimizer=None, m_step_iters: int = 10, method: str = "auto",
                 block_size: int | None = None, devices=None,
-                progress: Callable | None = None) -> FitResult:
+                progress: Callable | None = None, dtype=None) -> FitResult:
     """Fit ``model`` by exact EM reading ``source`` in chunks (data larger than memory).
 
     Args:
@@ -91,6 +91,9 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
             or 4096 / R for R restarts vmapped on an accelerator).
         devices: ``None``, ``"all"``, a list of devices or a mesh: every chunk is split over the
             devices and their statistics summed (see :mod:`jaxem.core.sharding`).
+        dtype: the float type to compute in, ``"float32"``, ``"float64"``, ``"auto"`` or ``None``
+            (JAX's default), as in :func:`jaxem.fit`; ``"auto"`` counts an array source's size
+            (a file or an iterable counts as large).
 
     Returns:
         A :class:`jaxem.FitResult` (``compile_time`` is 0: chunk programs compile on first use and
@@ -101,6 +104,15 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
             with a line search.
         FitError: every restart's log-likelihood became NaN or infinite.
     """
+    width = precision.resolve(dtype, n_values=precision.data_values(source), tol=tol)
+    if precision.differs(width):
+        return precision.run_in(width, fit_chunked, model, source, chunk_size=chunk_size,
+                                lengths=lengths, key=key, n_restarts=n_restarts,
+                                max_iter=max_iter, tol=tol, sample_weight=sample_weight,
+                                labels=labels, init_params=init_params, init_size=init_size,
+                                e_step=e_step, m_step=m_step, optimizer=optimizer,
+                                m_step_iters=m_step_iters, method=method, block_size=block_size,
+                                devices=devices, progress=progress)
     init_size = check_positive_int(init_size, "init_size")
     if chunk_size is not None:
         chunk_size = check_positive_int(chunk_size, "chunk_size")
