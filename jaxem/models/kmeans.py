@@ -171,13 +171,15 @@ def isotropic_mixture(n_clusters: int, init: str = "k-means++") -> Model:
         n_components=n_clusters, name=f"isotropic_mixture(K={n_clusters})")
 
 
-def lloyd(X: Array, centers: Array, max_iter: int = 20) -> tuple[Array, Array]:
+def lloyd(X: Array, centers: Array, max_iter: int = 20,
+          weights: Array | None = None) -> tuple[Array, Array]:
     """k-means from ``centers [K, D]``: hard EM on :func:`isotropic_mixture` until the assignments
-    stop changing or ``max_iter`` iterations. Traceable (runs inside other compiled programs).
+    stop changing or ``max_iter`` iterations, rows weighted by optional ``weights [N]``.
+    Traceable (runs inside other compiled programs).
 
     Returns:
         ``(centers [K, D], labels [N])``.
     """
     params = run_em(isotropic_mixture(centers.shape[0]), params_from_centers(X, centers), X,
-                    max_iter=max_iter, e_step="hard")
+                    max_iter=max_iter, e_step="hard", weights=weights)
     return params["means"], nearest_centres(params, X)[0]

@@ -114,7 +114,9 @@ def _init(key: Array, X: Array, n_components: int, covariance_type: str, reg_cov
           initial_dof: float, method: str):
     # A Gaussian fit to the starting responsibilities (u = 1) with the initial degrees of freedom.
     k, d = n_components, X.shape[1]
-    resp = initialisers.initial_responsibilities(key, X, k, method)
+    # Seeded robustly: k-means++'s D² weighting would otherwise hand gross outliers a centre,
+    # and a component on the outliers plus one over every cluster is a fit EM does not leave.
+    resp = initialisers.initial_responsibilities(key, X, k, method, robust=True)
     start = {"weights": jnp.full((k,), 1.0 / k, X.dtype),
              "means": jnp.broadcast_to(jnp.mean(X, axis=0), (k, d)),
              "prec_chol": (jnp.broadcast_to(jnp.eye(d, dtype=X.dtype), (k, d, d))
@@ -122,9 +124,18 @@ def _init(key: Array, X: Array, n_components: int, covariance_type: str, reg_cov
              "dofs": jnp.full((k,), initial_dof, X.dtype)}
     # A component that no row was assigned to starts as the whole data's (broad) Gaussian.
     resp = 0.95 * resp + 0.05 / k
+    # The first M-step weighs each row as the t E-step would, u = (ν + D) / (ν + δ), with δ its
+    # squared distance to its starting centre in units of the median row's: rows far from every
+    # cluster (gross outliers) then barely widen the starting scales, which would otherwise leave
+    # two broad components that EM settles on (one over the outliers, one over the clusters).
+    nk = jnp.sum(resp, axis=0)
+    centres = (resp.T @ X) / nk[:, None]
+    spread = jnp.sum(resp * initialisers.squared_distances(X, centres), axis=1)
+    delta = d * spread / jnp.maximum(jnp.median(spread), jnp.finfo(X.dtype).tiny)
+    u = (initial_dof + d) / (initial_dof + delta)
     stats = blocks.blocked_suff_stats(
-        lambda p, xb, rb: _moments(p["means"], xb, rb, jnp.ones_like(rb), covariance_type),
-        start, X, resp)
+        lambda p, xb, ru: _moments(p["means"], xb, ru[:, :k], ru[:, k:], covariance_type),
+        start, X, jnp.concatenate([resp, jnp.broadcast_to(u[:, None], resp.shape)], axis=1))
     stats["log_u_minus_u"] = -stats["nk"]
     return _maximize(stats, start, covariance_type, reg_covar, initial_dof, 1.0)
 
