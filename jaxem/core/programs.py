@@ -18,6 +18,16 @@ from . import loop, program_cache
 # Compiled executables by (static arguments, argument shapes/dtypes/shardings).
 _EXECUTABLES: OrderedDict = OrderedDict()
 _MAX_EXECUTABLES = 64
+# Executables made in this process: compiled (or loaded from JAX's persistent cache after
+# tracing), loaded from the program cache, and runs that reused one already in memory.
+_COUNTS = {"compiled": 0, "loaded": 0, "reused": 0}
+
+
+def counts() -> dict:
+    """``{"compiled", "loaded", "reused"}``: fit programs compiled (or served by JAX's persistent
+    cache after tracing), loaded from jaxem's program cache, and reused from memory, in this
+    process so far (a copy)."""
+    return dict(_COUNTS)
 
 
 def _signature(tree) -> tuple:
@@ -57,6 +67,7 @@ def run_compiled(program, dynamic: tuple, static: dict, progress=None,
         disk_key = (None if disk_name is None
                     else program_cache.program_key(disk_name, static, dynamic))
         executable = program_cache.load(disk_key, dynamic)
+        _COUNTS["loaded" if executable is not None else "compiled"] += 1
         if executable is None:
             executable = program_cache.compile_and_store(disk_key,
                                                          program.lower(*dynamic, **static))
@@ -65,6 +76,7 @@ def run_compiled(program, dynamic: tuple, static: dict, progress=None,
         if len(_EXECUTABLES) > _MAX_EXECUTABLES:
             _EXECUTABLES.popitem(last=False)
     else:
+        _COUNTS["reused"] += 1
         _EXECUTABLES.move_to_end(cache_key)
     loop.set_progress_sink(progress)
     try:

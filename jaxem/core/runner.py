@@ -77,8 +77,18 @@ def run_em(model: Model, params, X: Array, *, max_iter: int, e_step: str = "soft
 
 
 def _initial_params(model: Model, keys, X, blocked, labels, use_gradient: bool):
-    """Each restart's initialiser on the rows ``X [N, ...]``, lined up with partial labels."""
-    params = jax.vmap(model.init, in_axes=(0, None))(keys, X)
+    """Each restart's initialiser on the rows ``X [N, ...]``, lined up with partial labels: the
+    model's ``weighted_init`` (row weights ``blocked.weights``) when it has one, else its
+    ``init``; every second restart its ``explore_init`` when it has one."""
+    kernels = model.kernels
+    weights = blocked.weights.reshape(-1)[:X.shape[0]]
+    if kernels.weighted_init is None:
+        params = jax.vmap(model.init, in_axes=(0, None))(keys, X)
+    else:
+        params = jax.vmap(kernels.weighted_init, in_axes=(0, None, None))(keys, X, weights)
+    if kernels.explore_init is not None and keys.shape[0] > 1:
+        other = jax.vmap(kernels.explore_init, in_axes=(0, None, None))(keys[1::2], X, weights)
+        params = jax.tree.map(lambda p, q: p.at[1::2].set(q), params, other)
     if labels is not None and not use_gradient:
         params = jax.vmap(lambda p: align_to_labels(model, p, blocked))(params)
     return params
@@ -194,18 +204,23 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
                              e_step=e_step, m_step=m_step, optimizer=optimizer,
                              m_step_iters=m_step_iters, block_size=block_size, progress=progress,
                              init_params=init_params, dtype=width)
-    X = to_device(driver.as_data(X, model))
-    host_weights = check_sample_weight(sample_weight, X.shape[0])
-    weights = (jnp.ones((X.shape[0],), X.dtype) if host_weights is None
-               else jnp.asarray(host_weights, X.dtype))
+    data = driver.as_data(X, model)
+    n_real = data.shape[0]
+    host_weights = check_sample_weight(sample_weight, n_real)
     if model.n_components is not None:
-        # Counted on the host: a device reduction here would wait for X's transfer.
-        check_enough_rows(X.shape[0] if host_weights is None else int(np.sum(host_weights > 0)),
+        check_enough_rows(n_real if host_weights is None else int(np.sum(host_weights > 0)),
                           model.n_components)
     keys, init_params = setup.keys, setup.init_params
+    # Small data are padded under weight 0 to a bucket's rows (exact: such rows add nothing,
+    # initialiser included), so another row count reuses the compiled program.
+    n_rows = (blocks.bucket_rows(n_real) if devices is None and (
+        init_params is not None or model.kernels.weighted_init is not None) else n_real)
+    X = to_device(blocks.pad_rows(data, n_rows))
+    weights = jnp.asarray(blocks.pad_rows(np.ones(n_real) if host_weights is None
+                                          else host_weights, n_rows, 0), X.dtype)
     if labels is not None:
-        labels = jnp.asarray(check_labels(labels, X.shape[0],
-                                          driver.n_components(model, keys[0], X)))
+        labels = jnp.asarray(blocks.pad_rows(
+            check_labels(labels, n_real, driver.n_components(model, keys[0], X)), n_rows, -1))
     mesh = sharding.data_mesh(devices)
     plan = blocks.plan_restarts(keys.shape[0], sharding.platform(X, mesh), setup.block_size)
     n_blocks, rows_per_block = blocks.plan_blocks(X.shape[0], plan.block_size, sharding.n_shards(mesh))

@@ -133,9 +133,14 @@ def _maximize(stats, params):
     return {"means": means, "variance": variance}
 
 
-def params_from_centers(X: Array, centers: Array) -> dict:
-    """Parameters with the given centres ``[K, D]`` and the variance of ``X`` about its mean."""
-    var = jnp.mean(jnp.var(X, axis=0))
+def params_from_centers(X: Array, centers: Array, weights: Array | None = None) -> dict:
+    """Parameters with the given centres ``[K, D]`` and the variance of ``X`` about its mean
+    (rows weighted by optional ``weights [N]``)."""
+    if weights is None:
+        var = jnp.mean(jnp.var(X, axis=0))
+    else:
+        share = weights.astype(X.dtype) / jnp.sum(weights)
+        var = jnp.mean(share @ (X - share @ X) ** 2)
     floor = jnp.finfo(X.dtype).tiny ** 0.5
     return {"means": centers.astype(X.dtype), "variance": jnp.maximum(var, floor).astype(X.dtype)}
 
@@ -143,12 +148,12 @@ def params_from_centers(X: Array, centers: Array) -> dict:
 INIT_METHODS = ("k-means++", "random_from_data")
 
 
-def _init(key: Array, X: Array, n_clusters: int, method: str):
+def _init(key: Array, X: Array, weights: Array | None = None, *, n_clusters: int, method: str):
     if method == "k-means++":
-        centers = initialisers.kmeans_plusplus(key, X, n_clusters)
+        centers = initialisers.kmeans_plusplus(key, X, n_clusters, weights)
     else:
-        centers = initialisers.random_rows(key, X, n_clusters)
-    return params_from_centers(X, centers)
+        centers = initialisers.random_rows(key, X, n_clusters, weights)
+    return params_from_centers(X, centers, weights)
 
 
 @model_factory
@@ -164,8 +169,9 @@ def isotropic_mixture(n_clusters: int, init: str = "k-means++") -> Model:
     """
     if init not in INIT_METHODS:
         raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r}")
+    init_fn = functools.partial(_init, n_clusters=n_clusters, method=init)
     return Model(
-        init=functools.partial(_init, n_clusters=n_clusters, method=init),
+        init=init_fn, weighted_init=init_fn,
         log_joint=_log_joint, batch_log_joint=_batch_log_joint,
         suff_stats=_suff_stats, maximize=_maximize, hard_block_stats=_hard_block_stats,
         n_components=n_clusters, name=f"isotropic_mixture(K={n_clusters})")
@@ -180,6 +186,6 @@ def lloyd(X: Array, centers: Array, max_iter: int = 20,
     Returns:
         ``(centers [K, D], labels [N])``.
     """
-    params = run_em(isotropic_mixture(centers.shape[0]), params_from_centers(X, centers), X,
+    params = run_em(isotropic_mixture(centers.shape[0]), params_from_centers(X, centers, weights), X,
                     max_iter=max_iter, e_step="hard", weights=weights)
     return params["means"], nearest_centres(params, X)[0]
