@@ -72,7 +72,7 @@ def kmeans_plusplus(key: Array, X: Array, n_clusters: int, weights: Array | None
         centers, closest = carry
         mass = w * closest
         if robust:
-            mass = jnp.minimum(mass, 2.0 * w * _weighted_median(closest, w))
+            mass = jnp.minimum(mass, 2.0 * w * weighted_median(closest, w))
         candidates = draw(mass, uniforms[i])
         d2 = jnp.minimum(closest[:, None], squared_distances(X, X[candidates]))   # [N, trials]
         best = jnp.argmin(w @ d2)
@@ -82,7 +82,8 @@ def kmeans_plusplus(key: Array, X: Array, n_clusters: int, weights: Array | None
     return centers
 
 
-def _weighted_median(values: Array, weights: Array) -> Array:
+def weighted_median(values: Array, weights: Array) -> Array:
+    """The weighted median of ``values [N]`` under non-negative ``weights [N]`` (a scalar)."""
     order = jnp.argsort(values)
     cdf = jnp.cumsum(weights[order])
     return values[order][jnp.minimum(jnp.searchsorted(cdf, 0.5 * cdf[-1]), values.shape[0] - 1)]

@@ -13,6 +13,7 @@ from ..core.seeding import (  # noqa: F401  (the initialisers' public names)
     random_responsibilities,
     random_rows,
     squared_distances,
+    weighted_median,
 )
 from .kmeans import lloyd
 
