@@ -178,3 +178,13 @@ def test_hmm_and_chunked_take_dtype(tmp_path):
         result = jem.fit_chunked(jem.models.gaussian_mixture(3, "diag"), X, chunk_size=128,
                                  key=jax.random.key(0), dtype="float64", max_iter=5)
     assert all(leaf.dtype == np.float64 for leaf in jax.tree.leaves(result.params))
+
+
+def test_select_components_reports_compile_time():
+    X = three_blobs(120)
+    sel = jem.select_components(lambda k: jem.models.gaussian_mixture(k, "diag"), X, ks=[2, 2],
+                                key=jax.random.key(0), max_iter=5, tol=None)
+    first, again = sel.table
+    assert first["compile_s"] > 0 and again["compile_s"] == 0  # the same program, reused
+    assert all(row["fit_s"] > 0 for row in sel.table)
+    assert "compile s" in str(sel)
