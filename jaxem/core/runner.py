@@ -18,7 +18,7 @@ import optax
 
 from . import blocks, driver, loop, precision, programs, sharding
 from .ascent import DEFAULT_M_STEP_ITERS
-from .estep import Annealing, EStepRule, resolve_e_step
+from .estep import Annealing, EStepRule
 from .model import Model
 from .passes import Pass, align_to_labels, mixture_pass
 from .result import FitResult
@@ -58,22 +58,6 @@ def run_in_memory(em_pass: Pass, params, data, settings: loop.Settings, rule: ES
                                  in_sequence=in_sequence)
 
     return loop.run_compiled_loop(e_pass, em_pass.m_step, params, settings, report=report)
-
-
-def run_em(model: Model, params, X: Array, *, max_iter: int, e_step: str = "soft",
-           weights: Array | None = None) -> Any:
-    """Closed-form EM from ``params`` (one restart) on rows ``X [N, ...]`` (weighted by optional
-    ``weights [N]``) until a fixed point or ``max_iter`` iterations; traceable, for initialisers
-    that run EM inside another program (the k-means initialiser's Lloyd iterations). Returns the
-    final parameters."""
-    rule = resolve_e_step(e_step)
-    n_blocks, rows_per_block = blocks.plan_blocks(X.shape[0], None)
-    weights = jnp.ones(X.shape[:1], X.dtype) if weights is None else weights.astype(X.dtype)
-    blocked = blocks.block_rows(X, weights, None, n_blocks, rows_per_block)
-    settings = loop.Settings(jnp.zeros((), X.dtype), max_iter, rule.may_stop)
-    out = run_in_memory(mixture_pass(model, hard=rule.hard), jax.tree.map(lambda p: p[None], params),
-                        blocked, settings, rule, X.dtype)
-    return jax.tree.map(lambda p: p[0], out.params)
 
 
 def _initial_params(model: Model, keys, X, blocked, labels, use_gradient: bool):

@@ -63,7 +63,10 @@ def kmeans_plusplus(key: Array, X: Array, n_clusters: int, weights: Array | None
         # weighted rows when all of it is 0: every row coincides with a centre).
         mass = jnp.where(jnp.sum(mass) > 0, mass, w)
         cdf = jnp.cumsum(mass)
-        return jnp.minimum(jnp.searchsorted(cdf, u * cdf[-1], side="right"), n - 1)
+        # compare_all: a few comparisons per row, which XLA:CPU compiles in about half the time
+        # of the default binary search's loop.
+        return jnp.minimum(jnp.searchsorted(cdf, u * cdf[-1], side="right", method="compare_all"),
+                           n - 1)
 
     first = X[draw(w, uniforms[0, :1])[0]]
     centers = jnp.zeros((n_clusters, X.shape[1]), X.dtype).at[0].set(first)
