@@ -8,6 +8,11 @@ lowering and compiling, or loading from the cache), the wall time of the whole f
 call, a second call at another N in the same process (a new shape: compiles again) and the time of
 ``import jaxem``.
 
+Two more tables (issue 21): 20 ``GaussianMixture(3, n_restarts=4)`` fits on 3-feature data sets
+of 20 distinct row counts between 100 and 5000 in one fresh process (programs compiled, wall
+time against scikit-learn's 20 fits), and the first ``GaussianMixture(2)`` fit on Old Faithful in
+a fresh process (the fit call only; cache off, empty, warm).
+
 A second table splits the cold compilation of the GMM cases, each in a fresh process with the cache
 off: the fit with its default initialiser (k-means++ and Lloyd's iterations, inside the program),
 the same fit from given ``init_params`` (no initialiser), and, for full covariance, a bare EM loop
@@ -118,6 +123,53 @@ def _worker(case: int, n: int, start_from: str = "init") -> None:
                       "fit_s": res.fit_time, "new_shape_compile_s": other.compile_time}))
 
 
+# Issue 21's reuse case: 20 data sets of 20 distinct row counts (same D and K) in one process.
+ROW_COUNTS = [100 + round(i * 4900 / 19) for i in range(20)]
+REUSE_SPEC = (3, 3, 4)  # (K, D, restarts)
+QUICK_ROW_COUNTS = ROW_COUNTS[::4]
+TARGET_PROGRAMS = 2
+
+
+def _reuse_worker(quick: bool) -> None:
+    """20 GaussianMixture fits of 20 row counts in this process, then scikit-learn's."""
+    import numpy as np
+
+    import jaxem as jem
+    from jaxem.core import programs
+
+    k, d, restarts = REUSE_SPEC
+    rng = np.random.default_rng(0)
+    sets = [rng.normal(size=(n, d)) + 4 * rng.integers(0, k, (n, 1))
+            for n in (QUICK_ROW_COUNTS if quick else ROW_COUNTS)]
+    start = time.perf_counter()
+    compile_s = 0.0
+    for X in sets:
+        est = jem.GaussianMixture(k, n_restarts=restarts, random_state=0).fit(X)
+        compile_s += est.fit_result_.compile_time
+    ours = time.perf_counter() - start
+    counts = programs.counts()
+    from sklearn.mixture import GaussianMixture as SKGaussianMixture
+
+    start = time.perf_counter()
+    for X in sets:
+        SKGaussianMixture(k, n_init=restarts, random_state=0).fit(X)
+    print(json.dumps({"fits": len(sets), "jaxem_s": ours, "compile_s": compile_s,
+                      "programs": counts["compiled"] + counts["loaded"],
+                      "sklearn_s": time.perf_counter() - start}))
+
+
+def _faithful_worker() -> None:
+    """The first fit of GaussianMixture(2) on Old Faithful in this process (fit call only)."""
+    import jaxem as jem
+    from jaxem.datasets import load_old_faithful
+
+    X, _ = load_old_faithful()
+    start = time.perf_counter()
+    est = jem.GaussianMixture(2, random_state=0).fit(X)
+    print(json.dumps({"fit_call_s": time.perf_counter() - start,
+                      "compile_s": est.fit_result_.compile_time}))
+
+
 def _spawn(case: int, n: int, env: dict, start_from: str = "init") -> dict:
     cmd = [sys.executable, __file__, "--_worker", str(case), "--_n", str(n),
            "--_start", start_from]
@@ -136,7 +188,12 @@ def main(argv=None) -> dict:
     p.add_argument("--_start", default="init", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._worker is not None:
-        _worker(args._worker, args._n, args._start)
+        if args._start == "reuse":
+            _reuse_worker(bool(args._n))
+        elif args._start == "faithful":
+            _faithful_worker()
+        else:
+            _worker(args._worker, args._n, args._start)
         return {}
 
     print(f"machine: {machine_line()}")
@@ -182,10 +239,54 @@ def main(argv=None) -> dict:
                   f"(needs <= {bound:g} s): {'met' if ok else 'MISSED'}")
             checks.append({"case": r["case"], "process": r["process"], "value": r["compile_s"],
                            "bound": bound, "ok": ok})
-    report = {"machine": machine_line(), "rows": rows, "split": split, "targets": checks}
+    reuse, faithful = _reuse_and_first_fit(args.quick, checks)
+    report = {"machine": machine_line(), "rows": rows, "split": split, "reuse": reuse,
+              "old_faithful": faithful, "targets": checks}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return report
+
+
+def _reuse_and_first_fit(quick: bool, checks: list) -> tuple[dict, list]:
+    """Issue 21's two compile targets, each in fresh processes; appends to ``checks``."""
+    k, d, restarts = REUSE_SPEC
+    counts = QUICK_ROW_COUNTS if quick else ROW_COUNTS
+    print(f"\n### {len(counts)} fits of GaussianMixture({k}, n_restarts={restarts}) on {d}-feature "
+          f"data of {len(counts)} distinct row counts ({counts[0]}-{counts[-1]}), one fresh "
+          "process, empty cache\n")
+    with tempfile.TemporaryDirectory(prefix="jaxem-cache-") as cache:
+        reuse = _spawn(0, int(quick), dict(os.environ, JAXEM_CACHE_DIR=cache), "reuse")
+    print("| fits | programs compiled | jaxem compile s | jaxem total s | scikit-learn total s |")
+    print("|---:|---:|---:|---:|---:|")
+    print(f"| {reuse['fits']} | {reuse['programs']} | {reuse['compile_s']:.2f} | "
+          f"{reuse['jaxem_s']:.2f} | {reuse['sklearn_s']:.2f} |")
+    checks.append({"case": "distinct row counts", "process": "programs",
+                   "value": reuse["programs"], "bound": TARGET_PROGRAMS,
+                   "ok": reuse["programs"] <= TARGET_PROGRAMS})
+    checks.append({"case": "distinct row counts", "process": "jaxem / scikit-learn wall",
+                   "value": reuse["jaxem_s"] / reuse["sklearn_s"], "bound": 1.0,
+                   "ok": reuse["jaxem_s"] <= reuse["sklearn_s"]})
+    print("\n### First fit of GaussianMixture(2) on Old Faithful in a fresh process (fit call)\n")
+    print("| process | fit call s | compile_time s |")
+    print("|---|---:|---:|")
+    faithful = []
+    with tempfile.TemporaryDirectory(prefix="jaxem-cache-") as cache:
+        base = dict(os.environ, JAXEM_CACHE_DIR=cache)
+        for label, env, bound in (("cold (cache off)", dict(base, JAXEM_COMPILATION_CACHE="0"),
+                                   TARGET_FIRST_S),
+                                  ("first (empty cache)", base, None),
+                                  ("second (cache warm)", base, TARGET_CACHED_S)):
+            r = dict(_spawn(0, 0, env, "faithful"), process=label)
+            faithful.append(r)
+            print(f"| {label} | {r['fit_call_s']:.2f} | {r['compile_s']:.2f} |")
+            if bound is not None:
+                checks.append({"case": "Old Faithful GaussianMixture(2)", "process": label,
+                               "value": r["fit_call_s"], "bound": bound,
+                               "ok": r["fit_call_s"] <= bound})
+    for c in checks[-4:]:
+        print(f"- target {c['case']} {c['process']}: {c['value']:.2f} (needs <= {c['bound']:g}): "
+              f"{'met' if c['ok'] else 'MISSED'}")
+    return reuse, faithful
 
 
 if __name__ == "__main__":

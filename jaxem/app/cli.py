@@ -223,12 +223,13 @@ def run_select(args: argparse.Namespace) -> int:
             best = (k, score[args.criterion])
         rows.append([str(k), f"{total_log_likelihood(est, X, fit_kwargs):.4f}",
                      f"{score['bic']:.4f}", f"{score['aic']:.4f}",
-                     "yes" if est.converged_ else "no", f"{elapsed:.2f}"])
+                     "yes" if est.converged_ else "no", f"{elapsed:.2f}",
+                     f"{est.fit_result_.compile_time:.2f}"])
     for row in rows:
         row.append("<- best" if int(row[0]) == best[0] else "")
     print(f"jaxem select: {cls.__name__} on {args.data} ({X.shape[0]} x {X.shape[1]}), "
           f"{args.restarts} restarts per K")
-    header = ["K", "log-likelihood", "BIC", "AIC", "converged", "seconds", ""]
+    header = ["K", "log-likelihood", "BIC", "AIC", "converged", "seconds", "compile s", ""]
     print("\n".join(format_table(header, rows)))
     print(f"best K by {args.criterion.upper()}: {best[0]}")
     return 0

@@ -54,7 +54,9 @@ class ComponentSelection:
     Attributes:
         table: one dict per ``K`` with ``k``, ``log_likelihood`` (total, of the best restart;
             the penalised one when the model has a ``log_prior``),
-            ``bic``, ``aic``, ``n_parameters`` and ``best_restart``.
+            ``bic``, ``aic``, ``n_parameters``, ``best_restart``, ``compile_s`` (seconds compiling
+            that fit's program; 0 when a program for its shapes was already compiled) and
+            ``fit_s`` (seconds it ran).
         best_k: the ``K`` with the lowest value of ``criterion``.
         criterion: ``"bic"`` or ``"aic"``.
         fits: ``{k: FitResult}`` for every ``K`` tried.
@@ -75,12 +77,13 @@ class ComponentSelection:
         return np.array([row[name] for row in self.table])
 
     def __str__(self) -> str:
-        lines = [f"{'K':>3} {'log-likelihood':>15} {'BIC':>12} {'AIC':>12} {'params':>7} {'best':>5}"]
+        lines = [f"{'K':>3} {'log-likelihood':>15} {'BIC':>12} {'AIC':>12} {'params':>7} {'best':>5} "
+                 f"{'compile s':>9} {'fit s':>7}"]
         for row in self.table:
             mark = "  <-" if row["k"] == self.best_k else ""
             lines.append(f"{row['k']:>3} {row['log_likelihood']:>15.4f} {row['bic']:>12.4f} "
-                         f"{row['aic']:>12.4f} {row['n_parameters']:>7} {row['best_restart']:>5}"
-                         f"{mark}")
+                         f"{row['aic']:>12.4f} {row['n_parameters']:>7} {row['best_restart']:>5} "
+                         f"{row['compile_s']:>9.2f} {row['fit_s']:>7.2f}{mark}")
         return "\n".join(lines)
 
 
@@ -122,7 +125,8 @@ def select_components(model_factory: Callable[[int], Model], X, ks: Iterable[int
         ll = result.log_likelihood
         table.append({"k": k, "log_likelihood": ll, "bic": -2 * ll + p * math.log(n_eff),
                       "aic": -2 * ll + 2 * p, "n_parameters": p,
-                      "best_restart": result.best_restart})
+                      "best_restart": result.best_restart, "compile_s": result.compile_time,
+                      "fit_s": result.fit_time})
         fits[k] = result
     best = min(table, key=lambda row: row[criterion])["k"]
     return ComponentSelection(table=table, best_k=best, criterion=criterion, fits=fits)

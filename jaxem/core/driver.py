@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import checkpoint as checkpoints
-from . import loop
+from . import loop, precision
 from .ascent import DEFAULT_M_STEP_ITERS, DEFAULT_OPTIMIZER
 from .checkpoint import Checkpoint, as_checkpoint
 from .estep import EStepRule, resolve_e_step
@@ -121,7 +121,8 @@ def setup_fit(target, *, key=None, n_restarts: int | None = None, max_iter: int 
             ``has_closed_form`` and ``name`` are read.
         key, n_restarts, max_iter, tol, e_step, m_step, optimizer, m_step_iters, block_size,
             progress, init_params, checkpoint, resume: as in :func:`jaxem.fit`.
-        dtype: cast ``init_params`` to this float type (``None``: keep theirs).
+        dtype: cast the floating leaves of ``init_params`` to this float type (``None``: keep
+            theirs).
         default_optimizer: the optimiser when ``optimizer`` is ``None`` and the M-step is by
             gradient (one object, so repeated fits hit the compilation cache).
 
@@ -148,8 +149,10 @@ def setup_fit(target, *, key=None, n_restarts: int | None = None, max_iter: int 
         key = jax.random.key(0)  # the model's initialiser is not called; any key will do
     keys = restart_keys(key, n_restarts)
     if init_params is not None:
+        if dtype is not None:
+            init_params = precision.cast_floats(init_params, dtype)
         init_params = jax.tree.map(
-            lambda p: jnp.broadcast_to(jnp.asarray(p, dtype), (keys.shape[0],) + jnp.shape(p)),
+            lambda p: jnp.broadcast_to(jnp.asarray(p), (keys.shape[0],) + jnp.shape(p)),
             init_params)
     return FitSetup(keys, rule, use_gradient, (optimizer or default_optimizer) if use_gradient
                     else None, m_step_iters, max_iter, tol, block_size, init_params, progress,

@@ -32,6 +32,7 @@ class LoopOutput(NamedTuple):
     n_iter: Array            # [R] int32
     converged: Array         # [R] bool
     history: Array           # [R, max_iter], NaN after a restart stopped
+    stalled: Array | None = None  # [R] bool, stopped on round-off (see advance)
 
 
 class Settings(NamedTuple):
@@ -88,7 +89,8 @@ def initial_state(params, aux_shapes, max_iter: int) -> dict:
     return dict(params=params, objective=nan, initial=nan, aux=no_aux,
                 consumed=_fingerprint(no_aux), trips=jnp.zeros((), jnp.int32),
                 n_iter=jnp.zeros((n_restarts,), jnp.int32),
-                converged=jnp.zeros((n_restarts,), bool), running=jnp.ones((n_restarts,), bool),
+                converged=jnp.zeros((n_restarts,), bool), stalled=jnp.zeros((n_restarts,), bool),
+                running=jnp.ones((n_restarts,), bool),
                 history=jnp.full((n_restarts, max_iter), jnp.nan, obj_shape.dtype))
 
 
@@ -113,8 +115,17 @@ def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Setti
     # A change within float round-off of the objective is no progress: tol=0 then means "until
     # nothing changes", which otherwise could spin on last-bit noise until max_iter. A negative
     # tol (``tol=None`` to the user) switches the objective test off.
-    rel_tol = jnp.maximum(settings.tol, 4 * jnp.finfo(obj_dtype).eps)
-    change_small = jnp.abs(objective - s["objective"]) <= rel_tol * jnp.abs(s["objective"])
+    floor = 4 * jnp.finfo(obj_dtype).eps
+    change, scale = objective - s["objective"], jnp.abs(s["objective"])
+    change_small = jnp.abs(change) <= jnp.maximum(settings.tol, floor) * scale
+    # Round-off, not convergence: a change within the floor but above a tol > 0 (this float
+    # type cannot resolve tol), or a decrease beyond the floor (EM never decreases the objective
+    # in exact arithmetic; ill-conditioned float32 M-steps make it wander). Such a restart stops
+    # "stalled", not converged, keeping its better parameters.
+    decreased = change < -floor * scale
+    stall = (running & (settings.tol >= 0) & settings.may_stop(iteration)
+             & ((change_small & (jnp.abs(change) > settings.tol * scale) & (settings.tol > 0))
+                | decreased))
     # Parameters an M-step left bit-identical are a fixed point: every later iteration would
     # repeat this one, whatever the tolerance.
     fixed_point = _unchanged(stepped, s["params"])
@@ -124,18 +135,20 @@ def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Setti
         # nothing (the step counts, as k-means counts the pass that finds no row moved).
         fixed_point |= (iteration >= 2) & _unchanged(consumed, s["consumed"])
     converged = (running & (((settings.tol >= 0) & change_small) | fixed_point)
-                 & settings.may_stop(iteration))
+                 & settings.may_stop(iteration)) & ~stall
+    kept = running & ~(stall & decreased)
     row = jnp.maximum(iteration - 1, 0)
-    history = s["history"].at[:, row].set(jnp.where(running, objective, s["history"][:, row]))
+    history = s["history"].at[:, row].set(jnp.where(kept, objective, s["history"][:, row]))
     finite = jnp.isfinite(objective)
     still = jnp.where(first, finite,
-                      running & ~converged & finite & (iteration < settings.max_iter))
-    return dict(params=new_params,
-                objective=jnp.where(first | running, objective, s["objective"]),
+                      running & ~converged & ~stall & finite & (iteration < settings.max_iter))
+    return dict(params=select(running & ~kept, s["params"], new_params),
+                objective=jnp.where(first | kept, objective, s["objective"]),
                 initial=jnp.where(first, objective, s["initial"]),
                 # A stopped restart's stale statistics are never used for a kept update.
-                aux=aux, consumed=consumed, trips=iteration + 1, n_iter=s["n_iter"] + running,
-                converged=s["converged"] | converged, running=still, history=history)
+                aux=aux, consumed=consumed, trips=iteration + 1, n_iter=s["n_iter"] + kept,
+                converged=s["converged"] | converged, stalled=s["stalled"] | stall,
+                running=still, history=history)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -151,7 +164,7 @@ class Interrupted(KeyboardInterrupt):
 def output(s: dict) -> LoopOutput:
     """The finished state as a :class:`LoopOutput`."""
     return LoopOutput(s["params"], s["objective"], s["initial"], s["n_iter"], s["converged"],
-                      s["history"])
+                      s["history"], s["stalled"])
 
 
 # Progress reports leave the compiled program through one module-level function, so passing a

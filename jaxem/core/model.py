@@ -25,7 +25,7 @@ Stats = Any
 
 # The Model keywords that go to its Kernels (older code passed them to Model directly).
 _KERNEL_FIELDS = ("batch_log_joint", "block_stats", "hard_block_stats", "check_data",
-                  "handles_missing", "cache_key")
+                  "handles_missing", "cache_key", "weighted_init", "explore_init")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +56,15 @@ class Kernels:
         handles_missing: whether ``log_joint`` marginalises NaN entries of an observation
             (missing values) and ``suff_stats`` accounts for them; only then does ``fit`` accept
             NaN.
+        weighted_init: optional ``weighted_init(key, X, weights) -> params``, the model's ``init``
+            honouring row weights ``[N]`` (a row of weight 0 changes nothing). With it the
+            in-memory fit pads small data to a few bucket sizes under weight 0, so a new row count
+            reuses a compiled program (see :func:`jaxem.core.blocks.bucket_rows`), and the
+            initialiser sees the sample weights.
+        explore_init: optional ``explore_init(key, X, weights) -> params``, a different kind of
+            start used by every second restart of a fit with several (so that restarts do not
+            all begin from the same partition); the best restart is still chosen by the
+            objective.
         cache_key: set only by jaxem's own factories (see :func:`model_factory`): the factory call
             that built the model. A model with a key may have its compiled fit program served
             from the on-disk program cache (:mod:`jaxem.core.program_cache`).
@@ -67,6 +76,8 @@ class Kernels:
     check_data: Callable[[Any], None] | None = None
     handles_missing: bool = False
     cache_key: str | None = None
+    weighted_init: Callable[[Array, Array, Array], Params] | None = None
+    explore_init: Callable[[Array, Array, Array], Params] | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False, init=False)

@@ -23,6 +23,16 @@ from . import loop, program_cache
 # Compiled executables by (static arguments, argument shapes/dtypes/shardings).
 _EXECUTABLES: OrderedDict = OrderedDict()
 _MAX_EXECUTABLES = 64
+# Executables made in this process: compiled (or loaded from JAX's persistent cache after
+# tracing), loaded from the program cache, and runs that reused one already in memory.
+_COUNTS = {"compiled": 0, "loaded": 0, "reused": 0}
+
+
+def counts() -> dict:
+    """``{"compiled", "loaded", "reused"}``: fit programs compiled (or served by JAX's persistent
+    cache after tracing), loaded from jaxem's program cache, and reused from memory, in this
+    process so far (a copy)."""
+    return dict(_COUNTS)
 
 
 def _signature(tree) -> tuple:
@@ -38,11 +48,13 @@ def _executable(program, dynamic: tuple, static: dict, disk_name: str | None) ->
                  _signature(dynamic))
     executable = _EXECUTABLES.get(cache_key)
     if executable is not None:
+        _COUNTS["reused"] += 1
         _EXECUTABLES.move_to_end(cache_key)
         return executable, 0.0
     start = time.perf_counter()
     disk_key = None if disk_name is None else program_cache.program_key(disk_name, static, dynamic)
     executable = program_cache.load(disk_key, dynamic)
+    _COUNTS["loaded" if executable is not None else "compiled"] += 1
     if executable is None:
         executable = program_cache.compile_and_store(disk_key, program.lower(*dynamic, **static))
     _EXECUTABLES[cache_key] = executable

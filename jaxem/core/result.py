@@ -41,6 +41,10 @@ class FitResult:
         compile_time: seconds spent compiling the fit program (0 when an executable for the same
             model, shapes and options was already compiled in this process).
         fit_time: seconds the compiled fit ran (all restarts, initialisation included).
+        stalled: ``[n_restarts]`` bool, restarts that stopped on float round-off, not on ``tol``:
+            the change of the log-likelihood fell within round-off of its float type while still
+            above ``tol``, or it decreased beyond round-off (exact EM never decreases it). Never
+            counted as converged; ``dtype="float64"`` resolves what float32 cannot.
 
     With ``e_step="hard"`` the log-likelihoods and history are the classification log-likelihood
     ``Σ_n w_n max_k log p(x_n, z_n=k)``; with a model ``log_prior`` they include the prior.
@@ -60,6 +64,7 @@ class FitResult:
     compile_time: float = 0.0
     fit_time: float = 0.0
     interrupted: bool = False
+    stalled: np.ndarray | None = None
 
 
 class FitInterrupted(KeyboardInterrupt):
@@ -123,7 +128,16 @@ def result_from_loop(out: LoopOutput, keys, *, max_iter: int, tol: float | None,
     best = int(np.argmax(np.where(failed, -np.inf, ll)))
     # A restart whose numbers are not finite has not converged, whatever its last change was.
     converged = np.asarray(out.converged) & ~failed
-    if tol is not None and not interrupted and not converged[~failed].any():
+    stalled = (np.zeros_like(converged) if out.stalled is None
+               else np.asarray(out.stalled) & ~failed & ~converged)
+    if stalled[best]:
+        width = np.asarray(out.objective).dtype
+        warnings.warn(
+            f"the best restart stopped on {width} round-off, not converged to tol={tol:g}: the "
+            f"log-likelihood's change fell below what {width} resolves, or it decreased (round-off "
+            f"in ill-conditioned parameters); fit with dtype='float64' (or 'auto') to reach tol",
+            ConvergenceWarning, stacklevel=stacklevel)
+    elif tol is not None and not interrupted and not converged[~failed].any():
         warnings.warn(
             f"no restart converged within max_iter={max_iter} iterations (relative change of the "
             f"log-likelihood still above tol={tol:g}); increase max_iter or tol",
@@ -143,4 +157,5 @@ def result_from_loop(out: LoopOutput, keys, *, max_iter: int, tol: float | None,
         compile_time=compile_time,
         fit_time=fit_time,
         interrupted=interrupted,
+        stalled=stalled,
     )

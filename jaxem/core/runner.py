@@ -18,7 +18,7 @@ import optax
 
 from . import blocks, driver, loop, precision, programs, sharding
 from .ascent import DEFAULT_M_STEP_ITERS
-from .estep import Annealing, EStepRule, resolve_e_step
+from .estep import Annealing, EStepRule
 from .model import Model
 from .passes import Pass, align_to_labels, mixture_pass
 from .result import FitResult
@@ -71,22 +71,19 @@ def run_in_memory(em_pass: Pass, params, data, settings: loop.Settings, rule: ES
                                   state=state, stop_at=stop_at)
 
 
-def run_em(model: Model, params, X: Array, *, max_iter: int, e_step: str = "soft") -> Any:
-    """Closed-form EM from ``params`` (one restart) on rows ``X [N, ...]`` until a fixed point or
-    ``max_iter`` iterations; traceable, for initialisers that run EM inside another program (the
-    k-means initialiser's Lloyd iterations). Returns the final parameters."""
-    rule = resolve_e_step(e_step)
-    n_blocks, rows_per_block = blocks.plan_blocks(X.shape[0], None)
-    blocked = blocks.block_rows(X, jnp.ones(X.shape[:1], X.dtype), None, n_blocks, rows_per_block)
-    settings = loop.Settings(jnp.zeros((), X.dtype), max_iter, rule.may_stop)
-    out = run_in_memory(mixture_pass(model, hard=rule.hard), jax.tree.map(lambda p: p[None], params),
-                        blocked, settings, rule, X.dtype)
-    return jax.tree.map(lambda p: p[0], out.params)
-
-
 def _initial_params(model: Model, keys, X, blocked, labels, use_gradient: bool):
-    """Each restart's initialiser on the rows ``X [N, ...]``, lined up with partial labels."""
-    params = jax.vmap(model.init, in_axes=(0, None))(keys, X)
+    """Each restart's initialiser on the rows ``X [N, ...]``, lined up with partial labels: the
+    model's ``weighted_init`` (row weights ``blocked.weights``) when it has one, else its
+    ``init``; every second restart its ``explore_init`` when it has one."""
+    kernels = model.kernels
+    weights = blocked.weights.reshape(-1)[:X.shape[0]]
+    if kernels.weighted_init is None:
+        params = jax.vmap(model.init, in_axes=(0, None))(keys, X)
+    else:
+        params = jax.vmap(kernels.weighted_init, in_axes=(0, None, None))(keys, X, weights)
+    if kernels.explore_init is not None and keys.shape[0] > 1:
+        other = jax.vmap(kernels.explore_init, in_axes=(0, None, None))(keys[1::2], X, weights)
+        params = jax.tree.map(lambda p, q: p.at[1::2].set(q), params, other)
     if labels is not None and not use_gradient:
         params = jax.vmap(lambda p: align_to_labels(model, p, blocked))(params)
     return params
@@ -132,7 +129,7 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         e_step: str | Annealing = "soft", m_step: str = "auto",
         optimizer: optax.GradientTransformation | None = None,
         m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
-        progress: Callable | None = None, devices=None, checkpoint=None,
+        progress: Callable | None = None, devices=None, dtype=None, checkpoint=None,
         resume: bool = False) -> FitResult:
     """Fit ``model`` to ``X`` by EM from several random starts at once.
 
@@ -182,6 +179,11 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
             Each device holds only its share of the rows during the fit; the initialiser first
             sees all rows on one device (pass ``init_params`` to skip it). For data larger than
             the devices' memory use :func:`jaxem.fit_chunked`, which accepts ``devices`` too.
+        dtype: the float type to compute in: ``"float32"``, ``"float64"``, ``"auto"`` (float64
+            where float32 cannot meet ``tol`` or costs little, see
+            :func:`jaxem.core.precision.resolve`) or ``None`` (JAX's default). It needs no
+            global flag: the fit runs in JAX's x64 mode only when it computes in float64, and
+            then returns NumPy float64 arrays.
         checkpoint: optional file name (or :class:`jaxem.Checkpoint`, which sets how often) where
             the loop state is saved while the fit runs (every 60 s by default), when it ends and
             when Ctrl-C stops it; see :mod:`jaxem.core.checkpoint`.
@@ -198,23 +200,36 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         FitInterrupted: Ctrl-C stopped the fit (within about a second); it carries the
             :class:`FitResult` of the iterations done (``interrupted`` True).
     """
+    width = precision.resolve(dtype, n_values=precision.data_values(X), tol=tol)
+    if precision.differs(width):
+        return precision.run_in(width, fit, model, X, key=key, n_restarts=n_restarts,
+                                max_iter=max_iter, tol=tol, sample_weight=sample_weight,
+                                labels=labels, init_params=init_params, e_step=e_step,
+                                m_step=m_step, optimizer=optimizer, m_step_iters=m_step_iters,
+                                block_size=block_size, progress=progress, devices=devices,
+                                checkpoint=checkpoint, resume=resume)
     setup = driver.setup_fit(model, key=key, n_restarts=n_restarts, max_iter=max_iter, tol=tol,
                              e_step=e_step, m_step=m_step, optimizer=optimizer,
                              m_step_iters=m_step_iters, block_size=block_size, progress=progress,
-                             init_params=init_params, checkpoint=checkpoint, resume=resume)
-    host_X = driver.as_data(X, model)
-    X = to_device(host_X)
-    host_weights = check_sample_weight(sample_weight, X.shape[0])
-    weights = (jnp.ones((X.shape[0],), X.dtype) if host_weights is None
-               else jnp.asarray(host_weights, X.dtype))
+                             init_params=init_params, dtype=width, checkpoint=checkpoint,
+                             resume=resume)
+    data = driver.as_data(X, model)
+    n_real = data.shape[0]
+    host_weights = check_sample_weight(sample_weight, n_real)
     if model.n_components is not None:
-        # Counted on the host: a device reduction here would wait for X's transfer.
-        check_enough_rows(X.shape[0] if host_weights is None else int(np.sum(host_weights > 0)),
+        check_enough_rows(n_real if host_weights is None else int(np.sum(host_weights > 0)),
                           model.n_components)
     keys, init_params = setup.keys, setup.init_params
+    # Small data are padded under weight 0 to a bucket's rows (exact: such rows add nothing,
+    # initialiser included), so another row count reuses the compiled program.
+    n_rows = (blocks.bucket_rows(n_real) if devices is None and (
+        init_params is not None or model.kernels.weighted_init is not None) else n_real)
+    X = to_device(blocks.pad_rows(data, n_rows))
+    weights = jnp.asarray(blocks.pad_rows(np.ones(n_real) if host_weights is None
+                                          else host_weights, n_rows, 0), X.dtype)
     if labels is not None:
-        labels = jnp.asarray(check_labels(labels, X.shape[0],
-                                          driver.n_components(model, keys[0], X)))
+        labels = jnp.asarray(blocks.pad_rows(
+            check_labels(labels, n_real, driver.n_components(model, keys[0], X)), n_rows, -1))
     mesh = sharding.data_mesh(devices)
     plan = blocks.plan_restarts(keys.shape[0], sharding.platform(X, mesh), setup.block_size)
     n_blocks, rows_per_block = blocks.plan_blocks(X.shape[0], plan.block_size,
@@ -248,7 +263,7 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
     tol_value = setup.loop_settings(X.dtype).tol
     if mesh is not None:
         tol_value = sharding.replicate(tol_value, mesh)
-    saver, restore = setup.checkpointing(model, (host_X, host_weights, labels),
+    saver, restore = setup.checkpointing(model, (data, host_weights, labels),
                                          (n_blocks, rows_per_block))
     try:
         out, compile_time, fit_time = programs.run_segmented(

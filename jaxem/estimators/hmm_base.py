@@ -35,6 +35,7 @@ class _BaseHMM(EMEstimator):
     emission."""
 
     _emission_letters = ""
+    _fitted_attribute = "transmat_"
     # The attributes each init_params letter stands for; fit re-initialises those it names.
     _attributes = {"s": ("startprob_",), "t": ("transmat_",)}
 

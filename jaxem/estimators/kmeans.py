@@ -38,6 +38,8 @@ class KMeans(MixtureEstimator):
         verbose: ``0`` no progress bar, ``1`` a bar on a terminal, ``2`` always.
         checkpoint, resume: save the fit's loop state to a file and continue from it, as in
             :func:`jaxem.fit`.
+        dtype: ``"auto"``, ``"float32"``, ``"float64"`` or ``None``, the float type to compute in
+            (see :class:`jaxem.estimators.params.EMEstimator`).
 
     Fitted attributes:
         ``cluster_centers_ [K, D]``, ``labels_ [N]``, ``inertia_`` (sum of squared distances of
@@ -50,8 +52,8 @@ class KMeans(MixtureEstimator):
     # e_step, m_step and optimizer are fixed below rather than hyperparameters.
     _inherit_parameters = False
     _parameters = {"n_clusters": 8, "n_restarts": 1, "max_iter": 300, "tol": 1e-6,
-                   "init": "k-means++", "random_state": None, "verbose": 0, "checkpoint": None,
-                   "resume": False}
+                   "init": "k-means++", "random_state": None, "verbose": 0, "dtype": "auto",
+                   "checkpoint": None, "resume": False}
     _constraints = {"n_clusters": check_positive_int, "init": _check_init}
     e_step = "hard"
     m_step = "closed_form"

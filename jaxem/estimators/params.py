@@ -18,12 +18,14 @@ scikit-learn constructor.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
 
+from ..core import precision
 from ..core.result import FitInterrupted
 from ..core.validation import check_positive_int, check_tolerance
 from .checks import check_checkpoint, check_m_step, one_of
@@ -137,16 +139,66 @@ class Hyperparameters:
         return f"{type(self).__name__}({args})"
 
 
+# Methods that fit: they compute in the float type the ``dtype`` hyperparameter resolves to on
+# their data. Methods that use a fit: in the float type of the fitted arrays.
+_FIT_METHODS = ("fit", "fit_chunked")
+_FITTED_METHODS = ("predict", "predict_proba", "predict_component", "score", "score_samples",
+                   "bic", "aic", "sample", "decode", "transform")
+
+
+def _in_fit_precision(method):
+    @functools.wraps(method)
+    def fit(self, X, *args, **kwargs):
+        width = precision.resolve(self.dtype, n_values=precision.data_values(X), tol=self.tol)
+        if not precision.differs(width):
+            return method(self, X, *args, **kwargs)
+        with precision.scope(width):
+            out = method(self, X, *args, **kwargs)
+        # Fitted attributes leave the scope as NumPy arrays of the fit's width.
+        for name, value in list(vars(self).items()):
+            if name.endswith("_") and not name.startswith("_"):
+                setattr(self, name, precision.to_host_result(value))
+        return out
+    return fit
+
+
+def _in_fitted_precision(method):
+    @functools.wraps(method)
+    def use(self, *args, **kwargs):
+        fitted = getattr(self, self._fitted_attribute, None)
+        width = getattr(fitted, "dtype", None)
+        if width is None or width.kind != "f" or not precision.differs(width):
+            return method(self, *args, **kwargs)
+        return precision.run_in(width, method, self, *args, **kwargs)
+    return use
+
+
 class EMEstimator(Hyperparameters):
     """Base of the mixture and HMM estimators: the hyperparameters and checks they share, the
-    record of a fit, and ``save``."""
+    record of a fit, and ``save``.
+
+    ``dtype`` (``"auto"``, ``"float32"``, ``"float64"``, ``None``: JAX's default) is the float
+    type a fit computes in, without JAX's global x64 flag (see
+    :func:`jaxem.core.precision.resolve`); the fitted arrays keep it, and prediction and scoring
+    compute in it too.
+    """
 
     _parameters = {"n_components": 1, "tol": 1e-6, "n_restarts": 1, "init_params": None,
                    "random_state": None, "m_step": "auto", "optimizer": None, "e_step": "soft",
-                   "verbose": 0, "checkpoint": None, "resume": False}
+                   "verbose": 0, "dtype": "auto", "checkpoint": None, "resume": False}
     _constraints = {"n_components": check_positive_int, "n_restarts": check_positive_int,
                     "tol": check_tolerance, "m_step": check_m_step,
+                    "dtype": lambda value, name: precision.check_dtype(value, name),
                     "checkpoint": check_checkpoint, "resume": one_of((False, True))}
+    _fitted_attribute = "weights_"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for names, wrap in ((_FIT_METHODS, _in_fit_precision),
+                            (_FITTED_METHODS, _in_fitted_precision)):
+            for name in names:
+                if name in cls.__dict__:
+                    setattr(cls, name, wrap(cls.__dict__[name]))
 
     def save(self, path) -> str:
         """Write hyperparameters and fitted attributes to ``path`` (``.npz``); see :func:`jaxem.load`.

@@ -59,7 +59,7 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
         max_iter: int = 100, tol: float = 1e-6, init_params: Any = None, m_step: str = "auto",
         method: str = "auto", optimizer: optax.GradientTransformation | None = None,
         m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
-        e_step: str | Annealing = "soft", progress=None, checkpoint=None,
+        e_step: str | Annealing = "soft", progress=None, dtype=None, checkpoint=None,
         resume: bool = False) -> FitResult:
     """Fit ``hmm`` by Baum-Welch (EM) from several starts at once.
 
@@ -90,6 +90,8 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
             called once per iteration, as in :func:`jaxem.fit`.
         checkpoint, resume: save the loop state to a file and continue from it, as in
             :func:`jaxem.fit`.
+        dtype: the float type to compute in, ``"float32"``, ``"float64"``, ``"auto"`` or ``None``
+            (JAX's default), as in :func:`jaxem.fit`.
 
     Returns:
         :class:`jaxem.FitResult`; ``history`` and ``log_likelihood`` are the total log-likelihood
@@ -99,6 +101,14 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
         ValueError: bad data or arguments, before any compute.
         FitError: every restart's log-likelihood became NaN or infinite.
     """
+    width = precision.resolve(dtype, n_values=precision.data_values(X), tol=tol)
+    if precision.differs(width):
+        return precision.run_in(width, fit, hmm, X, lengths, mask=mask, key=key,
+                                n_restarts=n_restarts, max_iter=max_iter, tol=tol,
+                                init_params=init_params, m_step=m_step, method=method,
+                                optimizer=optimizer, m_step_iters=m_step_iters,
+                                block_size=block_size, e_step=e_step, progress=progress,
+                                checkpoint=checkpoint, resume=resume)
     setup = driver.setup_fit(hmm, key=key, n_restarts=n_restarts, max_iter=max_iter, tol=tol,
                              e_step=e_step, m_step=m_step, optimizer=optimizer,
                              m_step_iters=m_step_iters, block_size=block_size, progress=progress,

@@ -43,7 +43,8 @@ def _gaussian_maximize(stats, params, covariance_type: str, reg_covar: float):
 
 
 def _gaussian_init(key, X, n_states: int, covariance_type: str, reg_covar: float, method: str):
-    return _drop_weights(G._init(key, X, n_states, covariance_type, reg_covar, method))
+    return _drop_weights(G._init(key, X, n_components=n_states, covariance_type=covariance_type,
+                                 reg_covar=reg_covar, method=method))
 
 
 def _gaussian_sample(key, params, state, covariance_type: str):

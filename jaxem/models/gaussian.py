@@ -223,11 +223,14 @@ def _maximize(stats, params, covariance_type: str, reg_covar: float, prior=None)
     return {"weights": mixing_weights(nk, alpha), "means": means, "prec_chol": A}
 
 
-def _broad_params(X: Array, n_components: int, covariance_type: str, means: Array):
-    """Parameters with the given means, equal weights and the data's overall (co)variance; used
-    as the fallback for components that an initial assignment leaves empty."""
+def _broad_params(X: Array, n_components: int, covariance_type: str, means: Array, weights: Array):
+    """Parameters with the given means, equal weights and the data's overall (co)variance (rows
+    weighted by ``weights [N]``); used as the fallback for components that an initial assignment
+    leaves empty."""
     d = X.shape[1]
-    var = jnp.var(X, axis=0) + 1e-6
+    share = weights / jnp.sum(weights)
+    centre = share @ X
+    var = share @ ((X - centre) ** 2) + 1e-6
     if covariance_type == "full":
         A = jnp.broadcast_to(jnp.diag(1.0 / jnp.sqrt(var)), (n_components, d, d))
     elif covariance_type == "tied":
@@ -236,29 +239,34 @@ def _broad_params(X: Array, n_components: int, covariance_type: str, means: Arra
         A = jnp.broadcast_to(1.0 / jnp.sqrt(var), (n_components, d))
     else:
         A = jnp.full((n_components,), 1.0 / jnp.sqrt(jnp.mean(var)), X.dtype)
-    weights = jnp.full((n_components,), 1.0 / n_components, X.dtype)
-    return {"weights": weights, "means": means, "prec_chol": A.astype(X.dtype)}
+    mixing = jnp.full((n_components,), 1.0 / n_components, X.dtype)
+    return {"weights": mixing, "means": means, "prec_chol": A.astype(X.dtype)}
 
 
-def _init(key: Array, X: Array, n_components: int, covariance_type: str, reg_covar: float,
-          method: str):
+def _init(key: Array, X: Array, weights: Array | None = None, *, n_components: int,
+          covariance_type: str, reg_covar: float, method: str, greedy: bool = True):
+    """Initial parameters from rows ``X [N, D]`` weighted by optional ``weights [N]`` (rows of
+    weight 0, padding among them, count for nothing); ``greedy=False`` seeds k-means++ with one
+    candidate per step (more varied starts)."""
     stats_fn = functools.partial(_suff_stats, covariance_type=covariance_type)
+    w = jnp.ones(X.shape[:1], X.dtype) if weights is None else weights.astype(X.dtype)
     if method == "random":
         resp = initialisers.random_responsibilities(key, X.shape[0], n_components, X.dtype)
-        centre = jnp.broadcast_to(jnp.mean(X, axis=0), (n_components, X.shape[1]))
-        start = _broad_params(X, n_components, covariance_type, centre)
+        centre = jnp.broadcast_to(w @ X / jnp.sum(w), (n_components, X.shape[1]))
+        start = _broad_params(X, n_components, covariance_type, centre, w)
     elif method == "random_from_data":
-        means = initialisers.random_rows(key, X, n_components)
-        return _broad_params(X, n_components, covariance_type, means)
+        means = initialisers.random_rows(key, X, n_components, weights)
+        return _broad_params(X, n_components, covariance_type, means, w)
     else:
         if method == "kmeans":
-            centers, labels = initialisers.kmeans(key, X, n_components)
+            centers, labels = initialisers.kmeans(key, X, n_components, weights=weights)
         else:
-            centers = initialisers.kmeans_plusplus(key, X, n_components)
+            centers = initialisers.kmeans_plusplus(key, X, n_components, weights,
+                                                   n_trials=None if greedy else 1)
             labels = jnp.argmin(initialisers.squared_distances(X, centers), axis=1)
         resp = initialisers.hard_responsibilities(labels, n_components, X.dtype)
-        start = _broad_params(X, n_components, covariance_type, centers)
-    stats = blocks.blocked_suff_stats(stats_fn, start, X, resp)
+        start = _broad_params(X, n_components, covariance_type, centers, w)
+    stats = blocks.blocked_suff_stats(stats_fn, start, X, resp * w[:, None])
     return _maximize(stats, start, covariance_type, reg_covar)
 
 
@@ -310,6 +318,13 @@ def gaussian_mixture(n_components: int, covariance_type: str = "full", reg_covar
 def _gaussian_mixture(n_components, ct, reg_covar, init, prior, missing) -> Model:
     init_fn = functools.partial(_init, n_components=n_components, covariance_type=ct,
                                 reg_covar=reg_covar, method=init)
+    # With several restarts every second one starts from plain k-means++ seeds (one candidate
+    # per step, no Lloyd iterations): greedy seeds refined by k-means tend to share a few
+    # partitions, and the best of the restarts gains from varied starts (wine, K=6, float64, 10
+    # restarts: best -8.61 nats/row from greedy k-means alone, -6.65 from plain seeds; random
+    # responsibilities gave -10.2 at best).
+    explore = (functools.partial(init_fn, method="k-means++", greedy=False)
+               if init == "kmeans" and not missing else None)
     if missing:
         init_fn = _with_imputation(init_fn)
     batch = missing_values.batch_log_joint if missing else _batch_log_joint
@@ -331,6 +346,9 @@ def _gaussian_mixture(n_components, ct, reg_covar, init, prior, missing) -> Mode
         log_prior=(None if prior is None
                    else functools.partial(log_prior, covariance_type=ct, prior=prior)),
         handles_missing=missing,
+        # Column means impute before the seeding, unweighted: padding would shift them.
+        weighted_init=None if missing else init_fn,
+        explore_init=explore,
     )
 
 

@@ -110,21 +110,35 @@ def _maximize(stats, params, covariance_type: str, reg_covar: float, fixed_dof: 
             "dofs": dofs}
 
 
-def _init(key: Array, X: Array, n_components: int, covariance_type: str, reg_covar: float,
-          initial_dof: float, method: str):
-    # A Gaussian fit to the starting responsibilities (u = 1) with the initial degrees of freedom.
+def _init(key: Array, X: Array, weights: Array | None = None, *, n_components: int,
+          covariance_type: str, reg_covar: float, initial_dof: float, method: str):
+    # A Gaussian fit to the starting responsibilities (u = 1) with the initial degrees of freedom;
+    # rows weighted by optional ``weights [N]`` (0: padding, counts for nothing).
     k, d = n_components, X.shape[1]
-    resp = initialisers.initial_responsibilities(key, X, k, method)
+    w = jnp.ones(X.shape[:1], X.dtype) if weights is None else weights.astype(X.dtype)
+    # Seeded robustly: k-means++'s D² weighting would otherwise hand gross outliers a centre,
+    # and a component on the outliers plus one over every cluster is a fit EM does not leave.
+    resp = initialisers.initial_responsibilities(key, X, k, method, weights=weights, robust=True)
     start = {"weights": jnp.full((k,), 1.0 / k, X.dtype),
-             "means": jnp.broadcast_to(jnp.mean(X, axis=0), (k, d)),
+             "means": jnp.broadcast_to(w @ X / jnp.sum(w), (k, d)),
              "prec_chol": (jnp.broadcast_to(jnp.eye(d, dtype=X.dtype), (k, d, d))
                            if covariance_type == "full" else jnp.ones((k, d), X.dtype)),
              "dofs": jnp.full((k,), initial_dof, X.dtype)}
     # A component that no row was assigned to starts as the whole data's (broad) Gaussian.
-    resp = 0.95 * resp + 0.05 / k
+    resp = (0.95 * resp + 0.05 / k) * w[:, None]
+    # The first M-step weighs each row as the t E-step would, u = (ν + D) / (ν + δ), with δ its
+    # squared distance to its starting centre in units of the median row's: rows far from every
+    # cluster (gross outliers) then barely widen the starting scales, which would otherwise leave
+    # two broad components that EM settles on (one over the outliers, one over the clusters).
+    nk = jnp.sum(resp, axis=0)
+    centres = (resp.T @ X) / nk[:, None]
+    spread = jnp.sum(resp * initialisers.squared_distances(X, centres), axis=1) / jnp.maximum(
+        w, jnp.finfo(X.dtype).tiny)
+    typical = jnp.maximum(initialisers.weighted_median(spread, w), jnp.finfo(X.dtype).tiny)
+    u = (initial_dof + d) / (initial_dof + d * spread / typical)
     stats = blocks.blocked_suff_stats(
-        lambda p, xb, rb: _moments(p["means"], xb, rb, jnp.ones_like(rb), covariance_type),
-        start, X, resp)
+        lambda p, xb, ru: _moments(p["means"], xb, ru[:, :k], ru[:, k:], covariance_type),
+        start, X, jnp.concatenate([resp, jnp.broadcast_to(u[:, None], resp.shape)], axis=1))
     stats["log_u_minus_u"] = -stats["nk"]
     return _maximize(stats, start, covariance_type, reg_covar, initial_dof, 1.0)
 
@@ -160,10 +174,13 @@ def student_t_mixture(n_components: int, covariance_type: str = "full", dof: flo
     ct = covariance_type
     fixed = None if dof is None else float(dof)
     chol = C.cholesky if ct == "full" else C.positive
+    init_fn = functools.partial(_init, n_components=n_components, covariance_type=ct,
+                                reg_covar=reg_covar, initial_dof=10.0 if fixed is None else fixed,
+                                method=init)
     return Model(
-        init=functools.partial(_init, n_components=n_components, covariance_type=ct,
-                               reg_covar=reg_covar, initial_dof=10.0 if fixed is None else fixed,
-                               method=init),
+        init=init_fn, weighted_init=init_fn,
+        # With several restarts every second one starts from random responsibilities.
+        explore_init=functools.partial(init_fn, method="random") if init == "kmeans" else None,
         log_joint=functools.partial(_log_joint, covariance_type=ct, fixed_dof=fixed),
         batch_log_joint=functools.partial(_batch_log_joint, covariance_type=ct, fixed_dof=fixed),
         suff_stats=functools.partial(_suff_stats, covariance_type=ct, fixed_dof=fixed),

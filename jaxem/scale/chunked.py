@@ -65,7 +65,7 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
                 init_size: int = DEFAULT_INIT_ROWS, e_step="soft", m_step: str = "auto",
                 optimizer=None, m_step_iters: int = 10, method: str = "auto",
                 block_size: int | None = None, devices=None,
-                progress: Callable | None = None, checkpoint=None,
+                progress: Callable | None = None, dtype=None, checkpoint=None,
                 resume: bool = False) -> FitResult:
     """Fit ``model`` by exact EM reading ``source`` in chunks (data larger than memory).
 
@@ -95,6 +95,9 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
         checkpoint, resume: save the loop state after iterations and continue from it, as in
             :func:`jaxem.fit`; a resume first repeats the initial pass over the data. The data
             are fingerprinted by their row count and the initial parameters drawn from them.
+        dtype: the float type to compute in, ``"float32"``, ``"float64"``, ``"auto"`` or ``None``
+            (JAX's default), as in :func:`jaxem.fit`; ``"auto"`` counts an array source's size
+            (a file or an iterable counts as large).
 
     Returns:
         A :class:`jaxem.FitResult` (``compile_time`` is 0: chunk programs compile on first use and
@@ -105,6 +108,16 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
             with a line search.
         FitError: every restart's log-likelihood became NaN or infinite.
     """
+    width = precision.resolve(dtype, n_values=precision.data_values(source), tol=tol)
+    if precision.differs(width):
+        return precision.run_in(width, fit_chunked, model, source, chunk_size=chunk_size,
+                                lengths=lengths, key=key, n_restarts=n_restarts,
+                                max_iter=max_iter, tol=tol, sample_weight=sample_weight,
+                                labels=labels, init_params=init_params, init_size=init_size,
+                                e_step=e_step, m_step=m_step, optimizer=optimizer,
+                                m_step_iters=m_step_iters, method=method, block_size=block_size,
+                                devices=devices, progress=progress, checkpoint=checkpoint,
+                                resume=resume)
     init_size = check_positive_int(init_size, "init_size")
     if chunk_size is not None:
         chunk_size = check_positive_int(chunk_size, "chunk_size")
