@@ -41,20 +41,22 @@ def _signature(tree) -> tuple:
                           for x in leaves)
 
 
-def _executable(program, dynamic: tuple, static: dict, disk_name: str | None) -> tuple:
+def _executable(program, dynamic: tuple, static: dict, disk_name: str | None,
+                counted: bool = True) -> tuple:
     """``(compiled program, compile seconds)`` for these arguments: from memory, the program
-    cache on disk, or compiled now (see :func:`run_compiled`)."""
+    cache on disk, or compiled now (see :func:`run_compiled`). ``counted``: whether it counts in
+    :func:`counts` (a segmented fit's start program is part of its fit program)."""
     cache_key = (program, tuple(sorted(static.items(), key=lambda item: item[0])),
                  _signature(dynamic))
     executable = _EXECUTABLES.get(cache_key)
     if executable is not None:
-        _COUNTS["reused"] += 1
+        _COUNTS["reused"] += counted
         _EXECUTABLES.move_to_end(cache_key)
         return executable, 0.0
     start = time.perf_counter()
     disk_key = None if disk_name is None else program_cache.program_key(disk_name, static, dynamic)
     executable = program_cache.load(disk_key, dynamic)
-    _COUNTS["loaded" if executable is not None else "compiled"] += 1
+    _COUNTS["loaded" if executable is not None else "compiled"] += counted
     if executable is None:
         executable = program_cache.compile_and_store(disk_key, program.lower(*dynamic, **static))
     _EXECUTABLES[cache_key] = executable
@@ -161,7 +163,7 @@ def run_segmented(program, dynamic: tuple, static: dict, progress=None,
     try:
         with _interrupt_flag() as interrupted:
             start, compile_seconds = _executable(program, dynamic + (None, stop_at), static,
-                                                 disk_name)
+                                                 disk_name, counted=False)
             began = time.perf_counter()
             state = start(*dynamic, None, stop_at)
             run_seconds = time.perf_counter() - began
