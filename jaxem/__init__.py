@@ -18,6 +18,7 @@ from .core.result import FitError, FitResult
 from .core.runner import fit
 from .core.validation import ConvergenceWarning, NotFittedError
 from .estimators import (
+    BayesianGaussianMixture,
     BernoulliMixture,
     CategoricalHMM,
     CategoricalMixture,
@@ -34,6 +35,7 @@ from .estimators import (
     StudentTMixture,
 )
 from .models import (
+    bayesian_gaussian_mixture,
     bernoulli_mixture,
     categorical_mixture,
     exponential_mixture,
@@ -62,7 +64,7 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Annealing", "bernoulli_mixture", "BernoulliMixture", "categorical_mixture", "CategoricalHMM",
+    "Annealing", "bayesian_gaussian_mixture", "BayesianGaussianMixture", "bernoulli_mixture", "BernoulliMixture", "categorical_mixture", "CategoricalHMM",
     "CategoricalMixture", "ComponentSelection", "constraints", "ConvergenceWarning",
     "disable_compilation_cache", "e_step", "elbo", "enable_compilation_cache", "expected_log_joint",
     "exponential_mixture", "ExponentialMixture", "fit", "fit_chunked", "fit_online", "FitError",

@@ -5,6 +5,7 @@ engine's (:func:`jaxem.fit`).
 """
 
 from .base import MixtureEstimator
+from .bayesian_gaussian import BayesianGaussianMixture
 from .bernoulli import BernoulliMixture
 from .categorical import CategoricalMixture
 from .exponential import ExponentialMixture
@@ -18,6 +19,7 @@ from .regression import MixtureOfExperts, MixtureOfLinearRegressions
 from .student_t import StudentTMixture
 
 __all__ = [
+    "BayesianGaussianMixture",
     "BernoulliMixture",
     "CategoricalHMM",
     "CategoricalMixture",

@@ -1,5 +1,6 @@
 """Built-in model families, each a factory returning a :class:`jaxem.Model`."""
 
+from .bayesian_gaussian import bayesian_gaussian_mixture, variational_prior
 from .bernoulli import bernoulli_mixture
 from .categorical import categorical_mixture
 from .experts import mixture_of_experts
@@ -13,7 +14,7 @@ from .poisson import poisson_mixture
 from .regression import mixture_of_linear_regressions
 from .student_t import student_t_mixture
 
-__all__ = ["bernoulli_mixture", "categorical_mixture", "exponential_mixture", "gamma_mixture",
+__all__ = ["bayesian_gaussian_mixture", "bernoulli_mixture", "categorical_mixture", "exponential_mixture", "gamma_mixture",
            "gaussian_mixture", "independent_mixture", "isotropic_mixture", "poisson_mixture",
            "student_t_mixture", "GaussianPrior", "gaussian_prior", "mixture_of_experts",
-           "mixture_of_linear_regressions"]
+           "mixture_of_linear_regressions", "variational_prior"]
