@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -9,6 +11,7 @@ from ..core import inference as em
 from ..core.validation import check_nonnegative_float
 from ..models import bayesian_gaussian as family
 from ..models import gaussian as gaussian_family
+from ..models.gaussian_prior import GaussianPrior
 from .checks import one_of
 from .gaussian import GaussianMixture
 
@@ -71,8 +74,9 @@ class BayesianGaussianMixture(GaussianMixture):
         return X
 
     def _model(self):
+        # The prior is kept as a dict of floats and tuples, which a model file can hold.
         return family.bayesian_gaussian_mixture(
-            self.n_components, self._prior, self.covariance_type,
+            self.n_components, GaussianPrior(**self._prior), self.covariance_type,
             self.weight_concentration_prior_type, float(self.reg_covar), self.init_params)
 
     def _make_prior(self, Xc: np.ndarray):
@@ -92,7 +96,7 @@ class BayesianGaussianMixture(GaussianMixture):
     def _prepare(self, X: np.ndarray) -> None:
         check_nonnegative_float(self.reg_covar, "reg_covar")
         self._offset = X.mean(axis=0)
-        self._prior = self._make_prior(X - self._offset)
+        self._prior = dataclasses.asdict(self._make_prior(X - self._offset))
 
     def _initial_params(self, X: np.ndarray):
         return None
