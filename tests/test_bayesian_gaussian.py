@@ -108,7 +108,7 @@ def test_fit_history_is_the_bound(x64, ct, pt):
     result = jem.fit(model, X, init_params=params, max_iter=n_iter, tol=None)
     c = _omitted_constant(X, prior, ct, pt)
     expected = []
-    for t, step in enumerate(steps):
+    for step in steps:
         resp = np.exp(step["log_resp"])
         after = np.logaddexp.reduce(step["log_joint"], axis=1).sum()
         used = np.sum(resp * (step["log_joint"] - step["log_resp"]))

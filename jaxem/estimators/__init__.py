@@ -10,6 +10,7 @@ from .bernoulli import BernoulliMixture
 from .categorical import CategoricalMixture
 from .exponential import ExponentialMixture
 from .gamma import GammaMixture
+from .factor_analysers import MixtureOfFactorAnalysers, MixtureOfPPCA
 from .gaussian import GaussianMixture
 from .hmm import CategoricalHMM, GaussianHMM, PoissonHMM
 from .independent import IndependentMixture
@@ -31,7 +32,9 @@ __all__ = [
     "KMeans",
     "MixtureEstimator",
     "MixtureOfExperts",
+    "MixtureOfFactorAnalysers",
     "MixtureOfLinearRegressions",
+    "MixtureOfPPCA",
     "PoissonHMM",
     "PoissonMixture",
     "StudentTMixture",
