@@ -69,25 +69,28 @@ def _noise(params) -> Array:
 
 
 def _woodbury(params):
-    """Per component: ``1/ψ [K, D]``, ``B^T = L^{-1} W^T Ψ^{-1} [K, q, D]``, ``L [K, q, q]``
+    """Per component: ``1/ψ [K, D]``, ``B^T = L^{-1} W^T Ψ^{-1} [K, q, D]``, ``L^{-1} [K, q, q]``
     and ``log|C| [K]``."""
     W = params["loadings"]
     inv_psi = 1.0 / _noise(params)
     scaled = W * inv_psi[:, :, None]                                    # Ψ^{-1} W
     q = W.shape[-1]
-    M = jnp.eye(q, dtype=W.dtype) + jnp.einsum("kdq,kdr->kqr", W, scaled)
-    L = jnp.linalg.cholesky(M)
-    Bt = jax.scipy.linalg.solve_triangular(L, jnp.swapaxes(scaled, 1, 2), lower=True)
+    eye = jnp.eye(q, dtype=W.dtype)
+    L = jnp.linalg.cholesky(eye + jnp.einsum("kdq,kdr->kqr", W, scaled))
+    # Inverted once (q x q), then a product: XLA:CPU's triangular solve with D right-hand sides
+    # took longer than the whole E-step's product with X.
+    L_inv = jax.scipy.linalg.solve_triangular(L, jnp.broadcast_to(eye, L.shape), lower=True)
+    Bt = jnp.einsum("kqr,kdr->kqd", L_inv, scaled)
     log_det = (-jnp.sum(jnp.log(inv_psi), axis=1)
                + 2 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=1, axis2=2)), axis=1))
-    return inv_psi, Bt, L, log_det
+    return inv_psi, Bt, L_inv, log_det
 
 
 def _project(params, X: Array):
-    """``(log_joint [N, K], y [N, K, q], L)`` with ``y = L^{-1} W^T Ψ^{-1} (x - μ)``."""
+    """``(log_joint [N, K], y [N, K, q], L^{-1})`` with ``y = L^{-1} W^T Ψ^{-1} (x - μ)``."""
     means = params["means"]
     k, d = means.shape
-    inv_psi, Bt, L, log_det = _woodbury(params)
+    inv_psi, Bt, L_inv, log_det = _woodbury(params)
     q = Bt.shape[1]
     # One product for the projections and the cross term of Σ (x - μ)² / ψ.
     right = jnp.concatenate([jnp.transpose(Bt, (2, 0, 1)).reshape(d, k * q),
@@ -99,7 +102,7 @@ def _project(params, X: Array):
     mahalanobis = diagonal - jnp.sum(y * y, axis=-1)
     log_joint = (jnp.log(params["weights"])
                  - 0.5 * (d * math.log(2 * math.pi) + log_det + mahalanobis))
-    return log_joint, y, L
+    return log_joint, y, L_inv
 
 
 def _batch_log_joint(params, X: Array) -> Array:
@@ -110,18 +113,16 @@ def _log_joint(params, x: Array) -> Array:
     return _batch_log_joint(params, x[None])[0]
 
 
-def _factor_means(y: Array, L: Array) -> tuple[Array, Array]:
-    """``(E[z | x, k] = L^{-T} y [N, K, q], L^{-1} [K, q, q])``."""
-    eye = jnp.broadcast_to(jnp.eye(L.shape[-1], dtype=L.dtype), L.shape)
-    L_inv = jax.scipy.linalg.solve_triangular(L, eye, lower=True)
-    return jnp.einsum("kqp,nkq->nkp", L_inv, y), L_inv
+def _factor_means(y: Array, L_inv: Array) -> Array:
+    """``E[z | x, k] = L^{-T} y [N, K, q]``."""
+    return jnp.einsum("kqp,nkq->nkp", L_inv, y)
 
 
-def _stats_from(X: Array, resp: Array, y: Array, L: Array):
+def _stats_from(X: Array, resp: Array, y: Array, L_inv: Array):
     n, k = resp.shape
     q = y.shape[-1]
     # E[z z^T] = M^{-1} + E[z] E[z]^T with M^{-1} = L^{-T} L^{-1}.
-    Ez, L_inv = _factor_means(y, L)
+    Ez = _factor_means(y, L_inv)
     rz = resp[:, :, None] * Ez
     # Σ r x E[z]^T and Σ r x in one product over rows.
     cross = X.T @ jnp.concatenate([rz.reshape(n, k * q), resp], axis=1)   # [D, K q + K]
@@ -134,15 +135,15 @@ def _stats_from(X: Array, resp: Array, y: Array, L: Array):
 
 
 def _suff_stats(params, X: Array, resp: Array):
-    _, y, L = _project(params, X)
-    return _stats_from(X, resp, y, L)
+    _, y, L_inv = _project(params, X)
+    return _stats_from(X, resp, y, L_inv)
 
 
 def _block_stats(params, X: Array, posterior):
     # The E-step's projections serve the statistics too: one product with X, not two.
-    log_joint, y, L = _project(params, X)
+    log_joint, y, L_inv = _project(params, X)
     row_objectives, resp = posterior(log_joint)
-    return row_objectives, _stats_from(X, resp, y, L)
+    return row_objectives, _stats_from(X, resp, y, L_inv)
 
 
 def _maximize(stats, params, isotropic: bool, reg_covar: float):
@@ -156,7 +157,9 @@ def _maximize(stats, params, isotropic: bool, reg_covar: float):
     # An empty component's system is singular; it keeps its parameters below.
     szz = szz + empty[:, None, None] * jnp.eye(q + 1, dtype=szz.dtype)
     sxz = jnp.concatenate([stats["sxz"], stats["sx"][:, :, None]], axis=2)   # [K, D, q+1]
-    augmented = jnp.swapaxes(jnp.linalg.solve(szz, jnp.swapaxes(sxz, 1, 2)), 1, 2)
+    # Inverted (q + 1 square) and then multiplied: a solve with D right-hand sides is slow on
+    # XLA:CPU.
+    augmented = jnp.einsum("kdi,kij->kdj", sxz, jnp.linalg.inv(szz))
     noise = (stats["sxx"] - jnp.sum(augmented * sxz, axis=2)) / safe_nk[:, None]
     if isotropic:
         noise = jnp.mean(noise, axis=1)
@@ -245,5 +248,5 @@ def covariances(params) -> Array:
 
 def expected_factors(params, X: Array) -> tuple[Array, Array]:
     """``(E[z | x, k] [N, K, q], log_joint [N, K])`` for rows ``X [N, D]``."""
-    log_joint, y, L = _project(params, X)
-    return _factor_means(y, L)[0], log_joint
+    log_joint, y, L_inv = _project(params, X)
+    return _factor_means(y, L_inv), log_joint
