@@ -67,15 +67,15 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Annealing", "bayesian_gaussian_mixture", "BayesianGaussianMixture", "bernoulli_mixture", "BernoulliMixture", "categorical_mixture", "CategoricalHMM",
-    "CategoricalMixture", "ComponentSelection", "constraints", "ConvergenceWarning",
-    "disable_compilation_cache", "e_step", "elbo", "enable_compilation_cache", "expected_log_joint",
-    "exponential_mixture", "ExponentialMixture", "fit", "fit_chunked", "fit_online", "FitError",
-    "FitResult", "gamma_mixture", "GammaMixture", "gaussian_mixture", "GaussianHMM",
-    "GaussianMixture", "hmm", "independent_mixture", "IndependentMixture", "init",
-    "isotropic_mixture", "KMeans", "load", "log_likelihood", "log_likelihood_chunked",
-    "mixture_of_experts", "mixture_of_factor_analysers", "mixture_of_linear_regressions", "MixtureOfExperts", "MixtureOfFactorAnalysers",
-    "MixtureOfLinearRegressions", "MixtureOfPPCA", "Model", "models", "NotFittedError", "OnlineResult",
-    "poisson_mixture", "PoissonHMM", "PoissonMixture", "save", "select_components",
-    "student_t_mixture", "StudentTMixture",
+    "Annealing", "bayesian_gaussian_mixture", "BayesianGaussianMixture", "bernoulli_mixture",
+    "BernoulliMixture", "categorical_mixture", "CategoricalHMM", "CategoricalMixture", "ComponentSelection",
+    "constraints", "ConvergenceWarning", "disable_compilation_cache", "e_step", "elbo",
+    "enable_compilation_cache", "expected_log_joint", "exponential_mixture", "ExponentialMixture", "fit",
+    "fit_chunked", "fit_online", "FitError", "FitResult", "gamma_mixture", "GammaMixture", "gaussian_mixture",
+    "GaussianHMM", "GaussianMixture", "hmm", "independent_mixture", "IndependentMixture", "init",
+    "isotropic_mixture", "KMeans", "load", "log_likelihood", "log_likelihood_chunked", "mixture_of_experts",
+    "mixture_of_factor_analysers", "mixture_of_linear_regressions", "MixtureOfExperts",
+    "MixtureOfFactorAnalysers", "MixtureOfLinearRegressions", "MixtureOfPPCA", "Model", "models",
+    "NotFittedError", "OnlineResult", "poisson_mixture", "PoissonHMM", "PoissonMixture", "save",
+    "select_components", "student_t_mixture", "StudentTMixture",
 ]

@@ -8,6 +8,7 @@ import pytest
 from scipy.special import betaln, gammaln
 
 import jaxem as jem
+from jaxem.app import cli
 from jaxem.models import bayesian_gaussian as family
 
 sklearn_mixture = pytest.importorskip("sklearn.mixture")
@@ -153,3 +154,14 @@ def test_bad_arguments_are_named():
         jem.BayesianGaussianMixture(2, weight_concentration_prior_type="pitman-yor").fit(X)
     with pytest.raises(ValueError, match="degrees_of_freedom prior must be > 2"):
         jem.BayesianGaussianMixture(2, degrees_of_freedom_prior=1.0).fit(X)
+
+
+def test_command_line_fit(tmp_path, capsys):
+    X, _ = _data()
+    data = tmp_path / "rows.npy"
+    np.save(data, X)
+    assert cli.main(["fit", str(data), "--model", "bgmm", "-k", "6", "--restarts", "1",
+                             "--covariance", "diag", "--max-iter", "5", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "BayesianGaussianMixture(n_components=6" in out and "lower bound" in out
+    assert "BIC" not in out

@@ -9,8 +9,8 @@ from .bayesian_gaussian import BayesianGaussianMixture
 from .bernoulli import BernoulliMixture
 from .categorical import CategoricalMixture
 from .exponential import ExponentialMixture
-from .gamma import GammaMixture
 from .factor_analysers import MixtureOfFactorAnalysers, MixtureOfPPCA
+from .gamma import GammaMixture
 from .gaussian import GaussianMixture
 from .hmm import CategoricalHMM, GaussianHMM, PoissonHMM
 from .independent import IndependentMixture

@@ -15,7 +15,7 @@ from .poisson import poisson_mixture
 from .regression import mixture_of_linear_regressions
 from .student_t import student_t_mixture
 
-__all__ = ["bayesian_gaussian_mixture", "bernoulli_mixture", "categorical_mixture", "exponential_mixture", "gamma_mixture",
-           "gaussian_mixture", "independent_mixture", "isotropic_mixture", "poisson_mixture",
+__all__ = ["bayesian_gaussian_mixture", "bernoulli_mixture", "categorical_mixture", "exponential_mixture",
+           "gamma_mixture", "gaussian_mixture", "independent_mixture", "isotropic_mixture", "poisson_mixture",
            "student_t_mixture", "GaussianPrior", "gaussian_prior", "mixture_of_experts",
            "mixture_of_factor_analysers", "mixture_of_linear_regressions", "variational_prior"]
