@@ -7,10 +7,8 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from ..core import inference as em
 from ..core.validation import check_nonnegative_float
 from ..models import bayesian_gaussian as family
-from ..models import gaussian as gaussian_family
 from ..models.gaussian_prior import GaussianPrior
 from .checks import one_of
 from .gaussian import GaussianMixture
@@ -80,17 +78,10 @@ class BayesianGaussianMixture(GaussianMixture):
             self.weight_concentration_prior_type, float(self.reg_covar), self.init_params)
 
     def _make_prior(self, Xc: np.ndarray):
-        mean = None
-        if self.mean_prior is not None:
-            mean = np.asarray(self.mean_prior, dtype=np.float64)
-            if mean.shape != self._offset.shape:
-                raise ValueError(f"mean_prior must have shape {self._offset.shape} to match X, "
-                                 f"got {mean.shape}")
-            mean = mean - self._offset
         return family.variational_prior(
             Xc, self.n_components, self.covariance_type,
             weight_concentration=self.weight_concentration_prior,
-            mean_precision=self.mean_precision_prior, mean=mean,
+            mean_precision=self.mean_precision_prior, mean=self._centred_mean_prior(),
             covariance=self.covariance_prior, degrees_of_freedom=self.degrees_of_freedom_prior)
 
     def _prepare(self, X: np.ndarray) -> None:
@@ -102,35 +93,25 @@ class BayesianGaussianMixture(GaussianMixture):
         return None
 
     def _params(self):
-        dtype = em.default_float_dtype()
-        A = np.asarray(self.precisions_cholesky_)
-        if self.covariance_type in ("full", "tied"):
-            A = np.swapaxes(A, -1, -2)
-        return {"concentration": jnp.asarray(np.asarray(self.weight_concentration_), dtype),
+        # GaussianMixture's means and precision factors, with the posterior's other parameters.
+        params = super()._params()
+        del params["weights"]
+        dtype = params["means"].dtype
+        return {**params, "concentration": jnp.asarray(np.asarray(self.weight_concentration_), dtype),
                 "mean_precision": jnp.asarray(self.mean_precision_, dtype),
-                "means": jnp.asarray(np.asarray(self.means_) - self._offset, dtype),
-                "dof": jnp.asarray(self.degrees_of_freedom_, dtype),
-                "prec_chol": jnp.asarray(A, dtype)}
+                "dof": jnp.asarray(self.degrees_of_freedom_, dtype)}
 
     def _set_params_from(self, params) -> None:
+        weights = family.expected_weights(params["concentration"],
+                                          self.weight_concentration_prior_type)
+        super()._set_params_from({"weights": weights, "means": params["means"],
+                                  "prec_chol": params["prec_chol"]})
         concentration = np.asarray(params["concentration"])
         self.weight_concentration_ = (tuple(concentration) if concentration.ndim == 2
                                       else concentration)
         self.mean_precision_ = np.asarray(params["mean_precision"])
         dof = np.asarray(params["dof"])
         self.degrees_of_freedom_ = float(dof) if dof.ndim == 0 else dof
-        self.weights_ = np.asarray(family.expected_weights(
-            params["concentration"], self.weight_concentration_prior_type))
-        A = np.asarray(params["prec_chol"])
-        self.means_ = np.asarray(params["means"], np.float64) + np.asarray(self._offset, np.float64)
-        self.covariances_ = np.asarray(
-            gaussian_family.covariances_from_prec_chol(params["prec_chol"], self.covariance_type))
-        if self.covariance_type in ("full", "tied"):
-            self.precisions_cholesky_ = np.swapaxes(A, -1, -2)
-            self.precisions_ = self.precisions_cholesky_ @ A
-        else:
-            self.precisions_cholesky_ = A
-            self.precisions_ = A * A
 
     def _n_parameters(self) -> int:
         raise ValueError(f"{type(self).__name__} has no BIC or AIC (its parameters are a "

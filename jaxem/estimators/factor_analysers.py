@@ -9,7 +9,7 @@ from ..core import inference as em
 from ..core.validation import check_nonnegative_float, check_positive_int, to_device
 from ..models import factor_analysers as family
 from ..models import init as initialisers
-from .base import MixtureEstimator
+from .base import CentredCoordinates, MixtureEstimator
 from .checks import one_of
 
 
@@ -18,14 +18,15 @@ def _check_bool(value, name: str) -> None:
         raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
-class MixtureOfFactorAnalysers(MixtureEstimator):
+class MixtureOfFactorAnalysers(CentredCoordinates, MixtureEstimator):
     """Mixture of factor analysers fitted by EM (Ghahramani & Hinton 1996).
 
     Each component is a Gaussian with covariance ``W_k W_k^T + Ψ_k``: ``n_factors`` loadings
     ``W_k [D, q]`` and a diagonal noise ``Ψ_k`` (with ``isotropic=True``, ``σ_k² I``: a mixture of
     probabilistic PCA, Tipping & Bishop 1999). Nothing ``D x D`` is formed: an iteration costs
     ``O(N K D q)``, so it suits data such as 70k x 784 images where a full covariance per
-    component is too many parameters and a diagonal one ignores all correlation.
+    component is too many parameters and a diagonal one ignores all correlation. The model's
+    statistics are moments about the origin, so it fits in coordinates centred on the data mean.
 
     Args:
         n_components: ``K``.
@@ -56,13 +57,6 @@ class MixtureOfFactorAnalysers(MixtureEstimator):
         if X.shape[1] <= self.n_factors:
             raise ValueError(f"n_factors={self.n_factors} needs more than {self.n_factors} "
                              f"features, got {X.shape[1]}; lower n_factors")
-
-    def _prepare(self, X: np.ndarray) -> None:
-        # The statistics are moments about the origin: centring keeps them accurate in float32.
-        self._offset = X.mean(axis=0)
-
-    def _transform(self, X: np.ndarray) -> np.ndarray:
-        return X - self._offset
 
     def _params(self):
         dtype = em.default_float_dtype()
