@@ -2,6 +2,7 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -165,3 +166,17 @@ def test_command_line_fit(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "BayesianGaussianMixture(n_components=6" in out and "lower bound" in out
     assert "BIC" not in out
+
+
+def test_gradient_m_step_agrees_with_the_update(x64):
+    """The engine's gradient M-step maximises Σ r ℓ + log_prior over the variational parameters;
+    the closed-form posterior update is that maximum, so they agree (1e-4): log_prior is the KL
+    the update optimises."""
+    X, resp0 = _data()
+    _, model, params = _start(X, resp0, "diag", "dirichlet_process", 1e-6)
+    resp = jax.nn.softmax(model.log_joint_matrix(params, jnp.asarray(X)), axis=1)
+    closed = model.maximize(model.suff_stats(params, jnp.asarray(X), resp), params)
+    grad = jem.fit(model, X, init_params=params, max_iter=1, tol=None, m_step="gradient",
+                   m_step_iters=200)
+    for name, value in closed.items():
+        np.testing.assert_allclose(grad.params[name], value, rtol=1e-4)
