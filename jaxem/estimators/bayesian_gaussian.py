@@ -7,7 +7,6 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from ..core.validation import check_nonnegative_float
 from ..models import bayesian_gaussian as family
 from ..models.gaussian_prior import GaussianPrior
 from .checks import one_of
@@ -85,7 +84,6 @@ class BayesianGaussianMixture(GaussianMixture):
             covariance=self.covariance_prior, degrees_of_freedom=self.degrees_of_freedom_prior)
 
     def _prepare(self, X: np.ndarray) -> None:
-        check_nonnegative_float(self.reg_covar, "reg_covar")
         self._offset = X.mean(axis=0)
         self._prior = dataclasses.asdict(self._make_prior(X - self._offset))
 
