@@ -19,6 +19,7 @@ from .core.result import FitError, FitInterrupted, FitResult
 from .core.runner import fit
 from .core.validation import ConvergenceWarning, NotFittedError
 from .estimators import (
+    BayesianGaussianMixture,
     BernoulliMixture,
     CategoricalHMM,
     CategoricalMixture,
@@ -29,12 +30,15 @@ from .estimators import (
     IndependentMixture,
     KMeans,
     MixtureOfExperts,
+    MixtureOfFactorAnalysers,
     MixtureOfLinearRegressions,
+    MixtureOfPPCA,
     PoissonHMM,
     PoissonMixture,
     StudentTMixture,
 )
 from .models import (
+    bayesian_gaussian_mixture,
     bernoulli_mixture,
     categorical_mixture,
     exponential_mixture,
@@ -44,6 +48,7 @@ from .models import (
     init,
     isotropic_mixture,
     mixture_of_experts,
+    mixture_of_factor_analysers,
     mixture_of_linear_regressions,
     poisson_mixture,
     student_t_mixture,
@@ -63,15 +68,16 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Annealing", "bernoulli_mixture", "BernoulliMixture", "categorical_mixture", "CategoricalHMM",
-    "CategoricalMixture", "Checkpoint", "ComponentSelection", "constraints", "ConvergenceWarning",
-    "disable_compilation_cache", "e_step", "elbo", "enable_compilation_cache", "expected_log_joint",
-    "exponential_mixture", "ExponentialMixture", "fit", "fit_chunked", "fit_online", "FitError",
-    "FitInterrupted", "FitResult", "gamma_mixture", "GammaMixture", "gaussian_mixture", "GaussianHMM",
-    "GaussianMixture", "hmm", "independent_mixture", "IndependentMixture", "init",
-    "isotropic_mixture", "KMeans", "load", "log_likelihood", "log_likelihood_chunked",
-    "mixture_of_experts", "mixture_of_linear_regressions", "MixtureOfExperts",
-    "MixtureOfLinearRegressions", "Model", "models", "NotFittedError", "OnlineResult",
-    "poisson_mixture", "PoissonHMM", "PoissonMixture", "save", "select_components",
-    "student_t_mixture", "StudentTMixture",
+    "Annealing", "bayesian_gaussian_mixture", "BayesianGaussianMixture", "bernoulli_mixture",
+    "BernoulliMixture", "categorical_mixture", "CategoricalHMM", "CategoricalMixture", "Checkpoint",
+    "ComponentSelection", "constraints", "ConvergenceWarning", "disable_compilation_cache", "e_step",
+    "elbo", "enable_compilation_cache", "expected_log_joint", "exponential_mixture", "ExponentialMixture",
+    "fit", "fit_chunked", "fit_online", "FitError", "FitInterrupted", "FitResult", "gamma_mixture",
+    "GammaMixture", "gaussian_mixture", "GaussianHMM", "GaussianMixture", "hmm", "independent_mixture",
+    "IndependentMixture", "init", "isotropic_mixture", "KMeans", "load", "log_likelihood",
+    "log_likelihood_chunked", "mixture_of_experts", "mixture_of_factor_analysers",
+    "mixture_of_linear_regressions", "MixtureOfExperts", "MixtureOfFactorAnalysers",
+    "MixtureOfLinearRegressions", "MixtureOfPPCA", "Model", "models", "NotFittedError", "OnlineResult",
+    "poisson_mixture", "PoissonHMM", "PoissonMixture", "save", "select_components", "student_t_mixture",
+    "StudentTMixture",
 ]

@@ -14,6 +14,9 @@ import jaxem
 # KMeans (its score is the negative inertia, not a log-likelihood the summary could print).
 MODELS = {
     "gmm": "GaussianMixture",
+    "bgmm": "BayesianGaussianMixture",
+    "mfa": "MixtureOfFactorAnalysers",
+    "ppca": "MixtureOfPPCA",
     "bernoulli": "BernoulliMixture",
     "categorical": "CategoricalMixture",
     "poisson": "PoissonMixture",

@@ -44,10 +44,15 @@ def summary(est, X, names: Sequence[str], title: str, shown: dict, elapsed: floa
         r = len(result.converged)
         lines.append(f"  restarts        {r}, run as one vmapped program (seed {shown.get('random_state')}); "
                      f"best is #{result.best_restart}, {int(np.sum(result.converged))}/{r} converged")
-    lines += [f"  log-likelihood  {total:.4f} total, {total / n:.6f} per sample",
-              f"  BIC             {est.bic(X, **fit_kwargs):.4f}",
-              f"  AIC             {est.aic(X, **fit_kwargs):.4f}",
-              f"  converged       {'yes' if est.converged_ else 'no (iteration limit reached)'}, "
+    if getattr(est, "weight_concentration_", None) is not None:
+        # A variational fit: its score is each row's part of the bound, and it has no BIC.
+        lines += [f"  lower bound     {est.lower_bound_ * n:.4f} total (ELBO), "
+                  f"{est.lower_bound_:.6f} per sample"]
+    else:
+        lines += [f"  log-likelihood  {total:.4f} total, {total / n:.6f} per sample",
+                  f"  BIC             {est.bic(X, **fit_kwargs):.4f}",
+                  f"  AIC             {est.aic(X, **fit_kwargs):.4f}"]
+    lines += [f"  converged       {'yes' if est.converged_ else 'no (iteration limit reached)'}, "
               f"after {est.n_iter_} iterations"]
     timing = f"  fit time        {elapsed:.3f} s wall"
     if result is not None and getattr(result, "compile_time", None) is not None:

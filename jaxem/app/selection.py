@@ -3,7 +3,9 @@
 ``BIC = -2 log p(X | θ̂) + p log N`` and ``AIC = -2 log p(X | θ̂) + 2 p``, with ``p`` the number of
 free parameters and ``N`` the (weighted) number of rows. ``p`` is counted from the model's
 constraints: a parameter on the simplex of size ``K`` has ``K - 1`` free values, a Cholesky factor
-``D (D + 1) / 2``, every other leaf one per entry.
+``D (D + 1) / 2``, a constraint with an ``n_free(shape)`` method that many (factor loadings,
+identified only up to a rotation: :class:`jaxem.models.factor_analysers.Loadings`), every other
+leaf one per entry.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def count_free_parameters(model: Model, params: Any) -> int:
 
     def count(constraint, leaf):
         shape = tuple(leaf.shape) if hasattr(leaf, "shape") else np.shape(leaf)
+        if hasattr(constraint, "n_free"):
+            return constraint.n_free(shape)
         if constraint is C.simplex:
             return math.prod(shape[:-1]) * (shape[-1] - 1)
         if constraint is C.cholesky:

@@ -5,9 +5,11 @@ engine's (:func:`jaxem.fit`).
 """
 
 from .base import MixtureEstimator
+from .bayesian_gaussian import BayesianGaussianMixture
 from .bernoulli import BernoulliMixture
 from .categorical import CategoricalMixture
 from .exponential import ExponentialMixture
+from .factor_analysers import MixtureOfFactorAnalysers, MixtureOfPPCA
 from .gamma import GammaMixture
 from .gaussian import GaussianMixture
 from .hmm import CategoricalHMM, GaussianHMM, PoissonHMM
@@ -18,6 +20,7 @@ from .regression import MixtureOfExperts, MixtureOfLinearRegressions
 from .student_t import StudentTMixture
 
 __all__ = [
+    "BayesianGaussianMixture",
     "BernoulliMixture",
     "CategoricalHMM",
     "CategoricalMixture",
@@ -29,7 +32,9 @@ __all__ = [
     "KMeans",
     "MixtureEstimator",
     "MixtureOfExperts",
+    "MixtureOfFactorAnalysers",
     "MixtureOfLinearRegressions",
+    "MixtureOfPPCA",
     "PoissonHMM",
     "PoissonMixture",
     "StudentTMixture",

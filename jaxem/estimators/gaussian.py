@@ -111,17 +111,21 @@ class GaussianMixture(MixtureEstimator):
         extra = {} if self.mean_precision_prior is None else {
             "mean_precision": check_nonnegative_float(self.mean_precision_prior,
                                                       "mean_precision_prior")}
-        mean = None
-        if self.mean_prior is not None:
-            mean = np.asarray(self.mean_prior, dtype=np.float64)
-            if mean.shape != self._offset.shape:
-                raise ValueError(f"mean_prior must have shape {self._offset.shape} to match X, "
-                                 f"got {mean.shape}")
-            mean = mean - self._offset
         return gaussian_prior(Xc, self.n_components, self.covariance_type,
-                              weight_concentration=self.weight_concentration, mean=mean,
+                              weight_concentration=self.weight_concentration,
+                              mean=self._centred_mean_prior(),
                               covariance=self.covariance_prior,
                               degrees_of_freedom=self.degrees_of_freedom_prior, **extra)
+
+    def _centred_mean_prior(self) -> np.ndarray | None:
+        """``mean_prior`` in the centred coordinates (``None`` when not given)."""
+        if self.mean_prior is None:
+            return None
+        mean = np.asarray(self.mean_prior, dtype=np.float64)
+        if mean.shape != self._offset.shape:
+            raise ValueError(f"mean_prior must have shape {self._offset.shape} to match X, "
+                             f"got {mean.shape}")
+        return mean - self._offset
 
     def _transform(self, X: np.ndarray) -> np.ndarray:
         return X - self._offset
