@@ -18,6 +18,7 @@ from .core.result import FitError, FitResult
 from .core.runner import fit
 from .core.validation import ConvergenceWarning, NotFittedError
 from .estimators import (
+    GMMHMM,
     BernoulliMixture,
     CategoricalHMM,
     CategoricalMixture,
@@ -27,8 +28,10 @@ from .estimators import (
     GaussianMixture,
     IndependentMixture,
     KMeans,
+    LinearAutoregressiveHMM,
     MixtureOfExperts,
     MixtureOfLinearRegressions,
+    MultinomialHMM,
     PoissonHMM,
     PoissonMixture,
     StudentTMixture,
@@ -67,10 +70,10 @@ __all__ = [
     "disable_compilation_cache", "e_step", "elbo", "enable_compilation_cache", "expected_log_joint",
     "exponential_mixture", "ExponentialMixture", "fit", "fit_chunked", "fit_online", "FitError",
     "FitResult", "gamma_mixture", "GammaMixture", "gaussian_mixture", "GaussianHMM",
-    "GaussianMixture", "hmm", "independent_mixture", "IndependentMixture", "init",
-    "isotropic_mixture", "KMeans", "load", "log_likelihood", "log_likelihood_chunked",
-    "mixture_of_experts", "mixture_of_linear_regressions", "MixtureOfExperts",
-    "MixtureOfLinearRegressions", "Model", "models", "NotFittedError", "OnlineResult",
-    "poisson_mixture", "PoissonHMM", "PoissonMixture", "save", "select_components",
-    "student_t_mixture", "StudentTMixture",
+    "GaussianMixture", "GMMHMM", "hmm", "independent_mixture", "IndependentMixture", "init",
+    "isotropic_mixture", "KMeans", "LinearAutoregressiveHMM", "load", "log_likelihood",
+    "log_likelihood_chunked", "mixture_of_experts", "mixture_of_linear_regressions",
+    "MixtureOfExperts", "MixtureOfLinearRegressions", "Model", "models", "MultinomialHMM",
+    "NotFittedError", "OnlineResult", "poisson_mixture", "PoissonHMM", "PoissonMixture", "save",
+    "select_components", "student_t_mixture", "StudentTMixture",
 ]

@@ -11,6 +11,7 @@ from .exponential import ExponentialMixture
 from .gamma import GammaMixture
 from .gaussian import GaussianMixture
 from .hmm import CategoricalHMM, GaussianHMM, PoissonHMM
+from .hmm_families import GMMHMM, LinearAutoregressiveHMM, MultinomialHMM
 from .independent import IndependentMixture
 from .kmeans import KMeans
 from .poisson import PoissonMixture
@@ -22,14 +23,17 @@ __all__ = [
     "CategoricalHMM",
     "CategoricalMixture",
     "ExponentialMixture",
+    "GMMHMM",
     "GammaMixture",
     "GaussianHMM",
     "GaussianMixture",
     "IndependentMixture",
     "KMeans",
+    "LinearAutoregressiveHMM",
     "MixtureEstimator",
     "MixtureOfExperts",
     "MixtureOfLinearRegressions",
+    "MultinomialHMM",
     "PoissonHMM",
     "PoissonMixture",
     "StudentTMixture",

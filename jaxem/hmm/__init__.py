@@ -9,8 +9,8 @@ and ``lax.associative_scan``) and Viterbi for one sequence.
 from .autoregressive import autoregressive_hmm, lagged_rows, sample_autoregressive
 from .baum_welch import decode, fit, posterior, sample
 from .emissions import categorical_hmm, gaussian_hmm, multinomial_hmm, poisson_hmm
-from .mixture_emission import gmm_hmm, mixture_emission
 from .inference import Posterior, forward_backward, viterbi
+from .mixture_emission import gmm_hmm, mixture_emission
 from .model import HMM
 
 __all__ = ["CategoricalHMM", "GMMHMM", "GaussianHMM", "HMM", "LinearAutoregressiveHMM",
@@ -21,13 +21,17 @@ __all__ = ["CategoricalHMM", "GMMHMM", "GaussianHMM", "HMM", "LinearAutoregressi
 
 # The hmmlearn-style estimators live with the other estimators (a layer above this one); they are
 # re-exported here on first use, so that importing the functional HMM does not import them.
-_ESTIMATORS = ("CategoricalHMM", "GMMHMM", "GaussianHMM", "LinearAutoregressiveHMM", "MultinomialHMM",
-               "PoissonHMM")
+_ESTIMATORS = ("CategoricalHMM", "GaussianHMM", "PoissonHMM")
+_MORE_ESTIMATORS = ("GMMHMM", "LinearAutoregressiveHMM", "MultinomialHMM")
 
 
 def __getattr__(name):
     if name in _ESTIMATORS:
-        from .. import estimators
+        from ..estimators import hmm as estimators
 
         return getattr(estimators, name)
+    if name in _MORE_ESTIMATORS:
+        from ..estimators import hmm_families
+
+        return getattr(hmm_families, name)
     raise AttributeError(f"module 'jaxem.hmm' has no attribute {name!r}")
