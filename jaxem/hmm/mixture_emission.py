@@ -23,7 +23,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ..core.model import Model
 from ..core.validation import check_nonnegative_float, check_positive_int
@@ -31,13 +30,9 @@ from ..models import gaussian as G
 from ..models import init as initialisers
 from .emissions import _gaussian_sample
 from .model import HMM
+from .passes import _FLUSH
 
 Array = jax.Array
-
-# Within-state posteriors below exp(-80) become exactly 0, as the pass does for the state ones
-# (float32 subnormals slow the statistics' products).
-_FLUSH = float(np.exp(-80.0))
-
 
 def _state_log_densities(mixture: Model, params, X: Array) -> Array:
     """``[S, N, M]`` ``log p(x_n, m | θ_s)``."""
@@ -55,6 +50,7 @@ def _log_emission(params, x: Array, mixture: Model) -> Array:
 def _suff_stats(params, X: Array, resp: Array, mixture: Model):
     def one_state(p, r):                                        # r [N]: γ_t(s)
         within = jax.nn.softmax(mixture.log_joint_matrix(p, X), axis=-1)
+        # Flushed as the pass flushes the state posteriors (float32 subnormals slow products).
         within = jnp.where(within > _FLUSH, within, 0.0)
         return mixture.suff_stats(p, X, r[:, None] * within)
 
