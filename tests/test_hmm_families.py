@@ -351,7 +351,7 @@ def test_any_mixture_model_is_an_emission_fitted_by_the_gradient_m_step(x64, gmm
     assert _max_difference(stays.params, exact.params) < 1e-4
 
 
-# -- estimators: fits from the data, counts, checks --------------------------------------------------
+# -- input checks ------------------------------------------------------------------------------------
 def test_input_checks():
     with pytest.raises(ValueError, match="non-negative integer counts"):
         jem.MultinomialHMM(2).fit(np.array([[1.0, 2.5], [3.0, 0.0]]))

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core import constraints as C
+from ..core import precision
 from ..core.model import Model
 from ..core.validation import check_nonnegative_float, check_positive_int
 from ..models import gaussian as G
@@ -169,7 +170,7 @@ def autoregressive_hmm(n_states: int, n_features: int, num_lags: int = 1,
                name=f"autoregressive_hmm({n_states}, {n_features}, {num_lags})")
 
 
-@functools.partial(jax.jit, static_argnames=("n_steps",))
+@functools.partial(precision.jit, static_argnames=("n_steps",))
 def sample_autoregressive(key: Array, params, n_steps: int) -> tuple[Array, Array]:
     """Draw one sequence from an autoregressive HMM, starting from zero lags.
 
