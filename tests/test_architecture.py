@@ -27,6 +27,7 @@ ALLOWED = {
 EXCEPTIONS = {
     # The public namespace jaxem.hmm re-exports the hmmlearn-style estimators on first use.
     ("jaxem.hmm", "jaxem.estimators.hmm"),
+    ("jaxem.hmm", "jaxem.estimators.hmm_families"),
     # An estimator's save() is jaxem.save, whose file format lives with the command line's
     # table reading in jaxem.app.io (imported when called; io finds estimator classes by name).
     ("jaxem.estimators.params", "jaxem.app.io"),

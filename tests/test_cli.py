@@ -259,3 +259,27 @@ def test_hmm_fit_predict_with_sequence_lengths(tmp_path, capsys):
     assert np.array_equal(table[:, 0], hmm.predict(X, lengths))  # the Viterbi path
     agreement = np.mean(table[:, 0] == states)
     assert max(agreement, 1 - agreement) > 0.95
+
+
+def test_new_hmm_families_on_the_command_line(tmp_path, capsys):
+    models = available_models()
+    assert models["gmm-hmm"] is jem.GMMHMM and models["ar-hmm"] is jem.LinearAutoregressiveHMM
+    assert models["multinomial-hmm"] is jem.MultinomialHMM
+    rng = np.random.default_rng(3)
+    states = np.tile(np.repeat([0, 1], 20), 3)
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.2, 0.7]])
+    counts = np.array([rng.multinomial(5, probs[s]) for s in states])
+    data, model = tmp_path / "counts.csv", tmp_path / "m.npz"
+    np.savetxt(data, counts, header="a,b,c", comments="", fmt="%d", delimiter=",")
+    assert main(["fit", str(data), "--model", "multinomial-hmm", "-k", "2", "-r", "2", "-q",
+                 "--lengths", "60,60", "--set", "n_trials=5", "--out", str(model)]) == 0
+    out = capsys.readouterr().out
+    est = jem.load(model)
+    assert type(est) is jem.MultinomialHMM and est.n_trials == 5
+    X, lengths = jio.read_table(data)[0], np.array([60, 60])
+    assert read_number("BIC", out) == pytest.approx(est.bic(X, lengths), abs=1e-2)
+    agreement = np.mean(est.predict(X, lengths) == states)
+    assert max(agreement, 1 - agreement) > 0.9
+    # The autoregressive HMM has no covariance type to choose: a usage error before any fit.
+    assert main(["fit", str(data), "--model", "ar-hmm", "-k", "2", "--covariance", "diag"]) == 2
+    assert "does not take --covariance" in capsys.readouterr().err

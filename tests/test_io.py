@@ -76,6 +76,9 @@ SPECIMENS = {
     "GaussianHMM": ({}, _sequence),
     "PoissonHMM": ({}, lambda: _counts(d=1)),
     "CategoricalHMM": ({}, lambda: _categories(d=1)),
+    "GMMHMM": ({"n_mix": 2}, _sequence),
+    "MultinomialHMM": ({}, lambda: _counts(d=3).astype(np.int64)),
+    "LinearAutoregressiveHMM": ({"num_lags": 2}, _sequence),
 }
 
 

@@ -26,6 +26,9 @@ MODELS = {
     "hmm": "GaussianHMM",
     "categorical-hmm": "CategoricalHMM",
     "poisson-hmm": "PoissonHMM",
+    "gmm-hmm": "GMMHMM",
+    "multinomial-hmm": "MultinomialHMM",
+    "ar-hmm": "LinearAutoregressiveHMM",
 }
 _COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
 

@@ -59,7 +59,11 @@ def summary(est, X, names: Sequence[str], title: str, shown: dict, elapsed: floa
         timing += f" ({result.compile_time:.3f} s compiling, {result.fit_time:.3f} s running EM)"
     lines += [timing + "; the first call includes JIT compilation", ""]
     proba = np.asarray(est.predict_proba(X, **fit_kwargs), np.float64)
-    weights = np.asarray(getattr(est, "weights_", proba.mean(axis=0)), np.float64)
+    weights = getattr(est, "weights_", None)
+    if weights is None or np.shape(weights) != (est.n_components,):
+        # e.g. GMMHMM's weights_ are per state and mixture component: the states' occupancy
+        weights = proba.mean(axis=0)
+    weights = np.asarray(weights, np.float64)
     means = getattr(est, "means_", None)
     if means is None or np.shape(means) != (est.n_components, d):
         # families without means_: the mean of the data under each component's responsibilities

@@ -13,6 +13,7 @@ from .factor_analysers import MixtureOfFactorAnalysers, MixtureOfPPCA
 from .gamma import GammaMixture
 from .gaussian import GaussianMixture
 from .hmm import CategoricalHMM, GaussianHMM, PoissonHMM
+from .hmm_families import GMMHMM, LinearAutoregressiveHMM, MultinomialHMM
 from .independent import IndependentMixture
 from .kmeans import KMeans
 from .poisson import PoissonMixture
@@ -25,16 +26,19 @@ __all__ = [
     "CategoricalHMM",
     "CategoricalMixture",
     "ExponentialMixture",
+    "GMMHMM",
     "GammaMixture",
     "GaussianHMM",
     "GaussianMixture",
     "IndependentMixture",
     "KMeans",
+    "LinearAutoregressiveHMM",
     "MixtureEstimator",
     "MixtureOfExperts",
     "MixtureOfFactorAnalysers",
     "MixtureOfLinearRegressions",
     "MixtureOfPPCA",
+    "MultinomialHMM",
     "PoissonHMM",
     "PoissonMixture",
     "StudentTMixture",

@@ -6,18 +6,23 @@ restarts in one compiled program; :mod:`jaxem.hmm.inference` has forward-backwar
 and ``lax.associative_scan``) and Viterbi for one sequence.
 """
 
+from .autoregressive import autoregressive_hmm, lagged_rows, sample_autoregressive
 from .baum_welch import decode, fit, posterior, sample
-from .emissions import categorical_hmm, gaussian_hmm, poisson_hmm
+from .emissions import categorical_hmm, gaussian_hmm, multinomial_hmm, poisson_hmm
 from .inference import Posterior, forward_backward, viterbi
+from .mixture_emission import gmm_hmm, mixture_emission
 from .model import HMM
 
-__all__ = ["CategoricalHMM", "GaussianHMM", "HMM", "PoissonHMM", "Posterior", "categorical_hmm",
-           "decode", "fit", "forward_backward", "gaussian_hmm", "poisson_hmm", "posterior",
-           "sample", "viterbi"]
+__all__ = ["CategoricalHMM", "GMMHMM", "GaussianHMM", "HMM", "LinearAutoregressiveHMM",
+           "MultinomialHMM", "PoissonHMM", "Posterior", "autoregressive_hmm", "categorical_hmm",
+           "decode", "fit", "forward_backward", "gaussian_hmm", "gmm_hmm", "lagged_rows",
+           "mixture_emission", "multinomial_hmm", "poisson_hmm", "posterior", "sample",
+           "sample_autoregressive", "viterbi"]
 
 # The hmmlearn-style estimators live with the other estimators (a layer above this one); they are
 # re-exported here on first use, so that importing the functional HMM does not import them.
 _ESTIMATORS = ("CategoricalHMM", "GaussianHMM", "PoissonHMM")
+_MORE_ESTIMATORS = ("GMMHMM", "LinearAutoregressiveHMM", "MultinomialHMM")
 
 
 def __getattr__(name):
@@ -25,4 +30,8 @@ def __getattr__(name):
         from ..estimators import hmm as estimators
 
         return getattr(estimators, name)
+    if name in _MORE_ESTIMATORS:
+        from ..estimators import hmm_families
+
+        return getattr(hmm_families, name)
     raise AttributeError(f"module 'jaxem.hmm' has no attribute {name!r}")

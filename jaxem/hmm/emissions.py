@@ -197,3 +197,56 @@ def poisson_hmm(n_states: int, initial_concentration: float = 1.0,
         maximize=_poisson_maximize, constraints={"rates": C.positive}, n_states=n_states,
         sample_emission=_poisson_sample, initial_concentration=initial_concentration,
         transition_concentration=transition_concentration, name=f"poisson_hmm({n_states})")
+
+
+# -- multinomial -------------------------------------------------------------------------------
+def _multinomial_batch(params, X: Array) -> Array:
+    # log n! - Σ_v log x_v! + Σ_v x_v log p_sv, with n = Σ_v x_v the row's own number of trials.
+    coefficient = gammaln(jnp.sum(X, axis=1) + 1.0) - jnp.sum(gammaln(X + 1.0), axis=1)
+    return coefficient[:, None] + X @ _safe_log(params["probs"]).T
+
+
+def _multinomial_one(params, x: Array) -> Array:
+    return _multinomial_batch(params, x[None])[0]
+
+
+def _multinomial_stats(params, X: Array, resp: Array):
+    del params
+    return {"counts": resp.T @ X}
+
+
+def _multinomial_sample(key, params, state, n_trials: int):
+    draws = jax.random.categorical(key, _safe_log(params["probs"][state]), shape=(n_trials,))
+    probs = params["probs"]
+    return jnp.sum(jax.nn.one_hot(draws, probs.shape[1], dtype=probs.dtype), axis=0)
+
+
+@functools.cache
+def multinomial_hmm(n_states: int, n_symbols: int, n_trials: int | None = None,
+                    initial_concentration: float = 1.0,
+                    transition_concentration: float = 1.0) -> HMM:
+    """An HMM emitting a vector of counts over ``n_symbols`` symbols per step (hmmlearn's
+    ``MultinomialHMM``): ``x [V]`` with ``x_v`` the times symbol ``v`` came up in the step's
+    ``Σ_v x_v`` trials, ``p(x | z = s) = Multinomial(x; Σ_v x_v, p_s)``.
+
+    Args:
+        n_states: hidden states ``S``; n_symbols: vocabulary size ``V``.
+        n_trials: trials per step, needed only by :func:`jaxem.hmm.sample` (the likelihood takes
+            each row's own total).
+        initial_concentration, transition_concentration: Dirichlet priors on the chain.
+
+    Returns:
+        A memoised :class:`HMM`; emission parameters ``{"probs": [S, V]}``, rows on the simplex,
+        each restart starting from rows drawn uniformly from the simplex. The M-step is
+        ``p_sv ∝ Σ_t γ_t(s) x_tv`` (the categorical HMM's, on counts).
+    """
+    return HMM(
+        init=functools.partial(_categorical_init, n_states=n_states, n_symbols=n_symbols),
+        log_emission=_multinomial_one, batch_log_emission=_multinomial_batch,
+        suff_stats=_multinomial_stats, maximize=_categorical_maximize,
+        constraints={"probs": C.simplex}, n_states=n_states,
+        sample_emission=(None if n_trials is None
+                         else functools.partial(_multinomial_sample, n_trials=int(n_trials))),
+        initial_concentration=initial_concentration,
+        transition_concentration=transition_concentration,
+        name=f"multinomial_hmm({n_states}, {n_symbols})")
