@@ -39,6 +39,7 @@ class FitSetup(NamedTuple):
         block_size: rows per block, ``None`` to let the runner choose.
         init_params: starting parameters broadcast to ``[R]``, or ``None`` (the model's ``init``).
         progress: the progress callback, or ``None``.
+        model: the model being fitted (kept on the result, for its standard errors).
     """
 
     keys: Any
@@ -51,6 +52,7 @@ class FitSetup(NamedTuple):
     block_size: int | None
     init_params: Any
     progress: Callable | None
+    model: Any = None
 
     @property
     def n_restarts(self) -> int:
@@ -118,7 +120,8 @@ def setup_fit(target, *, key=None, n_restarts: int | None = None, max_iter: int 
             lambda p: jnp.broadcast_to(jnp.asarray(p, dtype), (keys.shape[0],) + jnp.shape(p)),
             init_params)
     return FitSetup(keys, rule, use_gradient, (optimizer or default_optimizer) if use_gradient
-                    else None, m_step_iters, max_iter, tol, block_size, init_params, progress)
+                    else None, m_step_iters, max_iter, tol, block_size, init_params, progress,
+                    target)
 
 
 def finish(out: loop.LoopOutput, setup: FitSetup, *, compile_time: float = 0.0,
@@ -126,7 +129,8 @@ def finish(out: loop.LoopOutput, setup: FitSetup, *, compile_time: float = 0.0,
     """The :class:`FitResult` of a finished loop (see :func:`jaxem.core.result.result_from_loop`);
     its warning points at the user's call of the fit."""
     return result_from_loop(out, setup.keys, max_iter=setup.max_iter, tol=setup.tol,
-                            compile_time=compile_time, fit_time=fit_time, hint=hint, stacklevel=4)
+                            compile_time=compile_time, fit_time=fit_time, hint=hint, stacklevel=4,
+                            model=setup.model)
 
 
 def as_data(X, model) -> np.ndarray:
