@@ -13,9 +13,12 @@ from .core import constraints
 from .core.compile_cache import disable_compilation_cache, enable_compilation_cache
 from .core.estep import Annealing
 from .core.inference import e_step, elbo, expected_log_joint, log_likelihood
+from .core.information import empirical_information, louis_information, observed_information
+from .core.many import fit_many
 from .core.model import Model
 from .core.result import FitError, FitResult
 from .core.runner import fit
+from .core.standard_errors import IllConditionedWarning, confidence_intervals, standard_errors
 from .core.validation import ConvergenceWarning, NotFittedError
 from .estimators import (
     BernoulliMixture,
@@ -49,6 +52,7 @@ from .models import (
 )
 from .scale.chunked import fit_chunked, log_likelihood_chunked
 from .scale.online import OnlineResult, fit_online
+from .uncertainty import BootstrapResult, bootstrap
 
 __version__ = "0.1.0"
 
@@ -62,15 +66,16 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Annealing", "bernoulli_mixture", "BernoulliMixture", "categorical_mixture", "CategoricalHMM",
-    "CategoricalMixture", "ComponentSelection", "constraints", "ConvergenceWarning",
-    "disable_compilation_cache", "e_step", "elbo", "enable_compilation_cache", "expected_log_joint",
-    "exponential_mixture", "ExponentialMixture", "fit", "fit_chunked", "fit_online", "FitError",
-    "FitResult", "gamma_mixture", "GammaMixture", "gaussian_mixture", "GaussianHMM",
-    "GaussianMixture", "hmm", "independent_mixture", "IndependentMixture", "init",
-    "isotropic_mixture", "KMeans", "load", "log_likelihood", "log_likelihood_chunked",
-    "mixture_of_experts", "mixture_of_linear_regressions", "MixtureOfExperts",
-    "MixtureOfLinearRegressions", "Model", "models", "NotFittedError", "OnlineResult",
-    "poisson_mixture", "PoissonHMM", "PoissonMixture", "save", "select_components",
-    "student_t_mixture", "StudentTMixture",
+    "Annealing", "bernoulli_mixture", "BernoulliMixture", "bootstrap", "BootstrapResult",
+    "categorical_mixture", "CategoricalHMM", "CategoricalMixture", "ComponentSelection",
+    "confidence_intervals", "constraints", "ConvergenceWarning", "disable_compilation_cache", "e_step",
+    "elbo", "empirical_information", "enable_compilation_cache", "expected_log_joint",
+    "exponential_mixture", "ExponentialMixture", "fit", "fit_chunked", "fit_many", "fit_online",
+    "FitError", "FitResult", "gamma_mixture", "GammaMixture", "gaussian_mixture", "GaussianHMM",
+    "GaussianMixture", "hmm", "IllConditionedWarning", "independent_mixture", "IndependentMixture",
+    "init", "isotropic_mixture", "KMeans", "load", "log_likelihood", "log_likelihood_chunked",
+    "louis_information", "mixture_of_experts", "mixture_of_linear_regressions", "MixtureOfExperts",
+    "MixtureOfLinearRegressions", "Model", "models", "NotFittedError", "observed_information",
+    "OnlineResult", "poisson_mixture", "PoissonHMM", "PoissonMixture", "save", "select_components",
+    "standard_errors", "student_t_mixture", "StudentTMixture",
 ]
