@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .blocks import map_row_blocks
 from .information import coordinates, hessian_block_rows, information_from, likelihood, model_constraints
+from .model import Model
 
 
 class IllConditionedWarning(UserWarning):
@@ -42,8 +44,9 @@ def diagnose(info: np.ndarray, names: list, dtype) -> tuple[str, str | None]:
         return "singular", "the observed information holds NaN or infinite values"
     if np.any(diag <= 0):
         i = int(np.argmin(diag))
-        return "singular", (f"the observed information is singular: the data carry no information "
-                            f"on parameter {names[i]} (its diagonal entry is {diag[i]:.3g})"
+        return "singular", (f"the observed information is singular (condition number inf): the "
+                            f"data carry no information on parameter {names[i]} (its diagonal "
+                            f"entry is {diag[i]:.3g})"
                             + _ADVICE)
     scale = 1.0 / np.sqrt(diag)
     values, vectors = np.linalg.eigh(info * scale[:, None] * scale[None, :])
@@ -108,8 +111,28 @@ def standard_errors(model, params, X, sample_weight=None, *, transform: Callable
         raise ValueError(message)
     if status == "warn":
         warnings.warn(message, IllConditionedWarning, stacklevel=2)
+    if isinstance(model, Model) and not data_options:
+        _check_components(model, params, X, sample_weight, info)
     cov = jnp.asarray(np.linalg.inv(np.asarray(info, np.float64)), u.dtype)
     return _delta(coords, transform, u, cov)
+
+
+# A mixture component with less than this much responsibility (in rows) is reported: its
+# parameters rest on less than one observation, whatever the information's condition number.
+MIN_COMPONENT_ROWS = 1.0
+
+
+def _check_components(model: Model, params, X, sample_weight, info: np.ndarray) -> None:
+    resp = map_row_blocks(lambda x: jax.nn.softmax(model.log_joint_matrix(params, x), axis=-1),
+                          jnp.asarray(X))
+    weights = 1.0 if sample_weight is None else np.asarray(sample_weight)[:, None]
+    counts = np.sum(np.asarray(resp) * weights, axis=0)
+    k = int(np.argmin(counts))
+    if counts[k] < MIN_COMPONENT_ROWS:
+        warnings.warn(f"component {k} carries {counts[k]:.3g} rows of responsibility (condition "
+                      f"number of the observed information {np.linalg.cond(info):.3g}): its "
+                      f"standard errors rest on less than one observation" + _ADVICE,
+                      IllConditionedWarning, stacklevel=3)
 
 
 def batched_standard_errors(model, params, X, sample_weight, *, transform: Callable | None = None,

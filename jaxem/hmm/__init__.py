@@ -8,11 +8,13 @@ and ``lax.associative_scan``) and Viterbi for one sequence.
 
 from .baum_welch import decode, fit, posterior, sample
 from .emissions import categorical_hmm, gaussian_hmm, poisson_hmm
+from .information import hmm_likelihood
 from .inference import Posterior, forward_backward, viterbi
 from .model import HMM
 
 __all__ = ["CategoricalHMM", "GaussianHMM", "HMM", "PoissonHMM", "Posterior", "categorical_hmm",
-           "decode", "fit", "forward_backward", "gaussian_hmm", "poisson_hmm", "posterior",
+           "decode", "fit", "forward_backward", "gaussian_hmm", "hmm_likelihood", "poisson_hmm",
+           "posterior",
            "sample", "viterbi"]
 
 # The hmmlearn-style estimators live with the other estimators (a layer above this one); they are
