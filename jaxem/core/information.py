@@ -18,6 +18,7 @@ blocks with :func:`register_likelihood`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -38,7 +39,7 @@ class Coordinates(NamedTuple):
     Attributes:
         encode: ``encode(params) -> u [P]``.
         decode: ``decode(u [P]) -> params``.
-        names: ``P`` texts naming each coordinate (``"means[1, 0]"``, ``"weights[0]/[..., 2]"``).
+        names: a tuple of ``P`` texts naming each coordinate (``"means[1, 0]"``, ``"weights[0]/[..., 2]"``).
     """
 
     encode: Callable
@@ -63,8 +64,8 @@ def coordinates(constraints: Any, params: Any) -> Coordinates:
     charts = [c.chart for c in jax.tree.leaves(full, is_leaf=lambda n: isinstance(n, C.Constraint))]
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     shapes = [jnp.shape(leaf) for _, leaf in leaves]
-    names = [f"{_path_text(path)}{text}" for (path, _), chart, shape in
-             zip(leaves, charts, shapes, strict=True) for text in chart.coordinates(shape)]
+    names = tuple(f"{_path_text(path)}{text}" for (path, _), chart, shape in
+                  zip(leaves, charts, shapes, strict=True) for text in chart.coordinates(shape))
     sizes = [len(chart.coordinates(shape)) for chart, shape in zip(charts, shapes, strict=True)]
     splits = np.cumsum(sizes)[:-1].tolist()
 
@@ -134,14 +135,9 @@ def hessian_block_rows(n_coordinates: int) -> int:
     return int(np.clip(2**17 // max(n_coordinates, 1), 32, 8192))
 
 
-def _mixture_likelihood(model: Model, X, sample_weight, block_size, **options) -> Likelihood:
-    if options:
-        raise ValueError(f"a mixture's information takes no {', '.join(sorted(options))}")
-    X = jnp.asarray(X)
-    w = jnp.ones(X.shape[:1], X.dtype) if sample_weight is None else jnp.asarray(sample_weight, X.dtype)
-    n_blocks, rows = plan_blocks(X.shape[0], block_size)
-    Xb, wb = to_blocks(X, w, n_blocks, rows)
-
+@functools.cache
+def _mixture_functions(model: Model) -> tuple[Callable, Callable]:
+    # One pair of functions per model, so the compiled information programs are reused.
     def units(params, block):
         ll = jax.nn.logsumexp(model.log_joint_matrix(params, block[0]), axis=-1)
         return ll, block[1]
@@ -150,7 +146,18 @@ def _mixture_likelihood(model: Model, X, sample_weight, block_size, **options) -
         ll, weights = units(params, block)
         return jnp.sum(jnp.where(weights > 0, weights * ll, 0.0))
 
-    return Likelihood((Xb, wb), block_ll, units, model.constraints, model.log_prior)
+    return units, block_ll
+
+
+def _mixture_likelihood(model: Model, X, sample_weight, block_size, **options) -> Likelihood:
+    if options:
+        raise ValueError(f"a mixture's information takes no {', '.join(sorted(options))}")
+    X = jnp.asarray(X)
+    w = jnp.ones(X.shape[:1], X.dtype) if sample_weight is None else jnp.asarray(sample_weight, X.dtype)
+    n_blocks, rows = plan_blocks(X.shape[0], block_size)
+    units, block_ll = _mixture_functions(model)
+    return Likelihood(to_blocks(X, w, n_blocks, rows), block_ll, units, model.constraints,
+                      model.log_prior)
 
 
 register_likelihood(Model, _mixture_likelihood, lambda model: model.constraints)
@@ -178,16 +185,42 @@ def empirical_from(lik: Likelihood, coords: Coordinates, u: Array) -> Array:
     return sum_over_blocks(block, (lik.blocks,))
 
 
-def _setup(model, params, X, sample_weight, block_size, options):
-    coords = coordinates(model_constraints(model), params)
+@functools.cache
+def _cached_coordinates(model, treedef, shapes: tuple) -> Coordinates:
+    structs = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes])
+    return coordinates(model_constraints(model), structs)
+
+
+def model_coordinates(model, params) -> Coordinates:
+    """:func:`coordinates` of ``model``'s parameters (one object per model and shapes, so the
+    programs built on it compile once)."""
+    leaves, treedef = jax.tree.flatten(params)
+    return _cached_coordinates(model, treedef, tuple(jnp.shape(leaf) for leaf in leaves))
+
+
+def prepare(model, params, X, sample_weight=None, block_size: int | None = None,
+            **options) -> tuple[Likelihood, Coordinates, Array]:
+    """``(likelihood, coordinates, u [P])`` of ``model`` at ``params`` on ``X``."""
+    coords = model_coordinates(model, params)
     size = hessian_block_rows(len(coords.names)) if block_size is None else block_size
     lik = likelihood(model, X, sample_weight, size, **options)
     return lik, coords, coords.encode(params)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _compiled(route, block_ll, units, log_prior, coords, u, blocks):
+    return route(Likelihood(blocks, block_ll, units, None, log_prior), coords, u)
+
+
+def evaluate(route: Callable, lik: Likelihood, coords: Coordinates, u: Array) -> Array:
+    """``route(lik, coords, u)`` (:func:`information_from`, ...) as a compiled program, reused
+    for the same model, shapes and route."""
+    return _compiled(route, lik.block_log_likelihood, lik.unit_log_likelihoods, lik.log_prior,
+                     coords, u, lik.blocks)
+
+
 def _evaluate(route, model, params, X, sample_weight, block_size, options) -> Array:
-    lik, coords, u = _setup(model, params, X, sample_weight, block_size, options)
-    return route(lik, coords, u)
+    return evaluate(route, *prepare(model, params, X, sample_weight, block_size, **options))
 
 
 def observed_information(model, params, X, sample_weight=None, *, block_size: int | None = None,
@@ -221,25 +254,33 @@ def louis_information(model: Model, params, X, sample_weight=None, *,
     """``[P, P]`` observed information by Louis' identity (complete-data information minus the
     missing information; see the module), from per-component derivatives of the log-joint, for a
     mixture :class:`jaxem.Model`. An independent route to :func:`observed_information`."""
-    lik, coords, u = _setup(model, params, X, sample_weight, block_size, {})
+    return _evaluate(_louis_route(model), model, params, X, sample_weight, block_size, {})
 
-    def block(blk):
-        Xb, w = blk
 
-        def lj(v):
-            return model.log_joint_matrix(coords.decode(v), Xb)
+@functools.cache
+def _louis_route(model: Model) -> Callable:
+    def route(lik, coords, u):
+        info = sum_over_blocks(functools.partial(_louis_block, model, coords, u), (lik.blocks,))
+        if lik.log_prior is not None:
+            info = info - jax.hessian(lambda v: lik.log_prior(coords.decode(v)))(u)
+        return info
 
-        ell = lj(u)
-        r = jax.nn.softmax(ell, axis=-1) * jnp.where(w > 0, w, 0.0)[:, None]
-        s = jax.jacrev(lj)(u)                 # [rows, K, P]
-        h = jax.hessian(lj)(u)                # [rows, K, P, P]
-        s_bar = jnp.einsum("nk,nkp->np", jax.nn.softmax(ell, axis=-1), s)
-        complete = -jnp.einsum("nk,nkpq->pq", r, h)
-        missing = (jnp.einsum("nk,nkp,nkq->pq", r, s, s)
-                   - jnp.einsum("n,np,nq->pq", jnp.where(w > 0, w, 0.0), s_bar, s_bar))
-        return complete - missing
+    return route
 
-    info = sum_over_blocks(block, (lik.blocks,))
-    if lik.log_prior is not None:
-        info = info - jax.hessian(lambda v: lik.log_prior(coords.decode(v)))(u)
-    return info
+
+def _louis_block(model, coords, u, blk):
+    """One block's complete-data minus missing information (Louis' identity)."""
+    Xb, w = blk
+
+    def lj(v):
+        return model.log_joint_matrix(coords.decode(v), Xb)
+
+    ell = lj(u)
+    r = jax.nn.softmax(ell, axis=-1) * jnp.where(w > 0, w, 0.0)[:, None]
+    s = jax.jacrev(lj)(u)                 # [rows, K, P]
+    h = jax.hessian(lj)(u)                # [rows, K, P, P]
+    s_bar = jnp.einsum("nk,nkp->np", jax.nn.softmax(ell, axis=-1), s)
+    complete = -jnp.einsum("nk,nkpq->pq", r, h)
+    missing = (jnp.einsum("nk,nkp,nkq->pq", r, s, s)
+               - jnp.einsum("n,np,nq->pq", jnp.where(w > 0, w, 0.0), s_bar, s_bar))
+    return complete - missing

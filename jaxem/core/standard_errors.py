@@ -20,7 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from .blocks import map_row_blocks
-from .information import coordinates, hessian_block_rows, information_from, likelihood, model_constraints
+from .information import (
+    evaluate,
+    hessian_block_rows,
+    information_from,
+    likelihood,
+    model_coordinates,
+    prepare,
+)
 from .model import Model
 
 
@@ -44,10 +51,10 @@ def diagnose(info: np.ndarray, names: list, dtype) -> tuple[str, str | None]:
         return "singular", "the observed information holds NaN or infinite values"
     if np.any(diag <= 0):
         i = int(np.argmin(diag))
-        return "singular", (f"the observed information is singular (condition number inf): the "
-                            f"data carry no information on parameter {names[i]} (its diagonal "
-                            f"entry is {diag[i]:.3g})"
-                            + _ADVICE)
+        why = ("the data carry no information on" if diag[i] == 0 else
+               "the log-likelihood curves upwards along, so the fit is not at a maximum in")
+        return "singular", (f"the observed information is singular (condition number inf): {why} "
+                            f"parameter {names[i]} (its diagonal entry is {diag[i]:.3g})" + _ADVICE)
     scale = 1.0 / np.sqrt(diag)
     values, vectors = np.linalg.eigh(info * scale[:, None] * scale[None, :])
     cond = np.inf if values[0] <= 0 else values[-1] / values[0]
@@ -64,8 +71,9 @@ def diagnose(info: np.ndarray, names: list, dtype) -> tuple[str, str | None]:
     return "ok", None
 
 
-_ADVICE = ("; a component with almost no weight or too many components does this: refit with fewer "
-           "components, or in float64 (jax.config.update('jax_enable_x64', True))")
+_ADVICE = ("; a component with almost no weight (or collapsed onto a few rows), too many components "
+           "or an unconverged fit does this: refit with fewer components, to convergence, or in "
+           "float64 (jax.config.update('jax_enable_x64', True))")
 
 
 def _delta(coords, transform: Callable, u, cov):
@@ -101,11 +109,8 @@ def standard_errors(model, params, X, sample_weight=None, *, transform: Callable
         IllConditionedWarning: the information is ill-conditioned (names the parameter).
     """
     transform = transform or _identity
-    coords = coordinates(model_constraints(model), params)
-    size = hessian_block_rows(len(coords.names)) if block_size is None else block_size
-    lik = likelihood(model, X, sample_weight, size, **data_options)
-    u = coords.encode(params)
-    info = np.asarray(information_from(lik, coords, u))
+    lik, coords, u = prepare(model, params, X, sample_weight, block_size, **data_options)
+    info = np.asarray(evaluate(information_from, lik, coords, u))
     status, message = diagnose(info, coords.names, u.dtype)
     if status == "singular":
         raise ValueError(message)
@@ -146,7 +151,7 @@ def batched_standard_errors(model, params, X, sample_weight, *, transform: Calla
         A pytree shaped like ``transform(params)`` with a leading ``[B]`` axis.
     """
     transform = transform or _identity
-    coords = coordinates(model_constraints(model), jax.tree.map(lambda a: a[0], params))
+    coords = model_coordinates(model, jax.tree.map(lambda a: a[0], params))
     size = hessian_block_rows(len(coords.names)) if block_size is None else block_size
 
     @jax.jit

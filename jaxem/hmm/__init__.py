@@ -8,8 +8,8 @@ and ``lax.associative_scan``) and Viterbi for one sequence.
 
 from .baum_welch import decode, fit, posterior, sample
 from .emissions import categorical_hmm, gaussian_hmm, poisson_hmm
-from .information import hmm_likelihood
 from .inference import Posterior, forward_backward, viterbi
+from .information import hmm_likelihood
 from .model import HMM
 
 __all__ = ["CategoricalHMM", "GaussianHMM", "HMM", "PoissonHMM", "Posterior", "categorical_hmm",

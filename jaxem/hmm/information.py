@@ -4,6 +4,8 @@ registered for :class:`HMM` when :mod:`jaxem.hmm` is imported."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -31,7 +33,14 @@ def hmm_likelihood(hmm: HMM, X, sample_weight, block_size, lengths=None, mask=No
     n_blocks, per_block = plan_blocks(n_seq, max(1, (block_size or 8192) // n_steps))
     Xb, wb = to_blocks(jnp.asarray(seqs.X, jnp.result_type(float)), weights, n_blocks, per_block)
     maskb, _ = to_blocks(jnp.asarray(seqs.mask), weights, n_blocks, per_block)
+    units, block_ll = _functions(hmm)
+    return Likelihood((Xb, maskb, wb.astype(Xb.dtype)), block_ll, units, constraints_of(hmm),
+                      hmm.log_prior)
 
+
+@functools.cache
+def _functions(hmm: HMM):
+    # One pair per HMM, so the compiled information programs are reused.
     def units(params, block):
         X_seq, mask_seq, w = block
         log_obs = jax.vmap(lambda x: hmm.emission.log_joint_matrix(params["emission"], x))(X_seq)
@@ -43,8 +52,7 @@ def hmm_likelihood(hmm: HMM, X, sample_weight, block_size, lengths=None, mask=No
         ll, w = units(params, block)
         return jnp.sum(jnp.where(w > 0, w * ll, 0.0))
 
-    return Likelihood((Xb, maskb, wb.astype(Xb.dtype)), block_ll, units, constraints_of(hmm),
-                      hmm.log_prior)
+    return units, block_ll
 
 
 register_likelihood(HMM, hmm_likelihood, constraints_of)
