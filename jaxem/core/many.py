@@ -26,13 +26,19 @@ from .validation import ConvergenceWarning, check_enough_rows, default_float_dty
 
 
 def _many_program(keys, init_params, X, weights, tol, *, x_axis, p_axis, **static):
+    # Data set b's restarts start from fold_in(key_r, b): derived here, not in a program of its own.
+    keys = jax.vmap(lambda b: jax.vmap(lambda k: jax.random.fold_in(k, b))(keys))(
+        jnp.arange(weights.shape[0]))
+
     def one(k, p, x, w):
         return _program(k, p, x, w, None, tol, **static)
 
-    return jax.vmap(one, in_axes=(0, p_axis, x_axis, 0))(keys, init_params, X, weights)
+    return jax.vmap(one, in_axes=(0, p_axis, x_axis, 0))(keys, init_params, X, weights), keys
 
 
 _many = precision.jit(_many_program, static_argnames=_STATIC + ("x_axis", "p_axis"))
+# The name the on-disk program cache knows this program by.
+PROGRAM_NAME = "jaxem.core.many._many_program"
 
 
 def fit_many(model: Model, Xs, *, key=None, n_restarts: int | None = None, max_iter: int = 100,
@@ -77,20 +83,18 @@ def fit_batch(model: Model, X, weights, *, shared_rows: bool = False, key=None,
     setup = driver.setup_fit(model, key=key, init_params=init_params, dtype=X.dtype,
                              **{k: options.get(k, v) for k, v in _DEFAULTS.items()})
     weights = np.asarray(weights)
-    n_data, n_rows = weights.shape
+    n_rows = weights.shape[1]
     if model.n_components is not None:
         check_enough_rows(int(np.min(np.sum(weights > 0, axis=1))), model.n_components)
-    keys = jax.vmap(lambda b: jax.vmap(lambda k: jax.random.fold_in(k, b))(setup.keys))(
-        jnp.arange(n_data))
     plan = blocks.plan_restarts(setup.n_restarts, jax.devices()[0].platform, setup.block_size)
     n_blocks, rows_per_block = blocks.plan_blocks(n_rows, plan.block_size)
     static = dict(model=model, n_blocks=n_blocks, rows_per_block=rows_per_block,
                   max_iter=setup.max_iter, use_gradient=setup.use_gradient,
                   optimizer=setup.optimizer, m_step_iters=setup.m_step_iters, rule=setup.rule,
                   in_sequence=plan.in_sequence, x_axis=None if shared_rows else 0, p_axis=None)
-    out, compile_time, fit_time = programs.run_compiled(
-        _many, (keys, setup.init_params, X, jnp.asarray(weights, X.dtype),
-                setup.loop_settings(X.dtype).tol), static)
+    (out, keys), compile_time, fit_time = programs.run_compiled(
+        _many, (setup.keys, setup.init_params, X, jnp.asarray(weights, X.dtype),
+                setup.loop_settings(X.dtype).tol), static, disk_name=PROGRAM_NAME)
     return _stack(out, keys, setup, compile_time, fit_time)
 
 
@@ -103,11 +107,12 @@ def _stack(out, keys, setup, compile_time: float, fit_time: float) -> FitResult:
     result as :func:`jaxem.fit` makes it, one warning and one error for all of them."""
     out = jax.tree.map(np.asarray, out)
     results, failed, not_converged = [], [], []
-    for b in range(keys.shape[0]):
+    for b in range(n_data := keys.shape[0]):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             try:
-                results.append(result_from_loop(jax.tree.map(lambda a, b=b: a[b], out), keys[b],
+                # The keys go on the batched result once (slicing device keys costs a dispatch each).
+                results.append(result_from_loop(jax.tree.map(lambda a, b=b: a[b], out), None,
                                                 max_iter=setup.max_iter, tol=setup.tol))
             except FitError as err:
                 failed.append((b, str(err)))
@@ -115,10 +120,10 @@ def _stack(out, keys, setup, compile_time: float, fit_time: float) -> FitResult:
             not_converged.append(b)
     if failed:
         names = ", ".join(str(b) for b, _ in failed[:10]) + (", ..." if len(failed) > 10 else "")
-        raise FitError(f"{len(failed)} of {keys.shape[0]} data sets failed (data sets {names}); "
+        raise FitError(f"{len(failed)} of {n_data} data sets failed (data sets {names}); "
                        f"data set {failed[0][0]}: {failed[0][1]}")
     if not_converged:
-        warnings.warn(f"{len(not_converged)} of {keys.shape[0]} data sets had no restart converge "
+        warnings.warn(f"{len(not_converged)} of {n_data} data sets had no restart converge "
                       f"within max_iter={setup.max_iter} (first: data set {not_converged[0]}); "
                       "increase max_iter or tol", ConvergenceWarning, stacklevel=3)
 
@@ -132,4 +137,4 @@ def _stack(out, keys, setup, compile_time: float, fit_time: float) -> FitResult:
         n_iter=stacked("n_iter"), failed=stacked("failed"), all_params=out.params,
         all_log_likelihoods=stacked("all_log_likelihoods"), best_restart=stacked("best_restart"),
         restart_keys=keys, compile_time=compile_time, fit_time=fit_time, model=setup.model,
-        n_datasets=keys.shape[0])
+        n_datasets=n_data)

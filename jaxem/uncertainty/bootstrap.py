@@ -11,11 +11,11 @@ replicate's components are renumbered to the original's labels
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ..core.driver import as_data, n_components
@@ -28,6 +28,13 @@ from .matching import match_components
 from .sampling import mixture_sampler
 
 KINDS = ("nonparametric", "parametric")
+
+
+@functools.cache
+def _draws(sampler: Callable, n_boot: int, n_rows: int) -> Callable:
+    """``draws(key, params) -> [n_boot, n_rows, ...]``, compiled once per sampler and sizes."""
+    return jax.jit(lambda key, params: jax.vmap(lambda k: sampler(k, params, n_rows))(
+        jax.random.split(key, n_boot)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,18 +106,17 @@ def bootstrap(model, X, n_boot: int = 200, *, key, kind: str = "nonparametric",
     if result is None:
         result = fit(model, rows, key=k_fit, n_restarts=4, max_iter=max_iter, tol=tol,
                      sample_weight=weights)
-    boot_keys = jax.random.split(k_boot, n_boot)
     options = dict(fit_options, max_iter=max_iter, tol=tol, init_params=result.params)
     if kind == "nonparametric":
         p = np.full(rows.shape[0], 1.0 / rows.shape[0]) if weights is None else weights / weights.sum()
         n_draws = rows.shape[0] if weights is None else max(1, int(round(weights.sum())))
-        counts = jax.vmap(lambda k: jnp.bincount(
-            jax.random.choice(k, rows.shape[0], (n_draws,), p=jnp.asarray(p)),
-            length=rows.shape[0]))(boot_keys)
-        replicates = fit_batch(model, rows, np.asarray(counts, rows.dtype), shared_rows=True,
+        # Counts drawn on the host (a NumPy generator seeded from the key): no program to compile.
+        rng = np.random.default_rng(np.asarray(jax.random.key_data(k_boot)).ravel().tolist())
+        counts = rng.multinomial(n_draws, p, size=n_boot)
+        replicates = fit_batch(model, rows, counts.astype(rows.dtype), shared_rows=True,
                                **options)
     else:
-        data = jax.jit(jax.vmap(lambda k: sampler(k, result.params, rows.shape[0])))(boot_keys)
+        data = _draws(sampler, n_boot, rows.shape[0])(k_boot, result.params)
         replicates = fit_batch(model, data.astype(rows.dtype),
                                np.ones((n_boot, rows.shape[0]), rows.dtype), **options)
     params = replicates.params
