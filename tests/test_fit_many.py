@@ -135,3 +135,29 @@ def test_bootstrap_checks_its_arguments():
     with pytest.raises(ValueError, match="no built-in sampler"):
         jem.bootstrap(jem.exponential_mixture(2), np.abs(X), 10, key=jax.random.key(0),
                       kind="parametric")
+
+
+def test_samplers_draw_from_the_fitted_mixture(x64):
+    """The parametric bootstrap's draws have the fitted moments, for every covariance type (a
+    tied model with D = K included: its shared leaf is not mistaken for a per-component one)."""
+    from jaxem.models.gaussian import covariances_from_prec_chol
+    from jaxem.uncertainty import mixture_sampler
+
+    rng = np.random.default_rng(6)
+    X = np.concatenate([rng.normal([0, 0], [1.0, 0.5], (300, 2)),
+                        rng.normal([5, 2], [0.5, 1.5], (200, 2))])
+    for ct in ("full", "tied", "diag", "spherical"):
+        model = jem.gaussian_mixture(2, ct)
+        params = jem.fit(model, X, key=jax.random.key(0), tol=1e-10).params
+        draws = np.asarray(mixture_sampler(model)(jax.random.key(1), params, 200_000))
+        cov = np.asarray(covariances_from_prec_chol(params["prec_chol"], ct))
+        w, mu = np.asarray(params["weights"]), np.asarray(params["means"])
+        full = {"full": cov, "tied": np.stack([cov, cov]), "diag": cov[:, :, None] * np.eye(2),
+                "spherical": cov[:, None, None] * np.eye(2)}[ct]
+        mean = w @ mu
+        second = np.einsum("k,kij->ij", w, full + mu[:, :, None] * mu[:, None, :])
+        np.testing.assert_allclose(draws.mean(0), mean, atol=0.02)
+        np.testing.assert_allclose(np.cov(draws.T), second - np.outer(mean, mean), atol=0.05)
+    with pytest.raises(ValueError, match="match=False"):
+        tied = jem.gaussian_mixture(2, "tied")
+        jem.bootstrap(tied, X, 5, key=jax.random.key(0), match=True)

@@ -80,6 +80,9 @@ def fit_batch(model: Model, X, weights, *, shared_rows: bool = False, key=None,
     """:func:`fit_many` on checked data ``X [B, N, ...]`` and ``weights [B, N]``; with
     ``shared_rows``, one ``X [N, ...]`` that every data set shares (a nonparametric bootstrap:
     only the weights differ), never copied."""
+    unknown = sorted(set(options) - set(_DEFAULTS))
+    if unknown:
+        raise TypeError(f"fit_many got unexpected keyword argument(s) {', '.join(unknown)}")
     setup = driver.setup_fit(model, key=key, init_params=init_params, dtype=X.dtype,
                              **{k: options.get(k, v) for k, v in _DEFAULTS.items()})
     weights = np.asarray(weights)

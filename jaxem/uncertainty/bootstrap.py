@@ -24,7 +24,7 @@ from ..core.result import FitResult
 from ..core.runner import fit
 from ..core.standard_errors import normal_quantile
 from ..core.validation import check_positive_int, check_sample_weight, to_device
-from .matching import match_components
+from .matching import check_component_leaves, match_components
 from .sampling import mixture_sampler
 
 KINDS = ("nonparametric", "parametric")
@@ -106,6 +106,8 @@ def bootstrap(model, X, n_boot: int = 200, *, key, kind: str = "nonparametric",
     if result is None:
         result = fit(model, rows, key=k_fit, n_restarts=4, max_iter=max_iter, tol=tol,
                      sample_weight=weights)
+    if match:   # before any refit: the matching must be possible
+        check_component_leaves(model, result.params, rows, n_components(model, k_fit, rows))
     options = dict(fit_options, max_iter=max_iter, tol=tol, init_params=result.params)
     if kind == "nonparametric":
         p = np.full(rows.shape[0], 1.0 / rows.shape[0]) if weights is None else weights / weights.sum()
@@ -121,7 +123,6 @@ def bootstrap(model, X, n_boot: int = 200, *, key, kind: str = "nonparametric",
                                np.ones((n_boot, rows.shape[0]), rows.dtype), **options)
     params = replicates.params
     if match:
-        params, _ = match_components(params, result.params,
-                                     n_components(model, k_fit, rows))
+        params, _ = match_components(params, result.params, n_components(model, k_fit, rows))
     errors = jax.tree.map(lambda r: np.std(np.asarray(r), axis=0, ddof=1), params)
     return BootstrapResult(result.params, params, errors, kind, replicates, result)

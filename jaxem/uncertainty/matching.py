@@ -58,6 +58,23 @@ def component_leaves(params: Any, n_components: int) -> list[bool]:
     return [np.ndim(leaf) > 0 and np.shape(leaf)[0] == n_components for leaf in jax.tree.leaves(params)]
 
 
+def check_component_leaves(model, params: Any, X, n_components: int) -> None:
+    """Refuse to match when the leading-axis rule misjudges ``params``: permuting the leaves it
+    calls per component must permute the columns of the log-joint on a few rows of ``X``."""
+    per_component = component_leaves(params, n_components)
+    shift = np.roll(np.arange(n_components), 1)
+    leaves, treedef = jax.tree.flatten(params)
+    moved = jax.tree.unflatten(treedef, [leaf[shift] if keep else leaf
+                                         for leaf, keep in zip(leaves, per_component, strict=True)])
+    rows = X[: min(8, X.shape[0])]
+    before = np.asarray(model.log_joint_matrix(params, rows))
+    after = np.asarray(model.log_joint_matrix(moved, rows))
+    if not np.allclose(after, before[:, shift], rtol=1e-4, atol=1e-4 * np.abs(before).max()):
+        raise ValueError("cannot tell which parameters belong to each component (a shared leaf "
+                         "has K entries along its first axis, e.g. a tied covariance with D = K); "
+                         "pass match=False and match the replicates yourself")
+
+
 def match_components(replicates: Any, reference: Any, n_components: int) -> tuple[Any, np.ndarray]:
     """Renumber each replicate's components to follow ``reference``'s.
 

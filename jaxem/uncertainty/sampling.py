@@ -17,31 +17,36 @@ import jax.numpy as jnp
 from ..core import constraints as C
 
 
-def _gaussian(key, params, n_rows: int):
-    k_z, k_e = jax.random.split(key)
+def _components(key, params, n_rows: int):
+    k_z, k_x = jax.random.split(key)
+    return jax.random.categorical(k_z, jnp.log(params["weights"]), shape=(n_rows,)), k_x
+
+
+def _gaussian_cholesky(key, params, n_rows: int):
+    """Full ``prec_chol [K, D, D]`` or tied ``[D, D]``: ``x = μ + A^{-1} ε`` (``Σ = A^{-1} A^{-T}``)."""
+    z, k_x = _components(key, params, n_rows)
     means, A = params["means"], params["prec_chol"]
-    z = jax.random.categorical(k_z, jnp.log(params["weights"]), shape=(n_rows,))
-    eps = jax.random.normal(k_e, (n_rows, means.shape[-1]), means.dtype)
-    if A.ndim == 3 or (A.ndim == 2 and A.shape[-1] == A.shape[-2] and A.shape != means.shape):
-        # Σ = L L^T with L = A^{-1}: x = μ + A^{-1} ε (full [K, D, D] or tied [D, D]).
-        chol = A[z] if A.ndim == 3 else jnp.broadcast_to(A, (n_rows,) + A.shape)
-        shift = jax.scipy.linalg.solve_triangular(chol, eps[..., None], lower=True)[..., 0]
-    else:
-        scale = A[z] if A.ndim == 2 else A[z][:, None]   # diag [K, D], spherical [K]
-        shift = eps / scale
-    return means[z] + shift
+    eps = jax.random.normal(k_x, (n_rows, means.shape[-1]), means.dtype)
+    chol = A[z] if A.ndim == 3 else jnp.broadcast_to(A, (n_rows,) + A.shape)
+    return means[z] + jax.scipy.linalg.solve_triangular(chol, eps[..., None], lower=True)[..., 0]
+
+
+def _gaussian_scale(key, params, n_rows: int):
+    """Diagonal ``prec_chol [K, D]`` (``1/σ``) or spherical ``[K]``."""
+    z, k_x = _components(key, params, n_rows)
+    means, A = params["means"], params["prec_chol"]
+    eps = jax.random.normal(k_x, (n_rows, means.shape[-1]), means.dtype)
+    return means[z] + eps / (A[z] if A.ndim == 2 else A[z][:, None])
 
 
 def _poisson(key, params, n_rows: int):
-    k_z, k_x = jax.random.split(key)
-    z = jax.random.categorical(k_z, jnp.log(params["weights"]), shape=(n_rows,))
+    z, k_x = _components(key, params, n_rows)
     rates = params["rates"][z]
     return jax.random.poisson(k_x, rates, rates.shape).astype(rates.dtype)
 
 
 def _bernoulli(key, params, n_rows: int):
-    k_z, k_x = jax.random.split(key)
-    z = jax.random.categorical(k_z, jnp.log(params["weights"]), shape=(n_rows,))
+    z, k_x = _components(key, params, n_rows)
     probs = params["probs"][z]
     return jax.random.bernoulli(k_x, probs).astype(probs.dtype)
 
@@ -56,7 +61,7 @@ def mixture_sampler(model) -> Callable:
     cons = model.constraints if isinstance(model.constraints, dict) else {}
     keys = set(cons)
     if keys == {"weights", "means", "prec_chol"} and cons["means"] is C.real:
-        return _gaussian
+        return _gaussian_cholesky if cons["prec_chol"] is C.cholesky else _gaussian_scale
     # Poisson and exponential mixtures share their parameters' form; the name tells them apart.
     if keys == {"weights", "rates"} and model.name.startswith("poisson_mixture("):
         return _poisson
