@@ -148,16 +148,21 @@ def test_samplers_draw_from_the_fitted_mixture(x64):
                         rng.normal([5, 2], [0.5, 1.5], (200, 2))])
     for ct in ("full", "tied", "diag", "spherical"):
         model = jem.gaussian_mixture(2, ct)
-        params = jem.fit(model, X, key=jax.random.key(0), tol=1e-10).params
-        draws = np.asarray(mixture_sampler(model)(jax.random.key(1), params, 200_000))
+        result = jem.fit(model, X, key=jax.random.key(0))
+        params = result.params
+        draws = np.asarray(mixture_sampler(model)(jax.random.key(1), params, 50_000))
         cov = np.asarray(covariances_from_prec_chol(params["prec_chol"], ct))
+        if ct == "tied":
+            cov = np.stack([cov, cov])
+        elif ct == "diag":
+            cov = cov[:, :, None] * np.eye(2)
+        elif ct == "spherical":
+            cov = cov[:, None, None] * np.eye(2)
         w, mu = np.asarray(params["weights"]), np.asarray(params["means"])
-        full = {"full": cov, "tied": np.stack([cov, cov]), "diag": cov[:, :, None] * np.eye(2),
-                "spherical": cov[:, None, None] * np.eye(2)}[ct]
         mean = w @ mu
-        second = np.einsum("k,kij->ij", w, full + mu[:, :, None] * mu[:, None, :])
-        np.testing.assert_allclose(draws.mean(0), mean, atol=0.02)
-        np.testing.assert_allclose(np.cov(draws.T), second - np.outer(mean, mean), atol=0.05)
-    with pytest.raises(ValueError, match="match=False"):
-        tied = jem.gaussian_mixture(2, "tied")
-        jem.bootstrap(tied, X, 5, key=jax.random.key(0), match=True)
+        second = np.einsum("k,kij->ij", w, cov + mu[:, :, None] * mu[:, None, :])
+        np.testing.assert_allclose(draws.mean(0), mean, atol=0.05)
+        np.testing.assert_allclose(np.cov(draws.T), second - np.outer(mean, mean), atol=0.15)
+        if ct == "tied":
+            with pytest.raises(ValueError, match="match=False"):
+                jem.bootstrap(model, X, 5, key=jax.random.key(0), result=result)
