@@ -14,9 +14,12 @@ from .core.checkpoint import Checkpoint
 from .core.compile_cache import disable_compilation_cache, enable_compilation_cache
 from .core.estep import Annealing
 from .core.inference import e_step, elbo, expected_log_joint, log_likelihood
+from .core.information import empirical_information, louis_information, observed_information
+from .core.many import fit_many
 from .core.model import Model
 from .core.result import FitError, FitInterrupted, FitResult
 from .core.runner import fit
+from .core.standard_errors import IllConditionedWarning, confidence_intervals, standard_errors
 from .core.validation import ConvergenceWarning, NotFittedError
 from .estimators import (
     GMMHMM,
@@ -58,12 +61,12 @@ from .models import (
 )
 from .scale.chunked import fit_chunked, log_likelihood_chunked
 from .scale.online import OnlineResult, fit_online
+from .uncertainty import BootstrapResult, bootstrap
 
 __version__ = "0.1.0"
 
 _compile_cache.enable_on_import()
 _legacy.install(__name__)
-
 
 
 def __getattr__(name):
@@ -72,15 +75,17 @@ def __getattr__(name):
 
 __all__ = [
     "Annealing", "bayesian_gaussian_mixture", "BayesianGaussianMixture", "bernoulli_mixture",
-    "BernoulliMixture", "categorical_mixture", "CategoricalHMM", "CategoricalMixture", "Checkpoint",
-    "ComponentSelection", "constraints", "ConvergenceWarning", "disable_compilation_cache", "e_step",
-    "elbo", "enable_compilation_cache", "expected_log_joint", "exponential_mixture", "ExponentialMixture",
-    "fit", "fit_chunked", "fit_online", "FitError", "FitInterrupted", "FitResult", "gamma_mixture",
+    "BernoulliMixture", "bootstrap", "BootstrapResult", "categorical_mixture", "CategoricalHMM",
+    "CategoricalMixture", "Checkpoint", "ComponentSelection", "confidence_intervals", "constraints",
+    "ConvergenceWarning", "disable_compilation_cache", "e_step", "elbo", "empirical_information",
+    "enable_compilation_cache", "expected_log_joint", "exponential_mixture", "ExponentialMixture", "fit",
+    "fit_chunked", "fit_many", "fit_online", "FitError", "FitInterrupted", "FitResult", "gamma_mixture",
     "GammaMixture", "gaussian_mixture", "GaussianHMM", "GaussianMixture", "GMMHMM", "hmm",
-    "independent_mixture", "IndependentMixture", "init", "isotropic_mixture", "KMeans",
-    "LinearAutoregressiveHMM", "load", "log_likelihood", "log_likelihood_chunked", "mixture_of_experts",
-    "mixture_of_factor_analysers", "mixture_of_linear_regressions", "MixtureOfExperts",
-    "MixtureOfFactorAnalysers", "MixtureOfLinearRegressions", "MixtureOfPPCA", "Model", "models",
-    "MultinomialHMM", "NotFittedError", "OnlineResult", "poisson_mixture", "PoissonHMM", "PoissonMixture",
-    "save", "select_components", "student_t_mixture", "StudentTMixture",
+    "IllConditionedWarning", "independent_mixture", "IndependentMixture", "init", "isotropic_mixture",
+    "KMeans", "LinearAutoregressiveHMM", "load", "log_likelihood", "log_likelihood_chunked",
+    "louis_information", "mixture_of_experts", "mixture_of_factor_analysers",
+    "mixture_of_linear_regressions", "MixtureOfExperts", "MixtureOfFactorAnalysers",
+    "MixtureOfLinearRegressions", "MixtureOfPPCA", "Model", "models", "MultinomialHMM", "NotFittedError",
+    "observed_information", "OnlineResult", "poisson_mixture", "PoissonHMM", "PoissonMixture", "save",
+    "select_components", "standard_errors", "student_t_mixture", "StudentTMixture",
 ]

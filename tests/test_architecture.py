@@ -18,10 +18,13 @@ ALLOWED = {
     "models": {"core"},
     "hmm": {"core", "models"},
     "scale": {"core"},
+    # Resampling procedures over fits (bootstrap): the engine only, usable by any front end.
+    "uncertainty": {"core"},
     "estimators": {"core", "models", "hmm", "scale"},
-    "app": {"core", "models", "hmm", "scale", "estimators", "datasets"},
+    "app": {"core", "models", "hmm", "scale", "estimators", "datasets", "uncertainty"},
     "datasets": set(),
-    "": {"core", "models", "hmm", "scale", "estimators", "app", "datasets"},  # jaxem/__init__.py
+    # jaxem/__init__.py
+    "": {"core", "models", "hmm", "scale", "estimators", "app", "datasets", "uncertainty"},
 }
 # Imports that point up on purpose, with the reason.
 EXCEPTIONS = {
@@ -79,7 +82,7 @@ def _imports(name: str, top_level_only: bool):
 def _folder(module: str) -> str:
     parts = module.split(".")
     if len(parts) == 1 or parts[1] not in {"core", "models", "hmm", "scale", "estimators", "app",
-                                           "datasets"}:
+                                           "datasets", "uncertainty"}:
         return ""
     return parts[1]
 

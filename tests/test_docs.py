@@ -113,3 +113,17 @@ def test_readme_links_and_commands_exist():
         assert command in commands, command
     for name in MODELS:  # every command-line family is listed in the README
         assert f"`{name}`" in text, name
+
+
+def test_readme_uncertainty_example_runs(capsys):
+    (code,) = _python_blocks("How sure is the fit: standard errors, many data sets, the bootstrap")
+    namespace: dict = {}
+    exec(compile(code, "README.md:uncertainty", "exec"), namespace)
+    se, boot, result = namespace["se"], namespace["boot"], namespace["result"]
+    # Wald and bootstrap standard errors of the Old Faithful means agree within 40%
+    ratio = np.asarray(boot.standard_errors["means"]) / np.asarray(se["means"])
+    assert np.all((0.6 < ratio) & (ratio < 1.4)), ratio
+    lower, upper = namespace["lower"], namespace["upper"]
+    assert np.all((np.asarray(lower["means"]) < np.asarray(result.params["means"]))
+                  & (np.asarray(result.params["means"]) < np.asarray(upper["means"])))
+    assert "Wald" in capsys.readouterr().out

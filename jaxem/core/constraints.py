@@ -9,12 +9,43 @@ prefix of it); leaves without a constraint are treated as :data:`real`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
+
+
+class Chart(NamedTuple):
+    """Minimal coordinates of a constrained parameter: as many free reals as it has degrees of
+    freedom (K - 1 for a K-simplex, D(D+1)/2 for a D x D Cholesky factor), which is what an
+    information matrix needs to be non-singular (the unconstrained form of :data:`simplex` has K
+    coordinates and a flat direction).
+
+    Attributes:
+        encode: ``encode(p [shape]) -> [m]`` free coordinates.
+        decode: ``decode(u [m], shape) -> p [shape]``, the inverse of ``encode``.
+        coordinates: ``coordinates(shape) -> list of m texts`` naming each coordinate by the
+            parameter's index (``"[1, 0]"``), for messages.
+    """
+
+    encode: Callable[[Array], Array]
+    decode: Callable[[Array, tuple], Array]
+    coordinates: Callable[[tuple], list]
+
+
+def _index_text(index) -> str:
+    return "[" + ", ".join(str(int(i)) for i in index) + "]"
+
+
+def elementwise_chart(constrain: Callable, unconstrain: Callable) -> Chart:
+    """The chart of a constraint whose unconstrained form is already minimal (one free real per
+    entry): its own maps, flattened."""
+    return Chart(lambda p: jnp.ravel(unconstrain(p)),
+                 lambda u, shape: constrain(jnp.reshape(u, shape)),
+                 lambda shape: [_index_text(i) for i in np.ndindex(*shape)])
 
 
 class Constraint:
@@ -24,13 +55,16 @@ class Constraint:
         name: a short name used in error messages and ``repr``.
         constrain: unconstrained array -> constrained parameter (same shape).
         unconstrain: constrained parameter -> unconstrained array (same shape).
+        chart: minimal coordinates (see :class:`Chart`) for standard errors; default: the
+            unconstrained form itself, which must then have no redundant coordinate.
     """
 
     def __init__(self, name: str, constrain: Callable[[Array], Array],
-                 unconstrain: Callable[[Array], Array]):
+                 unconstrain: Callable[[Array], Array], chart: Chart | None = None):
         self.name = name
         self.constrain = constrain
         self.unconstrain = unconstrain
+        self.chart = chart or elementwise_chart(constrain, unconstrain)
 
     def __repr__(self) -> str:
         return f"Constraint({self.name})"
@@ -57,7 +91,24 @@ def _simplex_unconstrain(p: Array) -> Array:
     return logp - jnp.mean(logp, axis=-1, keepdims=True)
 
 
-simplex = Constraint("simplex", lambda u: jax.nn.softmax(u, axis=-1), _simplex_unconstrain)
+def _simplex_decode(u: Array, shape: tuple) -> Array:
+    logits = jnp.reshape(u, shape[:-1] + (shape[-1] - 1,))
+    return jax.nn.softmax(jnp.concatenate([logits, jnp.zeros(shape[:-1] + (1,), u.dtype)], -1), axis=-1)
+
+
+def _simplex_encode(p: Array) -> Array:
+    # Additive log-ratios against the last entry: K - 1 free coordinates.
+    logp = _log_clipped(p)
+    return jnp.ravel(logp[..., :-1] - logp[..., -1:])
+
+
+def _simplex_coordinates(shape: tuple) -> list:
+    return [f"{_index_text(i)}/[..., {shape[-1] - 1}]"
+            for i in np.ndindex(*shape[:-1], shape[-1] - 1)]
+
+
+simplex = Constraint("simplex", lambda u: jax.nn.softmax(u, axis=-1), _simplex_unconstrain,
+                     Chart(_simplex_encode, _simplex_decode, _simplex_coordinates))
 """Probability vectors along the last axis (softmax of free logits)."""
 
 
@@ -83,7 +134,25 @@ def _cholesky_unconstrain(chol: Array) -> Array:
     return lower + log_diag[..., None] * jnp.eye(chol.shape[-1], dtype=chol.dtype)
 
 
-cholesky = Constraint("cholesky", _cholesky_constrain, _cholesky_unconstrain)
+def _cholesky_encode(chol: Array) -> Array:
+    rows, cols = np.tril_indices(chol.shape[-1])
+    return jnp.ravel(_cholesky_unconstrain(chol)[..., rows, cols])
+
+
+def _cholesky_decode(u: Array, shape: tuple) -> Array:
+    rows, cols = np.tril_indices(shape[-1])
+    free = jnp.reshape(u, shape[:-2] + (rows.size,))
+    return _cholesky_constrain(jnp.zeros(shape, u.dtype).at[..., rows, cols].set(free))
+
+
+def _cholesky_coordinates(shape: tuple) -> list:
+    rows, cols = np.tril_indices(shape[-1])
+    return [_index_text(i + (r, c)) for i in np.ndindex(*shape[:-2])
+            for r, c in zip(rows, cols, strict=True)]
+
+
+cholesky = Constraint("cholesky", _cholesky_constrain, _cholesky_unconstrain,
+                      Chart(_cholesky_encode, _cholesky_decode, _cholesky_coordinates))
 """Lower-triangular matrices ``[..., D, D]`` with a positive diagonal (log of the diagonal is free)."""
 
 

@@ -44,6 +44,7 @@ class FitSetup(NamedTuple):
         progress: the progress callback, or ``None``.
         checkpoint: where to save the loop state (:class:`jaxem.core.checkpoint.Checkpoint`),
             or ``None``; resume: continue from it.
+        model: the model being fitted (kept on the result, for its standard errors).
     """
 
     keys: Any
@@ -58,6 +59,7 @@ class FitSetup(NamedTuple):
     progress: Callable | None
     checkpoint: Checkpoint | None = None
     resume: bool = False
+    model: Any = None
 
     @property
     def n_restarts(self) -> int:
@@ -156,7 +158,7 @@ def setup_fit(target, *, key=None, n_restarts: int | None = None, max_iter: int 
             init_params)
     return FitSetup(keys, rule, use_gradient, (optimizer or default_optimizer) if use_gradient
                     else None, m_step_iters, max_iter, tol, block_size, init_params, progress,
-                    checkpoint, resume)
+                    checkpoint, resume, target)
 
 
 def finish(out: loop.LoopOutput, setup: FitSetup, *, compile_time: float = 0.0,
@@ -164,7 +166,8 @@ def finish(out: loop.LoopOutput, setup: FitSetup, *, compile_time: float = 0.0,
     """The :class:`FitResult` of a finished loop (see :func:`jaxem.core.result.result_from_loop`);
     its warning points at the user's call of the fit."""
     return result_from_loop(out, setup.keys, max_iter=setup.max_iter, tol=setup.tol,
-                            compile_time=compile_time, fit_time=fit_time, hint=hint, stacklevel=4)
+                            compile_time=compile_time, fit_time=fit_time, hint=hint, stacklevel=4,
+                            model=setup.model)
 
 
 def interrupted(stop: loop.Interrupted, setup: FitSetup, hint: str = "") -> FitInterrupted:

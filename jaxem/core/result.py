@@ -11,6 +11,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from . import standard_errors as se
+from .batch_data import stack_datasets
 from .loop import LoopOutput
 from .validation import ConvergenceWarning
 
@@ -45,6 +47,10 @@ class FitResult:
             the change of the log-likelihood fell within round-off of its float type while still
             above ``tol``, or it decreased beyond round-off (exact EM never decreases it). Never
             counted as converged; ``dtype="float64"`` resolves what float32 cannot.
+        model: the fitted model (for :meth:`standard_errors`).
+        n_datasets: ``None`` for one data set; ``B`` for :func:`jaxem.fit_many`'s batched result,
+            whose every field has a leading ``[B]`` axis (``params`` ``[B, ...]``,
+            ``log_likelihood``, ``best_restart`` ``[B]``, ``history`` ``[B, R, max_iter]``, ...).
 
     With ``e_step="hard"`` the log-likelihoods and history are the classification log-likelihood
     ``Σ_n w_n max_k log p(x_n, z_n=k)``; with a model ``log_prior`` they include the prior.
@@ -65,6 +71,36 @@ class FitResult:
     fit_time: float = 0.0
     interrupted: bool = False
     stalled: np.ndarray | None = None
+    model: Any = None
+    n_datasets: int | None = None
+
+    def standard_errors(self, X, sample_weight=None, *, transform=None, **data_options) -> Any:
+        """Standard errors of the best restart's ``params`` (same pytree) from the observed
+        information on the data ``X`` the fit saw (see :func:`jaxem.standard_errors`; an HMM
+        takes ``lengths=``). For a batched result (:func:`jaxem.fit_many`) give the same list
+        ``Xs`` (and weights): the result has a leading ``[B]`` axis.
+
+        Raises ValueError, or warns :class:`jaxem.IllConditionedWarning`, naming the parameter
+        when the information is singular or ill-conditioned."""
+        if self.model is None:
+            raise ValueError("this FitResult does not know its model; use "
+                             "jaxem.standard_errors(model, result.params, X)")
+        if self.n_datasets is not None:
+            batch = stack_datasets(X, sample_weight, self.model)
+            return se.batched_standard_errors(self.model, self.params, batch.X.astype(
+                jax.tree.leaves(self.params)[0].dtype), batch.weights, transform=transform)
+        return se.standard_errors(self.model, self.params, X, sample_weight, transform=transform,
+                                  **data_options)
+
+    def confidence_intervals(self, X, level: float = 0.95, sample_weight=None, *, transform=None,
+                             **data_options) -> tuple[Any, Any]:
+        """``(lower, upper)`` Wald intervals ``θ ∓ z · SE`` at ``level``, each shaped like
+        ``params`` (see :meth:`standard_errors`)."""
+        se.normal_quantile(level)
+        errors = self.standard_errors(X, sample_weight, transform=transform, **data_options)
+        estimate = self.params if transform is None else (
+            jax.vmap(transform)(self.params) if self.n_datasets is not None else transform(self.params))
+        return se.wald_intervals(estimate, errors, level)
 
 
 class FitInterrupted(KeyboardInterrupt):
@@ -103,7 +139,8 @@ def _non_finite_params(params) -> np.ndarray:
 
 def result_from_loop(out: LoopOutput, keys, *, max_iter: int, tol: float | None,
                      compile_time: float = 0.0, fit_time: float = 0.0, hint: str = "",
-                     stacklevel: int = 3, interrupted: bool = False) -> FitResult:
+                     stacklevel: int = 3, interrupted: bool = False,
+                     model: Any = None) -> FitResult:
     """The :class:`FitResult` of a finished loop (every fit driver's last step): picks the best
     restart that did not fail, raises :class:`FitError` when all failed, warns
     :class:`ConvergenceWarning` when none converged.
@@ -116,6 +153,7 @@ def result_from_loop(out: LoopOutput, keys, *, max_iter: int, tol: float | None,
         hint: what to check, appended to the all-failed message.
         stacklevel: for the warning, so it points at the user's call.
         interrupted: the loop was stopped by Ctrl-C (no warning; the result says so).
+        model: the fitted model, kept on the result.
     """
     ll = np.asarray(out.objective)
     bad_params = _non_finite_params(out.params)
@@ -158,4 +196,5 @@ def result_from_loop(out: LoopOutput, keys, *, max_iter: int, tol: float | None,
         fit_time=fit_time,
         interrupted=interrupted,
         stalled=stalled,
+        model=model,
     )

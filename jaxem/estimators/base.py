@@ -20,6 +20,7 @@ from ..core.validation import (
     check_sample_weight,
     to_device,
 )
+from . import uncertainty
 from .params import EMEstimator, _as_key, recording_interrupted
 
 
@@ -67,6 +68,11 @@ class MixtureEstimator(EMEstimator):
 
     def _n_parameters(self) -> int:
         raise NotImplementedError
+
+    def _fitted_arrays(self, params) -> dict:
+        """The fitted attributes as a traceable function of the engine's parameters (for
+        standard errors); families whose attributes are not their parameters override it."""
+        return uncertainty.mixture_arrays(self._param_keys, params)
 
     def _sample_rows(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """``[n, D]`` rows drawn from the components ``labels [n]``."""
@@ -196,6 +202,25 @@ class MixtureEstimator(EMEstimator):
         """Akaike information criterion on ``X`` (lower is better)."""
         return (-2 * self.score(X) * check_data(X, allow_nan=True).shape[0]
                 + 2 * self._n_parameters())
+
+    def standard_errors(self, X, sample_weight=None) -> dict:
+        """Standard errors of the fitted attributes from the observed information on ``X``.
+
+        Args:
+            X: ``[N, D]`` the data the estimator was fitted to.
+            sample_weight: the ``[N]`` weights it was fitted with, if any.
+
+        Returns:
+            ``{attribute name: array shaped like the attribute}``, e.g. ``weights_``, ``means_``,
+            ``covariances_`` (see :func:`jaxem.standard_errors`; singular or ill-conditioned
+            information raises or warns naming the parameter).
+        """
+        return uncertainty.estimator_standard_errors(self, X, sample_weight)
+
+    def confidence_intervals(self, X, level: float = 0.95, sample_weight=None) -> dict:
+        """Wald intervals: ``{attribute name: (lower, upper)}`` at ``level`` (see
+        :meth:`standard_errors`)."""
+        return uncertainty.intervals(self, self.standard_errors(X, sample_weight), level)
 
     def sample(self, n_samples: int = 1, random_state=None) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``n_samples`` rows from the fitted model.

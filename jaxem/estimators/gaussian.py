@@ -154,6 +154,11 @@ class GaussianMixture(MixtureEstimator):
             self.precisions_cholesky_ = A
             self.precisions_ = A * A
 
+    def _fitted_arrays(self, params) -> dict:
+        return {"weights_": params["weights"], "means_": params["means"] + self._offset,
+                "covariances_": gaussian_family.covariances_from_prec_chol(
+                    params["prec_chol"], self.covariance_type)}
+
     def _initial_params(self, X: np.ndarray):
         if self.weights_init is None and self.means_init is None and self.precisions_init is None:
             return None

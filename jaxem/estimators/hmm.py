@@ -105,6 +105,11 @@ class GaussianHMM(_BaseHMM):
             prec_chol = 1.0 / np.sqrt(cov)
         return {"means": np.asarray(self.means_, np.float64), "prec_chol": prec_chol}
 
+    def _emission_arrays(self, emission) -> dict:
+        # covars_ in the covariance type's own shape (as assigned), not the full getter's.
+        return {"means_": emission["means"],
+                "covars_": covariances_from_prec_chol(emission["prec_chol"], self.covariance_type)}
+
     def _set_emission(self, emission) -> None:
         self.means_ = np.asarray(emission["means"])
         self._covars_ = np.asarray(covariances_from_prec_chol(emission["prec_chol"],
@@ -164,6 +169,9 @@ class CategoricalHMM(_BaseHMM):
         return {"probs": _check_probabilities(self.emissionprob_, "emissionprob_",
                                               (self.n_components, M))}
 
+    def _emission_arrays(self, emission) -> dict:
+        return {"emissionprob_": emission["probs"]}
+
     def _set_emission(self, emission) -> None:
         self.emissionprob_ = np.asarray(emission["probs"])
 
@@ -211,6 +219,9 @@ class PoissonHMM(_BaseHMM):
             raise ValueError(f"lambdas_ must be positive with shape ({self.n_components}, D), got "
                              f"shape {rates.shape}")
         return {"rates": rates}
+
+    def _emission_arrays(self, emission) -> dict:
+        return {"lambdas_": emission["rates"]}
 
     def _set_emission(self, emission) -> None:
         self.lambdas_ = np.asarray(emission["rates"])

@@ -16,6 +16,7 @@ from ..core.progress import progress_bar
 from ..core.validation import NotFittedError, check_positive_int, default_float_dtype
 from ..hmm.baum_welch import decode, fit, posterior, sample
 from ..hmm.model import as_sequences
+from . import uncertainty
 from .params import EMEstimator, _as_key, recording_interrupted
 
 
@@ -193,6 +194,27 @@ class _BaseHMM(EMEstimator):
     def predict(self, X, lengths=None) -> np.ndarray:
         """Most probable state path (Viterbi), ``[N]`` ints."""
         return self.decode(X, lengths)[1]
+
+    def _fitted_arrays(self, params) -> dict:
+        """The fitted attributes as a traceable function of the engine's parameters."""
+        return {"startprob_": params["initial"], "transmat_": params["transition"],
+                **self._emission_arrays(params["emission"])}
+
+    def _emission_arrays(self, emission) -> dict:
+        raise NotImplementedError
+
+    def standard_errors(self, X, lengths=None) -> dict:
+        """Standard errors of the fitted attributes (``startprob_``, ``transmat_`` and the
+        emission's) from the observed information on the sequences ``X`` split by ``lengths``.
+
+        Returns:
+            ``{attribute name: array}`` (see :func:`jaxem.standard_errors`).
+        """
+        return uncertainty.hmm_standard_errors(self, X, lengths)
+
+    def confidence_intervals(self, X, lengths=None, level: float = 0.95) -> dict:
+        """Wald intervals ``{attribute name: (lower, upper)}`` at ``level``."""
+        return uncertainty.intervals(self, self.standard_errors(X, lengths), level)
 
     def sample(self, n_samples: int = 1, random_state=None) -> tuple[np.ndarray, np.ndarray]:
         """Draw one sequence: ``(X [n_samples, D], states [n_samples])``."""

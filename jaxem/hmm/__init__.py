@@ -10,14 +10,15 @@ from .autoregressive import autoregressive_hmm, lagged_rows, sample_autoregressi
 from .baum_welch import decode, fit, posterior, sample
 from .emissions import categorical_hmm, gaussian_hmm, multinomial_hmm, poisson_hmm
 from .inference import Posterior, forward_backward, viterbi
+from .information import hmm_likelihood
 from .mixture_emission import gmm_hmm, mixture_emission
 from .model import HMM
 
 __all__ = ["CategoricalHMM", "GMMHMM", "GaussianHMM", "HMM", "LinearAutoregressiveHMM",
            "MultinomialHMM", "PoissonHMM", "Posterior", "autoregressive_hmm", "categorical_hmm",
-           "decode", "fit", "forward_backward", "gaussian_hmm", "gmm_hmm", "lagged_rows",
-           "mixture_emission", "multinomial_hmm", "poisson_hmm", "posterior", "sample",
-           "sample_autoregressive", "viterbi"]
+           "decode", "fit", "forward_backward", "gaussian_hmm", "gmm_hmm", "hmm_likelihood",
+           "lagged_rows", "mixture_emission", "multinomial_hmm", "poisson_hmm", "posterior",
+           "sample", "sample_autoregressive", "viterbi"]
 
 # The hmmlearn-style estimators live with the other estimators (a layer above this one); they are
 # re-exported here on first use, so that importing the functional HMM does not import them.
