@@ -31,7 +31,7 @@ def _many_program(keys, init_params, X, weights, tol, *, x_axis, p_axis, **stati
         jnp.arange(weights.shape[0]))
 
     def one(k, p, x, w):
-        return _program(k, p, x, w, None, tol, **static)
+        return _program(k, p, x, w, None, tol, None, None, **static)  # the whole loop, unsegmented
 
     return jax.vmap(one, in_axes=(0, p_axis, x_axis, 0))(keys, init_params, X, weights), keys
 
