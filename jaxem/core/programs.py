@@ -170,6 +170,9 @@ def run_segmented(program, dynamic: tuple, static: dict, progress=None,
             if restore is not None:
                 state = restore(state)
             segment, seconds = _executable(program, dynamic + (state, stop_at), static, disk_name)
+            # Over a mesh a segment may return some leaves placed otherwise than the start did;
+            # they go back to the placement the executable was compiled for.
+            placement = jax.tree.map(lambda a: a.sharding, state)
             compile_seconds += seconds
             max_iter = state["history"].shape[1]
             trips = int(state["trips"])
@@ -179,6 +182,8 @@ def run_segmented(program, dynamic: tuple, static: dict, progress=None,
             while True:
                 began = time.perf_counter()
                 state = segment(*dynamic, state, np.int32(min(stop, max_iter + 1)))
+                state = jax.tree.map(lambda a, where: a if a.sharding == where
+                                     else jax.device_put(a, where), state, placement)
                 done, running = jax.device_get((state["trips"], state["running"]))
                 done = int(done)
                 elapsed = time.perf_counter() - began
