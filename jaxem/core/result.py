@@ -111,11 +111,12 @@ def result_from_loop(out: LoopOutput, keys, *, max_iter: int, tol: float | None,
                else np.asarray(out.stalled) & ~failed & ~converged)
     if stalled[best]:
         width = np.asarray(out.objective).dtype
+        remedy = ("fit with dtype='float64' (or 'auto') to reach tol" if width != np.float64 else
+                  "rescale the data or regularise the model (e.g. a larger reg_covar)")
         warnings.warn(
             f"the best restart stopped on {width} round-off, not converged to tol={tol:g}: the "
             f"log-likelihood's change fell below what {width} resolves, or it decreased (round-off "
-            f"in ill-conditioned parameters); fit with dtype='float64' (or 'auto') to reach tol",
-            ConvergenceWarning, stacklevel=stacklevel)
+            f"in ill-conditioned parameters); {remedy}", ConvergenceWarning, stacklevel=stacklevel)
     elif tol is not None and not converged[~failed].any():
         warnings.warn(
             f"no restart converged within max_iter={max_iter} iterations (relative change of the "
