@@ -37,7 +37,9 @@ class FitResult:
         all_log_likelihoods: ``[n_restarts]`` final log-likelihood of every restart.
         best_restart: index of the chosen restart.
         restart_keys: ``[n_restarts]`` the PRNG keys the restarts were initialised with; fitting with
-            ``key=restart_keys[r:r + 1]`` reproduces restart ``r`` alone.
+            ``key=restart_keys[r:r + 1]`` reproduces restart ``r`` alone (for a model with an
+            ``explore_init``, such as the Gaussian and Student-t mixtures' default, only even
+            ``r``: odd restarts of a fit with several started from ``explore_init``).
         compile_time: seconds spent compiling the fit program (0 when an executable for the same
             model, shapes and options was already compiled in this process).
         fit_time: seconds the compiled fit ran (all restarts, initialisation included).
