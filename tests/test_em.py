@@ -69,7 +69,9 @@ def _gaussian_case():
 
 
 def _bernoulli_case():
-    return jem.bernoulli_mixture(3), binary_data(n=1500, seed=3)[0].astype(np.float64)
+    # From random responsibilities: the greedy k-means++ start of this data set sits on a
+    # plateau that neither M-step leaves within 3000 iterations at tol=1e-12.
+    return jem.bernoulli_mixture(3, init="random"), binary_data(n=1500, seed=3)[0].astype(np.float64)
 
 
 @pytest.mark.parametrize("case", [_gaussian_case, _bernoulli_case], ids=["gaussian", "bernoulli"])
@@ -111,7 +113,9 @@ def test_restarts_are_one_vmapped_program_equal_to_single_fits():
     assert result.all_params["means"].shape == (5, 3, 2)
     assert result.converged.shape == result.n_iter.shape == (5,)
     assert len({float(v) for v in result.all_log_likelihoods}) > 1, "restarts were not distinct"
-    for r in (0, 3):
+    # Even restarts start from the model's initialiser, odd ones from its explore_init (varied
+    # starts); a single fit starts from the initialiser, so it reproduces the even ones.
+    for r in (0, 2):
         single = jem.fit(model, X, key=result.restart_keys[r:r + 1], max_iter=50)
         assert single.n_iter[0] == result.n_iter[r]
         np.testing.assert_allclose(single.history[0], result.history[r], rtol=1e-6)

@@ -119,10 +119,10 @@ def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Setti
     change, scale = objective - s["objective"], jnp.abs(s["objective"])
     change_small = jnp.abs(change) <= jnp.maximum(settings.tol, floor) * scale
     # Round-off, not convergence: a change within the floor but above a tol > 0 (this float
-    # type cannot resolve tol), or a decrease beyond the floor (EM never decreases the objective
-    # in exact arithmetic; ill-conditioned float32 M-steps make it wander). Such a restart stops
-    # "stalled", not converged, keeping its better parameters.
-    decreased = change < -floor * scale
+    # type cannot resolve tol), or a decrease larger than tol and the floor (EM never decreases
+    # the objective in exact arithmetic; ill-conditioned float32 M-steps make it wander). Such a
+    # restart stops "stalled", not converged, keeping its better parameters.
+    decreased = (change < 0) & ~change_small
     stall = (running & (settings.tol >= 0) & settings.may_stop(iteration)
              & ((change_small & (jnp.abs(change) > settings.tol * scale) & (settings.tol > 0))
                 | decreased))

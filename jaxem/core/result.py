@@ -39,7 +39,9 @@ class FitResult:
         all_log_likelihoods: ``[n_restarts]`` final log-likelihood of every restart.
         best_restart: index of the chosen restart.
         restart_keys: ``[n_restarts]`` the PRNG keys the restarts were initialised with; fitting with
-            ``key=restart_keys[r:r + 1]`` reproduces restart ``r`` alone.
+            ``key=restart_keys[r:r + 1]`` reproduces restart ``r`` alone (for a model with an
+            ``explore_init``, such as the Gaussian and Student-t mixtures' default, only even
+            ``r``: odd restarts of a fit with several started from ``explore_init``).
         compile_time: seconds spent compiling the fit program (0 when an executable for the same
             model, shapes and options was already compiled in this process).
         fit_time: seconds the compiled fit ran (all restarts, initialisation included).
@@ -170,11 +172,12 @@ def result_from_loop(out: LoopOutput, keys, *, max_iter: int, tol: float | None,
                else np.asarray(out.stalled) & ~failed & ~converged)
     if stalled[best]:
         width = np.asarray(out.objective).dtype
+        remedy = ("fit with dtype='float64' (or 'auto') to reach tol" if width != np.float64 else
+                  "rescale the data or regularise the model (e.g. a larger reg_covar)")
         warnings.warn(
             f"the best restart stopped on {width} round-off, not converged to tol={tol:g}: the "
             f"log-likelihood's change fell below what {width} resolves, or it decreased (round-off "
-            f"in ill-conditioned parameters); fit with dtype='float64' (or 'auto') to reach tol",
-            ConvergenceWarning, stacklevel=stacklevel)
+            f"in ill-conditioned parameters); {remedy}", ConvergenceWarning, stacklevel=stacklevel)
     elif tol is not None and not interrupted and not converged[~failed].any():
         warnings.warn(
             f"no restart converged within max_iter={max_iter} iterations (relative change of the "
