@@ -71,7 +71,10 @@ def test_plain_line_without_tqdm(monkeypatch):
         ProgressBar(10, use_tqdm=True)
 
 
-def test_fit_reports_every_iteration_to_the_bar(x64):
+def test_fit_reports_every_iteration_to_the_bar(x64, monkeypatch):
+    # Wide enough for the whole postfix: iterations reported a segment at a time show rates of
+    # thousands per second, whose digits cut the summary short at 100 columns.
+    monkeypatch.setenv("COLUMNS", "240")
     rng = np.random.default_rng(0)
     X = rng.binomial(1, np.where(rng.random(200)[:, None] < 0.5, 0.2, 0.8), size=(200, 4))
     calls = []
