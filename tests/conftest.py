@@ -13,6 +13,13 @@ _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if _WORKER and "JAXEM_CACHE_DIR" not in os.environ:
     _BASE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     os.environ["JAXEM_CACHE_DIR"] = str(_BASE / "jaxem" / f"xla-tests-{_WORKER}")
+    import jaxem  # noqa: E402,F401  (switches this worker's cache on)
+
+    # The processes tests start (the command line, Ctrl-C, SIGKILL-and-resume, two-process fits)
+    # inherit the environment: they must not write this worker's cache beside it, and one killed
+    # mid-write would leave a truncated entry the worker could later load. They run uncached
+    # unless a test gives them a cache of their own.
+    os.environ["JAXEM_COMPILATION_CACHE"] = "0"
 
 
 @pytest.fixture

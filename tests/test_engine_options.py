@@ -116,7 +116,7 @@ def test_persistent_compilation_cache_is_written_and_can_be_declined(tmp_path):
             "X = np.random.default_rng(0).normal(size=(200, 2))\n"
             "jem.fit(jem.gaussian_mixture(2, 'diag'), X, key=jax.random.key(0), max_iter=3)\n")
     cache = tmp_path / "cache"
-    out = _run_python(code, {"JAXEM_CACHE_DIR": str(cache)})
+    out = _run_python(code, {"JAXEM_CACHE_DIR": str(cache), "JAXEM_COMPILATION_CACHE": "1"})
     assert out.returncode == 0, out.stderr
     assert f"DIR {cache}" in out.stdout
     assert any(p.name.startswith("jit__program") for p in cache.iterdir())
