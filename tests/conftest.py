@@ -1,24 +1,17 @@
 import os
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-# Each pytest-xdist worker keeps its own compilation cache. JAX writes a cache entry in place (not
-# through a rename), so a worker reading an entry the other is still writing can load a truncated
-# executable and crash (seen: a segfault in jax's compilation_cache while both compiled the same
-# program). Set before jaxem is imported, which switches the cache on.
-_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
-if _WORKER and "JAXEM_CACHE_DIR" not in os.environ:
-    _BASE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    os.environ["JAXEM_CACHE_DIR"] = str(_BASE / "jaxem" / f"xla-tests-{_WORKER}")
-    import jaxem  # noqa: E402,F401  (switches this worker's cache on)
-
-    # The processes tests start (the command line, Ctrl-C, SIGKILL-and-resume, two-process fits)
-    # inherit the environment: they must not write this worker's cache beside it, and one killed
-    # mid-write would leave a truncated entry the worker could later load. They run uncached
-    # unless a test gives them a cache of their own.
+# The tests run without JAX's persistent compilation cache (tests of the cache give their own
+# processes a folder of their own). JAX writes a cache entry in place, not through a rename, and
+# under jax 0.10.2 two fresh-clone CI runs segfaulted inside it: once writing an entry, once
+# reading an entry a crashed run had left truncated in the worker's folder. Within one run the
+# cache saves nothing (each worker keeps its programs in memory), and a fresh machine's is empty.
+# Set before jaxem is imported, which otherwise switches the cache on; processes the tests start
+# inherit it.
+if "JAXEM_COMPILATION_CACHE" not in os.environ:
     os.environ["JAXEM_COMPILATION_CACHE"] = "0"
 
 
