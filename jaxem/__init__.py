@@ -11,7 +11,11 @@ from .app.selection import ComponentSelection, select_components
 from .core import compile_cache as _compile_cache
 from .core import constraints
 from .core.checkpoint import Checkpoint
-from .core.compile_cache import disable_compilation_cache, enable_compilation_cache
+from .core.compile_cache import (
+    disable_compilation_cache,
+    enable_compilation_cache,
+    free_compiled_programs,
+)
 from .core.estep import Annealing
 from .core.inference import e_step, elbo, expected_log_joint, log_likelihood
 from .core.information import empirical_information, louis_information, observed_information
@@ -79,7 +83,8 @@ __all__ = [
     "CategoricalMixture", "Checkpoint", "ComponentSelection", "confidence_intervals", "constraints",
     "ConvergenceWarning", "disable_compilation_cache", "e_step", "elbo", "empirical_information",
     "enable_compilation_cache", "expected_log_joint", "exponential_mixture", "ExponentialMixture", "fit",
-    "fit_chunked", "fit_many", "fit_online", "FitError", "FitInterrupted", "FitResult", "gamma_mixture",
+    "fit_chunked", "fit_many", "fit_online", "FitError", "FitInterrupted", "FitResult",
+    "free_compiled_programs", "gamma_mixture",
     "GammaMixture", "gaussian_mixture", "GaussianHMM", "GaussianMixture", "GMMHMM", "hmm",
     "IllConditionedWarning", "independent_mixture", "IndependentMixture", "init", "isotropic_mixture",
     "KMeans", "LinearAutoregressiveHMM", "load", "log_likelihood", "log_likelihood_chunked",

@@ -1,18 +1,30 @@
 import os
 
-import jax
-import numpy as np
-import pytest
+# LLVM's backend optimisations are off in the tests (JAX's own switch): they cost about a third of
+# every compilation, the suite's main expense, and change speed only; the HLO passes that decide
+# the numbers still run. Set before jax is imported, so processes the tests start inherit it.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
-# The tests run without JAX's persistent compilation cache (tests of the cache give their own
-# processes a folder of their own). JAX writes a cache entry in place, not through a rename, and
-# under jax 0.10.2 two fresh-clone CI runs segfaulted inside it: once writing an entry, once
-# reading an entry a crashed run had left truncated in the worker's folder. Within one run the
-# cache saves nothing (each worker keeps its programs in memory), and a fresh machine's is empty.
-# Set before jaxem is imported, which otherwise switches the cache on; processes the tests start
-# inherit it.
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+# The tests run without the persistent compilation caches (JAX's and jaxem's): a fresh machine's
+# are empty, and the cache's own tests give their processes folders of their own. Set before jaxem
+# is imported, which otherwise switches the cache on; processes the tests start inherit it.
 if "JAXEM_COMPILATION_CACHE" not in os.environ:
     os.environ["JAXEM_COMPILATION_CACHE"] = "0"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Each test module starts and ends without the compiled programs of the others: a worker
+    that keeps every program of ~400 tests runs out of memory mappings (vm.max_map_count) and
+    aborts inside XLA's next compilation."""
+    yield
+    import jaxem
+
+    jaxem.free_compiled_programs()
 
 
 @pytest.fixture

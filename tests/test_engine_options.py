@@ -124,3 +124,25 @@ def test_persistent_compilation_cache_is_written_and_can_be_declined(tmp_path):
                                   "JAXEM_COMPILATION_CACHE": "0"})
     assert declined.returncode == 0, declined.stderr
     assert "DIR None" in declined.stdout and not (tmp_path / "other").exists()
+
+
+@pytest.mark.filterwarnings("ignore::jaxem.ConvergenceWarning")
+def test_freed_programs_are_compiled_again_and_give_the_same_fit():
+    from jaxem.core import programs
+
+    X = three_blobs(n=90)
+    model = jem.gaussian_mixture(2, "diag")
+
+    def fit():
+        before = programs.counts()
+        result = jem.fit(model, X, key=jax.random.key(3), max_iter=5, tol=0.0)
+        after = programs.counts()
+        return result, {k: after[k] - before[k] for k in after}
+
+    first, _ = fit()
+    _, reused = fit()
+    jem.free_compiled_programs()
+    again, compiled = fit()
+    assert reused["compiled"] == 0 and reused["reused"] >= 1
+    assert compiled["compiled"] >= 1 and compiled["reused"] == 0
+    np.testing.assert_array_equal(np.asarray(again.log_likelihood), np.asarray(first.log_likelihood))

@@ -35,6 +35,12 @@ def counts() -> dict:
     return dict(_COUNTS)
 
 
+def forget_executables() -> None:
+    """Drop the compiled fit programs kept in memory (see
+    :func:`jaxem.core.compile_cache.free_compiled_programs`)."""
+    _EXECUTABLES.clear()
+
+
 def _signature(tree) -> tuple:
     leaves, treedef = jax.tree.flatten(tree)
     return treedef, tuple((jnp.shape(x), jnp.result_type(x), getattr(x, "sharding", None))
