@@ -11,16 +11,13 @@ from .app.selection import ComponentSelection, select_components
 from .core import compile_cache as _compile_cache
 from .core import constraints
 from .core.checkpoint import Checkpoint
-from .core.compile_cache import (
-    disable_compilation_cache,
-    enable_compilation_cache,
-    free_compiled_programs,
-)
+from .core.compile_cache import disable_compilation_cache, enable_compilation_cache
 from .core.estep import Annealing
 from .core.inference import e_step, elbo, expected_log_joint, log_likelihood
 from .core.information import empirical_information, louis_information, observed_information
 from .core.many import fit_many
 from .core.model import Model
+from .core.programs import free_compiled_programs
 from .core.result import FitError, FitInterrupted, FitResult
 from .core.runner import fit
 from .core.standard_errors import IllConditionedWarning, confidence_intervals, standard_errors

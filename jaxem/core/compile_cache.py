@@ -49,21 +49,6 @@ def disable_compilation_cache() -> None:
     jax.config.update("jax_compilation_cache_dir", None)
 
 
-def free_compiled_programs() -> None:
-    """Release every compiled program this process holds in memory (JAX's caches and jaxem's).
-
-    Each compiled XLA CPU program keeps a few memory mappings alive, and a process may hold at most
-    ``vm.max_map_count`` (65,530 by default on Linux): one that compiles several thousand distinct
-    programs (a service fitting many model shapes, a long test run) aborts inside the next
-    compilation. Call this between unrelated batches of fits; the next fit of each shape compiles
-    again (or loads from the persistent cache).
-    """
-    from . import programs
-
-    programs.forget_executables()
-    jax.clear_caches()
-
-
 def enable_on_import() -> None:
     """What ``import jaxem`` does: enable the cache unless the user opted out or chose their own."""
     if os.environ.get("JAXEM_COMPILATION_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):

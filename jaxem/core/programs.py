@@ -35,10 +35,17 @@ def counts() -> dict:
     return dict(_COUNTS)
 
 
-def forget_executables() -> None:
-    """Drop the compiled fit programs kept in memory (see
-    :func:`jaxem.core.compile_cache.free_compiled_programs`)."""
+def free_compiled_programs() -> None:
+    """Release every compiled program this process holds in memory (JAX's caches and jaxem's).
+
+    Each compiled XLA CPU program keeps a few memory mappings alive, and a process may hold at most
+    ``vm.max_map_count`` (65,530 by default on Linux): one that compiles several thousand distinct
+    programs (a service fitting many model shapes, a long test run) aborts inside the next
+    compilation. Call this between unrelated batches of fits; the next fit of each shape compiles
+    again (or loads from the persistent cache).
+    """
     _EXECUTABLES.clear()
+    jax.clear_caches()
 
 
 def _signature(tree) -> tuple:
