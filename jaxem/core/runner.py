@@ -52,12 +52,13 @@ def run_in_memory(em_pass: Pass, params, data, settings: loop.Settings, rule: ES
             objective = objective + em_pass.log_prior(p)
         return objective, aux
 
-    def e_pass(p, iteration):
+    def e_pass(p, iteration, active):
         temperature = rule.temperature(iteration, dtype)
         return loop.map_restarts(lambda q: objective_and_aux(q, temperature), p,
-                                 in_sequence=in_sequence)
+                                 in_sequence=in_sequence, active=active)
 
-    return loop.run_compiled_loop(e_pass, em_pass.m_step, params, settings, report=report)
+    return loop.run_compiled_loop(e_pass, em_pass.m_step, params, settings, report=report,
+                                  in_sequence=in_sequence)
 
 
 def run_em(model: Model, params, X: Array, *, max_iter: int, e_step: str = "soft") -> Any:
