@@ -10,6 +10,7 @@ from .app.io import load, save
 from .app.selection import ComponentSelection, select_components
 from .core import compile_cache as _compile_cache
 from .core import constraints
+from .core.ascent import EMGradient
 from .core.compile_cache import disable_compilation_cache, enable_compilation_cache
 from .core.estep import Annealing
 from .core.inference import e_step, elbo, expected_log_joint, log_likelihood
@@ -64,7 +65,8 @@ def __getattr__(name):
 __all__ = [
     "Annealing", "bernoulli_mixture", "BernoulliMixture", "categorical_mixture", "CategoricalHMM",
     "CategoricalMixture", "ComponentSelection", "constraints", "ConvergenceWarning",
-    "disable_compilation_cache", "e_step", "elbo", "enable_compilation_cache", "expected_log_joint",
+    "disable_compilation_cache", "e_step", "elbo", "EMGradient", "enable_compilation_cache",
+    "expected_log_joint",
     "exponential_mixture", "ExponentialMixture", "fit", "fit_chunked", "fit_online", "FitError",
     "FitResult", "gamma_mixture", "GammaMixture", "gaussian_mixture", "GaussianHMM",
     "GaussianMixture", "hmm", "independent_mixture", "IndependentMixture", "init",
