@@ -22,7 +22,10 @@ Every row's parameters are scored by one float64 NumPy log-likelihood. Printed p
 call and warm seconds, best log-likelihood, iterations; for jaxem the restart cost ratio (8
 restarts' warm time over the sum of their iterations times one restart-iteration, timed alone)
 and the honest-convergence check (each restart reported converged is run 100 more iterations;
-the gain must stay within ``tol`` relative). ``--quick``: one warm repeat, no ``jaxem lbfgs``.
+the gain must stay within ``tol`` relative). ``--quick``: two warm repeats, no ``jaxem lbfgs``;
+``--x64``: jaxem in float64 like the references (in float32 a log-likelihood of 2e4 is resolved
+to about 2e-3, which is ``tol=1e-7`` relative: the changes of a slowly converging fit are then
+too coarse to tell its rate).
 
     python benchmarks/custom.py --quick
     python benchmarks/custom.py --models laplace --json custom.json
@@ -41,9 +44,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _custom_reference import MAX_ITER, N_RESTARTS, TOL, K, loglik, numpy_em, scipy_fit
 from _harness import machine_line
 
-N_RESTARTS, MAX_ITER, TOL, K = 8, 500, 1e-7, 3
 MODELS = ("laplace", "gamma", "hmm")
 ROWS = {"laplace": ("jaxem", "jaxem lbfgs", "jaxem adam", "scipy", "numpy EM"),
         "gamma": ("jaxem", "jaxem lbfgs", "scipy"), "hmm": ("jaxem", "jaxem lbfgs", "scipy")}
@@ -164,166 +167,6 @@ def common(name: str, params) -> dict:
     return {k: np.asarray(v) for k, v in params.items()}
 
 
-# ------------------------------------------------------------------ float64 scores and fits
-
-def _lse(a, axis=-1):
-    m = np.max(a, axis=axis, keepdims=True)
-    return np.squeeze(m, axis) + np.log(np.sum(np.exp(a - m), axis=axis))
-
-
-def log_densities(name: str, p: dict, X: np.ndarray) -> np.ndarray:
-    """``[N, K]`` log p(x | z=k) (mixtures: plus log weights)."""
-    from scipy.special import gammaln
-    x = X[:, None]
-    if name == "gamma":
-        a, b = p["shape"], p["rate"]
-        return np.log(p["weights"]) + a * np.log(b) - gammaln(a) + (a - 1) * np.log(x) - b * x
-    out = -np.log(2 * p["scale"]) - np.abs(x - p["loc"]) / p["scale"]
-    return out if name == "hmm" else out + np.log(p["weights"])
-
-
-def _forward(p: dict, dens: np.ndarray):
-    """Scaled forward pass over ``dens [B, T, K]``: (log-likelihood, alphas, scales)."""
-    alpha = np.empty_like(dens)
-    scale = np.empty(dens.shape[:2])
-    shift = dens.max(-1, keepdims=True)
-    e = np.exp(dens - shift)
-    a = p["initial"] * e[:, 0]
-    for t in range(dens.shape[1]):
-        if t:
-            a = (alpha[:, t - 1] @ p["transition"]) * e[:, t]
-        scale[:, t] = a.sum(-1)
-        alpha[:, t] = a / scale[:, t, None]
-    return np.sum(np.log(scale)) + np.sum(shift), alpha, scale, e
-
-
-def loglik(name: str, p: dict, data: dict) -> float:
-    X = data["X"]
-    if name == "hmm":
-        B = len(data["lengths"])
-        return _forward(p, log_densities(name, p, X).reshape(B, -1, K))[0]
-    return float(np.sum(_lse(log_densities(name, p, X))))
-
-
-def _softmax(u):
-    e = np.exp(u - u.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-def scipy_fit(name: str, data: dict, start: dict) -> tuple[dict, int]:
-    """L-BFGS-B on the marginal negative log-likelihood per row, analytic gradient, in an
-    unconstrained parameterisation (logits and logs); returns (params, iterations)."""
-    from scipy.optimize import minimize
-    from scipy.special import digamma
-    X = data["X"]
-    n = X.shape[0]
-    if name == "hmm":
-        B = len(data["lengths"])
-        chain = ("initial", "transition")
-        sizes = {"initial": K, "transition": K * K, "loc": K, "scale": K}
-    else:
-        chain = ()
-        second, third = ("shape", "rate") if name == "gamma" else ("loc", "scale")
-        sizes = {"weights": K, second: K, third: K}
-
-    def unpack(v):
-        out, i = {}, 0
-        for key, size in sizes.items():
-            part = v[i:i + size]
-            i += size
-            if key in ("weights", "initial"):
-                out[key] = _softmax(part)
-            elif key == "transition":
-                out[key] = _softmax(part.reshape(K, K))
-            elif key == "loc":
-                out[key] = part
-            else:
-                out[key] = np.exp(part)
-        return out
-
-    def objective(v):
-        p = unpack(v)
-        dens = log_densities(name, p, X)
-        if name == "hmm":
-            ll, alpha, scale, e = _forward(p, dens.reshape(B, -1, K))
-            beta = np.ones_like(alpha)
-            for t in range(alpha.shape[1] - 2, -1, -1):
-                beta[:, t] = (e[:, t + 1] * beta[:, t + 1]) @ p["transition"].T / scale[:, t + 1, None]
-            gamma = (alpha * beta).reshape(-1, K)
-            xi = np.einsum("btk,bt,btl,kl->kl", alpha[:, :-1], 1 / scale[:, 1:],
-                           e[:, 1:] * beta[:, 1:], p["transition"])
-            r = gamma
-            grads = {"initial": gamma.reshape(B, -1, K)[:, 0].sum(0) - B * p["initial"],
-                     "transition": (xi - xi.sum(1, keepdims=True) * p["transition"]).ravel()}
-        else:
-            ll = np.sum(_lse(dens))
-            r = np.exp(dens - _lse(dens)[:, None])
-            grads = {"weights": r.sum(0) - n * p["weights"]}
-        x = X[:, None]
-        if name == "gamma":
-            a, b = p["shape"], p["rate"]
-            grads["shape"] = a * np.sum(r * (np.log(b) - digamma(a) + np.log(x)), 0)
-            grads["rate"] = np.sum(r * (a - b * x), 0)
-        else:
-            z = (x - p["loc"]) / p["scale"]
-            grads["loc"] = np.sum(r * np.sign(z), 0) / p["scale"]
-            grads["scale"] = np.sum(r * (np.abs(z) - 1), 0)
-        return -ll / n, -np.concatenate([grads[k] for k in sizes]) / n
-
-    def packed(s):
-        parts = []
-        for key in sizes:
-            if key in ("weights",):
-                parts.append(np.log(s[key]))
-            elif key in ("initial", "transition"):
-                parts.append(np.zeros(sizes[key]))   # the uniform chain jaxem starts from
-            elif key == "loc":
-                parts.append(s[key])
-            else:
-                parts.append(np.log(s[key]))
-        return np.concatenate(parts)
-
-    del chain
-    fits, iters = [], 0
-    for r in range(N_RESTARTS):
-        res = minimize(objective, packed({k: v[r] for k, v in start.items()}), jac=True,
-                       method="L-BFGS-B")
-        fits.append(unpack(res.x))
-        iters += res.nit
-    return {k: np.stack([f[k] for f in fits]) for k in fits[0]}, iters
-
-
-def _weighted_median(xs: np.ndarray, w: np.ndarray) -> float:
-    c = np.cumsum(w)
-    return xs[np.searchsorted(c, 0.5 * c[-1])]
-
-
-def numpy_em(name: str, data: dict, start: dict) -> tuple[dict, int]:
-    """EM with the closed-form Laplace M-step (weighted median, weighted mean deviation)."""
-    X = data["X"]
-    order = np.argsort(X)
-    xs = X[order]
-    fits, iters = [], 0
-    for r in range(N_RESTARTS):
-        p = {k: v[r].copy() for k, v in start.items()}
-        prev = -np.inf
-        for _ in range(MAX_ITER):
-            dens = log_densities(name, p, X)
-            norm = _lse(dens)
-            ll = norm.sum()
-            iters += 1
-            if abs(ll - prev) <= TOL * abs(ll):
-                break
-            prev = ll
-            resp = np.exp(dens - norm[:, None])
-            nk = resp.sum(0)
-            p["weights"] = nk / nk.sum()
-            p["loc"] = np.array([_weighted_median(xs, resp[order, k]) for k in range(K)])
-            p["scale"] = np.maximum(np.sum(resp * np.abs(X[:, None] - p["loc"]), 0) / nk, 1e-6)
-        fits.append(p)
-    return {k: np.stack([f[k] for f in fits]) for k in fits[0]}, iters
-
-
 # ------------------------------------------------------------------------------- the workers
 
 def run_row(name: str, row: str, data: dict, start: dict, repeats: int) -> dict:
@@ -406,7 +249,7 @@ def worker(args) -> None:
 
 # ------------------------------------------------------------------------------- the parent
 
-def run_model(name: str, rows, repeats: int, timeout: float) -> dict:
+def run_model(name: str, rows, repeats: int, timeout: float, x64: bool = False) -> dict:
     data = make_data(name)
     start = starts(name, data)
     results = {}
@@ -417,7 +260,7 @@ def run_model(name: str, rows, repeats: int, timeout: float) -> dict:
         for row in rows:
             cmd = [sys.executable, __file__, "--_worker", row, "--_model", name, "--_dir", tmp,
                    "--_repeats", str(repeats)]
-            env = dict(os.environ, JAXEM_COMPILATION_CACHE="0")
+            env = dict(os.environ, JAXEM_COMPILATION_CACHE="0", JAX_ENABLE_X64="1" if x64 else "0")
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
             except subprocess.TimeoutExpired:
@@ -477,7 +320,8 @@ def report(name: str, results: dict) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="one warm repeat, no 'jaxem lbfgs' row")
+    p.add_argument("--quick", action="store_true", help="two warm repeats, no 'jaxem lbfgs' row")
+    p.add_argument("--x64", action="store_true", help="jaxem in float64, as SciPy and NumPy")
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     p.add_argument("--rows", nargs="+", help="run only these rows")
     p.add_argument("--json", metavar="PATH")
@@ -490,12 +334,12 @@ def main(argv=None) -> int:
     if args._worker:
         worker(args)
         return 0
-    print(f"machine: {machine_line()}")
+    print(f"machine: {machine_line()}; jaxem in {'float64' if args.x64 else 'float32'}")
     everything = {}
     for name in args.models:
         rows = [r for r in ROWS[name] if not (args.quick and r == "jaxem lbfgs")
                 and (not args.rows or r in args.rows)]
-        results = run_model(name, rows, 1 if args.quick else 3, args.timeout)
+        results = run_model(name, rows, 2 if args.quick else 3, args.timeout, args.x64)
         everything[name] = {"rows": results, "targets": report(name, results)}
     if args.json:
         Path(args.json).write_text(json.dumps(everything, indent=2))

@@ -1,7 +1,9 @@
 """The EM-gradient M-step, restarts that stop costing when they stop, and honest convergence of
 gradient M-steps (issue 26)."""
 
+import runpy
 import warnings
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -9,26 +11,11 @@ import numpy as np
 import optax
 import pytest
 from conftest import assert_non_decreasing
-from jax.scipy.stats import laplace
 
 import jaxem as jem
 from jaxem.core import ascent, loop
 
 K = 2
-
-
-def _laplace_model():
-    def init(key, X):
-        return {"weights": jnp.full(K, 1.0 / K),
-                "loc": jax.random.choice(key, X, (K,), replace=False),
-                "scale": jnp.full(K, jnp.std(X))}
-
-    def log_joint(params, x):
-        return jnp.log(params["weights"]) + laplace.logpdf(x, params["loc"], params["scale"])
-
-    return jem.Model(init=init, log_joint=log_joint, n_components=K,
-                     constraints={"weights": jem.constraints.simplex, "loc": jem.constraints.real,
-                                  "scale": jem.constraints.positive})
 
 
 def _gamma_model():
@@ -47,7 +34,9 @@ def _gamma_model():
                                   "rate": jem.constraints.positive})
 
 
-MODEL, GAMMA = _laplace_model(), _gamma_model()
+# The Laplace mixture of the examples (K = 2), written as the README's custom model.
+MODEL = runpy.run_path(str(Path(__file__).parents[1] / "examples" / "custom_laplace.py"))["model"]
+GAMMA = _gamma_model()
 
 
 def _gamma_data(n=800, seed=0):
