@@ -105,13 +105,23 @@ def _fingerprint(aux) -> Array | None:
 
 
 def _remaining_gain(s: dict, objective: Array, iteration: Array) -> Array:
-    """``[R]`` the objective's gain still to come if it keeps converging at the rate of its last
-    two changes (``inf`` when they do not shrink; 0 when the last one was no gain)."""
-    before = jnp.where(iteration >= 3, s["history"][:, jnp.maximum(iteration - 3, 0)], s["initial"])
-    change, previous = objective - s["objective"], s["objective"] - before
-    rate = change / jnp.where(previous > 0, previous, 1.0)
+    """``[R]`` the objective's gain still to come if it keeps converging at the slower of the
+    rates its last three changes show (``inf`` when they do not shrink; 0 when the last one was
+    no gain). Two ratios, not one: a sequence that shrinks irregularly (a gradient step
+    crawling along a kink of Q) shows a small ratio by chance."""
+    def value(lag):   # the objective ``lag`` iterations before the last, or the initial one
+        return jnp.where(iteration >= lag + 1, s["history"][:, jnp.maximum(iteration - lag - 1, 0)],
+                         s["initial"])
+
+    change = objective - s["objective"]
+    previous, earlier = s["objective"] - value(2), value(2) - value(3)
+
+    def ratio(new, old):
+        return jnp.where(old > 0, new / jnp.where(old > 0, old, 1.0), jnp.inf)
+
+    rate = jnp.maximum(ratio(change, previous), jnp.where(iteration >= 3, ratio(previous, earlier), 0.0))
     ahead = change * rate / jnp.where(rate < 1, 1 - rate, 1.0)
-    return jnp.where(change <= 0, 0.0, jnp.where((previous > 0) & (rate < 1), ahead, jnp.inf))
+    return jnp.where(change <= 0, 0.0, jnp.where(rate < 1, ahead, jnp.inf))
 
 
 def initial_state(params, aux_shapes, max_iter: int) -> dict:
