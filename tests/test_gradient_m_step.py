@@ -71,8 +71,9 @@ def test_em_gradient_is_the_default_and_reaches_the_closed_form_optimum(x64):
     """Default gradient M-step on a Laplace mixture (Q piecewise linear in the locations, where
     a Hessian alone gives no step): monotone history, converged, at the log-likelihood of EM
     with the exact (weighted-median) M-step from the same start. Not to the last digits: where
-    Q has a kink (a location on a data point) a gradient step can only crawl along it, and the
-    changes then shrink irregularly (here 2e-6 relative short, 1.7e-6 with L-BFGS M-steps)."""
+    Q has a kink (a location on a data point) a gradient step can stop at a point that no step
+    length along its direction improves (here 2e-6 relative short; L-BFGS M-steps, many
+    evaluations each, get through)."""
     X = _laplace_data()
     start = MODEL.init(jax.random.key(1), jnp.asarray(X))
     result = jem.fit(MODEL, X, init_params=start, max_iter=500, tol=1e-10)
