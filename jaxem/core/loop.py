@@ -35,6 +35,20 @@ class LoopOutput(NamedTuple):
     stalled: Array | None = None  # [R] bool, stopped on round-off (see advance)
 
 
+class Ascent(NamedTuple):
+    """What a gradient M-step returns for one restart: the new ``params`` and the ``gap``, the
+    increase of the objective a second-order model predicted from the old ones (see
+    :mod:`jaxem.core.ascent`). A closed-form M-step returns the parameters alone."""
+
+    params: Any
+    gap: Array
+
+
+def split_m_step(out) -> tuple[Any, Array | None]:
+    """``(params, gap or None)`` of an M-step's output."""
+    return (out.params, out.gap) if isinstance(out, Ascent) else (out, None)
+
+
 class Settings(NamedTuple):
     """The loop's fixed settings: ``tol`` (traced scalar; negative: no objective test),
     ``max_iter`` and ``may_stop(iteration) -> bool`` (whether convergence may be declared yet)."""
@@ -53,15 +67,27 @@ def select(mask: Array, new, old):
     return jax.tree.map(pick, new, old)
 
 
-def map_restarts(fn: Callable, *trees, in_sequence: bool = False):
+def map_restarts(fn: Callable, *trees, in_sequence: bool = False, active: Array | None = None):
     """``jax.vmap(fn)(*trees)`` over the leading restart axis, or with ``in_sequence`` one restart
     after another (``lax.map``; see :data:`jaxem.core.blocks.SEQUENTIAL_RESTART_PLATFORMS`). With
     a single restart ``fn`` runs unbatched instead: XLA does not always fold a size-1 batch back
-    out of the products."""
+    out of the products.
+
+    ``active [R]`` (bool), with ``in_sequence``: restarts where it is False are skipped (their
+    outputs are zeros, for the caller to discard), so restarts that stopped cost nothing. Vmapped
+    restarts compute every restart whatever ``active`` says: a batch has one cost.
+    """
     leaves = jax.tree.leaves(trees)
     if leaves and all(leaf.shape[:1] == (1,) for leaf in leaves):
         out = fn(*jax.tree.map(lambda a: a[0], trees))
         return jax.tree.map(lambda a: a[None], out)
+    if in_sequence and active is not None:
+        shapes = jax.eval_shape(fn, *jax.tree.map(lambda a: a[0], trees))
+
+        def skipped(*_):
+            return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+        return jax.lax.map(lambda x: jax.lax.cond(x[0], fn, skipped, *x[1]), (active, trees))
     if in_sequence:
         return jax.lax.map(lambda args: fn(*args), trees)
     return jax.vmap(fn)(*trees)
@@ -77,6 +103,26 @@ def _unchanged(new, old) -> Array:
 def _fingerprint(aux) -> Array | None:
     """The assignment fingerprint of a hard-EM pass's output (``None`` for other passes)."""
     return aux.fingerprint if isinstance(aux, HardStats) else None
+
+
+def _remaining_gain(s: dict, objective: Array, iteration: Array) -> Array:
+    """``[R]`` the objective's gain still to come if it keeps converging at the slower of the
+    rates its last three changes show (``inf`` when they do not shrink; 0 when the last one was
+    no gain). Two ratios, not one: a sequence that shrinks irregularly (a gradient step
+    crawling along a kink of Q) shows a small ratio by chance."""
+    def value(lag):   # the objective ``lag`` iterations before the last, or the initial one
+        return jnp.where(iteration >= lag + 1, s["history"][:, jnp.maximum(iteration - lag - 1, 0)],
+                         s["initial"])
+
+    change = objective - s["objective"]
+    previous, earlier = s["objective"] - value(2), value(2) - value(3)
+
+    def ratio(new, old):
+        return jnp.where(old > 0, new / jnp.where(old > 0, old, 1.0), jnp.inf)
+
+    rate = jnp.maximum(ratio(change, previous), jnp.where(iteration >= 3, ratio(previous, earlier), 0.0))
+    ahead = change * rate / jnp.where(rate < 1, 1 - rate, 1.0)
+    return jnp.where(change <= 0, 0.0, jnp.where(rate < 1, ahead, jnp.inf))
 
 
 def initial_state(params, aux_shapes, max_iter: int) -> dict:
@@ -105,10 +151,11 @@ def proposed(s: dict, stepped) -> Any:
     return select(s["running"] & (s["trips"] > 0), stepped, s["params"])
 
 
-def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Settings) -> dict:
-    """One iteration's bookkeeping, given the M-step's output ``stepped``, the parameters the pass
-    ran at (:func:`proposed`) and the pass's ``(objective [R], aux)``. Pure: the compiled and the
-    host loop both call it."""
+def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Settings,
+            gap: Array | None = None) -> dict:
+    """One iteration's bookkeeping, given the M-step's parameters ``stepped``, the parameters the
+    pass ran at (:func:`proposed`), the pass's ``(objective [R], aux)`` and, for a gradient
+    M-step, its ``gap [R]`` (:class:`Ascent`). Pure: the compiled and the host loop both call it."""
     first, iteration = s["trips"] == 0, s["trips"]
     running = s["running"] & ~first
     obj_dtype = objective.dtype
@@ -136,12 +183,24 @@ def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Setti
         fixed_point |= (iteration >= 2) & _unchanged(consumed, s["consumed"])
     converged = (running & (((settings.tol >= 0) & change_small) | fixed_point)
                  & settings.may_stop(iteration)) & ~stall
+    stuck = jnp.zeros_like(converged)
+    if gap is not None:
+        # A gradient M-step that fell short of an EM-gradient step by more than the tolerance
+        # has stalled, not converged (one that moved nothing at all stops, unconverged). And
+        # as EM converges linearly, a small change is not a small distance when the rate is
+        # slow: the gain still to come is about change * rate / (1 - rate) (Aitken), which must
+        # be within the tolerance as well.
+        bound = jnp.maximum(settings.tol, floor) * scale
+        far = (gap > bound) | (_remaining_gain(s, objective, iteration) > bound)
+        stuck = running & fixed_point & (gap > bound)
+        converged &= ~far | (fixed_point & ~stuck)
     kept = running & ~(stall & decreased)
     row = jnp.maximum(iteration - 1, 0)
     history = s["history"].at[:, row].set(jnp.where(kept, objective, s["history"][:, row]))
     finite = jnp.isfinite(objective)
     still = jnp.where(first, finite,
-                      running & ~converged & ~stall & finite & (iteration < settings.max_iter))
+                      running & ~converged & ~stall & ~stuck & finite
+                      & (iteration < settings.max_iter))
     return dict(params=select(running & ~kept, s["params"], new_params),
                 objective=jnp.where(first | kept, objective, s["objective"]),
                 initial=jnp.where(first, objective, s["initial"]),
@@ -188,7 +247,9 @@ def set_progress_sink(progress: Callable | None) -> None:
 def start_state(e_pass: Callable, params, settings: Settings) -> dict:
     """The loop state before its first trip, for :func:`run_compiled_loop` (traced: only the
     shapes of ``e_pass``'s output are needed, so nothing of the pass is compiled)."""
-    return initial_state(params, jax.eval_shape(e_pass, params, jnp.zeros((), jnp.int32)),
+    n_restarts = jax.tree.leaves(params)[0].shape[0]
+    return initial_state(params, jax.eval_shape(e_pass, params, jnp.zeros((), jnp.int32),
+                                                jnp.ones((n_restarts,), bool)),
                          settings.max_iter)
 
 
@@ -198,13 +259,16 @@ def run_compiled_loop(e_pass: Callable, m_step: Callable, params, settings: Sett
     """The EM loop as a ``lax.while_loop`` (call it inside ``jit``).
 
     Args:
-        e_pass: ``e_pass(params, iteration) -> (objective [R], aux)`` for the whole batch: the
-            E-step at ``params`` after ``iteration`` M-steps, plus what the next M-step needs.
-        m_step: ``m_step(params, aux) -> params`` for ONE restart (mapped over the batch).
+        e_pass: ``e_pass(params, iteration, active [R]) -> (objective [R], aux)`` for the whole
+            batch: the E-step at ``params`` after ``iteration`` M-steps, plus what the next M-step
+            needs; restarts that are not ``active`` have stopped, so their outputs are discarded.
+        m_step: ``m_step(params, aux) -> params`` (or an :class:`Ascent`) for ONE restart.
         params: starting parameters with a leading ``[R]`` axis (unused with ``state``).
         settings: tolerance, iterations, ``may_stop``.
         report: send each iteration to the progress sink (:func:`set_progress_sink`).
-        in_sequence: map the M-steps over restarts one after another.
+        in_sequence: map the M-steps over restarts one after another, skipping those that
+            stopped (a converged restart then costs nothing; vmapped, every restart is computed
+            until the last one stops).
         state: continue from this loop state (:func:`start_state`, or what an earlier call
             returned) instead of starting from ``params``.
         stop_at: also stop once this many trips are done (a traced int32 scalar, so one compiled
@@ -218,9 +282,12 @@ def run_compiled_loop(e_pass: Callable, m_step: Callable, params, settings: Sett
         state = start_state(e_pass, params, settings)
 
     def body(s):
-        stepped = map_restarts(m_step, s["params"], s["aux"], in_sequence=in_sequence)
+        stepped, gap = split_m_step(map_restarts(m_step, s["params"], s["aux"],
+                                                 in_sequence=in_sequence,
+                                                 active=s["running"] & (s["trips"] > 0)))
         new_params = proposed(s, stepped)
-        out = advance(s, stepped, new_params, *e_pass(new_params, s["trips"]), settings)
+        out = advance(s, stepped, new_params, *e_pass(new_params, s["trips"], s["running"]),
+                      settings, gap)
         if report:
             jax.debug.callback(_report, s["trips"], out["objective"], out["converged"],
                                out["running"])
@@ -252,10 +319,11 @@ def run_host_loop(e_pass: Callable, m_step: Callable, params, settings: Settings
         state = restore(state)
     try:
         while bool(keep_going(state, settings.max_iter)):
-            stepped = m_step(state["params"], state["aux"])
+            stepped, gap = split_m_step(m_step(state["params"], state["aux"]))
             new_params = proposed(state, stepped)
             objective, aux = e_pass(new_params, int(state["trips"]))
-            state = advance(state, stepped, new_params, jnp.asarray(objective), aux, settings)
+            state = advance(state, stepped, new_params, jnp.asarray(objective), aux, settings,
+                            gap)
             if on_iteration is not None:
                 on_iteration(int(state["trips"]) - 1, np.asarray(state["objective"]),
                              np.asarray(state["converged"]), np.asarray(state["running"]))

@@ -54,7 +54,8 @@ class Pass(NamedTuple):
             the M-step needs. ``data`` is the runner's unit of blocked data: :class:`Rows` for
             mixtures, ``(X [B, T, ...], mask [B, T])`` for HMMs. ``temperature`` is ``None``
             (T = 1) or the annealing temperature.
-        m_step: ``m_step(params, aux) -> params`` (``aux`` summed over the data's parts).
+        m_step: ``m_step(params, aux) -> params`` (``aux`` summed over the data's parts), or a
+            :class:`jaxem.core.loop.Ascent` for a gradient M-step.
         log_prior: ``log_prior(params) -> scalar`` added once per sweep by the runner, or ``None``.
         additive: whether ``aux``, like the objective, is a sum over the data's parts, so chunks
             and devices may each sweep their own and add the results (closed-form statistics).

@@ -60,15 +60,15 @@ def run_in_memory(em_pass: Pass, params, data, settings: loop.Settings, rule: ES
             objective = objective + em_pass.log_prior(p)
         return objective, aux
 
-    def e_pass(p, iteration):
+    def e_pass(p, iteration, active):
         temperature = rule.temperature(iteration, dtype)
         return loop.map_restarts(lambda q: objective_and_aux(q, temperature), p,
-                                 in_sequence=in_sequence)
+                                 in_sequence=in_sequence, active=active)
 
     if stop_at is not None and state is None:
         return loop.start_state(e_pass, params, settings)
     return loop.run_compiled_loop(e_pass, em_pass.m_step, params, settings, report=report,
-                                  state=state, stop_at=stop_at)
+                                  in_sequence=in_sequence, state=state, stop_at=stop_at)
 
 
 def _initial_params(model: Model, keys, X, blocked, labels, use_gradient: bool):
@@ -163,13 +163,20 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
             :class:`jaxem.Annealing` schedule.
         m_step: ``"auto"`` (closed form when the model has one, else gradient), ``"closed_form"``
             or ``"gradient"``.
-        optimizer: optax transformation for the gradient M-step (default: L-BFGS).
-        m_step_iters: optimiser steps per gradient M-step.
+        optimizer: the gradient M-step: ``None`` (default) is :class:`jaxem.EMGradient`, one
+            Newton-type step on Q per EM iteration with a fixed-length backtracking (models of up
+            to 64 unconstrained parameters; larger ones use L-BFGS); or any optax
+            transformation, ``m_step_iters`` steps of it. A gradient fit is reported converged
+            only when an EM-gradient step would gain no more than ``tol`` either and the changes
+            shrink fast enough to be near the maximum (see :func:`jaxem.core.loop.advance`).
+        m_step_iters: optax steps per gradient M-step (not used by :class:`jaxem.EMGradient`).
         block_size: rows per block of the data pass (default: about 8192 for one restart; for R
             restarts on an accelerator about 4096 / R, at least 256, so the vmapped restarts'
             temporaries stay in cache). On a CPU several restarts pass over the data one after
             another inside the same program (XLA:CPU's batched products are slower per restart
-            than one restart's), each with the one-restart blocks.
+            than one restart's), each with the one-restart blocks, and a restart that stopped is
+            skipped (8 restarts cost about the sum of their own iterations); vmapped on an
+            accelerator, every restart is computed until the last one stops.
         progress: optional ``progress(iteration, log_likelihood [R], converged [R], running [R])``
             called once per EM iteration from inside the compiled loop (see
             :mod:`jaxem.progress` for a progress bar); it does not trigger a recompilation.

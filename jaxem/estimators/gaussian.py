@@ -34,7 +34,7 @@ class GaussianMixture(MixtureEstimator):
             default to equal weights and the data's variance).
         random_state: ``None``, an int seed, or a JAX key.
         m_step: ``"auto"``/``"closed_form"`` or ``"gradient"`` (optax ascent on Q).
-        optimizer: optax transformation for the gradient M-step (default L-BFGS).
+        optimizer: the gradient M-step (default :class:`jaxem.EMGradient`; or an optax transformation).
         e_step: ``"soft"`` (EM), ``"hard"`` (classification EM) or ``"anneal"`` / a
             :class:`jaxem.Annealing` schedule (deterministic annealing); see :func:`jaxem.fit`.
         verbose: ``0`` no progress bar, ``1`` one on a terminal for long fits, ``2`` always.

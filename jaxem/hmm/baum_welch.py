@@ -79,7 +79,8 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
         m_step: ``"auto"`` (closed form when the emission has one), ``"closed_form"`` or
             ``"gradient"`` (optax on the emission's expected log-density).
         method: forward-backward by ``"scan"``, ``"associative"`` or ``"auto"``.
-        optimizer, m_step_iters: the gradient M-step's optimiser (default L-BFGS) and steps.
+        optimizer, m_step_iters: the emission's gradient M-step and optax steps, as in
+            :func:`jaxem.fit` (default :class:`jaxem.EMGradient`).
         block_size: rows per block when evaluating emissions and statistics.
         e_step: ``"soft"`` (Baum-Welch: forward-backward posteriors), ``"hard"`` (Viterbi
             training: each sequence's most probable path stands in for the posterior, and the

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..core import blocks, precision, sharding
 from ..core.ascent import gradient_m_step
+from ..core.loop import Ascent
 from ..core.passes import ChunkParts, Pass, register_chunk_parts
 from ..models.common import mixing_weights
 from . import inference
@@ -158,10 +159,12 @@ def _m_step(hmm: HMM, params, aux, *, Xb: Array | None, use_gradient: bool, opti
     transition = jax.vmap(mixing_weights, in_axes=(0, None))(chain["transition"],
                                                              hmm.transition_concentration)
     if use_gradient:
-        emission = gradient_m_step(hmm.emission, params["emission"], Xb, emission_aux,
-                                   optimizer, m_step_iters)
-    else:
-        emission = hmm.emission.maximize(emission_aux, params["emission"])
+        # The chain's update is exact, so the emission's gap is the whole M-step's.
+        ascent = gradient_m_step(hmm.emission, params["emission"], Xb, emission_aux,
+                                 optimizer, m_step_iters)
+        return Ascent({"initial": initial, "transition": transition, "emission": ascent.params},
+                      ascent.gap)
+    emission = hmm.emission.maximize(emission_aux, params["emission"])
     return {"initial": initial, "transition": transition, "emission": emission}
 
 
