@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import accelerate as acceleration
 from . import loop
 from .ascent import DEFAULT_M_STEP_ITERS, DEFAULT_OPTIMIZER
 from .estep import EStepRule, resolve_e_step
@@ -39,6 +40,7 @@ class FitSetup(NamedTuple):
         block_size: rows per block, ``None`` to let the runner choose.
         init_params: starting parameters broadcast to ``[R]``, or ``None`` (the model's ``init``).
         progress: the progress callback, or ``None``.
+        accelerate: whether the loop runs SQUAREM (see :mod:`jaxem.core.accelerate`).
     """
 
     keys: Any
@@ -51,15 +53,17 @@ class FitSetup(NamedTuple):
     block_size: int | None
     init_params: Any
     progress: Callable | None
+    accelerate: bool = False
 
     @property
     def n_restarts(self) -> int:
         return int(self.keys.shape[0])
 
-    def loop_settings(self, dtype) -> loop.Settings:
-        """The loop's settings, the tolerance as a ``dtype`` scalar (traced, not static)."""
+    def loop_settings(self, dtype, constraints=None) -> loop.Settings:
+        """The loop's settings, the tolerance as a ``dtype`` scalar (traced, not static);
+        an accelerated loop extrapolates in the unconstrained space of ``constraints``."""
         return loop.Settings(jnp.asarray(tolerance_value(self.tol), dtype), self.max_iter,
-                             self.rule.may_stop)
+                             self.rule.may_stop, acceleration.squarem(self.accelerate, constraints))
 
 
 def restart_keys(key, n_restarts: int | None):
@@ -80,7 +84,7 @@ def setup_fit(target, *, key=None, n_restarts: int | None = None, max_iter: int 
               tol: float | None = 1e-6, e_step="soft", m_step: str = "auto", optimizer=None,
               m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
               progress: Callable | None = None, init_params: Any = None, dtype=None,
-              default_optimizer=DEFAULT_OPTIMIZER) -> FitSetup:
+              default_optimizer=DEFAULT_OPTIMIZER, accelerate=None) -> FitSetup:
     """Check a fit's common arguments, before any compute.
 
     Args:
@@ -91,6 +95,7 @@ def setup_fit(target, *, key=None, n_restarts: int | None = None, max_iter: int 
         dtype: cast ``init_params`` to this float type (``None``: keep theirs).
         default_optimizer: the optimiser when ``optimizer`` is ``None`` and the M-step is by
             gradient (one object, so repeated fits hit the compilation cache).
+        accelerate: as in :func:`jaxem.fit` (see :func:`jaxem.core.accelerate.resolve`).
 
     Returns:
         A :class:`FitSetup`.
@@ -103,6 +108,7 @@ def setup_fit(target, *, key=None, n_restarts: int | None = None, max_iter: int 
     if block_size is not None:
         block_size = check_positive_int(block_size, "block_size")
     rule = resolve_e_step(e_step)
+    accelerated = acceleration.resolve(accelerate, rule, target)
     if m_step not in M_STEPS:
         raise ValueError(f"m_step must be 'auto', 'closed_form' or 'gradient', got {m_step!r}")
     if m_step == "closed_form" and not target.has_closed_form:
@@ -118,7 +124,8 @@ def setup_fit(target, *, key=None, n_restarts: int | None = None, max_iter: int 
             lambda p: jnp.broadcast_to(jnp.asarray(p, dtype), (keys.shape[0],) + jnp.shape(p)),
             init_params)
     return FitSetup(keys, rule, use_gradient, (optimizer or default_optimizer) if use_gradient
-                    else None, m_step_iters, max_iter, tol, block_size, init_params, progress)
+                    else None, m_step_iters, max_iter, tol, block_size, init_params, progress,
+                    accelerated)
 
 
 def finish(out: loop.LoopOutput, setup: FitSetup, *, compile_time: float = 0.0,

@@ -32,15 +32,20 @@ class LoopOutput(NamedTuple):
     n_iter: Array            # [R] int32
     converged: Array         # [R] bool
     history: Array           # [R, max_iter], NaN after a restart stopped
+    fallbacks: Array | None = None  # [R] rejected extrapolations (accelerated loops only)
 
 
 class Settings(NamedTuple):
     """The loop's fixed settings: ``tol`` (traced scalar; negative: no objective test),
-    ``max_iter`` and ``may_stop(iteration) -> bool`` (whether convergence may be declared yet)."""
+    ``max_iter``, ``may_stop(iteration) -> bool`` (whether convergence may be declared yet) and
+    ``accelerate``: ``None`` (plain EM) or a :class:`jaxem.core.accelerate.Squarem`, whose
+    ``fields(params)`` and ``trip(state, stepped, e_pass, settings)`` take the place of
+    :func:`proposed` and :func:`advance` (it calls :func:`advance` itself)."""
 
     tol: Array
     max_iter: int
     may_stop: Callable
+    accelerate: Any = None
 
 
 def select(mask: Array, new, old):
@@ -103,10 +108,16 @@ def proposed(s: dict, stepped) -> Any:
     return select(s["running"] & (s["trips"] > 0), stepped, s["params"])
 
 
-def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Settings) -> dict:
+def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Settings,
+            hold: Array | None = None) -> dict:
     """One iteration's bookkeeping, given the M-step's output ``stepped``, the parameters the pass
     ran at (:func:`proposed`) and the pass's ``(objective [R], aux)``. Pure: the compiled and the
-    host loop both call it."""
+    host loop both call it.
+
+    ``hold`` (``[R]`` bool, accelerated loops) marks restarts whose pass was discarded (a rejected
+    extrapolation): the caller gives their old parameters, objective and aux, the history repeats
+    the old objective, the trip counts in ``n_iter`` (a pass was spent), and they cannot converge
+    on this trip (their objective did not change because nothing was kept)."""
     first, iteration = s["trips"] == 0, s["trips"]
     running = s["running"] & ~first
     obj_dtype = objective.dtype
@@ -125,6 +136,8 @@ def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Setti
         fixed_point |= (iteration >= 2) & _unchanged(consumed, s["consumed"])
     converged = (running & (((settings.tol >= 0) & change_small) | fixed_point)
                  & settings.may_stop(iteration))
+    if hold is not None:
+        converged &= ~hold
     row = jnp.maximum(iteration - 1, 0)
     history = s["history"].at[:, row].set(jnp.where(running, objective, s["history"][:, row]))
     finite = jnp.isfinite(objective)
@@ -141,7 +154,16 @@ def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Setti
 def output(s: dict) -> LoopOutput:
     """The finished state as a :class:`LoopOutput`."""
     return LoopOutput(s["params"], s["objective"], s["initial"], s["n_iter"], s["converged"],
-                      s["history"])
+                      s["history"], s.get("sq_fallbacks"))
+
+
+def take_trip(s: dict, stepped, e_pass: Callable, settings: Settings) -> dict:
+    """The parameters of the next pass, the pass ``e_pass(params) -> (objective [R], aux)`` and
+    the bookkeeping: plain EM (:func:`proposed`, :func:`advance`) or ``settings.accelerate``'s."""
+    if settings.accelerate is not None:
+        return settings.accelerate.trip(s, stepped, e_pass, settings)
+    new_params = proposed(s, stepped)
+    return advance(s, stepped, new_params, *e_pass(new_params), settings)
 
 
 # Progress reports leave the compiled program through one module-level function, so passing a
@@ -180,11 +202,12 @@ def run_compiled_loop(e_pass: Callable, m_step: Callable, params, settings: Sett
     """
     state = initial_state(params, jax.eval_shape(e_pass, params, jnp.zeros((), jnp.int32)),
                           settings.max_iter)
+    if settings.accelerate is not None:
+        state.update(settings.accelerate.fields(params))
 
     def body(s):
         stepped = map_restarts(m_step, s["params"], s["aux"], in_sequence=in_sequence)
-        new_params = proposed(s, stepped)
-        out = advance(s, stepped, new_params, *e_pass(new_params, s["trips"]), settings)
+        out = take_trip(s, stepped, lambda p: e_pass(p, s["trips"]), settings)
         if report:
             jax.debug.callback(_report, s["trips"], out["objective"], out["converged"],
                                out["running"])
@@ -204,12 +227,19 @@ def run_host_loop(e_pass: Callable, m_step: Callable, params, settings: Settings
     objective, aux = e_pass(params, 0)
     state = initial_state(params, jax.eval_shape(lambda: (objective, aux)), settings.max_iter)
     state = advance(state, params, params, jnp.asarray(objective), aux, settings)
+    if settings.accelerate is not None:
+        state.update(settings.accelerate.fields(params))
     while bool(keep_going(state, settings.max_iter)):
         stepped = m_step(state["params"], state["aux"])
-        new_params = proposed(state, stepped)
-        objective, aux = e_pass(new_params, int(state["trips"]))
-        state = advance(state, stepped, new_params, jnp.asarray(objective), aux, settings)
+        trips = int(state["trips"])
+        state = take_trip(state, stepped, lambda p, trips=trips: _host_pass(e_pass, p, trips),
+                          settings)
         if on_iteration is not None:
             on_iteration(int(state["trips"]) - 1, np.asarray(state["objective"]),
                          np.asarray(state["converged"]), np.asarray(state["running"]))
     return output(jax.tree.map(np.asarray, state))
+
+
+def _host_pass(e_pass: Callable, params, iteration: int):
+    objective, aux = e_pass(params, iteration)
+    return jnp.asarray(objective), aux

@@ -41,6 +41,8 @@ class FitResult:
         compile_time: seconds spent compiling the fit program (0 when an executable for the same
             model, shapes and options was already compiled in this process).
         fit_time: seconds the compiled fit ran (all restarts, initialisation included).
+        n_fallbacks: ``[n_restarts]`` extrapolations of accelerated EM that were rejected (their
+            log-likelihood was lower) and replaced by a plain EM step; ``None`` for plain EM.
 
     With ``e_step="hard"`` the log-likelihoods and history are the classification log-likelihood
     ``Σ_n w_n max_k log p(x_n, z_n=k)``; with a model ``log_prior`` they include the prior.
@@ -59,6 +61,7 @@ class FitResult:
     restart_keys: Any
     compile_time: float = 0.0
     fit_time: float = 0.0
+    n_fallbacks: np.ndarray | None = None
 
 
 def _non_finite_params(params) -> np.ndarray:
@@ -121,4 +124,5 @@ def result_from_loop(out: LoopOutput, keys, *, max_iter: int, tol: float | None,
         restart_keys=keys,
         compile_time=compile_time,
         fit_time=fit_time,
+        n_fallbacks=None if out.fallbacks is None else np.asarray(out.fallbacks),
     )

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from . import blocks, driver, loop, precision, programs, sharding
+from .accelerate import squarem
 from .ascent import DEFAULT_M_STEP_ITERS
 from .estep import Annealing, EStepRule, resolve_e_step
 from .model import Model
@@ -95,18 +96,19 @@ _initialise_program = precision.jit(
 
 def _program(keys, init_params, X, weights, labels, tol, *, n_blocks, rows_per_block, max_iter,
              use_gradient, optimizer, m_step_iters, rule, report, model, mesh=None,
-             in_sequence=False):
+             in_sequence=False, accelerate=False):
     blocked = blocks.block_rows(X, weights, labels, n_blocks, rows_per_block)
     if init_params is None:
         init_params = _initial_params(model, keys, X, blocked, labels, use_gradient)
     em_pass = mixture_pass(model, hard=rule.hard, use_gradient=use_gradient, optimizer=optimizer,
                            m_step_iters=m_step_iters, X_blocks=blocked.X)
-    return run_in_memory(em_pass, init_params, blocked, loop.Settings(tol, max_iter, rule.may_stop),
-                         rule, X.dtype, mesh=mesh, in_sequence=in_sequence, report=report)
+    settings = loop.Settings(tol, max_iter, rule.may_stop, squarem(accelerate, model.constraints))
+    return run_in_memory(em_pass, init_params, blocked, settings, rule, X.dtype, mesh=mesh,
+                         in_sequence=in_sequence, report=report)
 
 
 _STATIC = ("model", "n_blocks", "rows_per_block", "max_iter", "use_gradient", "optimizer", "m_step_iters",
-           "rule", "report", "mesh", "in_sequence")
+           "rule", "report", "mesh", "in_sequence", "accelerate")
 # The name the on-disk program cache knows this program by (its key also names the static
 # arguments and the source of jaxem).
 PROGRAM_NAME = "jaxem.core.runner._program"
@@ -118,7 +120,7 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         e_step: str | Annealing = "soft", m_step: str = "auto",
         optimizer: optax.GradientTransformation | None = None,
         m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
-        progress: Callable | None = None, devices=None) -> FitResult:
+        progress: Callable | None = None, devices=None, accelerate="auto") -> FitResult:
     """Fit ``model`` to ``X`` by EM from several random starts at once.
 
     Args:
@@ -167,6 +169,14 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
             Each device holds only its share of the rows during the fit; the initialiser first
             sees all rows on one device (pass ``init_params`` to skip it). For data larger than
             the devices' memory use :func:`jaxem.fit_chunked`, which accepts ``devices`` too.
+        accelerate: ``"auto"`` (default: SQUAREM with the soft E-step when the model declares
+            ``constraints``, else plain EM), ``"squarem"`` or ``True`` (SQUAREM; a ValueError
+            with a hard or annealed E-step), ``None`` or ``False`` (plain EM). SQUAREM
+            (:mod:`jaxem.core.accelerate`) extrapolates along two EM steps in the unconstrained
+            space of ``model.constraints`` and keeps a point only when its log-likelihood is no
+            lower, so the history still never decreases; ``n_iter`` then counts passes over the
+            data (one M-step each), as for plain EM, and ``FitResult.n_fallbacks`` the rejected
+            extrapolations.
 
     Returns:
         A :class:`FitResult`.
@@ -178,7 +188,7 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
     setup = driver.setup_fit(model, key=key, n_restarts=n_restarts, max_iter=max_iter, tol=tol,
                              e_step=e_step, m_step=m_step, optimizer=optimizer,
                              m_step_iters=m_step_iters, block_size=block_size, progress=progress,
-                             init_params=init_params)
+                             init_params=init_params, accelerate=accelerate)
     X = to_device(driver.as_data(X, model))
     host_weights = check_sample_weight(sample_weight, X.shape[0])
     weights = (jnp.ones((X.shape[0],), X.dtype) if host_weights is None
@@ -196,7 +206,8 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
     n_blocks, rows_per_block = blocks.plan_blocks(X.shape[0], plan.block_size, sharding.n_shards(mesh))
     static = dict(model=model, n_blocks=n_blocks, rows_per_block=rows_per_block, max_iter=setup.max_iter,
                   use_gradient=setup.use_gradient, optimizer=setup.optimizer,
-                  m_step_iters=setup.m_step_iters, rule=setup.rule, in_sequence=plan.in_sequence)
+                  m_step_iters=setup.m_step_iters, rule=setup.rule, in_sequence=plan.in_sequence,
+                  accelerate=setup.accelerate)
     rows_X, init_compile, init_run = X, 0.0, 0.0
     if mesh is not None:
         static["mesh"] = mesh

@@ -125,7 +125,8 @@ class MixtureEstimator(EMEstimator):
                 self._model(), self._transform(X), key=_as_key(self.random_state),
                 n_restarts=self._restarts(init_params), max_iter=self.max_iter, tol=self.tol,
                 sample_weight=weights, labels=y, init_params=init_params, e_step=self.e_step,
-                m_step=self.m_step, optimizer=self.optimizer, progress=bar)
+                m_step=self.m_step, optimizer=self.optimizer, progress=bar,
+                accelerate=self.accelerate)
         total_weight = X.shape[0] if weights is None else float(np.sum(weights))
         return self._record_fit(result, total_weight)
 

@@ -29,6 +29,12 @@ def one_of(options: tuple, described: str | None = None):
 check_m_step = one_of(M_STEPS, "'auto', 'closed_form' or 'gradient'")
 
 
+def check_accelerate(value, name: str) -> None:
+    """``"auto"``, ``"squarem"``, ``True``, ``False`` or ``None`` (see :func:`jaxem.fit`)."""
+    if not (value is None or isinstance(value, bool) or value in ("auto", "squarem")):
+        raise ValueError(f"{name} must be 'auto', 'squarem', True, False or None, got {value!r}")
+
+
 def check_concentration(value, name: str) -> None:
     """A symmetric Dirichlet concentration ``>= 1`` (1 is flat; infinity is allowed)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 1:

@@ -64,7 +64,7 @@ def fit_mixture(estimator, source, *, chunk_size: int | None = None, y=None, sam
         est._model(), map_source(source, to_model_coordinates), chunk_size=chunk_size,
         key=_as_key(est.random_state), n_restarts=est._restarts(init_params), max_iter=est.max_iter,
         tol=est.tol, sample_weight=sample_weight, labels=y, init_params=init_params,
-        init_size=init_size, e_step=est.e_step, devices=devices)
+        init_size=init_size, e_step=est.e_step, devices=devices, accelerate=est.accelerate)
     weights = check_sample_weight(sample_weight, source.n_rows)
     total_weight = source.n_rows if weights is None else float(np.sum(weights))
     return est._record_fit(result, total_weight)
@@ -100,5 +100,5 @@ def fit_hmm(estimator, source, lengths=None, *, chunk_size: int | None = None,
     result = fit_chunked(est._hmm(), source, lengths=lengths, chunk_size=chunk_size, key=key,
                          n_restarts=est._restarts(start), max_iter=est.n_iter, tol=est.tol,
                          init_params=start, method=est.method, e_step=est.e_step,
-                         init_size=init_size, devices=devices)
+                         init_size=init_size, devices=devices, accelerate=est.accelerate)
     return est._record_fit(result)

@@ -37,6 +37,8 @@ class GaussianMixture(MixtureEstimator):
         optimizer: optax transformation for the gradient M-step (default L-BFGS).
         e_step: ``"soft"`` (EM), ``"hard"`` (classification EM) or ``"anneal"`` / a
             :class:`jaxem.Annealing` schedule (deterministic annealing); see :func:`jaxem.fit`.
+        accelerate: ``"auto"`` (SQUAREM with the soft E-step), ``"squarem"``/``True`` or
+            ``None``/``False`` (plain EM); see :func:`jaxem.fit`.
         verbose: ``0`` no progress bar, ``1`` one on a terminal for long fits, ``2`` always.
         weight_concentration: ``α >= 1`` of a symmetric Dirichlet prior on the weights (MAP-EM;
             1 is flat, larger keeps every weight away from 0).

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from ..core.validation import check_positive_int, check_tolerance
-from .checks import check_m_step
+from .checks import check_accelerate, check_m_step
 
 
 def _as_key(random_state):
@@ -128,9 +128,10 @@ class EMEstimator(Hyperparameters):
 
     _parameters = {"n_components": 1, "tol": 1e-6, "n_restarts": 1, "init_params": None,
                    "random_state": None, "m_step": "auto", "optimizer": None, "e_step": "soft",
-                   "verbose": 0}
+                   "accelerate": "auto", "verbose": 0}
     _constraints = {"n_components": check_positive_int, "n_restarts": check_positive_int,
-                    "tol": check_tolerance, "m_step": check_m_step}
+                    "tol": check_tolerance, "m_step": check_m_step,
+                    "accelerate": check_accelerate}
 
     def save(self, path) -> str:
         """Write hyperparameters and fitted attributes to ``path`` (``.npz``); see :func:`jaxem.load`.

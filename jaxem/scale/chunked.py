@@ -65,7 +65,7 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
                 init_size: int = DEFAULT_INIT_ROWS, e_step="soft", m_step: str = "auto",
                 optimizer=None, m_step_iters: int = 10, method: str = "auto",
                 block_size: int | None = None, devices=None,
-                progress: Callable | None = None) -> FitResult:
+                progress: Callable | None = None, accelerate="auto") -> FitResult:
     """Fit ``model`` by exact EM reading ``source`` in chunks (data larger than memory).
 
     Args:
@@ -91,6 +91,8 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
             or 4096 / R for R restarts vmapped on an accelerator).
         devices: ``None``, ``"all"``, a list of devices or a mesh: every chunk is split over the
             devices and their statistics summed (see :mod:`jaxem.core.sharding`).
+        accelerate: SQUAREM or plain EM, as in :func:`jaxem.fit` (default ``"auto"``); each
+            pass over the data counts as one iteration either way.
 
     Returns:
         A :class:`jaxem.FitResult` (``compile_time`` is 0: chunk programs compile on first use and
@@ -109,7 +111,8 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
                              e_step=e_step, m_step=m_step, optimizer=optimizer,
                              m_step_iters=m_step_iters, block_size=block_size, progress=progress,
                              init_params=init_params, dtype=dtype,
-                             default_optimizer=chunked_gradient.DEFAULT_OPTIMIZER)
+                             default_optimizer=chunked_gradient.DEFAULT_OPTIMIZER,
+                             accelerate=accelerate)
     if setup.use_gradient:
         chunked_gradient.check_optimizer(setup.optimizer)
     mesh = sharding.data_mesh(devices)
@@ -142,7 +145,8 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
 
         m_step = functools.partial(_maximize, em_pass=em_pass)
     start = time.perf_counter()
-    out = loop.run_host_loop(e_pass, m_step, params, setup.loop_settings(dtype),
+    out = loop.run_host_loop(e_pass, m_step, params,
+                             setup.loop_settings(dtype, parts.constraints),
                              on_iteration=setup.progress)
     return driver.finish(out, setup, fit_time=time.perf_counter() - start)
 
