@@ -33,6 +33,7 @@ structural zeros in a transition matrix).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -73,16 +74,35 @@ def resolve(accelerate, rule, target) -> bool:
     return True
 
 
+def _is_constraint(node) -> bool:
+    return isinstance(node, C.Constraint) or node is None
+
+
 class Squarem(NamedTuple):
-    """SQUAREM settings for :attr:`jaxem.core.loop.Settings.accelerate`.
+    """SQUAREM settings for :attr:`jaxem.core.loop.Settings.accelerate` (hashable, so the host
+    loop compiles its extrapolation once per constraint structure); build it with
+    :meth:`over`.
 
     Attributes:
-        constraints: the parameters' constraint pytree (``None``: all real).
+        constraint_leaves, constraint_def: the parameters' constraint pytree, flattened.
         mstep: factor by which the largest step grows and shrinks (``squarem1``'s ``mstep``).
     """
 
-    constraints: Any
+    constraint_leaves: tuple
+    constraint_def: Any
     mstep: float = 4.0
+
+    @classmethod
+    def over(cls, constraints, mstep: float = 4.0) -> Squarem:
+        """SQUAREM in the unconstrained space of ``constraints`` (a pytree of
+        :class:`jaxem.core.constraints.Constraint`, a prefix of the parameters'; ``None``: real)."""
+        leaves, treedef = jax.tree.flatten(constraints, is_leaf=_is_constraint)
+        return cls(tuple(leaves), treedef, float(mstep))
+
+    @property
+    def constraints(self):
+        """The constraint pytree."""
+        return jax.tree.unflatten(self.constraint_def, self.constraint_leaves)
 
     def fields(self, params) -> dict:
         """The loop-state fields SQUAREM adds, for ``[R]``-stacked ``params``."""
@@ -95,16 +115,13 @@ class Squarem(NamedTuple):
     def trip(self, s: dict, stepped, e_pass, settings) -> dict:
         """One trip of the accelerated loop: choose the point, run ``e_pass(params) ->
         (objective [R], aux)`` there, keep or hold, and call :func:`jaxem.core.loop.advance`."""
-        first = s["trips"] == 0
-        active = s["running"] & ~first
-        phase = s["sq_phase"]
-        # The EM map's image of the current point: phase 2 replays the θ2 kept in phase 1.
-        em_step = select(phase == 2, s["sq_fallback"], stepped)
-        extrapolated, step = jax.vmap(self._extrapolate)(s["sq_anchor"], s["params"], stepped,
-                                                         s["sq_step_max"])
-        new_params = proposed(s, select(phase == 1, extrapolated, em_step))
+        view = {k: s[k] for k in ("params", "running", "trips", "sq_phase", "sq_anchor",
+                                  "sq_fallback", "sq_step_max")}
+        new_params, em_step, step = _choose(view, stepped, squarem=self)
         objective, aux = e_pass(new_params)
         objective = jnp.asarray(objective)
+        active = s["running"] & (s["trips"] > 0)
+        phase = s["sq_phase"]
         at_anchor, extrapolating = active & (phase == 0), active & (phase == 1)
         # NaN compares False: a non-finite extrapolated point is rejected.
         rejected = extrapolating & (step > 1) & ~(objective >= s["objective"])
@@ -123,9 +140,11 @@ class Squarem(NamedTuple):
                     sq_fallback=select(extrapolating, stepped, s["sq_fallback"]),
                     sq_step_max=step_max, sq_fallbacks=s["sq_fallbacks"] + rejected)
 
-    def _extrapolate(self, theta0, theta1, theta2, step_max) -> tuple[Any, Array]:
-        """The S3 point from ``θ0, θ1 = F(θ0), θ2 = F(θ1)`` of ONE restart, and ``-α``."""
-        u0, u1, u2 = (C.unconstrain(self.constraints, t) for t in (theta0, theta1, theta2))
+    def extrapolate(self, theta0, theta1, theta2, step_max) -> tuple[Any, Array]:
+        """The S3 point from ``θ0, θ1 = F(θ0), θ2 = F(θ1)`` of ONE restart (pytrees of the
+        parameters' shapes) with ``-α`` clamped to ``[1, step_max]``, and that ``-α`` (scalar)."""
+        constraints = self.constraints
+        u0, u1, u2 = (C.unconstrain(constraints, t) for t in (theta0, theta1, theta2))
         r = jax.tree.map(jnp.subtract, u1, u0)
         v = jax.tree.map(lambda a, b, c: (c - b) - (b - a), u0, u1, u2)
 
@@ -138,7 +157,7 @@ class Squarem(NamedTuple):
         step = jnp.where(sr2 > 0, jnp.clip(jnp.where(jnp.isnan(ratio), 1.0, ratio), 1.0, step_max),
                          1.0).astype(step_max.dtype)
         u = jax.tree.map(lambda a, b, c: a + 2 * step * b + step * step * c, u0, r, v)
-        theta = C.constrain(self.constraints, u)
+        theta = C.constrain(constraints, u)
 
         def keep(new, t0, t1, t2):
             if not jnp.issubdtype(t2.dtype, jnp.inexact):
@@ -155,4 +174,16 @@ class Squarem(NamedTuple):
 def squarem(enabled: bool, constraints) -> Squarem | None:
     """The :attr:`jaxem.core.loop.Settings.accelerate` of a fit: a :class:`Squarem` over
     ``constraints`` when ``enabled``, else ``None``."""
-    return Squarem(constraints) if enabled else None
+    return Squarem.over(constraints) if enabled else None
+
+
+# Jitted so that the host loop runs it as one program (inside the compiled loop it is inlined).
+@functools.partial(jax.jit, static_argnames=("squarem",))
+def _choose(s: dict, stepped, *, squarem: Squarem):
+    """``(params for the pass, the EM map's image of the current point, -α [R])``."""
+    phase = s["sq_phase"]
+    # The EM map's image of the current point: phase 2 replays the θ2 kept in phase 1.
+    em_step = select(phase == 2, s["sq_fallback"], stepped)
+    extrapolated, step = jax.vmap(squarem.extrapolate)(s["sq_anchor"], s["params"], stepped,
+                                                       s["sq_step_max"])
+    return proposed(s, select(phase == 1, extrapolated, em_step)), em_step, step
