@@ -1,8 +1,8 @@
 """Run every benchmark script that exists, one after another, and print all their tables.
 
 Scripts (each skipped with a note when absent): ``gmm.py``, ``bernoulli.py``, ``hmm.py``,
-``kmeans.py``, ``compile.py`` and ``out_of_core.py`` (always with ``--quick``: the full size writes
-gigabytes). Output streams as it comes; at the end come the wall time of each script and every
+``kmeans.py``, ``compile.py``, ``convergence.py`` and ``out_of_core.py`` (always with
+``--quick``: the full size writes gigabytes). Output streams as it comes; at the end come the wall time of each script and every
 target line again. ``--out FILE`` also saves the whole output (Markdown: it is the README's table
 section), ``--json DIR`` each script's JSON.
 
@@ -24,7 +24,7 @@ from _harness import machine_line
 HERE = Path(__file__).resolve().parent
 # (script, extra arguments always passed)
 SCRIPTS = [("gmm.py", []), ("bernoulli.py", []), ("hmm.py", []), ("kmeans.py", []),
-           ("compile.py", []), ("out_of_core.py", ["--quick"])]
+           ("compile.py", []), ("convergence.py", []), ("out_of_core.py", ["--quick"])]
 
 
 def main(argv=None) -> int:
