@@ -112,6 +112,11 @@ class Squarem(NamedTuple):
         return dict(sq_phase=jnp.zeros((n,), jnp.int32), sq_anchor=params, sq_fallback=params,
                     sq_step_max=jnp.ones((n,), dtype), sq_fallbacks=jnp.zeros((n,), jnp.int32))
 
+    def needs_m_step(self, s: dict) -> bool:
+        """Whether any running restart uses this trip's M-step (a restart replaying its
+        fallback step does not); the host loop skips it otherwise."""
+        return bool(jnp.any(s["running"] & (s["sq_phase"] != 2)))
+
     def trip(self, s: dict, stepped, e_pass, settings) -> dict:
         """One trip of the accelerated loop: choose the point, run ``e_pass(params) ->
         (objective [R], aux)`` there, keep or hold, and call :func:`jaxem.core.loop.advance`."""

@@ -230,7 +230,9 @@ def run_host_loop(e_pass: Callable, m_step: Callable, params, settings: Settings
     if settings.accelerate is not None:
         state.update(settings.accelerate.fields(params))
     while bool(keep_going(state, settings.max_iter)):
-        stepped = m_step(state["params"], state["aux"])
+        # An M-step costs passes when it is by gradient; SQUAREM's replayed steps need none.
+        needed = settings.accelerate is None or settings.accelerate.needs_m_step(state)
+        stepped = m_step(state["params"], state["aux"]) if needed else state["params"]
         trips = int(state["trips"])
         state = take_trip(state, stepped, lambda p, trips=trips: _host_pass(e_pass, p, trips),
                           settings)
