@@ -116,7 +116,8 @@ def _fit_jaxem(case: str, restarts: int, accelerate):
         est = fit()
         times.append(time.perf_counter() - start)
     r = est.fit_result_
-    score = est.score(X, lengths) if name == "hmm" else est.score(X)
+    # An HMM's score is the total over the sequences (hmmlearn's convention), a mixture's the mean.
+    score = est.score(X, lengths) / len(X) if name == "hmm" else est.score(X)
     return dict(iters=int(r.n_iter[r.best_restart]), passes=int(r.n_iter.sum()),
                 median_iters=float(statistics.median(r.n_iter.tolist())),
                 conv=f"{int(r.converged.sum())}/{restarts}", ll=float(score), mono=_monotone(r.history),

@@ -25,8 +25,9 @@ counts trips, i.e. passes and M-steps, with or without acceleration.
 Step lengths (``squarem1``): ``-α`` is clamped to ``[1, step_max]``; ``step_max`` starts at 1 (the
 first cycle is two plain EM steps) and is multiplied by ``mstep`` each time the step reaches it
 and is kept, divided by ``mstep`` (not below 1) when such a step is rejected. At ``-α = 1`` the
-point is exactly ``θ2``, a plain EM step, and is kept as plain EM would. Unlike the R package's
-default (``objfn.inc = 1``) no decrease at all is allowed. Where the three points agree a leaf
+point is exactly ``θ2``, a plain EM step, and is kept as plain EM would. The R package compares
+the extrapolated point with ``θ0`` and by default allows a decrease of 1 (``objfn.inc``); here
+it must match ``θ1``, the last point the history recorded, so no decrease at all is allowed. Where the three points agree a leaf
 keeps ``θ2`` bit for bit, and an entry that is exactly 0 at all three stays 0 (hmmlearn's
 structural zeros in a transition matrix).
 """
