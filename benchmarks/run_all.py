@@ -2,9 +2,9 @@
 
 Scripts (each skipped with a note when absent): ``gmm.py``, ``bernoulli.py``, ``hmm.py``,
 ``kmeans.py``, ``compile.py``, ``convergence.py`` and ``out_of_core.py`` (always with
-``--quick``: the full size writes gigabytes). Output streams as it comes; at the end come the wall time of each script and every
-target line again. ``--out FILE`` also saves the whole output (Markdown: it is the README's table
-section), ``--json DIR`` each script's JSON.
+``--quick``: the full size writes gigabytes). Output streams as it comes; at the end come the
+wall time of each script and every target line again. ``--out FILE`` also saves the whole output
+(Markdown: it is the README's table section), ``--json DIR`` each script's JSON.
 
     python benchmarks/run_all.py                 # full sizes, 7-12 minutes on 2 quiet cores
     python benchmarks/run_all.py --quick         # a smoke test of every script

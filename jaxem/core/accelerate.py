@@ -20,16 +20,18 @@ How a cycle maps onto the loop's trips (each trip is one M-step and one pass, as
 So an accepted cycle costs two passes for what plain EM takes many, a rejected one three, and
 the objective of every point the loop keeps is no lower than the one before: the history
 (one entry per trip, a held trip repeating the kept objective) never decreases. ``n_iter``
-counts trips, i.e. passes and M-steps, with or without acceleration.
+counts trips, i.e. passes and M-steps, with or without acceleration. Convergence is tested on
+EM steps only (phases 0 and 2), with plain EM's rule: an extrapolation that barely moves the
+objective may have landed across the optimum rather than at it.
 
 Step lengths (``squarem1``): ``-α`` is clamped to ``[1, step_max]``; ``step_max`` starts at 1 (the
 first cycle is two plain EM steps) and is multiplied by ``mstep`` each time the step reaches it
 and is kept, divided by ``mstep`` (not below 1) when such a step is rejected. At ``-α = 1`` the
 point is exactly ``θ2``, a plain EM step, and is kept as plain EM would. The R package compares
 the extrapolated point with ``θ0`` and by default allows a decrease of 1 (``objfn.inc``); here
-it must match ``θ1``, the last point the history recorded, so no decrease at all is allowed. Where the three points agree a leaf
-keeps ``θ2`` bit for bit, and an entry that is exactly 0 at all three stays 0 (hmmlearn's
-structural zeros in a transition matrix).
+it must match ``θ1``, the last point the history recorded, so no decrease at all is allowed.
+Where the three points agree a leaf keeps ``θ2`` bit for bit, and an entry that is exactly 0 at
+all three stays 0 (hmmlearn's structural zeros in a transition matrix).
 """
 
 from __future__ import annotations
@@ -133,7 +135,8 @@ class Squarem(NamedTuple):
         rejected = extrapolating & (step > 1) & ~(objective >= s["objective"])
         out = advance(s, em_step, select(rejected, s["params"], new_params),
                       jnp.where(rejected, s["objective"], objective),
-                      select(rejected, s["aux"], aux), settings, hold=rejected)
+                      select(rejected, s["aux"], aux), settings,
+                      can_converge=~(extrapolating & (step > 1)))
         at_max = extrapolating & (step == s["sq_step_max"])
         step_max = jnp.where(at_max & ~rejected, s["sq_step_max"] * self.mstep,
                              jnp.where(at_max & rejected,

@@ -109,15 +109,16 @@ def proposed(s: dict, stepped) -> Any:
 
 
 def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Settings,
-            hold: Array | None = None) -> dict:
+            can_converge: Array | None = None) -> dict:
     """One iteration's bookkeeping, given the M-step's output ``stepped``, the parameters the pass
     ran at (:func:`proposed`) and the pass's ``(objective [R], aux)``. Pure: the compiled and the
     host loop both call it.
 
-    ``hold`` (``[R]`` bool, accelerated loops) marks restarts whose pass was discarded (a rejected
-    extrapolation): the caller gives their old parameters, objective and aux, the history repeats
-    the old objective, the trip counts in ``n_iter`` (a pass was spent), and they cannot converge
-    on this trip (their objective did not change because nothing was kept)."""
+    ``can_converge`` (``[R]`` bool, accelerated loops; default all) marks the restarts whose trip
+    may declare convergence: an extrapolation's change of the objective says nothing about how
+    far EM is from its fixed point, so only EM steps are tested, as in plain EM. A restart whose
+    extrapolation was rejected is passed with its old parameters, objective and aux: its history
+    repeats the old objective and the trip counts in ``n_iter`` (a pass was spent)."""
     first, iteration = s["trips"] == 0, s["trips"]
     running = s["running"] & ~first
     obj_dtype = objective.dtype
@@ -136,8 +137,8 @@ def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Setti
         fixed_point |= (iteration >= 2) & _unchanged(consumed, s["consumed"])
     converged = (running & (((settings.tol >= 0) & change_small) | fixed_point)
                  & settings.may_stop(iteration))
-    if hold is not None:
-        converged &= ~hold
+    if can_converge is not None:
+        converged &= can_converge
     row = jnp.maximum(iteration - 1, 0)
     history = s["history"].at[:, row].set(jnp.where(running, objective, s["history"][:, row]))
     finite = jnp.isfinite(objective)
