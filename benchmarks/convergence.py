@@ -210,6 +210,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true",
                    help=f"only {', '.join(QUICK_CASES)}, {QUICK_RESTARTS} restarts")
     p.add_argument("--cases", nargs="+", choices=CASES)
+    p.add_argument("--libraries", nargs="+", choices=list(LIBRARIES))
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per library and case")
     p.add_argument("--_worker", nargs=3, help=argparse.SUPPRESS)
@@ -227,7 +228,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|")
     results: dict = {}
     for case in cases:
-        for lib in _libraries(case):
+        for lib in [lib for lib in _libraries(case) if lib in (args.libraries or LIBRARIES)]:
             r = results.setdefault(case, {})[lib] = _run_worker(lib, case, args.timeout, restarts)
             if "error" in r:
                 print(f"| {case} | {lib} | error: {r['error']} |||||||")
@@ -236,7 +237,8 @@ def main(argv=None) -> int:
                   f"{r['ll']:.6f} | {_fmt(r['mono'])} | {_fmt(r['fallbacks'])} | "
                   f"{r['first_s']:.2f} | {r['warm_s']:.3f} |", flush=True)
 
-    ok = {c: r for c, r in results.items() if "error" not in r["jaxem"] and "error" not in r["jaxem+squarem"]}
+    ok = {c: r for c, r in results.items()
+          if all(lib in r and "error" not in r[lib] for lib in ("jaxem", "jaxem+squarem"))}
     slow = [c for c, r in ok.items() if r["jaxem"]["median_iters"] >= SLOW_ITERS]
     ratios = [ok[c]["jaxem+squarem"]["passes"] / ok[c]["jaxem"]["passes"] for c in slow]
     print(f"\nslow cases (plain EM's median restart >= {SLOW_ITERS} iterations): "
