@@ -22,7 +22,10 @@ the objective of every point the loop keeps is no lower than the one before: the
 (one entry per trip, a held trip repeating the kept objective) never decreases. ``n_iter``
 counts trips, i.e. passes and M-steps, with or without acceleration. Convergence is tested on
 EM steps only (phases 0 and 2), with plain EM's rule: an extrapolation that barely moves the
-objective may have landed across the optimum rather than at it.
+objective may have landed across the optimum rather than at it. An EM step that lowers the
+objective by less than ``tol`` (an M-step that is not an exact maximiser, e.g. with
+``reg_covar``, pulling back from an extrapolated point past its fixed point) is held too, and
+the restart converges at the higher point.
 
 Step lengths (``squarem1``): ``-α`` is clamped to ``[1, step_max]``; ``step_max`` starts at 1 (the
 first cycle is two plain EM steps) and is multiplied by ``mstep`` each time the step reaches it
@@ -43,7 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from . import constraints as C
-from .loop import advance, proposed, select
+from .loop import advance, proposed, select, small_change
 
 Array = jax.Array
 
@@ -131,21 +134,28 @@ class Squarem(NamedTuple):
         active = s["running"] & (s["trips"] > 0)
         phase = s["sq_phase"]
         at_anchor, extrapolating = active & (phase == 0), active & (phase == 1)
+        extrapolated = extrapolating & (step > 1)
         # NaN compares False: a non-finite extrapolated point is rejected.
-        rejected = extrapolating & (step > 1) & ~(objective >= s["objective"])
-        out = advance(s, em_step, select(rejected, s["params"], new_params),
-                      jnp.where(rejected, s["objective"], objective),
-                      select(rejected, s["aux"], aux), settings,
-                      can_converge=~(extrapolating & (step > 1)))
+        rejected = extrapolated & ~(objective >= s["objective"])
+        # An EM step may go down from an accepted extrapolated point when the M-step is not an
+        # exact maximiser (reg_covar): the point lay past the map's fixed point. Within ``tol``
+        # the step is held and the restart converges at the higher point; a larger drop is kept,
+        # as plain EM would keep it.
+        settled = (active & ~extrapolated & (objective < s["objective"])
+                   & small_change(objective, s["objective"], settings.tol))
+        held = rejected | settled
+        out = advance(s, em_step, select(held, s["params"], new_params),
+                      jnp.where(held, s["objective"], objective),
+                      select(held, s["aux"], aux), settings, can_converge=~extrapolated)
         at_max = extrapolating & (step == s["sq_step_max"])
         step_max = jnp.where(at_max & ~rejected, s["sq_step_max"] * self.mstep,
                              jnp.where(at_max & rejected,
                                        jnp.maximum(s["sq_step_max"] / self.mstep, 1.0),
                                        s["sq_step_max"]))
         return dict(out,
-                    sq_phase=jnp.where(active, jnp.where(at_anchor, 1, jnp.where(rejected, 2, 0)),
-                                       phase),
-                    sq_anchor=select(at_anchor, s["params"], s["sq_anchor"]),
+                    sq_phase=jnp.where(active & ~settled,
+                                       jnp.where(at_anchor, 1, jnp.where(rejected, 2, 0)), phase),
+                    sq_anchor=select(at_anchor & ~settled, s["params"], s["sq_anchor"]),
                     sq_fallback=select(extrapolating, stepped, s["sq_fallback"]),
                     sq_step_max=step_max, sq_fallbacks=s["sq_fallbacks"] + rejected)
 

@@ -108,6 +108,13 @@ def proposed(s: dict, stepped) -> Any:
     return select(s["running"] & (s["trips"] > 0), stepped, s["params"])
 
 
+def small_change(objective: Array, previous: Array, tol: Array) -> Array:
+    """``[R]`` whether the objective moved by at most ``tol`` relative to ``previous``; a change
+    within float round-off (4 eps) always counts, so ``tol=0`` means "until nothing changes"."""
+    rel_tol = jnp.maximum(tol, 4 * jnp.finfo(objective.dtype).eps)
+    return jnp.abs(objective - previous) <= rel_tol * jnp.abs(previous)
+
+
 def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Settings,
             can_converge: Array | None = None) -> dict:
     """One iteration's bookkeeping, given the M-step's output ``stepped``, the parameters the pass
@@ -121,12 +128,10 @@ def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Setti
     repeats the old objective and the trip counts in ``n_iter`` (a pass was spent)."""
     first, iteration = s["trips"] == 0, s["trips"]
     running = s["running"] & ~first
-    obj_dtype = objective.dtype
     # A change within float round-off of the objective is no progress: tol=0 then means "until
     # nothing changes", which otherwise could spin on last-bit noise until max_iter. A negative
     # tol (``tol=None`` to the user) switches the objective test off.
-    rel_tol = jnp.maximum(settings.tol, 4 * jnp.finfo(obj_dtype).eps)
-    change_small = jnp.abs(objective - s["objective"]) <= rel_tol * jnp.abs(s["objective"])
+    change_small = small_change(objective, s["objective"], settings.tol)
     # Parameters an M-step left bit-identical are a fixed point: every later iteration would
     # repeat this one, whatever the tolerance.
     fixed_point = _unchanged(stepped, s["params"])
