@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import accelerate as acceleration
 from . import checkpoint as checkpoints
 from . import loop, precision
 from .ascent import DEFAULT_M_STEP_ITERS, DEFAULT_OPTIMIZER
@@ -45,6 +46,7 @@ class FitSetup(NamedTuple):
         checkpoint: where to save the loop state (:class:`jaxem.core.checkpoint.Checkpoint`),
             or ``None``; resume: continue from it.
         model: the model being fitted (kept on the result, for its standard errors).
+        accelerate: whether the loop runs SQUAREM (see :mod:`jaxem.core.accelerate`).
     """
 
     keys: Any
@@ -60,6 +62,7 @@ class FitSetup(NamedTuple):
     checkpoint: Checkpoint | None = None
     resume: bool = False
     model: Any = None
+    accelerate: bool = False
 
     @property
     def n_restarts(self) -> int:
@@ -72,7 +75,7 @@ class FitSetup(NamedTuple):
         name = factory_cache_key(model) or getattr(model, "cache_key", None) or model.name
         settings = (self.max_iter, self.tol, stable_repr(self.rule) or repr(self.rule.hard),
                     self.use_gradient, self.m_step_iters, type(self.optimizer).__name__,
-                    self.block_size, self.keys,
+                    self.block_size, self.keys, self.accelerate,
                     None if self.init_params is None else jax.tree.leaves(self.init_params), layout)
         prints = {"model": checkpoints.fingerprint(name),
                   "settings": checkpoints.fingerprint(*settings)}
@@ -90,10 +93,11 @@ class FitSetup(NamedTuple):
         return (checkpoints.Saver(self.checkpoint, prints),
                 checkpoints.restorer(self.checkpoint, self.resume, prints))
 
-    def loop_settings(self, dtype) -> loop.Settings:
-        """The loop's settings, the tolerance as a ``dtype`` scalar (traced, not static)."""
+    def loop_settings(self, dtype, constraints=None) -> loop.Settings:
+        """The loop's settings, the tolerance as a ``dtype`` scalar (traced, not static);
+        an accelerated loop extrapolates in the unconstrained space of ``constraints``."""
         return loop.Settings(jnp.asarray(tolerance_value(self.tol), dtype), self.max_iter,
-                             self.rule.may_stop)
+                             self.rule.may_stop, acceleration.squarem(self.accelerate, constraints))
 
 
 def restart_keys(key, n_restarts: int | None):
@@ -114,8 +118,8 @@ def setup_fit(target, *, key=None, n_restarts: int | None = None, max_iter: int 
               tol: float | None = 1e-6, e_step="soft", m_step: str = "auto", optimizer=None,
               m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
               progress: Callable | None = None, init_params: Any = None, dtype=None,
-              default_optimizer=DEFAULT_OPTIMIZER, checkpoint=None, resume: bool = False
-              ) -> FitSetup:
+              default_optimizer=DEFAULT_OPTIMIZER, checkpoint=None, resume: bool = False,
+              accelerate=None) -> FitSetup:
     """Check a fit's common arguments, before any compute.
 
     Args:
@@ -127,6 +131,7 @@ def setup_fit(target, *, key=None, n_restarts: int | None = None, max_iter: int 
             theirs).
         default_optimizer: the optimiser when ``optimizer`` is ``None`` and the M-step is by
             gradient (one object, so repeated fits hit the compilation cache).
+        accelerate: as in :func:`jaxem.fit` (see :func:`jaxem.core.accelerate.resolve`).
 
     Returns:
         A :class:`FitSetup`.
@@ -139,6 +144,7 @@ def setup_fit(target, *, key=None, n_restarts: int | None = None, max_iter: int 
     if block_size is not None:
         block_size = check_positive_int(block_size, "block_size")
     rule = resolve_e_step(e_step)
+    accelerated = acceleration.resolve(accelerate, rule, target)
     if m_step not in M_STEPS:
         raise ValueError(f"m_step must be 'auto', 'closed_form' or 'gradient', got {m_step!r}")
     if m_step == "closed_form" and not target.has_closed_form:
@@ -158,7 +164,7 @@ def setup_fit(target, *, key=None, n_restarts: int | None = None, max_iter: int 
             init_params)
     return FitSetup(keys, rule, use_gradient, (optimizer or default_optimizer) if use_gradient
                     else None, m_step_iters, max_iter, tol, block_size, init_params, progress,
-                    checkpoint, resume, target)
+                    checkpoint, resume, target, accelerated)
 
 
 def finish(out: loop.LoopOutput, setup: FitSetup, *, compile_time: float = 0.0,

@@ -33,6 +33,7 @@ class LoopOutput(NamedTuple):
     converged: Array         # [R] bool
     history: Array           # [R, max_iter], NaN after a restart stopped
     stalled: Array | None = None  # [R] bool, stopped on round-off (see advance)
+    fallbacks: Array | None = None  # [R] rejected extrapolations (accelerated loops only)
 
 
 class Ascent(NamedTuple):
@@ -51,11 +52,15 @@ def split_m_step(out) -> tuple[Any, Array | None]:
 
 class Settings(NamedTuple):
     """The loop's fixed settings: ``tol`` (traced scalar; negative: no objective test),
-    ``max_iter`` and ``may_stop(iteration) -> bool`` (whether convergence may be declared yet)."""
+    ``max_iter``, ``may_stop(iteration) -> bool`` (whether convergence may be declared yet) and
+    ``accelerate``: ``None`` (plain EM) or a :class:`jaxem.core.accelerate.Squarem`, whose
+    ``fields(params)`` and ``trip(state, stepped, e_pass, settings)`` take the place of
+    :func:`proposed` and :func:`advance` (it calls :func:`advance` itself)."""
 
     tol: Array
     max_iter: int
     may_stop: Callable
+    accelerate: Any = None
 
 
 def select(mask: Array, new, old):
@@ -151,20 +156,33 @@ def proposed(s: dict, stepped) -> Any:
     return select(s["running"] & (s["trips"] > 0), stepped, s["params"])
 
 
+def small_change(objective: Array, previous: Array, tol: Array) -> Array:
+    """``[R]`` whether the objective moved by at most ``tol`` relative to ``previous``; a change
+    within float round-off (4 eps) always counts, so ``tol=0`` means "until nothing changes"."""
+    rel_tol = jnp.maximum(tol, 4 * jnp.finfo(objective.dtype).eps)
+    return jnp.abs(objective - previous) <= rel_tol * jnp.abs(previous)
+
+
 def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Settings,
-            gap: Array | None = None) -> dict:
+            gap: Array | None = None, can_converge: Array | None = None) -> dict:
     """One iteration's bookkeeping, given the M-step's parameters ``stepped``, the parameters the
     pass ran at (:func:`proposed`), the pass's ``(objective [R], aux)`` and, for a gradient
-    M-step, its ``gap [R]`` (:class:`Ascent`). Pure: the compiled and the host loop both call it."""
+    M-step, its ``gap [R]`` (:class:`Ascent`). Pure: the compiled and the host loop both call it.
+
+    ``can_converge`` (``[R]`` bool, accelerated loops; default all) marks the restarts whose trip
+    may declare convergence (or a stall): an extrapolation's change of the objective says nothing
+    about how far EM is from its fixed point, so only EM steps are tested, as in plain EM. A
+    restart whose extrapolation was rejected is passed with its old parameters, objective and
+    aux: its history repeats the old objective and the trip counts in ``n_iter`` (a pass was
+    spent)."""
     first, iteration = s["trips"] == 0, s["trips"]
     running = s["running"] & ~first
-    obj_dtype = objective.dtype
     # A change within float round-off of the objective is no progress: tol=0 then means "until
     # nothing changes", which otherwise could spin on last-bit noise until max_iter. A negative
     # tol (``tol=None`` to the user) switches the objective test off.
-    floor = 4 * jnp.finfo(obj_dtype).eps
+    floor = 4 * jnp.finfo(objective.dtype).eps
     change, scale = objective - s["objective"], jnp.abs(s["objective"])
-    change_small = jnp.abs(change) <= jnp.maximum(settings.tol, floor) * scale
+    change_small = small_change(objective, s["objective"], settings.tol)
     # Round-off, not convergence: a change within the floor but above a tol > 0 (this float
     # type cannot resolve tol), or a decrease larger than tol and the floor (EM never decreases
     # the objective in exact arithmetic; ill-conditioned float32 M-steps make it wander). Such a
@@ -173,6 +191,8 @@ def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Setti
     stall = (running & (settings.tol >= 0) & settings.may_stop(iteration)
              & ((change_small & (jnp.abs(change) > settings.tol * scale) & (settings.tol > 0))
                 | decreased))
+    if can_converge is not None:
+        stall &= can_converge
     # Parameters an M-step left bit-identical are a fixed point: every later iteration would
     # repeat this one, whatever the tolerance.
     fixed_point = _unchanged(stepped, s["params"])
@@ -194,6 +214,8 @@ def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Setti
         far = (gap > bound) | (_remaining_gain(s, objective, iteration) > bound)
         stuck = running & fixed_point & (gap > bound)
         converged &= ~far | (fixed_point & ~stuck)
+    if can_converge is not None:
+        converged &= can_converge
     kept = running & ~(stall & decreased)
     row = jnp.maximum(iteration - 1, 0)
     history = s["history"].at[:, row].set(jnp.where(kept, objective, s["history"][:, row]))
@@ -223,7 +245,18 @@ class Interrupted(KeyboardInterrupt):
 def output(s: dict) -> LoopOutput:
     """The finished state as a :class:`LoopOutput`."""
     return LoopOutput(s["params"], s["objective"], s["initial"], s["n_iter"], s["converged"],
-                      s["history"], s["stalled"])
+                      s["history"], s["stalled"], s.get("sq_fallbacks"))
+
+
+def take_trip(s: dict, stepped, e_pass: Callable, settings: Settings, gap: Array | None = None
+              ) -> dict:
+    """The parameters of the next pass, the pass ``e_pass(params) -> (objective [R], aux)`` and
+    the bookkeeping: plain EM (:func:`proposed`, :func:`advance`) or ``settings.accelerate``'s.
+    ``gap``: a gradient M-step's (see :class:`Ascent`)."""
+    if settings.accelerate is not None:
+        return settings.accelerate.trip(s, stepped, e_pass, settings, gap)
+    new_params = proposed(s, stepped)
+    return advance(s, stepped, new_params, *e_pass(new_params), settings, gap)
 
 
 # Progress reports leave the compiled program through one module-level function, so passing a
@@ -248,9 +281,12 @@ def start_state(e_pass: Callable, params, settings: Settings) -> dict:
     """The loop state before its first trip, for :func:`run_compiled_loop` (traced: only the
     shapes of ``e_pass``'s output are needed, so nothing of the pass is compiled)."""
     n_restarts = jax.tree.leaves(params)[0].shape[0]
-    return initial_state(params, jax.eval_shape(e_pass, params, jnp.zeros((), jnp.int32),
-                                                jnp.ones((n_restarts,), bool)),
-                         settings.max_iter)
+    state = initial_state(params, jax.eval_shape(e_pass, params, jnp.zeros((), jnp.int32),
+                                                 jnp.ones((n_restarts,), bool)),
+                          settings.max_iter)
+    if settings.accelerate is not None:
+        state.update(settings.accelerate.fields(params))
+    return state
 
 
 def run_compiled_loop(e_pass: Callable, m_step: Callable, params, settings: Settings, *,
@@ -285,9 +321,7 @@ def run_compiled_loop(e_pass: Callable, m_step: Callable, params, settings: Sett
         stepped, gap = split_m_step(map_restarts(m_step, s["params"], s["aux"],
                                                  in_sequence=in_sequence,
                                                  active=s["running"] & (s["trips"] > 0)))
-        new_params = proposed(s, stepped)
-        out = advance(s, stepped, new_params, *e_pass(new_params, s["trips"], s["running"]),
-                      settings, gap)
+        out = take_trip(s, stepped, lambda p: e_pass(p, s["trips"], s["running"]), settings, gap)
         if report:
             jax.debug.callback(_report, s["trips"], out["objective"], out["converged"],
                                out["running"])
@@ -315,15 +349,19 @@ def run_host_loop(e_pass: Callable, m_step: Callable, params, settings: Settings
     objective, aux = e_pass(params, 0)
     state = initial_state(params, jax.eval_shape(lambda: (objective, aux)), settings.max_iter)
     state = advance(state, params, params, jnp.asarray(objective), aux, settings)
+    if settings.accelerate is not None:
+        state.update(settings.accelerate.fields(params))
     if restore is not None:
         state = restore(state)
     try:
         while bool(keep_going(state, settings.max_iter)):
-            stepped, gap = split_m_step(m_step(state["params"], state["aux"]))
-            new_params = proposed(state, stepped)
-            objective, aux = e_pass(new_params, int(state["trips"]))
-            state = advance(state, stepped, new_params, jnp.asarray(objective), aux, settings,
-                            gap)
+            # An M-step costs passes when it is by gradient; SQUAREM's replayed steps need none.
+            needed = settings.accelerate is None or settings.accelerate.needs_m_step(state)
+            stepped, gap = (split_m_step(m_step(state["params"], state["aux"])) if needed
+                            else (state["params"], None))
+            trips = int(state["trips"])
+            state = take_trip(state, stepped,
+                              lambda p, trips=trips: _host_pass(e_pass, p, trips), settings, gap)
             if on_iteration is not None:
                 on_iteration(int(state["trips"]) - 1, np.asarray(state["objective"]),
                              np.asarray(state["converged"]), np.asarray(state["running"]))
@@ -337,3 +375,8 @@ def run_host_loop(e_pass: Callable, m_step: Callable, params, settings: Settings
     if saver is not None:
         saver.save(state)
     return output(jax.tree.map(np.asarray, state))
+
+
+def _host_pass(e_pass: Callable, params, iteration: int):
+    objective, aux = e_pass(params, iteration)
+    return jnp.asarray(objective), aux

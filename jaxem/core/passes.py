@@ -83,6 +83,8 @@ class ChunkParts(NamedTuple):
         q_sweep: for a gradient M-step, ``q_sweep((u, θ_old), data, temperature) -> (objective,
             (Q, ∇_u Q))`` over one chunk (see :func:`q_gradient_pass`); else ``None``.
         total_weight: the data's total weight (the gradient M-step's loss is per unit weight).
+        constraints: the parameters' constraint pytree, in whose unconstrained space accelerated
+            EM extrapolates (see :mod:`jaxem.core.accelerate`).
     """
 
     em_pass: Pass
@@ -90,6 +92,7 @@ class ChunkParts(NamedTuple):
     initialise: Callable
     q_sweep: Callable | None = None
     total_weight: float | None = None
+    constraints: Any = None
 
 
 # Chunk readers by model class: :func:`row_chunk_parts` for mixtures; the HMM registers its own
@@ -341,7 +344,7 @@ def row_chunk_parts(model: Model, source, *, lengths, chunk_size, block_size, me
     q_sweep = _q_sweep(model, rule.hard) if use_gradient else None
     total = (None if source.n_rows is None else float(sharding.over_processes(
         source.n_rows if weights is None else np.sum(weights), mesh).sum()))
-    return ChunkParts(em_pass, read, initialise, q_sweep, total)
+    return ChunkParts(em_pass, read, initialise, q_sweep, total, model.constraints)
 
 
 register_chunk_parts(Model, row_chunk_parts)

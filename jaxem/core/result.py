@@ -53,6 +53,8 @@ class FitResult:
         n_datasets: ``None`` for one data set; ``B`` for :func:`jaxem.fit_many`'s batched result,
             whose every field has a leading ``[B]`` axis (``params`` ``[B, ...]``,
             ``log_likelihood``, ``best_restart`` ``[B]``, ``history`` ``[B, R, max_iter]``, ...).
+        n_fallbacks: ``[n_restarts]`` extrapolations of accelerated EM that were rejected (their
+            log-likelihood was lower) and replaced by a plain EM step; ``None`` for plain EM.
 
     With ``e_step="hard"`` the log-likelihoods and history are the classification log-likelihood
     ``Σ_n w_n max_k log p(x_n, z_n=k)``; with a model ``log_prior`` they include the prior.
@@ -75,6 +77,7 @@ class FitResult:
     stalled: np.ndarray | None = None
     model: Any = None
     n_datasets: int | None = None
+    n_fallbacks: np.ndarray | None = None
 
     def standard_errors(self, X, sample_weight=None, *, transform=None, **data_options) -> Any:
         """Standard errors of the best restart's ``params`` (same pytree) from the observed
@@ -220,4 +223,5 @@ def result_from_loop(out: LoopOutput, keys, *, max_iter: int, tol: float | None,
         interrupted=interrupted,
         stalled=stalled,
         model=model,
+        n_fallbacks=None if out.fallbacks is None else np.asarray(out.fallbacks),
     )

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from . import blocks, driver, loop, precision, programs, sharding
+from .accelerate import squarem
 from .ascent import DEFAULT_M_STEP_ITERS
 from .estep import Annealing, EStepRule
 from .model import Model
@@ -103,7 +104,7 @@ _initialise_program = precision.jit(
 
 def _program(keys, init_params, X, weights, labels, tol, state, stop_at, *, n_blocks, rows_per_block,
              max_iter, use_gradient, optimizer, m_step_iters, rule, report, model, mesh=None,
-             in_sequence=False):
+             in_sequence=False, accelerate=False):
     # A segmented program (see programs.run_segmented): state None builds the starting state,
     # a state runs the loop on from it until stop_at trips.
     blocked = blocks.block_rows(X, weights, labels, n_blocks, rows_per_block)
@@ -111,13 +112,13 @@ def _program(keys, init_params, X, weights, labels, tol, state, stop_at, *, n_bl
         init_params = _initial_params(model, keys, X, blocked, labels, use_gradient)
     em_pass = mixture_pass(model, hard=rule.hard, use_gradient=use_gradient, optimizer=optimizer,
                            m_step_iters=m_step_iters, X_blocks=blocked.X)
-    return run_in_memory(em_pass, init_params, blocked, loop.Settings(tol, max_iter, rule.may_stop),
-                         rule, X.dtype, mesh=mesh, in_sequence=in_sequence, report=report,
-                         state=state, stop_at=stop_at)
+    settings = loop.Settings(tol, max_iter, rule.may_stop, squarem(accelerate, model.constraints))
+    return run_in_memory(em_pass, init_params, blocked, settings, rule, X.dtype, mesh=mesh,
+                         in_sequence=in_sequence, report=report, state=state, stop_at=stop_at)
 
 
 _STATIC = ("model", "n_blocks", "rows_per_block", "max_iter", "use_gradient", "optimizer", "m_step_iters",
-           "rule", "report", "mesh", "in_sequence")
+           "rule", "report", "mesh", "in_sequence", "accelerate")
 # The name the on-disk program cache knows this program by (its key also names the static
 # arguments and the source of jaxem).
 PROGRAM_NAME = "jaxem.core.runner._program"
@@ -130,7 +131,7 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         optimizer: optax.GradientTransformation | None = None,
         m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
         progress: Callable | None = None, devices=None, dtype=None, checkpoint=None,
-        resume: bool = False) -> FitResult:
+        resume: bool = False, accelerate="auto") -> FitResult:
     """Fit ``model`` to ``X`` by EM from several random starts at once.
 
     Args:
@@ -197,6 +198,14 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         resume: continue from ``checkpoint`` when the file exists (a killed fit then ends with
             the result it would have had); it must come from a fit with the same model, data and
             settings, else ValueError. Without the file the fit starts afresh.
+        accelerate: ``"auto"`` (default: SQUAREM with the soft E-step when the model declares
+            ``constraints``, else plain EM), ``"squarem"`` or ``True`` (SQUAREM; a ValueError
+            with a hard or annealed E-step), ``None`` or ``False`` (plain EM). SQUAREM
+            (:mod:`jaxem.core.accelerate`) extrapolates along two EM steps in the unconstrained
+            space of ``model.constraints`` and keeps a point only when its log-likelihood is no
+            lower, so the history still never decreases; ``n_iter`` then counts passes over the
+            data (one M-step each), as for plain EM, and ``FitResult.n_fallbacks`` the rejected
+            extrapolations.
 
     Returns:
         A :class:`FitResult`.
@@ -214,12 +223,12 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
                                 labels=labels, init_params=init_params, e_step=e_step,
                                 m_step=m_step, optimizer=optimizer, m_step_iters=m_step_iters,
                                 block_size=block_size, progress=progress, devices=devices,
-                                checkpoint=checkpoint, resume=resume)
+                                checkpoint=checkpoint, resume=resume, accelerate=accelerate)
     setup = driver.setup_fit(model, key=key, n_restarts=n_restarts, max_iter=max_iter, tol=tol,
                              e_step=e_step, m_step=m_step, optimizer=optimizer,
                              m_step_iters=m_step_iters, block_size=block_size, progress=progress,
                              init_params=init_params, dtype=width, checkpoint=checkpoint,
-                             resume=resume)
+                             resume=resume, accelerate=accelerate)
     data = driver.as_data(X, model)
     n_real = data.shape[0]
     host_weights = check_sample_weight(sample_weight, n_real)
@@ -266,7 +275,7 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
     static = dict(model=model, n_blocks=n_blocks, rows_per_block=rows_per_block, max_iter=setup.max_iter,
                   use_gradient=setup.use_gradient, optimizer=setup.optimizer,
                   m_step_iters=setup.m_step_iters, rule=setup.rule, in_sequence=plan.in_sequence,
-                  **({} if mesh is None else {"mesh": mesh}))
+                  accelerate=setup.accelerate, **({} if mesh is None else {"mesh": mesh}))
     tol_value = setup.loop_settings(X.dtype).tol
     if mesh is not None:
         tol_value = sharding.replicate(tol_value, mesh)

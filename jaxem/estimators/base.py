@@ -134,7 +134,7 @@ class MixtureEstimator(EMEstimator):
                 n_restarts=self._restarts(init_params), max_iter=self.max_iter, tol=self.tol,
                 sample_weight=weights, labels=y, init_params=init_params, e_step=self.e_step,
                 m_step=self.m_step, optimizer=self.optimizer, progress=bar,
-                checkpoint=self.checkpoint, resume=self.resume)
+                checkpoint=self.checkpoint, resume=self.resume, accelerate=self.accelerate)
         return self._record_fit(result, total_weight)
 
     def _record_fit(self, result, total_weight: float):

@@ -16,7 +16,7 @@ class BernoulliMixture(MixtureEstimator):
     Args:
         n_components: number of components ``K``.
         n_trials: trials per feature; data must be integers in ``[0, n_trials]``.
-        tol, max_iter, n_restarts, random_state, m_step, optimizer, e_step, verbose: as in
+        tol, max_iter, n_restarts, random_state, m_step, optimizer, e_step, accelerate, verbose: as in
             :class:`GaussianMixture`.
         init_params: ``"kmeans"`` or ``"random"``.
 

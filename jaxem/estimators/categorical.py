@@ -17,7 +17,7 @@ class CategoricalMixture(FeatureMixture):
         n_components: number of components ``K``.
         n_categories: categories per column (an int for all columns, or one per column); ``None``
             infers ``max + 1`` of each column from the training data.
-        tol, max_iter, n_restarts, random_state, m_step, optimizer, e_step, verbose: as in
+        tol, max_iter, n_restarts, random_state, m_step, optimizer, e_step, accelerate, verbose: as in
             :class:`GaussianMixture`.
         init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``.
         dirichlet_alpha: symmetric Dirichlet prior ``α >= 1`` on the weights (MAP when > 1).

@@ -68,7 +68,7 @@ def fit_mixture(estimator, source, *, chunk_size: int | None = None, y=None, sam
             key=_as_key(est.random_state), n_restarts=est._restarts(init_params),
             max_iter=est.max_iter, tol=est.tol, sample_weight=sample_weight, labels=y,
             init_params=init_params, init_size=init_size, e_step=est.e_step, devices=devices,
-            checkpoint=est.checkpoint, resume=est.resume)
+            checkpoint=est.checkpoint, resume=est.resume, accelerate=est.accelerate)
     return est._record_fit(result, total_weight)
 
 
@@ -104,5 +104,6 @@ def fit_hmm(estimator, source, lengths=None, *, chunk_size: int | None = None,
                              n_restarts=est._restarts(start), max_iter=est.n_iter, tol=est.tol,
                              init_params=start, method=est.method, e_step=est.e_step,
                              init_size=init_size, devices=devices,
-                             checkpoint=est.checkpoint, resume=est.resume)
+                             checkpoint=est.checkpoint, resume=est.resume,
+                             accelerate=est.accelerate)
     return est._record_fit(result)

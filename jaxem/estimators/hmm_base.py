@@ -136,7 +136,8 @@ class _BaseHMM(EMEstimator):
                          n_restarts=self._restarts(start), max_iter=self.n_iter, tol=self.tol,
                          init_params=start, m_step=self.m_step, method=self.method,
                          optimizer=self.optimizer, e_step=self.e_step, progress=bar,
-                         checkpoint=self.checkpoint, resume=self.resume)
+                         checkpoint=self.checkpoint, resume=self.resume,
+                         accelerate=self.accelerate)
         return self._record_fit(result)
 
     def _record_fit(self, result):

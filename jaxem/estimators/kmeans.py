@@ -49,7 +49,7 @@ class KMeans(MixtureEstimator):
     _fitted_attribute = "cluster_centers_"
 
     # scikit-learn's KMeans signature, not the mixtures': hard EM with the closed-form M-step, so
-    # e_step, m_step and optimizer are fixed below rather than hyperparameters.
+    # e_step, m_step, optimizer and accelerate are fixed below rather than hyperparameters.
     _inherit_parameters = False
     _parameters = {"n_clusters": 8, "n_restarts": 1, "max_iter": 300, "tol": 1e-6,
                    "init": "k-means++", "random_state": None, "verbose": 0, "dtype": "auto",
@@ -58,6 +58,7 @@ class KMeans(MixtureEstimator):
     e_step = "hard"
     m_step = "closed_form"
     optimizer = None
+    accelerate = None
 
     @property
     def n_components(self) -> int:

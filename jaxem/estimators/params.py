@@ -28,7 +28,7 @@ import numpy as np
 from ..core import precision
 from ..core.result import FitInterrupted
 from ..core.validation import check_positive_int, check_tolerance
-from .checks import check_checkpoint, check_m_step, one_of
+from .checks import check_accelerate, check_checkpoint, check_m_step, one_of
 
 
 def _as_key(random_state):
@@ -185,11 +185,13 @@ class EMEstimator(Hyperparameters):
 
     _parameters = {"n_components": 1, "tol": 1e-6, "n_restarts": 1, "init_params": None,
                    "random_state": None, "m_step": "auto", "optimizer": None, "e_step": "soft",
-                   "verbose": 0, "dtype": "auto", "checkpoint": None, "resume": False}
+                   "accelerate": "auto", "verbose": 0, "dtype": "auto", "checkpoint": None,
+                   "resume": False}
     _constraints = {"n_components": check_positive_int, "n_restarts": check_positive_int,
                     "tol": check_tolerance, "m_step": check_m_step,
                     "dtype": lambda value, name: precision.check_dtype(value, name),
-                    "checkpoint": check_checkpoint, "resume": one_of((False, True))}
+                    "checkpoint": check_checkpoint, "resume": one_of((False, True)),
+                    "accelerate": check_accelerate}
     _fitted_attribute = "weights_"
 
     def __init_subclass__(cls, **kwargs):

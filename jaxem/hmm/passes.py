@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core import blocks, precision, sharding
+from ..core import constraints as C
 from ..core.ascent import gradient_m_step
 from ..core.loop import Ascent
 from ..core.passes import ChunkParts, Pass, register_chunk_parts
@@ -196,6 +197,12 @@ def _closed_form_pass(hmm: HMM, layout: SequenceLayout, method: str, hard: bool)
     return Pass(sweep, m_step, hmm.log_prior, shard_map=False)
 
 
+def chain_constraints(hmm: HMM) -> dict:
+    """The constraint pytree of an HMM's parameters: the chain's probability vectors (each row of
+    ``transition`` one simplex) and the emission's own constraints."""
+    return {"initial": C.simplex, "transition": C.simplex, "emission": hmm.emission.constraints}
+
+
 @functools.cache
 def _chunk_pass(hmm: HMM, layout: SequenceLayout, method: str) -> Pass:
     """The pass over chunks that arrive as ``[B, T, ...]`` sequences (split by sequence over the
@@ -263,7 +270,7 @@ def chunk_parts(hmm: HMM, source, *, lengths, chunk_size, block_size, mesh, dtyp
         return _initialise(keys, jnp.asarray(sample), hmm=hmm)
 
     return ChunkParts(_chunk_pass(hmm, layout, inference.choose_method(method, T)), read,
-                      initialise)
+                      initialise, constraints=chain_constraints(hmm))
 
 
 register_chunk_parts(HMM, chunk_parts)
