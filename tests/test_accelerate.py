@@ -119,8 +119,8 @@ def test_a_rejected_extrapolation_is_replaced_by_the_plain_em_step():
         del aux
         return params * jnp.array([0.5, 0.99]) + jnp.array([0.5, 0.01])
 
-    def e_pass(params, iteration):
-        del iteration
+    def e_pass(params, iteration, active):
+        del iteration, active
         objective = -1000 * (params[:, 0] - 1) ** 2 - (params[:, 1] - 1) ** 2
         return objective, jnp.zeros(params.shape[:1])
 
