@@ -16,7 +16,7 @@ from .core.inference import e_step, elbo, expected_log_joint, log_likelihood
 from .core.model import Model
 from .core.result import FitError, FitResult
 from .core.runner import fit
-from .core.validation import ConvergenceWarning, NotFittedError
+from .core.validation import ConvergenceWarning
 from .estimators import (
     BernoulliMixture,
     CategoricalHMM,
@@ -33,6 +33,7 @@ from .estimators import (
     PoissonMixture,
     StudentTMixture,
 )
+from .estimators.compat import NotFittedError
 from .models import (
     bernoulli_mixture,
     categorical_mixture,

@@ -143,7 +143,7 @@ def test_estimator_api_and_validation():
                                           r"with shape \(2, 2\)"):
         model.score(np.zeros((5, 2)))
     model.covars_ = np.ones((2, 2))
-    with pytest.raises(ValueError, match="X contains nan at row 0"):
+    with pytest.raises(ValueError, match="X contains NaN at row 0"):
         model.fit(np.full((5, 2), np.nan))
     assert np.shape(model.means_) == (2, 2)      # a refused fit leaves the parameters alone
     with pytest.raises(ValueError, match="lengths sum to 4 but X has 5 rows"):

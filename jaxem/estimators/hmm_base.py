@@ -13,9 +13,10 @@ import numpy as np
 
 from ..core import precision
 from ..core.progress import progress_bar
-from ..core.validation import NotFittedError, check_positive_int, default_float_dtype
+from ..core.validation import check_positive_int, default_float_dtype
 from ..hmm.baum_welch import decode, fit, posterior, sample
 from ..hmm.model import as_sequences
+from .compat import NotFittedError
 from .params import EMEstimator, _as_key
 
 
