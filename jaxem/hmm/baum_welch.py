@@ -98,7 +98,8 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
     setup = driver.setup_fit(hmm, key=key, n_restarts=n_restarts, max_iter=max_iter, tol=tol,
                              e_step=e_step, m_step=m_step, optimizer=optimizer,
                              m_step_iters=m_step_iters, block_size=block_size, progress=progress,
-                             init_params=init_params, dtype=default_float_dtype())
+                             init_params=init_params, dtype=default_float_dtype(),
+                             caller="jaxem.hmm.fit")
     seqs = as_sequences(X, lengths, mask)
     method = inference.choose_method(method, seqs.X.shape[1])
     if seqs.rows.shape[0] < hmm.n_states:
