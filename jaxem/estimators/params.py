@@ -29,11 +29,16 @@ from .compat import BaseEstimator
 
 
 def _as_key(random_state):
-    """A JAX key from ``None`` (fresh entropy from NumPy), an int, or a key."""
+    """A JAX key from ``None`` (fresh entropy from NumPy), an int, a NumPy ``RandomState`` or
+    ``Generator`` (a seed drawn from it, as scikit-learn and hmmlearn accept), or a key."""
     if random_state is None:
         return jax.random.key(int(np.random.randint(0, 2**31 - 1)))
-    if isinstance(random_state, (int, np.integer)):
+    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
         return jax.random.key(int(random_state))
+    if isinstance(random_state, np.random.RandomState):
+        return jax.random.key(int(random_state.randint(0, 2**31 - 1)))
+    if isinstance(random_state, np.random.Generator):
+        return jax.random.key(int(random_state.integers(0, 2**31 - 1)))
     return random_state
 
 
@@ -110,10 +115,18 @@ class Hyperparameters(BaseEstimator):
         """scikit-learn's tags (only called where scikit-learn is installed): the mixins' with
         the declared ``_input_tags`` applied."""
         tags = super().__sklearn_tags__()
-        for klass in reversed(type(self).__mro__):
-            for name, value in klass.__dict__.get("_input_tags", {}).items():
-                setattr(tags.input_tags, name, value)
+        for name, value in input_tags(type(self)).items():
+            setattr(tags.input_tags, name, value)
         return tags
+
+
+def input_tags(cls: type) -> dict:
+    """The input tags an estimator class declares (``_input_tags``, merged over its bases), e.g.
+    ``{"allow_nan": True}`` where it takes NaN as a missing value; known without scikit-learn."""
+    tags = {}
+    for klass in reversed(cls.__mro__):
+        tags.update(klass.__dict__.get("_input_tags", {}))
+    return tags
 
 
 class EMEstimator(Hyperparameters):
