@@ -91,8 +91,8 @@ def test_n_iter_zero_initialises_only_and_init_params_warns():
         model.fit(X, lengths)
     model.transmat_ = np.array([[0.9, 0.1], [0.2, 0.8]])
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the letter left out: nothing is overwritten, no warning
-        model.set_params(init_params="smc").fit(X, lengths)
+        warnings.simplefilter("error")  # no letter: nothing is overwritten, no warning
+        model.set_params(init_params="").fit(X, lengths)
     np.testing.assert_array_equal(model.transmat_, [[0.9, 0.1], [0.2, 0.8]])
 
 

@@ -92,7 +92,7 @@ class _BaseHMM(EMEstimator):
     # The attributes each init_params letter stands for; fit re-initialises those it names.
     _attributes = {"s": ("startprob_",), "t": ("transmat_",)}
     # The engine's parameter each ``params`` letter updates (emission letters: the families').
-    _pieces = {"s": ("initial",), "t": ("transition",)}
+    _pieces = {"s": (("initial",),), "t": (("transition",),)}
 
     _parameters = {"n_components": ..., "startprob_prior": 1.0, "transmat_prior": 1.0,
                    "algorithm": "viterbi", "n_iter": 100, "random_state": ..., "params": None,
@@ -205,6 +205,18 @@ class _BaseHMM(EMEstimator):
                          init_params=start, m_step=self.m_step, method=self.method,
                          optimizer=self.optimizer, e_step=self.e_step, progress=bar)
         return self._record_fit(result)
+
+    def _init(self, X, lengths=None) -> None:
+        """hmmlearn's initialisation hook: set what ``init_params`` names from ``X`` (the others
+        from the attributes), as ``fit`` does before iterating."""
+        seqs = self._sequences(X, lengths)
+        key = _as_key(self.random_state)
+        start = self._start(seqs, key)
+        self._set_chain(start if start is not None else self._initial(seqs, key))
+
+    def _check(self) -> None:
+        """hmmlearn's check of the assigned attributes: a ValueError naming a malformed one."""
+        self._params()
 
     def _initial(self, seqs, key) -> dict:
         """The parameters every letter initialises (uniform chain, the emission's initialiser)."""

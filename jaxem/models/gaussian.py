@@ -196,7 +196,9 @@ def _maximize(stats, params, covariance_type: str, reg_covar: float, prior=None,
     psi, kappa, m0, extra = (prior_constants(prior, covariance_type, d, k) if constants is None
                              else constants)
     offset = stats["first"] / safe_nk[:, None]                  # x̄_k - m_k
-    means = old + (stats["first"] + kappa * (m0 - old)) / (safe_nk + kappa)[:, None]
+    # κ0 is one number, or one per component ([K], hmmlearn's means_weight).
+    means = old + (stats["first"] + jnp.asarray(kappa)[..., None] * (m0 - old)) / (
+        safe_nk + kappa)[:, None]
     dev = old + offset - m0                                      # x̄_k - m0
     shrink = kappa * nk / (kappa + safe_nk)
     # Without a prior an empty component keeps its parameters (its weight goes to ~0); with one,
