@@ -92,7 +92,7 @@ def check_sample_weight(sample_weight, n_rows: int) -> np.ndarray | None:
         raise ValueError(f"sample_weight must have shape ({n_rows},), got {w.shape}")
     if not np.isfinite(w).all():
         i = int(np.argwhere(~np.isfinite(w))[0, 0])
-        raise ValueError(f"sample_weight contains {w[i]} at row {i}")
+        raise ValueError(f"sample_weight contains {'NaN' if np.isnan(w[i]) else w[i]} at row {i}")
     if (w < 0).any():
         i = int(np.argwhere(w < 0)[0, 0])
         raise ValueError(f"sample_weight must be non-negative, got {w[i]} at row {i}")

@@ -84,8 +84,12 @@ class GaussianHMM(_BaseHMM):
 
     @property
     def n_features(self) -> int:
-        """Dimension ``D`` of an observation."""
-        return np.shape(self.means_)[1]
+        """Dimension ``D`` of an observation (from ``means_``, or as assigned, as hmmlearn)."""
+        return np.shape(self.means_)[1] if hasattr(self, "means_") else self._n_features
+
+    @n_features.setter
+    def n_features(self, value) -> None:
+        self._n_features = int(value)
 
     @property
     def covars_(self) -> np.ndarray:
@@ -115,6 +119,8 @@ class GaussianHMM(_BaseHMM):
         ct = self.covariance_type
         shape = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[ct]
         cov = np.asarray(self._covars_, np.float64)
+        if ct == "spherical" and cov.size == K:  # hmmlearn takes any shape of K variances
+            cov = cov.reshape(K)
         if cov.shape != shape:
             raise ValueError(f"covars_ for covariance_type={ct!r} must be assigned with shape "
                              f"{shape}, got {cov.shape}")

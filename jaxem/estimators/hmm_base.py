@@ -8,8 +8,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import logging
 import math
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,7 @@ import numpy as np
 
 from ..core import precision
 from ..core.progress import progress_bar
-from ..core.validation import check_positive_int, default_float_dtype
+from ..core.validation import check_data, check_positive_int, default_float_dtype
 from ..hmm.baum_welch import decode, fit, posterior, sample
 from ..hmm.model import as_sequences
 from .checks import one_of
@@ -54,6 +54,9 @@ class ConvergenceMonitor:
     def __repr__(self) -> str:
         return (f"ConvergenceMonitor(iter={self.iter}, converged={self.converged}, "
                 f"history={list(self.history)})")
+
+
+_LOG = logging.getLogger("jaxem")
 
 
 def _check_implementation(value, name: str) -> None:
@@ -119,7 +122,12 @@ class _BaseHMM(EMEstimator):
 
     # -- helpers ---------------------------------------------------------------------------------
     def _letters(self) -> str:
-        return "st" + self._emission_letters if self.init_params is None else self.init_params
+        """What to initialise: the ``init_params`` letters, and (as hmmlearn) every letter
+        whose attributes were never set."""
+        given = "st" + self._emission_letters if self.init_params is None else self.init_params
+        unset = [letter for letter, names in self._attributes.items()
+                 if not all(name in self.__dict__ for name in names)]
+        return given + "".join(letter for letter in unset if letter not in given)
 
     def _fit_model(self):
         """The model ``fit`` runs: the family's, with the parameters whose letters ``params``
@@ -183,18 +191,18 @@ class _BaseHMM(EMEstimator):
         self._check_hyperparameters()
         # What init_params names is re-initialised, so old values must not constrain the data
         # check (a refit may change D); they come back if the data are refused.
-        names = [n for letter in self._letters() for n in self._attributes.get(letter, ())]
-        dropped = {n: self.__dict__.pop(n) for n in names if n in self.__dict__}
+        letters = self._letters()
+        named = {n: letter for letter in letters for n in self._attributes.get(letter, ())}
+        dropped = {n: self.__dict__.pop(n) for n in named if n in self.__dict__}
         try:
             seqs = self._sequences(X, lengths)
         except ValueError:
             self.__dict__.update(dropped)
             raise
-        for name in dropped:
-            warnings.warn(f"{type(self).__name__}: {name.strip('_')}_ was set but fit "
-                          f"initialises it again, since init_params={self._letters()!r} names "
-                          "its letter; leave the letter out to start from the value set",
-                          UserWarning, stacklevel=2)
+        for name in dropped:  # logged, as hmmlearn does
+            _LOG.warning("Even though the %r attribute is set, it will be overwritten during "
+                         "initialization because 'init_params' contains %r", name.strip("_") + "_",
+                         named[name])
         key = _as_key(self.random_state)
         start = self._start(seqs, key)
         if self.n_iter == 0:  # hmmlearn's n_iter=0: initialise, do not iterate
@@ -209,10 +217,20 @@ class _BaseHMM(EMEstimator):
     def _init(self, X, lengths=None) -> None:
         """hmmlearn's initialisation hook: set what ``init_params`` names from ``X`` (the others
         from the attributes), as ``fit`` does before iterating."""
+        if lengths is not None and np.ndim(lengths) == 0:  # hmmlearn's scripts pass len(X)
+            lengths = [int(lengths)]
         seqs = self._sequences(X, lengths)
         key = _as_key(self.random_state)
         start = self._start(seqs, key)
         self._set_chain(start if start is not None else self._initial(seqs, key))
+        if self._n_parameters() > seqs.rows.size:
+            _LOG.warning("Fitting a model with %d free scalar parameters with only %d data "
+                         "points will result in a degenerate solution.", self._n_parameters(),
+                         seqs.rows.size)
+
+    def _check_and_set_n_features(self, X) -> None:
+        """hmmlearn's data check: a ValueError for values this family cannot take."""
+        self._check_values(check_data(X, ndim=2))
 
     def _check(self) -> None:
         """hmmlearn's check of the assigned attributes: a ValueError naming a malformed one."""
@@ -274,7 +292,9 @@ class _BaseHMM(EMEstimator):
         params = self._params()
         seqs = self._sequences(X, lengths)
         marginals, ll = posterior(self._hmm(), params, seqs.X, mask=seqs.mask, method=self.method)
-        return float(np.sum(ll)), marginals[seqs.mask]
+        # Renormalised in float64: rows sum to 1 to double precision even from a float32 pass.
+        marginals = np.asarray(marginals[seqs.mask], np.float64)
+        return float(np.sum(ll)), marginals / marginals.sum(axis=1, keepdims=True)
 
     def score(self, X, lengths=None) -> float:
         """Total log-likelihood ``Σ_b log p(x_b)`` over the sequences (hmmlearn's ``score``)."""
