@@ -267,4 +267,4 @@ def test_validation_messages():
     with pytest.raises(ValueError, match="method must be one of"):
         H.fit(hmm, X, key=jax.random.key(0), method="parallel")
     with pytest.raises(ValueError, match="transition_concentration must be"):
-        H.poisson_hmm(2, transition_concentration=0.5)
+        H.poisson_hmm(2, transition_concentration=0.0)  # > 0 (below 1 allowed, as hmmlearn)

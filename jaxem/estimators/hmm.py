@@ -199,6 +199,19 @@ class CategoricalHMM(_BaseHMM):
                              f"at row {row}")
         self.n_features_seen_ = int(X.max()) + 1
 
+    def _check_and_set_n_features(self, X) -> None:
+        """hmmlearn's check of symbols: integer dtype, non-negative, below ``n_features`` when it
+        is set (ValueError otherwise); records the count seen."""
+        X = np.asarray(X)
+        if not np.issubdtype(X.dtype, np.integer):
+            raise ValueError(f"CategoricalHMM symbols must have an integer dtype, got {X.dtype}")
+        if X.size and X.min() < 0:
+            raise ValueError(f"CategoricalHMM symbols must be non-negative, got {X.min()}")
+        if self.n_features is not None and X.size and X.max() >= self.n_features:
+            raise ValueError(f"CategoricalHMM symbols must be below n_features={self.n_features}"
+                             f", got {X.max()}")
+        self.n_features_seen_ = int(X.max()) + 1 if X.size else 0
+
     def _emission_params(self) -> dict:
         M = self._n_symbols()
         return {"probs": _check_probabilities(self.emissionprob_, "emissionprob_",

@@ -1,5 +1,7 @@
 """hmmlearn's suite seeds NumPy's global generator once per session from a random seed (its
-conftest.py); here each test starts from the same seed, so a run is reproducible."""
+conftest.py); here each test starts from the same seed, so a run is reproducible. The tests that
+meet a documented difference of jaxem's (README, "Hidden Markov models") are marked here, so the
+vendored files keep hmmlearn's text."""
 
 import random
 
@@ -11,3 +13,23 @@ import pytest
 def _seeded():
     np.random.seed(0)
     random.seed(0)
+
+
+# (test function, implementation or None for both) -> the documented difference.
+EXPECTED_DIFFERENCES = {
+    ("test_n_features", None): (
+        "jaxem leaves hyperparameters as given (scikit-learn's rule: fit does not change them), so "
+        "n_features stays None; the symbol count found in the data is emissionprob_.shape[1]"),
+    ("test_underflow_from_scaling", "scaling"): (
+        "implementation='scaling' runs jaxem's log-space recursions, which do not underflow, so "
+        "the fit succeeds where hmmlearn's scaling recursion raises ValueError"),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        implementation = getattr(item, "callspec", None) and item.callspec.params.get(
+            "implementation")
+        for (name, impl), reason in EXPECTED_DIFFERENCES.items():
+            if item.originalname == name and impl in (None, implementation):
+                item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
