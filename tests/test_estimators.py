@@ -92,9 +92,9 @@ def test_get_params_set_params_and_sklearn_clone():
     copy = clone(gm)
     assert copy.get_params() == params and copy is not gm
     assert gm.set_params(n_components=2) is gm and gm.n_components == 2
-    with pytest.raises(ValueError, match="no parameter 'bogus'"):
+    with pytest.raises(ValueError, match="(?i)invalid parameter 'bogus'"):
         gm.set_params(bogus=1)
-    assert "GaussianMixture(n_components=2" in repr(gm)
+    assert repr(gm).startswith("GaussianMixture(") and "n_components=2" in repr(gm)
 
 
 BAD_HYPERPARAMETERS = [
