@@ -21,7 +21,7 @@ from .core.model import Model
 from .core.result import FitError, FitInterrupted, FitResult
 from .core.runner import fit
 from .core.standard_errors import IllConditionedWarning, confidence_intervals, standard_errors
-from .core.validation import ConvergenceWarning, NotFittedError
+from .core.validation import ConvergenceWarning
 from .estimators import (
     GMMHMM,
     BayesianGaussianMixture,
@@ -44,6 +44,7 @@ from .estimators import (
     PoissonMixture,
     StudentTMixture,
 )
+from .estimators.compat import NotFittedError
 from .models import (
     bayesian_gaussian_mixture,
     bernoulli_mixture,

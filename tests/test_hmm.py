@@ -262,11 +262,11 @@ def test_validation_messages():
     with pytest.raises(ValueError, match="mask row 1 has a gap"):
         H.fit(hmm, np.zeros((2, 5, 2)), mask=np.array([[1, 1, 1, 0, 0], [1, 0, 1, 0, 0]], bool),
               key=jax.random.key(0))
-    with pytest.raises(ValueError, match="contains nan at row 3"):
+    with pytest.raises(ValueError, match="contains NaN at row 3"):
         H.fit(hmm, np.where(np.arange(10)[:, None] == 3, np.nan, X), key=jax.random.key(0))
     with pytest.raises(ValueError, match="n_states=3 but only 2 observations"):
         H.fit(hmm, X[:2], key=jax.random.key(0))
     with pytest.raises(ValueError, match="method must be one of"):
         H.fit(hmm, X, key=jax.random.key(0), method="parallel")
     with pytest.raises(ValueError, match="transition_concentration must be"):
-        H.poisson_hmm(2, transition_concentration=0.5)
+        H.poisson_hmm(2, transition_concentration=0.0)  # > 0 (below 1 allowed, as hmmlearn)

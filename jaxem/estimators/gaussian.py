@@ -69,6 +69,7 @@ class GaussianMixture(MixtureEstimator):
                    "precisions_init": None, "optimizer": ..., "weight_concentration": 1.0,
                    "mean_precision_prior": None, "mean_prior": None, "covariance_prior": None,
                    "degrees_of_freedom_prior": None}
+    _input_tags = {"allow_nan": True}  # NaN entries are marginalised out
     _constraints = {"reg_covar": check_nonnegative_float,
                     "covariance_type": one_of(gaussian_family.COVARIANCE_TYPES),
                     "init_params": one_of(gaussian_family.INIT_METHODS),

@@ -118,6 +118,7 @@ class IndependentMixture(FeatureMixture):
     """
 
     _fitted_attribute = "feature_params_"
+    _input_tags = {"allow_nan": True}  # NaN entries are marginalised out
     _parameters = {"n_components": ..., "features": ()}
 
     def _groups(self, X: np.ndarray | None = None) -> list:

@@ -25,4 +25,5 @@ class PoissonMixture(FeatureMixture):
     """
 
     _family_keys = ("rates",)
+    _input_tags = {"categorical": True, "positive_only": True}  # non-negative integer counts
     _feature, _mixture = staticmethod(dist.poisson), staticmethod(poisson_mixture)

@@ -119,7 +119,8 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
                              e_step=e_step, m_step=m_step, optimizer=optimizer,
                              m_step_iters=m_step_iters, block_size=block_size, progress=progress,
                              init_params=init_params, dtype=default_float_dtype(),
-                             checkpoint=checkpoint, resume=resume, accelerate=accelerate)
+                             checkpoint=checkpoint, resume=resume, accelerate=accelerate,
+                             caller="jaxem.hmm.fit")
     seqs = as_sequences(X, lengths, mask)
     method = inference.choose_method(method, seqs.X.shape[1])
     if seqs.rows.shape[0] < hmm.n_states:

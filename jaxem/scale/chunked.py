@@ -129,7 +129,8 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
                              m_step_iters=m_step_iters, block_size=block_size, progress=progress,
                              init_params=init_params, dtype=dtype,
                              default_optimizer=chunked_gradient.DEFAULT_OPTIMIZER,
-                             checkpoint=checkpoint, resume=resume, accelerate=accelerate)
+                             checkpoint=checkpoint, resume=resume, accelerate=accelerate,
+                             caller="fit_chunked")
     if setup.use_gradient:
         chunked_gradient.check_optimizer(setup.optimizer)
     mesh = sharding.data_mesh(devices)
