@@ -183,7 +183,9 @@ def chain_probabilities(counts: Array, previous: Array, concentration) -> Array:
 
     A probability that is exactly 0 stays 0 (a structural zero: a left-right chain keeps its
     shape, and no floor is added), and a row with nothing to normalise (a state never left, or
-    only left by a sequence's end) keeps its previous values, since the data say nothing of it.
+    only left by a sequence's end: counts within round-off of the total) keeps its previous
+    values, since the data say nothing of it (hmmlearn leaves such a row all zero, with a
+    warning).
 
     Args:
         counts: ``[K]`` expected initial-state counts or ``[K, K]`` transition counts.
@@ -196,7 +198,10 @@ def chain_probabilities(counts: Array, previous: Array, concentration) -> Array:
     pseudo = jnp.maximum(counts + (jnp.asarray(concentration, counts.dtype) - 1.0), 0.0)
     pseudo = jnp.where(previous == 0, 0.0, pseudo)
     total = jnp.sum(pseudo, axis=-1, keepdims=True)
-    return jnp.where(total > 0, pseudo / jnp.where(total > 0, total, 1.0), previous)
+    # A row whose counts are within round-off of all the counts is a row with no evidence (in
+    # float64 a state entered only at sequence ends still gets ~1e-50 of outgoing counts).
+    evidence = total > jnp.finfo(counts.dtype).eps * jnp.sum(pseudo)
+    return jnp.where(evidence, pseudo / jnp.where(evidence, total, 1.0), previous)
 
 
 def hmm_pass(hmm: HMM, layout: SequenceLayout, method: str, *, hard: bool = False,
