@@ -79,6 +79,11 @@ class FitResult:
     n_datasets: int | None = None
     n_fallbacks: np.ndarray | None = None
 
+    def __getstate__(self) -> dict:
+        # The model holds functions (often closures) that cannot be pickled; an unpickled result
+        # keeps everything else (its standard errors then need jaxem.standard_errors(model, ...)).
+        return {**self.__dict__, "model": None}
+
     def standard_errors(self, X, sample_weight=None, *, transform=None, **data_options) -> Any:
         """Standard errors of the best restart's ``params`` (same pytree) from the observed
         information on the data ``X`` the fit saw (see :func:`jaxem.standard_errors`; an HMM
