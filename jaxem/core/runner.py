@@ -131,7 +131,7 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         optimizer: optax.GradientTransformation | None = None,
         m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
         progress: Callable | None = None, devices=None, dtype=None, checkpoint=None,
-        resume: bool = False, accelerate="auto") -> FitResult:
+        resume: bool = False, accelerate=None) -> FitResult:
     """Fit ``model`` to ``X`` by EM from several random starts at once.
 
     Args:
@@ -290,7 +290,7 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
     except (TypeError, ValueError, IndexError) as err:
         # Tracing failed before any compute; when the model cannot even score these rows (wrong
         # rank or feature count), say that instead of JAX's shape error deep in the model.
-        driver.diagnose_rows(model, keys[0], X, init_params, err)
+        driver.diagnose_rows(model, keys[0], data, init_params, err)  # unpadded
         raise
     return driver.finish(out, setup, compile_time=compile_time + init_compile,
                          fit_time=fit_time + init_run,
