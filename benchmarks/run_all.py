@@ -1,10 +1,11 @@
 """Run every benchmark script that exists, one after another, and print all their tables.
 
 Scripts (each skipped with a note when absent): ``gmm.py``, ``bernoulli.py``, ``hmm.py``,
-``kmeans.py``, ``compile.py``, ``mfa.py``, ``out_of_core.py`` (always with ``--quick``: the
-full size writes gigabytes) and ``bootstrap.py``. Output streams as it comes; at the end come the
-wall time of each script and every target line again. ``--out FILE`` also saves the whole output
-(Markdown: it is the README's table section), ``--json DIR`` each script's JSON.
+``kmeans.py``, ``compile.py``, ``convergence.py``, ``custom.py``, ``mfa.py``, ``out_of_core.py``
+(always with ``--quick``: the full size writes gigabytes) and ``bootstrap.py``. Output streams as
+it comes; at the end come the wall time of each script and every target line again. ``--out
+FILE`` also saves the whole output (Markdown: it is the README's table section), ``--json DIR``
+each script's JSON.
 
     python benchmarks/run_all.py                 # full sizes, 7-12 minutes on 2 quiet cores
     python benchmarks/run_all.py --quick         # a smoke test of every script
@@ -24,8 +25,8 @@ from _harness import machine_line
 HERE = Path(__file__).resolve().parent
 # (script, extra arguments always passed)
 SCRIPTS = [("gmm.py", []), ("bernoulli.py", []), ("hmm.py", []), ("kmeans.py", []),
-           ("compile.py", []), ("mfa.py", []), ("out_of_core.py", ["--quick"]),
-           ("bootstrap.py", [])]
+           ("compile.py", []), ("convergence.py", []), ("custom.py", []), ("mfa.py", []),
+           ("out_of_core.py", ["--quick"]), ("bootstrap.py", [])]
 
 
 def main(argv=None) -> int:

@@ -10,6 +10,7 @@ from .app.io import load, save
 from .app.selection import ComponentSelection, select_components
 from .core import compile_cache as _compile_cache
 from .core import constraints
+from .core.ascent import EMGradient
 from .core.checkpoint import Checkpoint
 from .core.compile_cache import disable_compilation_cache, enable_compilation_cache
 from .core.estep import Annealing
@@ -21,7 +22,7 @@ from .core.programs import free_compiled_programs
 from .core.result import FitError, FitInterrupted, FitResult
 from .core.runner import fit
 from .core.standard_errors import IllConditionedWarning, confidence_intervals, standard_errors
-from .core.validation import ConvergenceWarning, NotFittedError
+from .core.validation import ConvergenceWarning
 from .estimators import (
     GMMHMM,
     BayesianGaussianMixture,
@@ -44,6 +45,7 @@ from .estimators import (
     PoissonMixture,
     StudentTMixture,
 )
+from .estimators.compat import NotFittedError
 from .models import (
     bayesian_gaussian_mixture,
     bernoulli_mixture,
@@ -78,16 +80,16 @@ __all__ = [
     "Annealing", "bayesian_gaussian_mixture", "BayesianGaussianMixture", "bernoulli_mixture",
     "BernoulliMixture", "bootstrap", "BootstrapResult", "categorical_mixture", "CategoricalHMM",
     "CategoricalMixture", "Checkpoint", "ComponentSelection", "confidence_intervals", "constraints",
-    "ConvergenceWarning", "disable_compilation_cache", "e_step", "elbo", "empirical_information",
-    "enable_compilation_cache", "expected_log_joint", "exponential_mixture", "ExponentialMixture", "fit",
-    "fit_chunked", "fit_many", "fit_online", "FitError", "FitInterrupted", "FitResult",
-    "free_compiled_programs", "gamma_mixture",
-    "GammaMixture", "gaussian_mixture", "GaussianHMM", "GaussianMixture", "GMMHMM", "hmm",
-    "IllConditionedWarning", "independent_mixture", "IndependentMixture", "init", "isotropic_mixture",
-    "KMeans", "LinearAutoregressiveHMM", "load", "log_likelihood", "log_likelihood_chunked",
-    "louis_information", "mixture_of_experts", "mixture_of_factor_analysers",
-    "mixture_of_linear_regressions", "MixtureOfExperts", "MixtureOfFactorAnalysers",
-    "MixtureOfLinearRegressions", "MixtureOfPPCA", "Model", "models", "MultinomialHMM", "NotFittedError",
-    "observed_information", "OnlineResult", "poisson_mixture", "PoissonHMM", "PoissonMixture", "save",
-    "select_components", "standard_errors", "student_t_mixture", "StudentTMixture",
+    "ConvergenceWarning", "disable_compilation_cache", "e_step", "elbo", "EMGradient",
+    "empirical_information", "enable_compilation_cache", "expected_log_joint", "exponential_mixture",
+    "ExponentialMixture", "fit", "fit_chunked", "fit_many", "fit_online", "FitError", "FitInterrupted",
+    "FitResult", "free_compiled_programs", "gamma_mixture", "GammaMixture", "gaussian_mixture",
+    "GaussianHMM", "GaussianMixture", "GMMHMM", "hmm", "IllConditionedWarning", "independent_mixture",
+    "IndependentMixture", "init", "isotropic_mixture", "KMeans", "LinearAutoregressiveHMM", "load",
+    "log_likelihood", "log_likelihood_chunked", "louis_information", "mixture_of_experts",
+    "mixture_of_factor_analysers", "mixture_of_linear_regressions", "MixtureOfExperts",
+    "MixtureOfFactorAnalysers", "MixtureOfLinearRegressions", "MixtureOfPPCA", "Model", "models",
+    "MultinomialHMM", "NotFittedError", "observed_information", "OnlineResult", "poisson_mixture",
+    "PoissonHMM", "PoissonMixture", "save", "select_components", "standard_errors", "student_t_mixture",
+    "StudentTMixture",
 ]

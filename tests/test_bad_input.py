@@ -59,7 +59,7 @@ FUNCTIONAL = {
 WEIGHTED = ("fit", "e_step", "log_likelihood", "elbo", "fit_chunked")
 
 FUNCTIONAL_CASES = [
-    *[(name, (NAN,), {}, "X contains nan at row 3, column 1") for name in FUNCTIONAL],
+    *[(name, (NAN,), {}, "X contains NaN at row 3, column 1") for name in FUNCTIONAL],
     *[(name, (INF,), {}, "X contains -inf at row 4, column 0") for name in FUNCTIONAL],
     *[(name, (X[:0],), {}, "X has 0 rows|only 0 samples") for name in FUNCTIONAL],
     *[(name, (X[:, 0],), {}, r"X has shape \(20,\), which does not fit the model")
@@ -79,7 +79,7 @@ FUNCTIONAL_CASES = [
     *[(name, (X[:1],), {}, "only 1 (samples|observations)")
       for name in ("fit", "hmm.fit", "fit_chunked", "fit_online")],
     *[(name, (X,), {"sample_weight": put(np.ones((1, N)), 0, 2, np.nan)[0]},
-       "sample_weight contains nan at row 2") for name in WEIGHTED],
+       "sample_weight contains NaN at row 2") for name in WEIGHTED],
     *[(name, (X,), {"sample_weight": put(np.ones((1, N)), 0, 5, -1.0)[0]},
        "sample_weight must be non-negative, got -1.0 at row 5") for name in WEIGHTED],
     *[(name, (X,), {"sample_weight": np.zeros(N)}, "sample_weight is zero everywhere")
@@ -177,7 +177,7 @@ def _with(name, row, col, value):
 
 
 ESTIMATOR_CASES = [
-    *[(n, dict(data=_with(n, 3, 0, np.nan)), "X contains nan at row 3, column 0")
+    *[(n, dict(data=_with(n, 3, 0, np.nan)), "X contains NaN at row 3, column 0")
       for n in ESTIMATORS if n not in TAKES_NAN],
     *[(n, dict(data=_with(n, 4, 0, np.inf)), "X contains inf at row 4, column 0") for n in ESTIMATORS],
     *[(n, dict(data=ESTIMATORS[n][1][:, 0]), "2-D|2-dimensional") for n in ESTIMATORS],
@@ -186,7 +186,7 @@ ESTIMATOR_CASES = [
     *[(n, dict(data=ESTIMATORS[n][1][:2], k=3), "only 2 (samples|observations)")
       for n in ESTIMATORS],
     *[(n, dict(sample_weight=put(np.ones((1, N)), 0, 2, np.nan)[0]),
-       "sample_weight contains nan at row 2") for n in MIXTURES],
+       "sample_weight contains NaN at row 2") for n in MIXTURES],
     *[(n, dict(sample_weight=put(np.ones((1, N)), 0, 5, -2.0)[0]),
        "sample_weight must be non-negative, got -2.0 at row 5") for n in MIXTURES],
     *[(n, dict(sample_weight=np.zeros(N)), "zero everywhere") for n in MIXTURES],
@@ -244,8 +244,8 @@ REGRESSIONS = (jem.MixtureOfLinearRegressions, jem.MixtureOfExperts)
 def test_regression_mixtures_refuse(cls):
     y = X[:, 0] * 2.0
     for args, kwargs, phrase in [
-        ((NAN, y), {}, "X contains nan at row 3, column 1"),
-        ((X, put(y[None], 0, 4, np.nan)[0]), {}, "y contains nan at row 4"),
+        ((NAN, y), {}, "X contains NaN at row 3, column 1"),
+        ((X, put(y[None], 0, 4, np.nan)[0]), {}, "y contains NaN at row 4"),
         ((X, y[:5]), {}, r"y must have shape \(20,\)"),
         ((X[:, 0], y), {}, "2-D inputs"),
         ((X[:1], y[:1]), {}, "only 1 samples"),
@@ -301,9 +301,9 @@ def test_feature_count_differs_from_the_fitted_model(fitted):
     for name in ("GaussianMixture", "IndependentMixture", "PoissonMixture", "KMeans"):
         data = np.c_[ESTIMATORS[name][1], ESTIMATORS[name][1][:, :1]]
         for method in ("predict", "score_samples" if name != "KMeans" else "transform"):
-            with pytest.raises(ValueError, match="X has 3 features, but .* with 2 features"):
+            with pytest.raises(ValueError, match="X has 3 features, but .* expecting 2 features"):
                 getattr(fitted[name], method)(data)
-    with pytest.raises(ValueError, match="X has 3 features, but .* with 2 features"):
+    with pytest.raises(ValueError, match="X has 3 features, but .* expecting 2 features"):
         fitted["MixtureOfLinearRegressions"].predict(wide)
     with pytest.raises(ValueError, match="X has 3 features, but the model's means_ have 2"):
         fitted["GaussianHMM"].predict(wide)
@@ -352,7 +352,9 @@ def run_cli(capsys, *argv):
 
 CLI_CASES = [
     # The table reader refuses it first; its lines count the header (line 1) and start at 1.
-    (("fit", "nan", "-k", 2), "column 'b' .* line 5 holds 'nan'"),
+    # (the Gaussian mixture takes missing values: tests/test_cli_input.py)
+    (("fit", "nan", "-k", 2, "--model", "student-t"),
+     "column 'b' .* line 5 holds 'nan', a missing value \\(StudentTMixture takes none"),
     (("fit", "good", "-k", 0), "expected a positive integer, got 0"),
     (("fit", "good", "-k", 30), "only 20 rows"),
     (("fit", "good", "-k", 2, "--covariance", "bogus"), "invalid choice: 'bogus'"),
@@ -364,9 +366,9 @@ CLI_CASES = [
     (("fit", "good", "-k", 2, "--model", "hmm", "--lengths", "20,0"), "must be positive"),
     (("fit", "empty", "-k", 2), "rows|empty|no data"),
     (("select", "good", "--ks", "0-2"), "expected numbers of components"),
-    (("predict", "GaussianMixture", "wide"), "X has 3 features, but GaussianMixture was fitted "
-                                             "with 2 features"),
-    (("predict", "GaussianMixture", "nan"), "line 5 holds 'nan'"),
+    (("predict", "GaussianMixture", "wide"), "X has 3 features, but GaussianMixture is expecting "
+                                             "2 features"),
+    (("predict", "CategoricalMixture", "nan"), "line 5 holds 'nan'"),
     (("predict", "CategoricalMixture", "codes"), "got 9.0 at row 9, column 1"),
 ]
 

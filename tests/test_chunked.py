@@ -27,11 +27,12 @@ def _start(model, X, seed=3):
     return jax.jit(model.init)(jax.random.key(seed), jnp.asarray(X))
 
 
-def _assert_same_fit(a, b, rtol):
+def _assert_same_fit(a, b, rtol, same_converged=True):
     np.testing.assert_allclose(b.history, a.history, rtol=rtol)
     np.testing.assert_allclose(b.initial_log_likelihood, a.initial_log_likelihood, rtol=rtol)
     np.testing.assert_array_equal(b.n_iter, a.n_iter)
-    np.testing.assert_array_equal(b.converged, a.converged)
+    if same_converged:
+        np.testing.assert_array_equal(b.converged, a.converged)
     for leaf_a, leaf_b in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
         np.testing.assert_allclose(np.asarray(leaf_b), np.asarray(leaf_a), rtol=rtol,
                                    atol=rtol * np.max(np.abs(leaf_a)))
@@ -118,7 +119,12 @@ def test_gradient_m_step_chunked_equals_in_memory(x64):
     kw = dict(init_params=start, optimizer=optax.adam(0.1), m_step_iters=4, max_iter=6, tol=0.0)
     a = jem.fit(model, X, **kw)
     b = fit_chunked(model, X, chunk_size=CHUNK, **kw)
-    _assert_same_fit(a, b, rtol=1e-10)
+    # Both stop when adam's M-step no longer moves (iteration 5). In memory an EM-gradient step
+    # from the same point is the reference, and it still gains: a stall, not convergence (issue
+    # 26). The chunked runner has no such reference (each evaluation is a pass) and calls it
+    # converged.
+    _assert_same_fit(a, b, rtol=1e-10, same_converged=False)
+    assert not a.converged.any() and b.converged.all()
     assert_non_decreasing(b)
 
 

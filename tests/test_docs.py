@@ -103,6 +103,27 @@ def test_readme_custom_model_runs_in_fifteen_lines(capsys):
     assert np.asarray(params["weights"])[order] == pytest.approx([0.5, 0.3, 0.2], abs=0.03)
 
 
+# Sections whose blocks the tests above run with their own assertions.
+_RUN_ABOVE = {"Quickstart", "A custom model in 15 lines"}
+
+
+def _readme_blocks() -> list[tuple[str, str]]:
+    """Every ```python block of the README as ``(section, code)``."""
+    text = README.read_text(encoding="utf-8")
+    sections = re.findall(r"^## (.+?)\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    return [(title, code) for title, body in sections
+            for code in re.findall(r"```python\n(.*?)```", body, re.S)]
+
+
+@pytest.mark.parametrize("section, code", [b for b in _readme_blocks() if b[0] not in _RUN_ABOVE],
+                         ids=lambda v: v if len(v) < 60 else None)
+def test_every_readme_block_runs_as_written(section, code, tmp_path, monkeypatch, capsys):
+    """Each block runs on its own, in an empty directory, as a reader would paste it."""
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, f"README.md:{section}", "exec"), {})
+    assert capsys.readouterr().out.strip()  # every block shows its result
+
+
 def test_readme_links_and_commands_exist():
     text = README.read_text(encoding="utf-8")
     assert "(benchmarks/README.md)" in text and (README.parent / "benchmarks/README.md").exists()

@@ -162,7 +162,8 @@ def test_restarts_in_sequence_and_vmapped_give_the_same_fit(how, monkeypatch):
     in_sequence = run()
     monkeypatch.setattr(blocks, "SEQUENTIAL_RESTART_PLATFORMS", ())
     vmapped = run()
-    assert len({float(v) for v in in_sequence.all_log_likelihoods}) == 3
+    # Distinct starts (accelerated EM may bring two of them to one optimum within 15 iterations).
+    assert len({float(v) for v in in_sequence.initial_log_likelihood}) == 3
     np.testing.assert_array_equal(in_sequence.n_iter, vmapped.n_iter)
     np.testing.assert_allclose(in_sequence.history, vmapped.history, rtol=1e-5)
     for ours, theirs in zip(jax.tree.leaves(in_sequence.all_params),

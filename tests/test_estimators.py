@@ -92,9 +92,9 @@ def test_get_params_set_params_and_sklearn_clone():
     copy = clone(gm)
     assert copy.get_params() == params and copy is not gm
     assert gm.set_params(n_components=2) is gm and gm.n_components == 2
-    with pytest.raises(ValueError, match="no parameter 'bogus'"):
+    with pytest.raises(ValueError, match="(?i)invalid parameter 'bogus'"):
         gm.set_params(bogus=1)
-    assert "GaussianMixture(n_components=2" in repr(gm)
+    assert repr(gm).startswith("GaussianMixture(") and "n_components=2" in repr(gm)
 
 
 BAD_HYPERPARAMETERS = [
@@ -122,7 +122,7 @@ def test_bad_data_is_named_before_any_compute(blobs):
     X[17, :] = np.nan
     with pytest.raises(ValueError, match="row 17 is all NaN"):
         jem.GaussianMixture(2).fit(X)
-    with pytest.raises(ValueError, match="contains nan at row 17, column 0"):
+    with pytest.raises(ValueError, match="contains NaN at row 17, column 0"):
         jem.BernoulliMixture(2).fit(X)
     X[17, 1] = np.inf
     with pytest.raises(ValueError, match="contains inf at row 17, column 1"):
@@ -148,7 +148,7 @@ def test_predict_before_fit_and_feature_mismatch(blobs):
     with pytest.raises(jem.NotFittedError, match="not fitted yet"):
         gm.predict(blobs)
     gm.fit(blobs)
-    with pytest.raises(ValueError, match="X has 3 features, but GaussianMixture was fitted with 2"):
+    with pytest.raises(ValueError, match="X has 3 features, but GaussianMixture is expecting 2 features"):
         gm.predict(np.ones((4, 3)))
 
 

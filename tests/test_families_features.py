@@ -74,9 +74,9 @@ def test_partial_labels_pin_components():
     assert free.params["rates"][0, 0] > 7 and free.params["rates"][1, 0] < 4
     assert pinned.params["rates"][0, 0] < 4 and pinned.params["rates"][1, 0] > 7
     assert_non_decreasing(pinned)
-    # Through the estimator: y carries the partial labels.
+    # Through the estimator: labels= carries the partial labels (y is ignored, as in scikit-learn).
     est = jem.PoissonMixture(2, rates_init=[[8.0], [2.5]], weights_init=[0.2, 0.8],
-                             max_iter=200, dtype="float32").fit(X, labels)  # as jem.fit's
+                             max_iter=200, dtype="float32").fit(X, z, labels=labels)  # as jem.fit's
     np.testing.assert_allclose(est.rates_, pinned.params["rates"], rtol=1e-4)
 
 

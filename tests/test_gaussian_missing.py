@@ -158,5 +158,5 @@ def test_estimator_fits_and_scores_data_with_nans():
     bad[7] = [np.inf, 0.0]
     with pytest.raises(ValueError, match="contains inf at row 7, column 0"):
         jem.GaussianMixture(3).fit(bad)
-    with pytest.raises(ValueError, match="contains nan"):
+    with pytest.raises(ValueError, match="contains NaN"):
         jem.fit(jem.gaussian_mixture(3), Xn, key=jax.random.key(0))

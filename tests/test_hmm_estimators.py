@@ -80,15 +80,16 @@ def test_baum_welch_follows_hmmlearn_from_the_same_start(x64, training_data, cov
     start = dict(startprob_=np.array([0.4, 0.3, 0.3]), transmat_=np.full((3, 3), 1 / 3),
                  means_=np.array([[1.0, 1.0], [2.0, 0.0], [0.0, 3.0]]),
                  covars_=np.ones((3, 2)) if covariance_type == "diag" else np.array([np.eye(2)] * 3))
-    # hmmlearn's default covariance prior is off, so both run maximum-likelihood Baum-Welch.
+    # The covariance prior off on both sides, so both run maximum-likelihood Baum-Welch.
+    plain = dict(covars_prior=0.0, min_covar=0.0,
+                 covars_weight=1.0 if covariance_type == "diag" else 0.0)
     ref = _assign(hl.GaussianHMM(3, covariance_type=covariance_type, n_iter=12, tol=-np.inf,
-                                 init_params="", covars_prior=0.0, min_covar=0.0,
-                                 covars_weight=1.0 if covariance_type == "diag" else 0.0), **start)
+                                 init_params="", **plain), **start)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref.fit(X, lengths)
-    ours = _assign(GaussianHMM(3, covariance_type=covariance_type, min_covar=0.0, n_iter=12,
-                               tol=0.0, init_params=""), **start)
+    ours = _assign(GaussianHMM(3, covariance_type=covariance_type, n_iter=12, tol=0.0,
+                               init_params="", accelerate=None, **plain), **start)
     with pytest.warns(jem.ConvergenceWarning, match="max_iter=12"):
         ours.fit(X, lengths)
     assert ours.n_iter_ == ref.monitor_.iter == 12
@@ -143,7 +144,7 @@ def test_estimator_api_and_validation():
                                           r"with shape \(2, 2\)"):
         model.score(np.zeros((5, 2)))
     model.covars_ = np.ones((2, 2))
-    with pytest.raises(ValueError, match="X contains nan at row 0"):
+    with pytest.raises(ValueError, match="X contains NaN at row 0"):
         model.fit(np.full((5, 2), np.nan))
     assert np.shape(model.means_) == (2, 2)      # a refused fit leaves the parameters alone
     with pytest.raises(ValueError, match="lengths sum to 4 but X has 5 rows"):

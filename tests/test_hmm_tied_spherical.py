@@ -59,15 +59,16 @@ def test_baum_welch_follows_hmmlearn_from_the_same_start(x64, data, covariance_t
                  covars_=INIT_COVARS[covariance_type])
     # covars_weight: hmmlearn divides by max(w - 1, 0) + N_k (spherical) and max(w - D, 0) + N
     # (tied), so 1 and 0 leave the maximum-likelihood denominators.
+    plain = dict(covars_prior=0.0, min_covar=0.0,
+                 covars_weight=1.0 if covariance_type == "spherical" else 0.0)
     ref = _assign(hl.GaussianHMM(K, covariance_type=covariance_type, n_iter=N_ITER, tol=-np.inf,
-                                 init_params="", params="stmc", covars_prior=0.0, min_covar=0.0,
-                                 covars_weight=1.0 if covariance_type == "spherical" else 0.0),
-                  **start)
+                                 init_params="", params="stmc", **plain), **start)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref.fit(X, LENGTHS)
-    ours = _assign(jem.GaussianHMM(K, covariance_type=covariance_type, min_covar=0.0,
-                                   n_iter=N_ITER, tol=0.0, init_params=""), **start)
+    ours = _assign(jem.GaussianHMM(K, covariance_type=covariance_type, n_iter=N_ITER, tol=0.0,
+                                   init_params="", accelerate=None,
+                                   **plain), **start)
     with pytest.warns(jem.ConvergenceWarning, match=f"max_iter={N_ITER}"):
         ours.fit(X, LENGTHS)
     assert ours.n_iter_ == ref.monitor_.iter == N_ITER

@@ -118,7 +118,7 @@ def test_bad_input_is_named():
         est.fit(X[:, 0], y)
     bad = y.copy()
     bad[4] = np.nan
-    with pytest.raises(ValueError, match="y contains nan at row 4"):
+    with pytest.raises(ValueError, match="y contains NaN at row 4"):
         est.fit(X, bad)
     with pytest.raises(ValueError, match="reg_var must be a finite number >= 0"):
         jem.MixtureOfLinearRegressions(2, reg_var=-1.0).fit(X, y)

@@ -21,6 +21,7 @@ import time
 import warnings
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 
 import jaxem
@@ -34,6 +35,7 @@ from jaxem.app.arguments import (  # noqa: F401  (MODELS and build_parser: jaxem
 )
 from jaxem.app.report import format_table, summary, total_log_likelihood
 from jaxem.datasets import load_old_faithful
+from jaxem.estimators.params import input_tags
 
 
 # -- building and fitting estimators -----------------------------------------------------------
@@ -92,9 +94,11 @@ def _lengths(args, n_rows: int, cls) -> dict:
     return {"lengths": np.asarray(lengths)}
 
 
-def _read(args) -> tuple[np.ndarray, list[str]]:
+def _read(args, cls) -> tuple[np.ndarray, list[str]]:
+    """DATA for an estimator of class ``cls``: missing values read as NaN where it takes them."""
     columns = None if args.columns is None else [c.strip() for c in args.columns.split(",")]
-    return jio.read_table(args.data, columns)
+    return jio.read_table(args.data, columns, missing=input_tags(cls).get("allow_nan", False),
+                          who=cls.__name__)
 
 
 @contextlib.contextmanager
@@ -107,15 +111,41 @@ def _one_line_warnings():
         print(f"jaxem: warning: {message}", file=sys.stderr)
 
 
-def _fit(est, X, fit_kwargs: dict) -> float:
-    """Fit ``est`` to ``X``; returns the wall time in seconds."""
+# XLA compilations seen so far: every backend compilation, and those JAX's persistent cache
+# served (jaxem's own program cache loads an executable without either). Counted from JAX's
+# monitoring events, registered once.
+_COMPILATIONS = {"backend": 0, "cache_hits": 0}
+
+
+def _on_duration(event: str, duration: float, **_) -> None:
+    if event == "/jax/core/compile/backend_compile_duration":
+        _COMPILATIONS["backend"] += 1
+
+
+def _on_event(event: str, **_) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+        _COMPILATIONS["cache_hits"] += 1
+
+
+def _compiled_so_far() -> int:
+    if not _COMPILATIONS.get("listening"):
+        jax.monitoring.register_event_duration_secs_listener(_on_duration)
+        jax.monitoring.register_event_listener(_on_event)
+        _COMPILATIONS["listening"] = 1
+    return _COMPILATIONS["backend"] - _COMPILATIONS["cache_hits"]
+
+
+def _fit(est, X, fit_kwargs: dict) -> tuple[float, bool]:
+    """Fit ``est`` to ``X``; returns the wall time in seconds and whether XLA compiled a
+    program for it (rather than loading every one from a cache)."""
     if est.n_components > X.shape[0]:  # checked here too, so select fails before any fit
         raise ValueError(f"{est.n_components} components but DATA has only {X.shape[0]} rows; a "
                          "model needs at least as many rows as components")
+    before = _compiled_so_far()
     start = time.perf_counter()
     with _one_line_warnings():
         est.fit(X, **fit_kwargs)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _compiled_so_far() > before
 
 
 def _check_writable(path: str | None, what: str) -> None:
@@ -145,9 +175,9 @@ def run_demo(args: argparse.Namespace) -> int:
     _check_writable(args.plot, "the plot")
     X, names = load_old_faithful()
     gm, shown = _make_estimator(jaxem.GaussianMixture, args, args.components)
-    elapsed = _fit(gm, X, {})
+    elapsed, compiled = _fit(gm, X, {})
     lines = summary(gm, X, names, "jaxem demo: Gaussian mixture fitted by EM to the Old Faithful "
-                    "geyser data", shown, elapsed)
+                    "geyser data", shown, elapsed, compiled=compiled)
     print("\n".join(lines))
     if args.plot:
         _save_plot(gm, X, names, args.plot, {})
@@ -160,12 +190,12 @@ def run_fit(args: argparse.Namespace) -> int:
     _check_writable(args.out, "the model")
     _check_writable(args.plot, "the plot")
     est, shown = _make_estimator(cls, args, args.components)
-    X, names = _read(args)
+    X, names = _read(args, cls)
     fit_kwargs = _lengths(args, X.shape[0], cls)
-    title, status = f"jaxem fit: {cls.__name__} fitted by EM to {args.data}", 0
+    title, status, compiled = f"jaxem fit: {cls.__name__} fitted by EM to {args.data}", 0, False
     start = time.perf_counter()
     try:
-        elapsed = _fit(est, X, fit_kwargs)
+        elapsed, compiled = _fit(est, X, fit_kwargs)
     except jaxem.FitInterrupted as stop:
         # The estimator holds the parameters reached so far: print and save them, then exit as
         # an interrupted command does.
@@ -173,7 +203,7 @@ def run_fit(args: argparse.Namespace) -> int:
         title = (f"jaxem fit: {cls.__name__} INTERRUPTED after {est.n_iter_} iterations (not "
                  f"converged; the parameters so far) on {args.data}")
         print(f"jaxem: interrupted: {stop}", file=sys.stderr)
-    print("\n".join(summary(est, X, names, title, shown, elapsed, fit_kwargs)))
+    print("\n".join(summary(est, X, names, title, shown, elapsed, fit_kwargs, compiled=compiled)))
     if args.out:
         jio.save(est, args.out)
         print(f"\nmodel saved to {args.out} (load with jaxem.load or 'jaxem predict')")
@@ -191,7 +221,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if needs:  # e.g. regression mixtures: their posterior needs the response y as well
         raise UsageError(f"{type(est).__name__}.predict_proba needs {needs[0].name!r} besides X; "
                           "predict from Python")
-    X, _ = _read(args)
+    X, _ = _read(args, type(est))
     fit_kwargs = _lengths(args, X.shape[0], type(est))
     proba = np.asarray(est.predict_proba(X, **fit_kwargs))
     labels = np.asarray(est.predict(X, **fit_kwargs))
@@ -209,7 +239,7 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_select(args: argparse.Namespace) -> int:
     """``jaxem select``: fit every K in ``--ks`` and print log-likelihood, BIC and AIC."""
     cls = available_models()[args.model]
-    X, _ = _read(args)
+    X, _ = _read(args, cls)
     fit_kwargs = _lengths(args, X.shape[0], cls)
     if max(args.ks) > X.shape[0]:
         raise ValueError(f"--ks goes up to {max(args.ks)} components but DATA has only "
@@ -217,7 +247,7 @@ def run_select(args: argparse.Namespace) -> int:
     rows, best = [], None
     for k in args.ks:
         est, _ = _make_estimator(cls, args, k)
-        elapsed = _fit(est, X, fit_kwargs)
+        elapsed, _ = _fit(est, X, fit_kwargs)
         score = {"bic": est.bic(X, **fit_kwargs), "aic": est.aic(X, **fit_kwargs)}
         if best is None or score[args.criterion] < best[1]:
             best = (k, score[args.criterion])

@@ -23,7 +23,11 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "load", "read_table", "save"]
 
 # -- reading data tables ---------------------------------------------------------------------------
 _DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+_CANDIDATES = (",", "\t", ";", "|")
+_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "vertical bar"}
 _PARQUET = (".parquet", ".pq")
+# Cells read as a missing value (NaN) where the model takes missing values; case-insensitive.
+_MISSING = {"", "nan", "na", "n/a", "null", "none", "?"}
 
 
 def _number(text: str) -> float | None:
@@ -33,7 +37,23 @@ def _number(text: str) -> float | None:
         return None
 
 
-def _read_text(path: str) -> tuple[np.ndarray, list[str]]:
+def _delimiter(lines: list[str], ext: str) -> str:
+    """The field separator: the extension's when it splits the first lines, else the candidate
+    that splits every one of them into the same number (> 1) of fields, the most fields first."""
+    sample = lines[:50]
+
+    def fields(sep: str) -> set[int]:
+        return {len(row) for row in csv.reader(sample, delimiter=sep)}
+
+    default = _DELIMITERS.get(ext, ",")
+    if fields(default) != {1}:
+        return default
+    consistent = [(next(iter(fields(sep))), sep) for sep in _CANDIDATES
+                  if len(fields(sep)) == 1 and fields(sep) != {1}]
+    return max(consistent)[1] if consistent else default
+
+
+def _read_text(path: str, missing: bool, who: str | None) -> tuple[np.ndarray, list[str]]:
     """A delimited text table; the first row is a header when any of its cells is not a number."""
     ext = os.path.splitext(path)[1].lower()
     with open(path, encoding="utf-8-sig", newline="") as f:
@@ -41,7 +61,7 @@ def _read_text(path: str) -> tuple[np.ndarray, list[str]]:
     lines = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
     if not lines:
         raise ValueError(f"{path}: the file is empty")
-    delimiter = _DELIMITERS.get(ext) or ("\t" if "\t" in lines[0][1] else ",")
+    delimiter = _delimiter([line for _, line in lines], ext)
     rows = [(n, [cell.strip() for cell in row])
             for (n, _), row in zip(lines, csv.reader([line for _, line in lines], delimiter=delimiter),
                                    strict=True)]
@@ -58,16 +78,30 @@ def _read_text(path: str) -> tuple[np.ndarray, list[str]]:
                              f"{'header' if has_header else 'first line'} has {len(names)}")
         for j, cell in enumerate(cells):
             value = _number(cell)
-            if value is None or not np.isfinite(value):
-                what = "is empty (missing values are not supported)" if not cell else \
-                    f"holds {cell!r}, not a finite number"
+            absent = cell.lower() in _MISSING
+            if missing and absent:
+                value = np.nan
+            elif value is None or not np.isfinite(value):
                 raise ValueError(f"{path}: column {names[j]!r} (column {j + 1}) is not numeric: line "
-                                 f"{line} {what}")
+                                 f"{line} {_what(cell, absent, delimiter, who)}")
             X[i, j] = value
     return X, names
 
 
-def _read_parquet(path: str) -> tuple[np.ndarray, list[str]]:
+def _what(cell: str, absent: bool, delimiter: str, who: str | None) -> str:
+    """Why a cell was refused, with the way out."""
+    if absent:
+        takes = "this model takes none" if who is None else f"{who} takes none"
+        return (f"holds {cell!r}, a missing value ({takes}; the Gaussian mixture, --model gmm, "
+                "takes them; or drop or impute the row)")
+    seps = [_NAMES[s] for s in _CANDIDATES if s != delimiter and s in cell]
+    seps += ["whitespace"] * (" " in cell)
+    hint = (f" (the file was read as {_NAMES[delimiter]}-separated; is it {seps[0]}-separated? "
+            "give it a .csv/.tsv name to match, or convert it)") if seps else ""
+    return f"holds {cell!r}, not a finite number{hint}"
+
+
+def _read_parquet(path: str, missing: bool) -> tuple[np.ndarray, list[str]]:
     try:
         import pyarrow.parquet as pq
         import pyarrow.types as pat
@@ -83,7 +117,9 @@ def _read_parquet(path: str) -> tuple[np.ndarray, list[str]]:
         if not (pat.is_integer(kind) or pat.is_floating(kind) or pat.is_boolean(kind)):
             raise ValueError(f"{path}: column {name!r} (column {j + 1}) is not numeric: its type is "
                              f"{kind}")
-        if column.null_count:
+        if column.null_count and missing:
+            column = column.cast("float64").fill_null(float("nan"))
+        elif column.null_count:
             row = int(np.argmax(np.asarray(column.is_null())))
             raise ValueError(f"{path}: column {name!r} (column {j + 1}) has a missing value at row "
                              f"{row + 1}")
@@ -93,16 +129,23 @@ def _read_parquet(path: str) -> tuple[np.ndarray, list[str]]:
     return np.stack(columns, axis=1), list(table.column_names)
 
 
-def read_table(path, columns=None) -> tuple[np.ndarray, list[str]]:
+def read_table(path, columns=None, *, missing: bool = False,
+               who: str | None = None) -> tuple[np.ndarray, list[str]]:
     """Read a numeric data table for fitting: CSV, TSV, ``.npy`` or Parquet (with pyarrow).
 
     The format follows the extension: ``.csv`` (comma), ``.tsv``/``.tab`` (tab), ``.npy``,
-    ``.parquet``/``.pq``; other text files are comma- or tab-separated by their first line. A text
-    table's first line is a header when any of its cells is not a number.
+    ``.parquet``/``.pq``. A text file whose first lines the extension's separator does not split
+    (or any other text file) is separated by whichever of comma, tab, semicolon and vertical bar
+    splits every one of its first lines into the same number of fields. A text table's first
+    line is a header when any of its cells is not a number.
 
     Args:
         path: the file.
         columns: optional column names or 0-based indices to keep, in that order.
+        missing: read empty cells and ``nan``, ``NA``, ``N/A``, ``null``, ``none``, ``?`` (and
+            Parquet nulls) as NaN, for a model that takes missing values; otherwise they are
+            errors.
+        who: the model the data are for, named in the message about a missing value.
 
     Returns:
         ``(X [N, D] float64, names [D])``; a 1-D ``.npy`` becomes one column.
@@ -130,9 +173,9 @@ def read_table(path, columns=None) -> tuple[np.ndarray, list[str]]:
             raise ValueError(f"{path}: expected a 1-D or 2-D array, got shape {X.shape}")
         X, names = X.astype(np.float64), [f"x{j}" for j in range(X.shape[1])]
     elif ext in _PARQUET:
-        X, names = _read_parquet(path)
+        X, names = _read_parquet(path, missing)
     else:
-        X, names = _read_text(path)
+        X, names = _read_text(path, missing, who)
     if columns is None:
         return X, names
     index = []

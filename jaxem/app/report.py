@@ -22,13 +22,14 @@ def total_log_likelihood(est, X, fit_kwargs) -> float:
 
 
 def summary(est, X, names: Sequence[str], title: str, shown: dict, elapsed: float,
-            fit_kwargs: dict | None = None) -> list[str]:
+            fit_kwargs: dict | None = None, compiled: bool = False) -> list[str]:
     """The lines ``jaxem demo`` and ``jaxem fit`` print about a fitted estimator.
 
     Args:
         est: the fitted estimator; X: its data ``[N, D]``; names: the ``D`` column names.
         title: the first line; shown: the hyperparameters to show in the model line.
         elapsed: wall seconds of the fit; fit_kwargs: extra arguments of ``fit`` (HMM lengths).
+        compiled: whether the fit compiled a program (said, since the time then includes it).
     """
     fit_kwargs = fit_kwargs or {}
     n, d = X.shape
@@ -56,8 +57,11 @@ def summary(est, X, names: Sequence[str], title: str, shown: dict, elapsed: floa
               f"after {est.n_iter_} iterations"]
     timing = f"  fit time        {elapsed:.3f} s wall"
     if result is not None and getattr(result, "compile_time", None) is not None:
-        timing += f" ({result.compile_time:.3f} s compiling, {result.fit_time:.3f} s running EM)"
-    lines += [timing + "; the first call includes JIT compilation", ""]
+        preparing = "compiling" if compiled else "loading the compiled program"
+        timing += f" ({result.compile_time:.3f} s {preparing}, {result.fit_time:.3f} s running EM)"
+    if compiled:
+        timing += "; compiling happens once per model and data shape"
+    lines += [timing, ""]
     proba = np.asarray(est.predict_proba(X, **fit_kwargs), np.float64)
     weights = getattr(est, "weights_", None)
     if weights is None or np.shape(weights) != (est.n_components,):

@@ -53,8 +53,11 @@ MIN_BLOCK_ROWS = 256
 # inside the same program; the loop and the M-steps stay vmapped). On XLA:CPU the batched
 # products of 8 restarts (128 weighted Gram matrices per block for a full GMM with K=16) ran
 # clearly slower per restart than one restart's pass, and the same pass mapped about level; one
-# restart's pass there already runs near the cores' peak, so a batch has nothing to gain.
-# Accelerators need the batch to fill the device.
+# restart's pass there already runs near the cores' peak, so a batch has nothing to gain. In
+# sequence, the M-steps map one restart after another too, and a restart that stopped skips both
+# (``lax.cond``), so restarts cost the sum of their own iterations. Accelerators need the batch to
+# fill the device: there the restarts stay vmapped, and every restart is computed (its results
+# discarded) until the last one stops.
 SEQUENTIAL_RESTART_PLATFORMS = ("cpu",)
 
 

@@ -160,6 +160,36 @@ def _is_constraint(node: Any) -> bool:
     return isinstance(node, Constraint) or node is None
 
 
+_NAMES = "jem.constraints.positive, simplex, unit_interval, cholesky"
+
+
+def check_covers(constraints: Any, params: Any, where: str = "constraints") -> None:
+    """Refuse ``constraints`` that are not a prefix of the parameter pytree ``params``, naming
+    the first parameter without an entry (or the entry without a parameter) and the fix."""
+    if _is_constraint(constraints):
+        return
+    if isinstance(constraints, dict) and isinstance(params, dict):
+        missing = [k for k in params if k not in constraints]
+        if missing:
+            raise ValueError(f"{where} has no entry for parameter {missing[0]!r}; give every "
+                             f"parameter one ({_NAMES}, or jem.constraints.real / None for an "
+                             "unconstrained one)")
+        extra = [k for k in constraints if k not in params]
+        if extra:
+            raise ValueError(f"{where} names {extra[0]!r}, which is not a parameter (the "
+                             f"parameters are {sorted(params, key=str)})")
+        for k in params:
+            check_covers(constraints[k], params[k], f"{where}[{k!r}]")
+        return
+    _, c_tree = jax.tree.flatten(constraints, is_leaf=_is_constraint)
+    try:
+        c_tree.flatten_up_to(params)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{where} must have the structure of the parameters (or a prefix of "
+                         f"it), with {_NAMES} or jem.constraints.real / None at the leaves: "
+                         f"{str(err).splitlines()[0]}") from None
+
+
 def constrain(constraints: Any, unconstrained: Any) -> Any:
     """Map an unconstrained pytree to parameters.
 
@@ -173,6 +203,7 @@ def constrain(constraints: Any, unconstrained: Any) -> Any:
     """
     if constraints is None:
         return unconstrained
+    check_covers(constraints, unconstrained)
     return jax.tree.map(lambda c, u: jax.tree.map((c or real).constrain, u),
                         constraints, unconstrained, is_leaf=_is_constraint)
 
@@ -181,5 +212,6 @@ def unconstrain(constraints: Any, params: Any) -> Any:
     """Inverse of :func:`constrain`: map parameters to the unconstrained space."""
     if constraints is None:
         return params
+    check_covers(constraints, params)
     return jax.tree.map(lambda c, p: jax.tree.map((c or real).unconstrain, p),
                         constraints, params, is_leaf=_is_constraint)

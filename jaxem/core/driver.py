@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import accelerate as acceleration
 from . import checkpoint as checkpoints
 from . import loop, precision
 from .ascent import DEFAULT_M_STEP_ITERS, DEFAULT_OPTIMIZER
@@ -45,6 +46,7 @@ class FitSetup(NamedTuple):
         checkpoint: where to save the loop state (:class:`jaxem.core.checkpoint.Checkpoint`),
             or ``None``; resume: continue from it.
         model: the model being fitted (kept on the result, for its standard errors).
+        accelerate: whether the loop runs SQUAREM (see :mod:`jaxem.core.accelerate`).
     """
 
     keys: Any
@@ -60,6 +62,7 @@ class FitSetup(NamedTuple):
     checkpoint: Checkpoint | None = None
     resume: bool = False
     model: Any = None
+    accelerate: bool = False
 
     @property
     def n_restarts(self) -> int:
@@ -72,7 +75,7 @@ class FitSetup(NamedTuple):
         name = factory_cache_key(model) or getattr(model, "cache_key", None) or model.name
         settings = (self.max_iter, self.tol, stable_repr(self.rule) or repr(self.rule.hard),
                     self.use_gradient, self.m_step_iters, type(self.optimizer).__name__,
-                    self.block_size, self.keys,
+                    self.block_size, self.keys, self.accelerate,
                     None if self.init_params is None else jax.tree.leaves(self.init_params), layout)
         prints = {"model": checkpoints.fingerprint(name),
                   "settings": checkpoints.fingerprint(*settings)}
@@ -90,18 +93,35 @@ class FitSetup(NamedTuple):
         return (checkpoints.Saver(self.checkpoint, prints),
                 checkpoints.restorer(self.checkpoint, self.resume, prints))
 
-    def loop_settings(self, dtype) -> loop.Settings:
-        """The loop's settings, the tolerance as a ``dtype`` scalar (traced, not static)."""
+    def loop_settings(self, dtype, constraints=None) -> loop.Settings:
+        """The loop's settings, the tolerance as a ``dtype`` scalar (traced, not static);
+        an accelerated loop extrapolates in the unconstrained space of ``constraints``."""
         return loop.Settings(jnp.asarray(tolerance_value(self.tol), dtype), self.max_iter,
-                             self.rule.may_stop)
+                             self.rule.may_stop, acceleration.squarem(self.accelerate, constraints))
 
 
-def restart_keys(key, n_restarts: int | None):
-    """``[R]`` keys: ``key`` split into ``n_restarts`` (default 1), or ``[R]`` keys as given."""
+def restart_keys(key, n_restarts: int | None, caller: str = "fit"):
+    """``[R]`` keys: ``key`` split into ``n_restarts`` (default 1), or ``[R]`` keys as given.
+
+    ``key`` is a ``jax.random.key`` (or a raw ``PRNGKey``), ``[R]`` of them, or an int seed
+    (``key=0`` means ``jax.random.key(0)``, as ``random_state=0`` does for the estimators);
+    ``caller`` names the function in the messages.
+    """
     if key is None:
-        raise ValueError("fit needs a PRNG key, e.g. key=jax.random.key(0)")
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-    is_typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        raise ValueError(f"{caller} needs a PRNG key: pass key=jax.random.key(0) (or an int seed, "
+                         "key=0)")
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return jax.random.split(jax.random.key(int(key)), 1 if n_restarts is None else n_restarts)
+    given = key
+    try:
+        key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+        is_typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        valid = is_typed or (key.dtype == jnp.uint32 and key.ndim in (1, 2) and key.shape[-1] == 2)
+    except TypeError:
+        valid = False
+    if not valid:
+        raise ValueError(f"{caller}: key must be jax.random.key(seed), a PRNGKey, [R] of them, or "
+                         f"an int seed; got {_describe(given)} (pass key=jax.random.key(0))")
     single = key.ndim == 0 if is_typed else key.shape == (2,)
     if single:
         return jax.random.split(key, 1 if n_restarts is None else n_restarts)
@@ -110,12 +130,19 @@ def restart_keys(key, n_restarts: int | None):
     return key
 
 
+def _describe(value) -> str:
+    shape = getattr(value, "shape", None)
+    kind = type(value).__name__
+    return f"{kind} of shape {shape} and dtype {value.dtype}" if shape is not None else (
+        f"{kind} {value!r:.40}")
+
+
 def setup_fit(target, *, key=None, n_restarts: int | None = None, max_iter: int = 100,
               tol: float | None = 1e-6, e_step="soft", m_step: str = "auto", optimizer=None,
               m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
               progress: Callable | None = None, init_params: Any = None, dtype=None,
-              default_optimizer=DEFAULT_OPTIMIZER, checkpoint=None, resume: bool = False
-              ) -> FitSetup:
+              default_optimizer=DEFAULT_OPTIMIZER, checkpoint=None, resume: bool = False,
+              accelerate=None, caller: str = "fit") -> FitSetup:
     """Check a fit's common arguments, before any compute.
 
     Args:
@@ -127,6 +154,8 @@ def setup_fit(target, *, key=None, n_restarts: int | None = None, max_iter: int 
             theirs).
         default_optimizer: the optimiser when ``optimizer`` is ``None`` and the M-step is by
             gradient (one object, so repeated fits hit the compilation cache).
+        accelerate: as in :func:`jaxem.fit` (see :func:`jaxem.core.accelerate.resolve`).
+        caller: the user's function (``"fit_online"``, ...), named in the messages.
 
     Returns:
         A :class:`FitSetup`.
@@ -139,6 +168,7 @@ def setup_fit(target, *, key=None, n_restarts: int | None = None, max_iter: int 
     if block_size is not None:
         block_size = check_positive_int(block_size, "block_size")
     rule = resolve_e_step(e_step)
+    accelerated = acceleration.resolve(accelerate, rule, target)
     if m_step not in M_STEPS:
         raise ValueError(f"m_step must be 'auto', 'closed_form' or 'gradient', got {m_step!r}")
     if m_step == "closed_form" and not target.has_closed_form:
@@ -149,7 +179,7 @@ def setup_fit(target, *, key=None, n_restarts: int | None = None, max_iter: int 
         raise ValueError(f"progress must be callable or None, got {type(progress).__name__}")
     if key is None and init_params is not None:
         key = jax.random.key(0)  # the model's initialiser is not called; any key will do
-    keys = restart_keys(key, n_restarts)
+    keys = restart_keys(key, n_restarts, caller)
     if init_params is not None:
         if dtype is not None:
             init_params = precision.cast_floats(init_params, dtype)
@@ -158,7 +188,7 @@ def setup_fit(target, *, key=None, n_restarts: int | None = None, max_iter: int 
             init_params)
     return FitSetup(keys, rule, use_gradient, (optimizer or default_optimizer) if use_gradient
                     else None, m_step_iters, max_iter, tol, block_size, init_params, progress,
-                    checkpoint, resume, target)
+                    checkpoint, resume, target, accelerated)
 
 
 def finish(out: loop.LoopOutput, setup: FitSetup, *, compile_time: float = 0.0,
@@ -206,12 +236,16 @@ def diagnose_rows(model, key, X, init_params: Any, err: Exception, hint: str = "
     initialise on or score it (``hint``, if any, is appended); return otherwise."""
     def score(k, x, p):
         p = model.init(k, x) if p is None else jax.tree.map(lambda a: a[0], p)
-        return model.log_joint_matrix(p, x[:1])
+        return model.log_joint_matrix(p, x[:1]), model.log_joint(p, x[0])
 
     try:
-        jax.eval_shape(score, key, X, init_params)
+        _, one = jax.eval_shape(score, key, X, init_params)
     except (TypeError, ValueError, IndexError):
         raise ValueError(f"{shape_error(X, err)}{hint}") from None
+    if len(one.shape) != 1:
+        raise ValueError(f"log_joint(params, x) must return [K] values, log p(x, z=k) for each "
+                         f"component k of ONE observation x; it returned shape {one.shape} (a "
+                         "sum over components or over rows?)")
 
 
 def n_components(model, key, X) -> int:

@@ -33,15 +33,34 @@ class LoopOutput(NamedTuple):
     converged: Array         # [R] bool
     history: Array           # [R, max_iter], NaN after a restart stopped
     stalled: Array | None = None  # [R] bool, stopped on round-off (see advance)
+    fallbacks: Array | None = None  # [R] rejected extrapolations (accelerated loops only)
+
+
+class Ascent(NamedTuple):
+    """What a gradient M-step returns for one restart: the new ``params`` and the ``gap``, the
+    increase of the objective a second-order model predicted from the old ones (see
+    :mod:`jaxem.core.ascent`). A closed-form M-step returns the parameters alone."""
+
+    params: Any
+    gap: Array
+
+
+def split_m_step(out) -> tuple[Any, Array | None]:
+    """``(params, gap or None)`` of an M-step's output."""
+    return (out.params, out.gap) if isinstance(out, Ascent) else (out, None)
 
 
 class Settings(NamedTuple):
     """The loop's fixed settings: ``tol`` (traced scalar; negative: no objective test),
-    ``max_iter`` and ``may_stop(iteration) -> bool`` (whether convergence may be declared yet)."""
+    ``max_iter``, ``may_stop(iteration) -> bool`` (whether convergence may be declared yet) and
+    ``accelerate``: ``None`` (plain EM) or a :class:`jaxem.core.accelerate.Squarem`, whose
+    ``fields(params)`` and ``trip(state, stepped, e_pass, settings)`` take the place of
+    :func:`proposed` and :func:`advance` (it calls :func:`advance` itself)."""
 
     tol: Array
     max_iter: int
     may_stop: Callable
+    accelerate: Any = None
 
 
 def select(mask: Array, new, old):
@@ -53,15 +72,27 @@ def select(mask: Array, new, old):
     return jax.tree.map(pick, new, old)
 
 
-def map_restarts(fn: Callable, *trees, in_sequence: bool = False):
+def map_restarts(fn: Callable, *trees, in_sequence: bool = False, active: Array | None = None):
     """``jax.vmap(fn)(*trees)`` over the leading restart axis, or with ``in_sequence`` one restart
     after another (``lax.map``; see :data:`jaxem.core.blocks.SEQUENTIAL_RESTART_PLATFORMS`). With
     a single restart ``fn`` runs unbatched instead: XLA does not always fold a size-1 batch back
-    out of the products."""
+    out of the products.
+
+    ``active [R]`` (bool), with ``in_sequence``: restarts where it is False are skipped (their
+    outputs are zeros, for the caller to discard), so restarts that stopped cost nothing. Vmapped
+    restarts compute every restart whatever ``active`` says: a batch has one cost.
+    """
     leaves = jax.tree.leaves(trees)
     if leaves and all(leaf.shape[:1] == (1,) for leaf in leaves):
         out = fn(*jax.tree.map(lambda a: a[0], trees))
         return jax.tree.map(lambda a: a[None], out)
+    if in_sequence and active is not None:
+        shapes = jax.eval_shape(fn, *jax.tree.map(lambda a: a[0], trees))
+
+        def skipped(*_):
+            return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+        return jax.lax.map(lambda x: jax.lax.cond(x[0], fn, skipped, *x[1]), (active, trees))
     if in_sequence:
         return jax.lax.map(lambda args: fn(*args), trees)
     return jax.vmap(fn)(*trees)
@@ -77,6 +108,26 @@ def _unchanged(new, old) -> Array:
 def _fingerprint(aux) -> Array | None:
     """The assignment fingerprint of a hard-EM pass's output (``None`` for other passes)."""
     return aux.fingerprint if isinstance(aux, HardStats) else None
+
+
+def _remaining_gain(s: dict, objective: Array, iteration: Array) -> Array:
+    """``[R]`` the objective's gain still to come if it keeps converging at the slower of the
+    rates its last three changes show (``inf`` when they do not shrink; 0 when the last one was
+    no gain). Two ratios, not one: a sequence that shrinks irregularly (a gradient step
+    crawling along a kink of Q) shows a small ratio by chance."""
+    def value(lag):   # the objective ``lag`` iterations before the last, or the initial one
+        return jnp.where(iteration >= lag + 1, s["history"][:, jnp.maximum(iteration - lag - 1, 0)],
+                         s["initial"])
+
+    change = objective - s["objective"]
+    previous, earlier = s["objective"] - value(2), value(2) - value(3)
+
+    def ratio(new, old):
+        return jnp.where(old > 0, new / jnp.where(old > 0, old, 1.0), jnp.inf)
+
+    rate = jnp.maximum(ratio(change, previous), jnp.where(iteration >= 3, ratio(previous, earlier), 0.0))
+    ahead = change * rate / jnp.where(rate < 1, 1 - rate, 1.0)
+    return jnp.where(change <= 0, 0.0, jnp.where(rate < 1, ahead, jnp.inf))
 
 
 def initial_state(params, aux_shapes, max_iter: int) -> dict:
@@ -105,19 +156,33 @@ def proposed(s: dict, stepped) -> Any:
     return select(s["running"] & (s["trips"] > 0), stepped, s["params"])
 
 
-def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Settings) -> dict:
-    """One iteration's bookkeeping, given the M-step's output ``stepped``, the parameters the pass
-    ran at (:func:`proposed`) and the pass's ``(objective [R], aux)``. Pure: the compiled and the
-    host loop both call it."""
+def small_change(objective: Array, previous: Array, tol: Array) -> Array:
+    """``[R]`` whether the objective moved by at most ``tol`` relative to ``previous``; a change
+    within float round-off (4 eps) always counts, so ``tol=0`` means "until nothing changes"."""
+    rel_tol = jnp.maximum(tol, 4 * jnp.finfo(objective.dtype).eps)
+    return jnp.abs(objective - previous) <= rel_tol * jnp.abs(previous)
+
+
+def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Settings,
+            gap: Array | None = None, can_converge: Array | None = None) -> dict:
+    """One iteration's bookkeeping, given the M-step's parameters ``stepped``, the parameters the
+    pass ran at (:func:`proposed`), the pass's ``(objective [R], aux)`` and, for a gradient
+    M-step, its ``gap [R]`` (:class:`Ascent`). Pure: the compiled and the host loop both call it.
+
+    ``can_converge`` (``[R]`` bool, accelerated loops; default all) marks the restarts whose trip
+    may declare convergence (or a stall): an extrapolation's change of the objective says nothing
+    about how far EM is from its fixed point, so only EM steps are tested, as in plain EM. A
+    restart whose extrapolation was rejected is passed with its old parameters, objective and
+    aux: its history repeats the old objective and the trip counts in ``n_iter`` (a pass was
+    spent)."""
     first, iteration = s["trips"] == 0, s["trips"]
     running = s["running"] & ~first
-    obj_dtype = objective.dtype
     # A change within float round-off of the objective is no progress: tol=0 then means "until
     # nothing changes", which otherwise could spin on last-bit noise until max_iter. A negative
     # tol (``tol=None`` to the user) switches the objective test off.
-    floor = 4 * jnp.finfo(obj_dtype).eps
+    floor = 4 * jnp.finfo(objective.dtype).eps
     change, scale = objective - s["objective"], jnp.abs(s["objective"])
-    change_small = jnp.abs(change) <= jnp.maximum(settings.tol, floor) * scale
+    change_small = small_change(objective, s["objective"], settings.tol)
     # Round-off, not convergence: a change within the floor but above a tol > 0 (this float
     # type cannot resolve tol), or a decrease larger than tol and the floor (EM never decreases
     # the objective in exact arithmetic; ill-conditioned float32 M-steps make it wander). Such a
@@ -126,6 +191,8 @@ def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Setti
     stall = (running & (settings.tol >= 0) & settings.may_stop(iteration)
              & ((change_small & (jnp.abs(change) > settings.tol * scale) & (settings.tol > 0))
                 | decreased))
+    if can_converge is not None:
+        stall &= can_converge
     # Parameters an M-step left bit-identical are a fixed point: every later iteration would
     # repeat this one, whatever the tolerance.
     fixed_point = _unchanged(stepped, s["params"])
@@ -136,12 +203,26 @@ def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Setti
         fixed_point |= (iteration >= 2) & _unchanged(consumed, s["consumed"])
     converged = (running & (((settings.tol >= 0) & change_small) | fixed_point)
                  & settings.may_stop(iteration)) & ~stall
+    stuck = jnp.zeros_like(converged)
+    if gap is not None:
+        # A gradient M-step that fell short of an EM-gradient step by more than the tolerance
+        # has stalled, not converged (one that moved nothing at all stops, unconverged). And
+        # as EM converges linearly, a small change is not a small distance when the rate is
+        # slow: the gain still to come is about change * rate / (1 - rate) (Aitken), which must
+        # be within the tolerance as well.
+        bound = jnp.maximum(settings.tol, floor) * scale
+        far = (gap > bound) | (_remaining_gain(s, objective, iteration) > bound)
+        stuck = running & fixed_point & (gap > bound)
+        converged &= ~far | (fixed_point & ~stuck)
+    if can_converge is not None:
+        converged &= can_converge
     kept = running & ~(stall & decreased)
     row = jnp.maximum(iteration - 1, 0)
     history = s["history"].at[:, row].set(jnp.where(kept, objective, s["history"][:, row]))
     finite = jnp.isfinite(objective)
     still = jnp.where(first, finite,
-                      running & ~converged & ~stall & finite & (iteration < settings.max_iter))
+                      running & ~converged & ~stall & ~stuck & finite
+                      & (iteration < settings.max_iter))
     return dict(params=select(running & ~kept, s["params"], new_params),
                 objective=jnp.where(first | kept, objective, s["objective"]),
                 initial=jnp.where(first, objective, s["initial"]),
@@ -164,7 +245,18 @@ class Interrupted(KeyboardInterrupt):
 def output(s: dict) -> LoopOutput:
     """The finished state as a :class:`LoopOutput`."""
     return LoopOutput(s["params"], s["objective"], s["initial"], s["n_iter"], s["converged"],
-                      s["history"], s["stalled"])
+                      s["history"], s["stalled"], s.get("sq_fallbacks"))
+
+
+def take_trip(s: dict, stepped, e_pass: Callable, settings: Settings, gap: Array | None = None
+              ) -> dict:
+    """The parameters of the next pass, the pass ``e_pass(params) -> (objective [R], aux)`` and
+    the bookkeeping: plain EM (:func:`proposed`, :func:`advance`) or ``settings.accelerate``'s.
+    ``gap``: a gradient M-step's (see :class:`Ascent`)."""
+    if settings.accelerate is not None:
+        return settings.accelerate.trip(s, stepped, e_pass, settings, gap)
+    new_params = proposed(s, stepped)
+    return advance(s, stepped, new_params, *e_pass(new_params), settings, gap)
 
 
 # Progress reports leave the compiled program through one module-level function, so passing a
@@ -188,8 +280,13 @@ def set_progress_sink(progress: Callable | None) -> None:
 def start_state(e_pass: Callable, params, settings: Settings) -> dict:
     """The loop state before its first trip, for :func:`run_compiled_loop` (traced: only the
     shapes of ``e_pass``'s output are needed, so nothing of the pass is compiled)."""
-    return initial_state(params, jax.eval_shape(e_pass, params, jnp.zeros((), jnp.int32)),
-                         settings.max_iter)
+    n_restarts = jax.tree.leaves(params)[0].shape[0]
+    state = initial_state(params, jax.eval_shape(e_pass, params, jnp.zeros((), jnp.int32),
+                                                 jnp.ones((n_restarts,), bool)),
+                          settings.max_iter)
+    if settings.accelerate is not None:
+        state.update(settings.accelerate.fields(params))
+    return state
 
 
 def run_compiled_loop(e_pass: Callable, m_step: Callable, params, settings: Settings, *,
@@ -198,13 +295,16 @@ def run_compiled_loop(e_pass: Callable, m_step: Callable, params, settings: Sett
     """The EM loop as a ``lax.while_loop`` (call it inside ``jit``).
 
     Args:
-        e_pass: ``e_pass(params, iteration) -> (objective [R], aux)`` for the whole batch: the
-            E-step at ``params`` after ``iteration`` M-steps, plus what the next M-step needs.
-        m_step: ``m_step(params, aux) -> params`` for ONE restart (mapped over the batch).
+        e_pass: ``e_pass(params, iteration, active [R]) -> (objective [R], aux)`` for the whole
+            batch: the E-step at ``params`` after ``iteration`` M-steps, plus what the next M-step
+            needs; restarts that are not ``active`` have stopped, so their outputs are discarded.
+        m_step: ``m_step(params, aux) -> params`` (or an :class:`Ascent`) for ONE restart.
         params: starting parameters with a leading ``[R]`` axis (unused with ``state``).
         settings: tolerance, iterations, ``may_stop``.
         report: send each iteration to the progress sink (:func:`set_progress_sink`).
-        in_sequence: map the M-steps over restarts one after another.
+        in_sequence: map the M-steps over restarts one after another, skipping those that
+            stopped (a converged restart then costs nothing; vmapped, every restart is computed
+            until the last one stops).
         state: continue from this loop state (:func:`start_state`, or what an earlier call
             returned) instead of starting from ``params``.
         stop_at: also stop once this many trips are done (a traced int32 scalar, so one compiled
@@ -218,9 +318,10 @@ def run_compiled_loop(e_pass: Callable, m_step: Callable, params, settings: Sett
         state = start_state(e_pass, params, settings)
 
     def body(s):
-        stepped = map_restarts(m_step, s["params"], s["aux"], in_sequence=in_sequence)
-        new_params = proposed(s, stepped)
-        out = advance(s, stepped, new_params, *e_pass(new_params, s["trips"]), settings)
+        stepped, gap = split_m_step(map_restarts(m_step, s["params"], s["aux"],
+                                                 in_sequence=in_sequence,
+                                                 active=s["running"] & (s["trips"] > 0)))
+        out = take_trip(s, stepped, lambda p: e_pass(p, s["trips"], s["running"]), settings, gap)
         if report:
             jax.debug.callback(_report, s["trips"], out["objective"], out["converged"],
                                out["running"])
@@ -248,14 +349,19 @@ def run_host_loop(e_pass: Callable, m_step: Callable, params, settings: Settings
     objective, aux = e_pass(params, 0)
     state = initial_state(params, jax.eval_shape(lambda: (objective, aux)), settings.max_iter)
     state = advance(state, params, params, jnp.asarray(objective), aux, settings)
+    if settings.accelerate is not None:
+        state.update(settings.accelerate.fields(params))
     if restore is not None:
         state = restore(state)
     try:
         while bool(keep_going(state, settings.max_iter)):
-            stepped = m_step(state["params"], state["aux"])
-            new_params = proposed(state, stepped)
-            objective, aux = e_pass(new_params, int(state["trips"]))
-            state = advance(state, stepped, new_params, jnp.asarray(objective), aux, settings)
+            # An M-step costs passes when it is by gradient; SQUAREM's replayed steps need none.
+            needed = settings.accelerate is None or settings.accelerate.needs_m_step(state)
+            stepped, gap = (split_m_step(m_step(state["params"], state["aux"])) if needed
+                            else (state["params"], None))
+            trips = int(state["trips"])
+            state = take_trip(state, stepped,
+                              lambda p, trips=trips: _host_pass(e_pass, p, trips), settings, gap)
             if on_iteration is not None:
                 on_iteration(int(state["trips"]) - 1, np.asarray(state["objective"]),
                              np.asarray(state["converged"]), np.asarray(state["running"]))
@@ -269,3 +375,8 @@ def run_host_loop(e_pass: Callable, m_step: Callable, params, settings: Settings
     if saver is not None:
         saver.save(state)
     return output(jax.tree.map(np.asarray, state))
+
+
+def _host_pass(e_pass: Callable, params, iteration: int):
+    objective, aux = e_pass(params, iteration)
+    return jnp.asarray(objective), aux

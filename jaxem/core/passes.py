@@ -54,7 +54,8 @@ class Pass(NamedTuple):
             the M-step needs. ``data`` is the runner's unit of blocked data: :class:`Rows` for
             mixtures, ``(X [B, T, ...], mask [B, T])`` for HMMs. ``temperature`` is ``None``
             (T = 1) or the annealing temperature.
-        m_step: ``m_step(params, aux) -> params`` (``aux`` summed over the data's parts).
+        m_step: ``m_step(params, aux) -> params`` (``aux`` summed over the data's parts), or a
+            :class:`jaxem.core.loop.Ascent` for a gradient M-step.
         log_prior: ``log_prior(params) -> scalar`` added once per sweep by the runner, or ``None``.
         additive: whether ``aux``, like the objective, is a sum over the data's parts, so chunks
             and devices may each sweep their own and add the results (closed-form statistics).
@@ -82,6 +83,8 @@ class ChunkParts(NamedTuple):
         q_sweep: for a gradient M-step, ``q_sweep((u, θ_old), data, temperature) -> (objective,
             (Q, ∇_u Q))`` over one chunk (see :func:`q_gradient_pass`); else ``None``.
         total_weight: the data's total weight (the gradient M-step's loss is per unit weight).
+        constraints: the parameters' constraint pytree, in whose unconstrained space accelerated
+            EM extrapolates (see :mod:`jaxem.core.accelerate`).
     """
 
     em_pass: Pass
@@ -89,6 +92,7 @@ class ChunkParts(NamedTuple):
     initialise: Callable
     q_sweep: Callable | None = None
     total_weight: float | None = None
+    constraints: Any = None
 
 
 # Chunk readers by model class: :func:`row_chunk_parts` for mixtures; the HMM registers its own
@@ -340,7 +344,7 @@ def row_chunk_parts(model: Model, source, *, lengths, chunk_size, block_size, me
     q_sweep = _q_sweep(model, rule.hard) if use_gradient else None
     total = (None if source.n_rows is None else float(sharding.over_processes(
         source.n_rows if weights is None else np.sum(weights), mesh).sum()))
-    return ChunkParts(em_pass, read, initialise, q_sweep, total)
+    return ChunkParts(em_pass, read, initialise, q_sweep, total, model.constraints)
 
 
 register_chunk_parts(Model, row_chunk_parts)

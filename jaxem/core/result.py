@@ -53,6 +53,8 @@ class FitResult:
         n_datasets: ``None`` for one data set; ``B`` for :func:`jaxem.fit_many`'s batched result,
             whose every field has a leading ``[B]`` axis (``params`` ``[B, ...]``,
             ``log_likelihood``, ``best_restart`` ``[B]``, ``history`` ``[B, R, max_iter]``, ...).
+        n_fallbacks: ``[n_restarts]`` extrapolations of accelerated EM that were rejected (their
+            log-likelihood was lower) and replaced by a plain EM step; ``None`` for plain EM.
 
     With ``e_step="hard"`` the log-likelihoods and history are the classification log-likelihood
     ``Σ_n w_n max_k log p(x_n, z_n=k)``; with a model ``log_prior`` they include the prior.
@@ -75,6 +77,12 @@ class FitResult:
     stalled: np.ndarray | None = None
     model: Any = None
     n_datasets: int | None = None
+    n_fallbacks: np.ndarray | None = None
+
+    def __getstate__(self) -> dict:
+        # The model holds functions (often closures) that cannot be pickled; an unpickled result
+        # keeps everything else (its standard errors then need jaxem.standard_errors(model, ...)).
+        return {**self.__dict__, "model": None}
 
     def standard_errors(self, X, sample_weight=None, *, transform=None, **data_options) -> Any:
         """Standard errors of the best restart's ``params`` (same pytree) from the observed
@@ -139,6 +147,19 @@ def _non_finite_params(params) -> np.ndarray:
     return bad
 
 
+def _gradient_stalled(out: LoopOutput, tol: float) -> np.ndarray:
+    """``[R]`` restarts not converged whose last change was within ``tol`` (relative): only a
+    gradient M-step's tests hold those back (see :func:`jaxem.core.loop.advance`)."""
+    history, n_iter = np.asarray(out.history), np.asarray(out.n_iter)
+    rows = np.arange(history.shape[0])
+    last = history[rows, np.maximum(n_iter - 1, 0)]
+    before = np.where(n_iter >= 2, history[rows, np.maximum(n_iter - 2, 0)],
+                      np.asarray(out.initial_objective))
+    with np.errstate(invalid="ignore"):
+        small = np.abs(last - before) <= max(tol, 4 * np.finfo(history.dtype).eps) * np.abs(before)
+    return ~np.asarray(out.converged) & (n_iter >= 1) & small
+
+
 def result_from_loop(out: LoopOutput, keys, *, max_iter: int, tol: float | None,
                      compile_time: float = 0.0, fit_time: float = 0.0, hint: str = "",
                      stacklevel: int = 3, interrupted: bool = False,
@@ -179,10 +200,17 @@ def result_from_loop(out: LoopOutput, keys, *, max_iter: int, tol: float | None,
             f"log-likelihood's change fell below what {width} resolves, or it decreased (round-off "
             f"in ill-conditioned parameters); {remedy}", ConvergenceWarning, stacklevel=stacklevel)
     elif tol is not None and not interrupted and not converged[~failed].any():
-        warnings.warn(
-            f"no restart converged within max_iter={max_iter} iterations (relative change of the "
-            f"log-likelihood still above tol={tol:g}); increase max_iter or tol",
-            ConvergenceWarning, stacklevel=stacklevel)
+        if _gradient_stalled(out, tol)[~failed].any():
+            what = ("the gradient M-step stalled (the log-likelihood changed by less than "
+                    f"tol={tol:g}, but an EM-gradient step would still gain more, or the changes "
+                    "shrink too slowly to be near the maximum); give the optimizer larger steps "
+                    "(a larger learning rate, more m_step_iters) or leave optimizer=None for the "
+                    "EM-gradient step")
+        else:
+            what = (f"relative change of the log-likelihood still above tol={tol:g}; increase "
+                    "max_iter or tol")
+        warnings.warn(f"no restart converged within max_iter={max_iter} iterations ({what})",
+                      ConvergenceWarning, stacklevel=stacklevel)
     return FitResult(
         params=jax.tree.map(lambda p: p[best], out.params),
         log_likelihood=float(ll[best]),
@@ -200,4 +228,5 @@ def result_from_loop(out: LoopOutput, keys, *, max_iter: int, tol: float | None,
         interrupted=interrupted,
         stalled=stalled,
         model=model,
+        n_fallbacks=None if out.fallbacks is None else np.asarray(out.fallbacks),
     )

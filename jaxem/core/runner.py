@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from . import blocks, driver, loop, precision, programs, sharding
+from .accelerate import squarem
 from .ascent import DEFAULT_M_STEP_ITERS
 from .estep import Annealing, EStepRule
 from .model import Model
@@ -60,15 +61,15 @@ def run_in_memory(em_pass: Pass, params, data, settings: loop.Settings, rule: ES
             objective = objective + em_pass.log_prior(p)
         return objective, aux
 
-    def e_pass(p, iteration):
+    def e_pass(p, iteration, active):
         temperature = rule.temperature(iteration, dtype)
         return loop.map_restarts(lambda q: objective_and_aux(q, temperature), p,
-                                 in_sequence=in_sequence)
+                                 in_sequence=in_sequence, active=active)
 
     if stop_at is not None and state is None:
         return loop.start_state(e_pass, params, settings)
     return loop.run_compiled_loop(e_pass, em_pass.m_step, params, settings, report=report,
-                                  state=state, stop_at=stop_at)
+                                  in_sequence=in_sequence, state=state, stop_at=stop_at)
 
 
 def _initial_params(model: Model, keys, X, blocked, labels, use_gradient: bool):
@@ -103,7 +104,7 @@ _initialise_program = precision.jit(
 
 def _program(keys, init_params, X, weights, labels, tol, state, stop_at, *, n_blocks, rows_per_block,
              max_iter, use_gradient, optimizer, m_step_iters, rule, report, model, mesh=None,
-             in_sequence=False):
+             in_sequence=False, accelerate=False):
     # A segmented program (see programs.run_segmented): state None builds the starting state,
     # a state runs the loop on from it until stop_at trips.
     blocked = blocks.block_rows(X, weights, labels, n_blocks, rows_per_block)
@@ -111,13 +112,13 @@ def _program(keys, init_params, X, weights, labels, tol, state, stop_at, *, n_bl
         init_params = _initial_params(model, keys, X, blocked, labels, use_gradient)
     em_pass = mixture_pass(model, hard=rule.hard, use_gradient=use_gradient, optimizer=optimizer,
                            m_step_iters=m_step_iters, X_blocks=blocked.X)
-    return run_in_memory(em_pass, init_params, blocked, loop.Settings(tol, max_iter, rule.may_stop),
-                         rule, X.dtype, mesh=mesh, in_sequence=in_sequence, report=report,
-                         state=state, stop_at=stop_at)
+    settings = loop.Settings(tol, max_iter, rule.may_stop, squarem(accelerate, model.constraints))
+    return run_in_memory(em_pass, init_params, blocked, settings, rule, X.dtype, mesh=mesh,
+                         in_sequence=in_sequence, report=report, state=state, stop_at=stop_at)
 
 
 _STATIC = ("model", "n_blocks", "rows_per_block", "max_iter", "use_gradient", "optimizer", "m_step_iters",
-           "rule", "report", "mesh", "in_sequence")
+           "rule", "report", "mesh", "in_sequence", "accelerate")
 # The name the on-disk program cache knows this program by (its key also names the static
 # arguments and the source of jaxem).
 PROGRAM_NAME = "jaxem.core.runner._program"
@@ -130,7 +131,7 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         optimizer: optax.GradientTransformation | None = None,
         m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
         progress: Callable | None = None, devices=None, dtype=None, checkpoint=None,
-        resume: bool = False) -> FitResult:
+        resume: bool = False, accelerate=None) -> FitResult:
     """Fit ``model`` to ``X`` by EM from several random starts at once.
 
     Args:
@@ -163,13 +164,20 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
             :class:`jaxem.Annealing` schedule.
         m_step: ``"auto"`` (closed form when the model has one, else gradient), ``"closed_form"``
             or ``"gradient"``.
-        optimizer: optax transformation for the gradient M-step (default: L-BFGS).
-        m_step_iters: optimiser steps per gradient M-step.
+        optimizer: the gradient M-step: ``None`` (default) is :class:`jaxem.EMGradient`, one
+            Newton-type step on Q per EM iteration with a fixed-length backtracking (models of up
+            to 64 unconstrained parameters; larger ones use L-BFGS); or any optax
+            transformation, ``m_step_iters`` steps of it. A gradient fit is reported converged
+            only when an EM-gradient step would gain no more than ``tol`` either and the changes
+            shrink fast enough to be near the maximum (see :func:`jaxem.core.loop.advance`).
+        m_step_iters: optax steps per gradient M-step (not used by :class:`jaxem.EMGradient`).
         block_size: rows per block of the data pass (default: about 8192 for one restart; for R
             restarts on an accelerator about 4096 / R, at least 256, so the vmapped restarts'
             temporaries stay in cache). On a CPU several restarts pass over the data one after
             another inside the same program (XLA:CPU's batched products are slower per restart
-            than one restart's), each with the one-restart blocks.
+            than one restart's), each with the one-restart blocks, and a restart that stopped is
+            skipped (8 restarts cost about the sum of their own iterations); vmapped on an
+            accelerator, every restart is computed until the last one stops.
         progress: optional ``progress(iteration, log_likelihood [R], converged [R], running [R])``
             called once per EM iteration from inside the compiled loop (see
             :mod:`jaxem.progress` for a progress bar); it does not trigger a recompilation.
@@ -190,6 +198,14 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         resume: continue from ``checkpoint`` when the file exists (a killed fit then ends with
             the result it would have had); it must come from a fit with the same model, data and
             settings, else ValueError. Without the file the fit starts afresh.
+        accelerate: ``"auto"`` (default: SQUAREM with the soft E-step when the model declares
+            ``constraints``, else plain EM), ``"squarem"`` or ``True`` (SQUAREM; a ValueError
+            with a hard or annealed E-step), ``None`` or ``False`` (plain EM). SQUAREM
+            (:mod:`jaxem.core.accelerate`) extrapolates along two EM steps in the unconstrained
+            space of ``model.constraints`` and keeps a point only when its log-likelihood is no
+            lower, so the history still never decreases; ``n_iter`` then counts passes over the
+            data (one M-step each), as for plain EM, and ``FitResult.n_fallbacks`` the rejected
+            extrapolations.
 
     Returns:
         A :class:`FitResult`.
@@ -207,12 +223,12 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
                                 labels=labels, init_params=init_params, e_step=e_step,
                                 m_step=m_step, optimizer=optimizer, m_step_iters=m_step_iters,
                                 block_size=block_size, progress=progress, devices=devices,
-                                checkpoint=checkpoint, resume=resume)
+                                checkpoint=checkpoint, resume=resume, accelerate=accelerate)
     setup = driver.setup_fit(model, key=key, n_restarts=n_restarts, max_iter=max_iter, tol=tol,
                              e_step=e_step, m_step=m_step, optimizer=optimizer,
                              m_step_iters=m_step_iters, block_size=block_size, progress=progress,
                              init_params=init_params, dtype=width, checkpoint=checkpoint,
-                             resume=resume)
+                             resume=resume, accelerate=accelerate)
     data = driver.as_data(X, model)
     n_real = data.shape[0]
     host_weights = check_sample_weight(sample_weight, n_real)
@@ -259,7 +275,7 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
     static = dict(model=model, n_blocks=n_blocks, rows_per_block=rows_per_block, max_iter=setup.max_iter,
                   use_gradient=setup.use_gradient, optimizer=setup.optimizer,
                   m_step_iters=setup.m_step_iters, rule=setup.rule, in_sequence=plan.in_sequence,
-                  **({} if mesh is None else {"mesh": mesh}))
+                  accelerate=setup.accelerate, **({} if mesh is None else {"mesh": mesh}))
     tol_value = setup.loop_settings(X.dtype).tol
     if mesh is not None:
         tol_value = sharding.replicate(tol_value, mesh)

@@ -14,6 +14,11 @@ class NotFittedError(ValueError, AttributeError):
     """Raised when a method that needs fitted parameters is called before ``fit``."""
 
 
+class NotNumericError(ValueError, TypeError):
+    """Data whose entries cannot be read as numbers: a ``ValueError`` (jaxem's convention for bad
+    input) that is also the ``TypeError`` NumPy and scikit-learn raise for it."""
+
+
 class ConvergenceWarning(UserWarning):
     """Warned when no restart of a fit converged within ``max_iter`` iterations."""
 
@@ -37,14 +42,24 @@ def check_data(X, *, name: str = "X", ndim: int | None = None, allow_nan: bool =
         ``np.ndarray`` of a floating dtype (integers and booleans become float64; JAX later
         casts to its default float width).
     """
+    if hasattr(X, "toarray") and hasattr(X, "nnz"):
+        raise ValueError(f"{name} is a sparse matrix; sparse input is not supported, pass a dense "
+                         f"array ({name}.toarray())")
     try:
         arr = np.asarray(X)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{name} could not be converted to a numeric array: {err}") from None
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
     if np.iscomplexobj(arr):
-        raise ValueError(f"{name} must be real, got complex dtype {arr.dtype}")
+        raise ValueError(f"Complex data not supported: {name} must be real, got dtype {arr.dtype}")
+    if arr.dtype == object:
+        # An object array of numbers (e.g. from a DataFrame with mixed columns) is numeric data.
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as err:
+            raise NotNumericError(f"{name} must be numeric; its object-dtype entries could not be "
+                                  f"read as numbers: {err}") from None
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
     if not np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float64)
     if arr.ndim == 0:
@@ -53,6 +68,9 @@ def check_data(X, *, name: str = "X", ndim: int | None = None, allow_nan: bool =
         raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
     if arr.shape[0] < min_rows:
         raise ValueError(f"{name} has {arr.shape[0]} rows but at least {min_rows} are needed")
+    if arr.ndim >= 2 and arr.shape[1] == 0:
+        raise ValueError(f"{name} has 0 feature(s) (shape={arr.shape}) while a minimum of 1 is "
+                         "required.")
     if arr.size and not np.isfinite(arr).all():
         bad = np.isinf(arr) if allow_nan else ~np.isfinite(arr)
         if bad.any():
@@ -60,7 +78,8 @@ def check_data(X, *, name: str = "X", ndim: int | None = None, allow_nan: bool =
             value = arr[where]
             place = f"row {where[0]}" + (f", column {where[1]}" if len(where) > 1 else "")
             hint = " (this model takes no missing values)" if np.isnan(value) else ""
-            raise ValueError(f"{name} contains {value} at {place}; remove or impute it{hint}")
+            what = "NaN" if np.isnan(value) else value
+            raise ValueError(f"{name} contains {what} at {place}; remove or impute it{hint}")
     return arr
 
 
@@ -73,7 +92,7 @@ def check_sample_weight(sample_weight, n_rows: int) -> np.ndarray | None:
         raise ValueError(f"sample_weight must have shape ({n_rows},), got {w.shape}")
     if not np.isfinite(w).all():
         i = int(np.argwhere(~np.isfinite(w))[0, 0])
-        raise ValueError(f"sample_weight contains {w[i]} at row {i}")
+        raise ValueError(f"sample_weight contains {'NaN' if np.isnan(w[i]) else w[i]} at row {i}")
     if (w < 0).any():
         i = int(np.argwhere(w < 0)[0, 0])
         raise ValueError(f"sample_weight must be non-negative, got {w[i]} at row {i}")
@@ -100,7 +119,14 @@ def check_values(X: np.ndarray, bad: np.ndarray, requirement: str, who: str = "X
     place = f"row {where[0]}" + (f", column {where[1]}" if len(where) > 1 else "")
     count = int(np.count_nonzero(bad))
     more = f" ({count} such entries)" if count > 1 else ""
-    raise ValueError(f"{who} needs {requirement}; got {X[where]} at {place}{more}")
+    raise ValueError(f"{who} needs {requirement}; got {X[where]} at {place}{more}"
+                     f"{negative_note(X[where])}")
+
+
+def negative_note(value) -> str:
+    """What a refusal of ``value`` adds when it is negative: scikit-learn's wording (its checks
+    of estimators for non-negative data look for it)."""
+    return " (Negative values in data)" if value < 0 else ""
 
 
 def warn_if_regularisation_dominates(X: np.ndarray, reg: float, name: str = "reg_covar",

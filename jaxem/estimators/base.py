@@ -14,17 +14,17 @@ import numpy as np
 from ..core import inference as em
 from ..core.progress import progress_bar
 from ..core.validation import (
-    NotFittedError,
     check_data,
     check_positive_int,
     check_sample_weight,
     to_device,
 )
 from . import uncertainty
+from .compat import DensityMixin, NotFittedError
 from .params import EMEstimator, _as_key, recording_interrupted
 
 
-class MixtureEstimator(EMEstimator):
+class MixtureEstimator(DensityMixin, EMEstimator):
     """Base of the mixture estimators: validation, fit over :func:`jaxem.fit`, inference.
 
     Families declare their hyperparameters and constraints (see :mod:`jaxem.estimators.params`),
@@ -86,15 +86,16 @@ class MixtureEstimator(EMEstimator):
 
     def _check_n_features(self, n_features: int, fitted: int) -> None:
         if n_features != fitted:
-            raise ValueError(f"X has {n_features} features, but {type(self).__name__} was fitted "
-                             f"with {fitted} features")
+            raise ValueError(f"X has {n_features} features, but {type(self).__name__} is expecting "
+                             f"{fitted} features as input (the number it was fitted with)")
 
     def _validate(self, X, fitting: bool) -> np.ndarray:
         name = type(self).__name__
         X = check_data(X)
         if X.ndim == 1:
             raise ValueError(f"{name} expects 2-D data [n_samples, n_features], got 1-D shape "
-                             f"{X.shape}; use X.reshape(-1, 1) for a single feature")
+                             f"{X.shape}; Reshape your data: X.reshape(-1, 1) for a single feature, "
+                             "X.reshape(1, -1) for a single sample")
         if X.ndim != 2:
             raise ValueError(f"{name} expects 2-D data [n_samples, n_features], got shape "
                              f"{X.shape}")
@@ -104,14 +105,16 @@ class MixtureEstimator(EMEstimator):
         return X
 
     # -- fitting ---------------------------------------------------------------------------------
-    def fit(self, X, y=None, sample_weight=None):
+    def fit(self, X, y=None, sample_weight=None, labels=None):
         """Fit by EM with ``n_restarts`` vmapped starts; keep the best.
 
         Args:
             X: ``[N, D]`` data.
-            y: optional ``[N]`` partial labels for semi-supervised EM: a row's component when it is
-                known, ``-1`` when it is not (``None``: every component unknown).
+            y: ignored (scikit-learn's convention for unsupervised estimators, so that pipelines
+                and cross-validation may pass class labels through).
             sample_weight: optional ``[N]`` non-negative frequency weights.
+            labels: optional ``[N]`` partial labels for semi-supervised EM: a row's component
+                when it is known, ``-1`` when it is not (``None``: every component unknown).
 
         Returns:
             ``self``, with the fitted attributes set.
@@ -132,9 +135,9 @@ class MixtureEstimator(EMEstimator):
             result = em.fit(
                 self._model(), self._transform(X), key=_as_key(self.random_state),
                 n_restarts=self._restarts(init_params), max_iter=self.max_iter, tol=self.tol,
-                sample_weight=weights, labels=y, init_params=init_params, e_step=self.e_step,
+                sample_weight=weights, labels=labels, init_params=init_params, e_step=self.e_step,
                 m_step=self.m_step, optimizer=self.optimizer, progress=bar,
-                checkpoint=self.checkpoint, resume=self.resume)
+                checkpoint=self.checkpoint, resume=self.resume, accelerate=self.accelerate)
         return self._record_fit(result, total_weight)
 
     def _record_fit(self, result, total_weight: float):
@@ -145,14 +148,14 @@ class MixtureEstimator(EMEstimator):
         self._record_run(result, per=total_weight)
         return self
 
-    def fit_chunked(self, source, y=None, sample_weight=None, *, chunk_size=None,
+    def fit_chunked(self, source, y=None, sample_weight=None, *, labels=None, chunk_size=None,
                     init_size: int = 65536, devices=None):
         """Fit by exact EM reading ``source`` in chunks, for data larger than memory.
 
         Args:
             source: ``[N, D]`` rows: an array, ``np.memmap``, ``.npy`` path, or a callable
                 returning a fresh iterable of arrays (see :mod:`jaxem.data`).
-            y, sample_weight: as in :meth:`fit`.
+            y, sample_weight, labels: as in :meth:`fit` (``y`` ignored).
             chunk_size: rows per chunk (peak memory grows with it, not with ``N``).
             init_size: rows the initialiser sees (a random sample).
             devices: ``None`` (one device), ``"all"`` or a list of devices to split chunks over.
@@ -162,12 +165,13 @@ class MixtureEstimator(EMEstimator):
         """
         from .chunked import fit_mixture
 
-        return fit_mixture(self, source, chunk_size=chunk_size, y=y, sample_weight=sample_weight,
+        return fit_mixture(self, source, chunk_size=chunk_size, labels=labels,
+                           sample_weight=sample_weight,
                            init_size=init_size, devices=devices)
 
-    def fit_predict(self, X, y=None, sample_weight=None) -> np.ndarray:
-        """Fit, then return the most probable component of each row ``[N]``."""
-        return self.fit(X, y, sample_weight=sample_weight).predict(X)
+    def fit_predict(self, X, y=None, sample_weight=None, labels=None) -> np.ndarray:
+        """Fit, then return the most probable component of each row ``[N]`` (``y`` ignored)."""
+        return self.fit(X, sample_weight=sample_weight, labels=labels).predict(X)
 
     # -- inference -------------------------------------------------------------------------------
     def _posterior(self, X):

@@ -16,7 +16,7 @@ class BernoulliMixture(MixtureEstimator):
     Args:
         n_components: number of components ``K``.
         n_trials: trials per feature; data must be integers in ``[0, n_trials]``.
-        tol, max_iter, n_restarts, random_state, m_step, optimizer, e_step, verbose: as in
+        tol, max_iter, n_restarts, random_state, m_step, optimizer, e_step, accelerate, verbose: as in
             :class:`GaussianMixture`.
         init_params: ``"kmeans"`` or ``"random"``.
 
@@ -29,6 +29,8 @@ class BernoulliMixture(MixtureEstimator):
     _constraints = {"n_trials": check_positive_int,
                     "init_params": one_of(bernoulli_family.INIT_METHODS)}
     _param_keys = ("weights", "probs")
+    # Non-negative integer counts (scikit-learn's tags cannot say "at most n_trials").
+    _input_tags = {"categorical": True, "positive_only": True}
 
     def _check_values(self, X: np.ndarray) -> None:
         bernoulli_family.check_counts(X, self.n_trials, type(self).__name__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.validation import check_data, negative_note
 from ..models import distributions as dist
 from ..models.categorical import categorical_mixture
 from .checks import bad_integers
@@ -17,7 +18,7 @@ class CategoricalMixture(FeatureMixture):
         n_components: number of components ``K``.
         n_categories: categories per column (an int for all columns, or one per column); ``None``
             infers ``max + 1`` of each column from the training data.
-        tol, max_iter, n_restarts, random_state, m_step, optimizer, e_step, verbose: as in
+        tol, max_iter, n_restarts, random_state, m_step, optimizer, e_step, accelerate, verbose: as in
             :class:`GaussianMixture`.
         init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``.
         dirichlet_alpha: symmetric Dirichlet prior ``α >= 1`` on the weights (MAP when > 1).
@@ -30,6 +31,7 @@ class CategoricalMixture(FeatureMixture):
     """
 
     _family_keys = ("probs",)
+    _input_tags = {"categorical": True, "positive_only": True}  # non-negative integer codes
     _parameters = {"n_components": ..., "n_categories": None}
     _feature, _mixture = staticmethod(dist.categorical), staticmethod(categorical_mixture)
 
@@ -47,7 +49,8 @@ class CategoricalMixture(FeatureMixture):
         # While fitting, codes are checked against the user's counts (or only for being
         # non-negative integers when they are inferred); afterwards against the fitted counts.
         if fitting:
-            n_cols = np.shape(X)[1] if np.ndim(X) == 2 else 1
+            X = check_data(X)
+            n_cols = X.shape[1] if X.ndim == 2 else 1
             self._counts = self._user_counts(n_cols)
         else:
             self._counts = getattr(self, "n_categories_", None)
@@ -61,7 +64,7 @@ class CategoricalMixture(FeatureMixture):
             allowed = ("non-negative integer codes" if self._counts is None else
                        f"integer codes 0 .. {self._counts[col] - 1} in column {col}")
             raise ValueError(f"{type(self).__name__} needs {allowed}; got {X[row, col]} at row "
-                             f"{row}, column {col}")
+                             f"{row}, column {col}{negative_note(X[row, col])}")
 
     def _family_args(self) -> tuple:
         return (self.n_categories_,)

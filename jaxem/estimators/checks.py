@@ -39,6 +39,12 @@ def check_checkpoint(value, name: str) -> None:
             raise ValueError(f"{name}: {err}") from None
 
 
+def check_accelerate(value, name: str) -> None:
+    """``"auto"``, ``"squarem"``, ``True``, ``False`` or ``None`` (see :func:`jaxem.fit`)."""
+    if not (value is None or isinstance(value, bool) or value in ("auto", "squarem")):
+        raise ValueError(f"{name} must be 'auto', 'squarem', True, False or None, got {value!r}")
+
+
 def check_concentration(value, name: str) -> None:
     """A symmetric Dirichlet concentration ``>= 1`` (1 is flat; infinity is allowed)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 1:

@@ -33,7 +33,7 @@ def _check_chunkable(est) -> None:
         raise ValueError("chunked fits need the closed-form M-step; set m_step='auto'")
 
 
-def fit_mixture(estimator, source, *, chunk_size: int | None = None, y=None, sample_weight=None,
+def fit_mixture(estimator, source, *, chunk_size: int | None = None, labels=None, sample_weight=None,
                 init_size: int = DEFAULT_INIT_ROWS, devices=None):
     """Fit a mixture estimator by chunked exact EM; returns the estimator.
 
@@ -43,7 +43,7 @@ def fit_mixture(estimator, source, *, chunk_size: int | None = None, y=None, sam
         source: ``[N, D]`` rows: an array, memmap, ``.npy`` path or callable (see
             :mod:`jaxem.data`).
         chunk_size, init_size, devices: as in :func:`jaxem.fit_chunked`.
-        y: optional ``[N]`` partial labels (``-1`` unknown); sample_weight: optional ``[N]``.
+        labels: optional ``[N]`` partial labels (``-1`` unknown); sample_weight: optional ``[N]``.
 
     Returns:
         ``estimator``, fitted.
@@ -66,9 +66,9 @@ def fit_mixture(estimator, source, *, chunk_size: int | None = None, y=None, sam
         result = fit_chunked(
             est._model(), map_source(source, to_model_coordinates), chunk_size=chunk_size,
             key=_as_key(est.random_state), n_restarts=est._restarts(init_params),
-            max_iter=est.max_iter, tol=est.tol, sample_weight=sample_weight, labels=y,
+            max_iter=est.max_iter, tol=est.tol, sample_weight=sample_weight, labels=labels,
             init_params=init_params, init_size=init_size, e_step=est.e_step, devices=devices,
-            checkpoint=est.checkpoint, resume=est.resume)
+            checkpoint=est.checkpoint, resume=est.resume, accelerate=est.accelerate)
     return est._record_fit(result, total_weight)
 
 
@@ -104,5 +104,6 @@ def fit_hmm(estimator, source, lengths=None, *, chunk_size: int | None = None,
                              n_restarts=est._restarts(start), max_iter=est.n_iter, tol=est.tol,
                              init_params=start, method=est.method, e_step=est.e_step,
                              init_size=init_size, devices=devices,
-                             checkpoint=est.checkpoint, resume=est.resume)
+                             checkpoint=est.checkpoint, resume=est.resume,
+                             accelerate=est.accelerate)
     return est._record_fit(result)

@@ -34,9 +34,11 @@ class GaussianMixture(MixtureEstimator):
             default to equal weights and the data's variance).
         random_state: ``None``, an int seed, or a JAX key.
         m_step: ``"auto"``/``"closed_form"`` or ``"gradient"`` (optax ascent on Q).
-        optimizer: optax transformation for the gradient M-step (default L-BFGS).
+        optimizer: the gradient M-step (default :class:`jaxem.EMGradient`; or an optax transformation).
         e_step: ``"soft"`` (EM), ``"hard"`` (classification EM) or ``"anneal"`` / a
             :class:`jaxem.Annealing` schedule (deterministic annealing); see :func:`jaxem.fit`.
+        accelerate: ``"auto"`` (SQUAREM with the soft E-step), ``"squarem"``/``True`` or
+            ``None``/``False`` (plain EM); see :func:`jaxem.fit`.
         verbose: ``0`` no progress bar, ``1`` one on a terminal for long fits, ``2`` always.
         checkpoint: ``None``, a file name or a :class:`jaxem.Checkpoint`: the fit saves its loop
             state there (every 60 s by default, at the end, on Ctrl-C); resume: continue from
@@ -67,6 +69,7 @@ class GaussianMixture(MixtureEstimator):
                    "precisions_init": None, "optimizer": ..., "weight_concentration": 1.0,
                    "mean_precision_prior": None, "mean_prior": None, "covariance_prior": None,
                    "degrees_of_freedom_prior": None}
+    _input_tags = {"allow_nan": True}  # NaN entries are marginalised out
     _constraints = {"reg_covar": check_nonnegative_float,
                     "covariance_type": one_of(gaussian_family.COVARIANCE_TYPES),
                     "init_params": one_of(gaussian_family.INIT_METHODS),

@@ -15,7 +15,14 @@ from ..core.validation import check_nonnegative_float
 from ..hmm import emissions
 from ..models.gaussian import covariances_from_prec_chol
 from .checks import bad_integers
-from .hmm_base import _BaseHMM, _check_probabilities
+from .hmm_base import _BaseHMM, _check_probabilities, _prior
+
+
+def _check_nonnegative(value, name: str) -> None:
+    arr = np.asarray(value, dtype=np.float64) if not isinstance(value, str) else np.nan
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise ValueError(f"{name} must be finite and >= 0 (a number or an array in hmmlearn's "
+                         f"shape), got {value!r}")
 
 
 class GaussianHMM(_BaseHMM):
@@ -24,9 +31,19 @@ class GaussianHMM(_BaseHMM):
     Args:
         n_components: hidden states ``K``.
         covariance_type: ``"diag"`` (default, as hmmlearn), ``"full"``, ``"spherical"``, ``"tied"``.
-        min_covar: added to every covariance's diagonal in the M-step.
-        startprob_prior, transmat_prior: Dirichlet concentrations (>= 1) on the chain (MAP-EM).
-        n_iter: most EM iterations; tol: relative change of the log-likelihood that stops a start.
+        min_covar: added to the starting covariances' diagonal (hmmlearn's meaning).
+        startprob_prior, transmat_prior: Dirichlet concentrations on the chain, a number or one
+            per probability (``[K]``, ``[K, K]``), as hmmlearn: ``p ∝ max(counts + prior - 1, 0)``.
+        means_prior, means_weight, covars_prior, covars_weight: hmmlearn's M-step
+            regularisation (a Normal-Wishart mode; the default ``covars_prior=0.01`` keeps
+            covariances positive definite); ``history_`` is then the log-likelihood plus its log
+            density, which never decreases.
+        algorithm: ``"viterbi"`` or ``"map"``, what ``predict`` and ``decode`` return.
+        n_iter: most EM iterations (0: initialise only); tol: relative change of the
+            log-likelihood that stops a start.
+        params: letters of what the M-step updates (default all; the others stay as they are).
+        implementation: ``"log"`` or ``"scaling"`` (accepted for hmmlearn's scripts; both run
+            jaxem's log-space recursions).
         n_restarts: random starts, vmapped; init_params: letters of what ``fit`` initialises
             (``"s"`` start, ``"t"`` transitions, ``"m"`` means, ``"c"`` covariances; default all);
             the others come from the attributes the user assigned.
@@ -35,6 +52,8 @@ class GaussianHMM(_BaseHMM):
             optimizer: as elsewhere in jaxem.
         e_step: ``"soft"`` (Baum-Welch), ``"hard"`` (Viterbi training) or ``"anneal"`` /
             :class:`jaxem.Annealing`, as in :func:`jaxem.hmm.fit`.
+        accelerate: ``"auto"`` (SQUAREM with the soft E-step), ``"squarem"``/``True`` or
+            ``None``/``False`` (plain Baum-Welch); see :func:`jaxem.hmm.fit`.
         verbose: ``0`` no progress bar, ``1`` one on a terminal for long fits, ``2`` always.
         checkpoint, resume: save the fit's loop state to a file and continue from it, as in
             :func:`jaxem.fit`.
@@ -47,21 +66,34 @@ class GaussianHMM(_BaseHMM):
 
     _emission_letters = "mc"
     _attributes = {**_BaseHMM._attributes, "m": ("means_",), "c": ("_covars_",)}
+    _pieces = {**_BaseHMM._pieces, "m": (("emission", "means"),),
+               "c": (("emission", "prec_chol"),)}
 
     _parameters = {"n_components": ..., "covariance_type": "diag", "min_covar": 1e-3,
-                   "init": "kmeans"}
+                   "transmat_prior": ..., "means_prior": 0.0, "means_weight": 0.0,
+                   "covars_prior": 1e-2, "covars_weight": 1.0, "init": "kmeans"}
     _positional = 3
-    _constraints = {"min_covar": check_nonnegative_float}
+    _constraints = {"min_covar": check_nonnegative_float, "means_weight": _check_nonnegative,
+                    "covars_prior": _check_nonnegative, "covars_weight": _check_nonnegative}
 
     def _hmm(self):
-        return emissions.gaussian_hmm(self.n_components, self.covariance_type,
-                                      float(self.min_covar), self.init,
-                                      float(self.startprob_prior), float(self.transmat_prior))
+        # min_covar only at the start, as hmmlearn; the M-step's regularisation is hmmlearn's
+        # covars_prior / covars_weight (and means_prior / means_weight), a MAP update.
+        regularisation = tuple(_prior(v) for v in (self.means_prior, self.means_weight,
+                                                   self.covars_prior, self.covars_weight))
+        return emissions.gaussian_hmm(self.n_components, self.covariance_type, 0.0, self.init,
+                                      _prior(self.startprob_prior), _prior(self.transmat_prior),
+                                      init_reg_covar=float(self.min_covar),
+                                      regularisation=regularisation)
 
     @property
     def n_features(self) -> int:
-        """Dimension ``D`` of an observation."""
-        return np.shape(self.means_)[1]
+        """Dimension ``D`` of an observation (from ``means_``, or as assigned, as hmmlearn)."""
+        return np.shape(self.means_)[1] if hasattr(self, "means_") else self._n_features
+
+    @n_features.setter
+    def n_features(self, value) -> None:
+        self._n_features = int(value)
 
     @property
     def covars_(self) -> np.ndarray:
@@ -91,6 +123,8 @@ class GaussianHMM(_BaseHMM):
         ct = self.covariance_type
         shape = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}[ct]
         cov = np.asarray(self._covars_, np.float64)
+        if ct == "spherical" and cov.size == K:  # hmmlearn takes any shape of K variances
+            cov = cov.reshape(K)
         if cov.shape != shape:
             raise ValueError(f"covars_ for covariance_type={ct!r} must be assigned with shape "
                              f"{shape}, got {cov.shape}")
@@ -111,9 +145,9 @@ class GaussianHMM(_BaseHMM):
                 "covars_": covariances_from_prec_chol(emission["prec_chol"], self.covariance_type)}
 
     def _set_emission(self, emission) -> None:
-        self.means_ = np.asarray(emission["means"])
-        self._covars_ = np.asarray(covariances_from_prec_chol(emission["prec_chol"],
-                                                              self.covariance_type))
+        self.means_ = np.array(emission["means"], dtype=np.float64)
+        self._covars_ = np.array(covariances_from_prec_chol(emission["prec_chol"],
+                                                            self.covariance_type), dtype=np.float64)
 
     def _n_emission_parameters(self) -> int:
         K, D = self.n_components, self.n_features
@@ -128,6 +162,8 @@ class CategoricalHMM(_BaseHMM):
 
     Args:
         n_components: hidden states ``K``.
+        emissionprob_prior: Dirichlet concentration on each state's symbol probabilities (a
+            number or ``[K, M]``), hmmlearn's update ``p ∝ max(counts + prior - 1, 0)``.
         n_features: number of symbols ``M`` (default: the largest symbol in the data + 1).
         Others as in :class:`GaussianHMM`; init_params letters ``"s"``, ``"t"``, ``"e"``.
 
@@ -138,24 +174,32 @@ class CategoricalHMM(_BaseHMM):
 
     _emission_letters = "e"
     _attributes = {**_BaseHMM._attributes, "e": ("emissionprob_",)}
+    _pieces = {**_BaseHMM._pieces, "e": (("emission", "probs"),)}
 
-    _parameters = {"n_components": ..., "n_features": None}
+    _parameters = {"n_components": ..., "transmat_prior": ..., "emissionprob_prior": 1.0,
+                   "n_features": None}
+    _constraints = {"emissionprob_prior": _check_nonnegative}
 
     def _n_symbols(self) -> int:
         if hasattr(self, "emissionprob_"):
-            return np.shape(self.emissionprob_)[1]
+            shape = np.shape(self.emissionprob_)
+            if len(shape) != 2 or shape[0] != self.n_components or shape[1] < 1:
+                raise ValueError(f"emissionprob_ must have shape (n_components, n_features) = "
+                                 f"({self.n_components}, M), got {shape}")
+            return shape[1]
         return self.n_features if self.n_features is not None else self.n_features_seen_
 
     def _hmm(self):
         return emissions.categorical_hmm(self.n_components, int(self._n_symbols()),
-                                         float(self.startprob_prior), float(self.transmat_prior))
+                                         _prior(self.startprob_prior), _prior(self.transmat_prior),
+                                         _prior(self.emissionprob_prior))
 
     def _check_values(self, X: np.ndarray) -> None:
         if X.shape[1] != 1:
             raise ValueError(f"CategoricalHMM expects one symbol per row, X [n_samples, 1]; got "
                              f"shape {X.shape}")
         limit = self.n_features if self.n_features is not None else (
-            np.shape(self.emissionprob_)[1] if hasattr(self, "emissionprob_") else None)
+            self._n_symbols() if hasattr(self, "emissionprob_") else None)
         bad = bad_integers(X, np.inf if limit is None else limit)
         if bad.any():
             row = int(np.argmax(bad[:, 0]))
@@ -163,6 +207,19 @@ class CategoricalHMM(_BaseHMM):
             raise ValueError(f"CategoricalHMM needs symbols that are {allowed}; got {X[row, 0]} "
                              f"at row {row}")
         self.n_features_seen_ = int(X.max()) + 1
+
+    def _check_and_set_n_features(self, X) -> None:
+        """hmmlearn's check of symbols: integer dtype, non-negative, below ``n_features`` when it
+        is set (ValueError otherwise); records the count seen."""
+        X = np.asarray(X)
+        if not np.issubdtype(X.dtype, np.integer):
+            raise ValueError(f"CategoricalHMM symbols must have an integer dtype, got {X.dtype}")
+        if X.size and X.min() < 0:
+            raise ValueError(f"CategoricalHMM symbols must be non-negative, got {X.min()}")
+        if self.n_features is not None and X.size and X.max() >= self.n_features:
+            raise ValueError(f"CategoricalHMM symbols must be below n_features={self.n_features}"
+                             f", got {X.max()}")
+        self.n_features_seen_ = int(X.max()) + 1 if X.size else 0
 
     def _emission_params(self) -> dict:
         M = self._n_symbols()
@@ -173,7 +230,7 @@ class CategoricalHMM(_BaseHMM):
         return {"emissionprob_": emission["probs"]}
 
     def _set_emission(self, emission) -> None:
-        self.emissionprob_ = np.asarray(emission["probs"])
+        self.emissionprob_ = np.array(emission["probs"], dtype=np.float64)
 
     def _n_emission_parameters(self) -> int:
         return self.n_components * (self._n_symbols() - 1)
@@ -188,8 +245,10 @@ class PoissonHMM(_BaseHMM):
     """HMM emitting ``D`` independent Poisson counts per step (hmmlearn's ``PoissonHMM``).
 
     Args:
-        n_components: hidden states ``K``. Others as in :class:`GaussianHMM`; init_params letters
-            ``"s"``, ``"t"``, ``"l"``.
+        n_components: hidden states ``K``.
+        lambdas_prior, lambdas_weight: hmmlearn's Gamma prior on the rates, the update
+            ``λ = (prior + Σ r x) / (weight + Σ r)`` (0, 0: maximum likelihood).
+        Others as in :class:`GaussianHMM`; init_params letters ``"s"``, ``"t"``, ``"l"``.
 
     Fitted attributes:
         ``startprob_ [K]``, ``transmat_ [K, K]``, ``lambdas_ [K, D]``, ``converged_``, ``n_iter_``,
@@ -198,10 +257,17 @@ class PoissonHMM(_BaseHMM):
 
     _emission_letters = "l"
     _attributes = {**_BaseHMM._attributes, "l": ("lambdas_",)}
+    _pieces = {**_BaseHMM._pieces, "l": (("emission", "rates"),)}
+    _parameters = {"n_components": ..., "transmat_prior": ..., "lambdas_prior": 0.0,
+                   "lambdas_weight": 0.0}
+    _constraints = {"lambdas_prior": _check_nonnegative, "lambdas_weight": _check_nonnegative}
 
     def _hmm(self):
-        return emissions.poisson_hmm(self.n_components, float(self.startprob_prior),
-                                     float(self.transmat_prior))
+        regularisation = (None if np.all(np.asarray(self.lambdas_prior) == 0)
+                          and np.all(np.asarray(self.lambdas_weight) == 0)
+                          else (_prior(self.lambdas_prior), _prior(self.lambdas_weight)))
+        return emissions.poisson_hmm(self.n_components, _prior(self.startprob_prior),
+                                     _prior(self.transmat_prior), regularisation)
 
     def _check_values(self, X: np.ndarray) -> None:
         bad = bad_integers(X)
@@ -224,7 +290,7 @@ class PoissonHMM(_BaseHMM):
         return {"lambdas_": emission["rates"]}
 
     def _set_emission(self, emission) -> None:
-        self.lambdas_ = np.asarray(emission["rates"])
+        self.lambdas_ = np.array(emission["rates"], dtype=np.float64)
 
     def _n_emission_parameters(self) -> int:
         return int(np.size(self.lambdas_))

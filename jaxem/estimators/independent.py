@@ -106,7 +106,7 @@ class IndependentMixture(FeatureMixture):
             ``"gaussian"`` (option ``min_variance``), ``"poisson"``, ``"exponential"``,
             ``"gamma"``, ``"bernoulli"``, ``"categorical"`` (option ``n_categories``, inferred
             from the data as ``max + 1`` per column when omitted). Every column must be in a group.
-        tol, max_iter, n_restarts, random_state, m_step, optimizer, e_step, verbose: as in
+        tol, max_iter, n_restarts, random_state, m_step, optimizer, e_step, accelerate, verbose: as in
             :class:`GaussianMixture`.
         init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``.
         dirichlet_alpha: symmetric Dirichlet prior ``α >= 1`` on the weights (MAP when > 1).
@@ -118,6 +118,7 @@ class IndependentMixture(FeatureMixture):
     """
 
     _fitted_attribute = "feature_params_"
+    _input_tags = {"allow_nan": True}  # NaN entries are marginalised out
     _parameters = {"n_components": ..., "features": ()}
 
     def _groups(self, X: np.ndarray | None = None) -> list:

@@ -12,6 +12,7 @@ from ..core import inference as em
 from ..core.validation import check_data, check_positive_int, to_device
 from ..models import kmeans as kmeans_family
 from .base import MixtureEstimator
+from .compat import ClusterMixin, TransformerMixin
 
 
 def _check_init(value, name: str) -> None:
@@ -20,7 +21,7 @@ def _check_init(value, name: str) -> None:
                          f"centres, got {value!r}")
 
 
-class KMeans(MixtureEstimator):
+class KMeans(ClusterMixin, TransformerMixin, MixtureEstimator):
     """k-means clustering as hard (classification) EM, restarts vmapped into one program.
 
     Each iteration assigns every row to its nearest centre and moves each centre to the mean of its
@@ -49,7 +50,7 @@ class KMeans(MixtureEstimator):
     _fitted_attribute = "cluster_centers_"
 
     # scikit-learn's KMeans signature, not the mixtures': hard EM with the closed-form M-step, so
-    # e_step, m_step and optimizer are fixed below rather than hyperparameters.
+    # e_step, m_step, optimizer and accelerate are fixed below rather than hyperparameters.
     _inherit_parameters = False
     _parameters = {"n_clusters": 8, "n_restarts": 1, "max_iter": 300, "tol": 1e-6,
                    "init": "k-means++", "random_state": None, "verbose": 0, "dtype": "auto",
@@ -58,11 +59,17 @@ class KMeans(MixtureEstimator):
     e_step = "hard"
     m_step = "closed_form"
     optimizer = None
+    accelerate = None
 
     @property
     def n_components(self) -> int:
-        """The number of clusters (the name the shared mixture machinery uses)."""
+        """The number of clusters (the name the shared mixture machinery uses); an alias of
+        ``n_clusters``, so assigning it sets ``n_clusters``."""
         return self.n_clusters
+
+    @n_components.setter
+    def n_components(self, value) -> None:
+        self.n_clusters = value
 
     def _model(self):
         method = self.init if isinstance(self.init, str) else "k-means++"
@@ -90,13 +97,14 @@ class KMeans(MixtureEstimator):
     def _n_parameters(self) -> int:
         return self.n_clusters * self.n_features_in_ + 1
 
-    def fit(self, X, y=None, sample_weight=None):
-        """Cluster ``X [N, D]``; ``y`` (optional ``[N]``, ``-1`` unknown) pins rows to clusters.
+    def fit(self, X, y=None, sample_weight=None, labels=None):
+        """Cluster ``X [N, D]``; ``y`` is ignored; ``labels`` (optional ``[N]``, ``-1`` unknown)
+        pins rows to clusters.
 
         Returns:
             ``self``, with ``cluster_centers_``, ``labels_``, ``inertia_`` and the rest set.
         """
-        super().fit(X, y, sample_weight)
+        super().fit(X, sample_weight=sample_weight, labels=labels)
         labels, distances = self._nearest(X)
         self.labels_ = labels
         weights = 1.0 if sample_weight is None else np.asarray(sample_weight, np.float64)

@@ -12,7 +12,8 @@ A class states what it adds to its bases' hyperparameters in two dicts:
 From these each class gets an ``__init__`` with a real signature (the first ``_positional`` names
 may be given by position, the rest by keyword) that stores every argument unchanged, so
 ``inspect.signature``, ``get_params``, ``set_params`` and ``sklearn.clone`` see an ordinary
-scikit-learn constructor.
+scikit-learn constructor. The protocol itself (``get_params``, ``set_params``, ``__repr__``) is
+``sklearn.base.BaseEstimator``'s where scikit-learn is installed (see :mod:`.compat`).
 """
 
 from __future__ import annotations
@@ -28,15 +29,21 @@ import numpy as np
 from ..core import precision
 from ..core.result import FitInterrupted
 from ..core.validation import check_positive_int, check_tolerance
-from .checks import check_checkpoint, check_m_step, one_of
+from .checks import check_accelerate, check_checkpoint, check_m_step, one_of
+from .compat import BaseEstimator
 
 
 def _as_key(random_state):
-    """A JAX key from ``None`` (fresh entropy from NumPy), an int, or a key."""
+    """A JAX key from ``None`` (fresh entropy from NumPy), an int, a NumPy ``RandomState`` or
+    ``Generator`` (a seed drawn from it, as scikit-learn and hmmlearn accept), or a key."""
     if random_state is None:
         return jax.random.key(int(np.random.randint(0, 2**31 - 1)))
-    if isinstance(random_state, (int, np.integer)):
+    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
         return jax.random.key(int(random_state))
+    if isinstance(random_state, np.random.RandomState):
+        return jax.random.key(int(random_state.randint(0, 2**31 - 1)))
+    if isinstance(random_state, np.random.Generator):
+        return jax.random.key(int(random_state.integers(0, 2**31 - 1)))
     return random_state
 
 
@@ -83,7 +90,7 @@ def _constructor(signature: inspect.Signature, owner: str):
     return __init__
 
 
-class Hyperparameters:
+class Hyperparameters(BaseEstimator):
     """scikit-learn's hyperparameter protocol over declared hyperparameters (see the module)."""
 
     _parameters: dict = {}
@@ -92,6 +99,9 @@ class Hyperparameters:
     # False: the class's ``_parameters`` is its whole signature (KMeans keeps scikit-learn's).
     _inherit_parameters = True
     _defaults: dict = {}  # every hyperparameter, in signature order: name -> default
+    # scikit-learn input tags (``sklearn.utils.InputTags`` fields) this class sets, e.g.
+    # ``{"allow_nan": True}``; merged over the bases' like ``_constraints``.
+    _input_tags: dict = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -112,31 +122,28 @@ class Hyperparameters:
         """This class's declaration (not its bases'); a base may derive some of it."""
         return cls.__dict__.get("_parameters", {})
 
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        return list(cls._defaults)
-
     def _check_hyperparameters(self) -> None:
         """Run every declared constraint of this estimator's hyperparameters."""
         for name, check in self._all_constraints.items():
             if name in self._defaults:
                 check(getattr(self, name), name)
 
-    def get_params(self, deep: bool = True) -> dict:
-        """Hyperparameters as a dict (scikit-learn's protocol, so ``clone`` and grid search work)."""
-        return {name: getattr(self, name) for name in self._param_names()}
+    def __sklearn_tags__(self):
+        """scikit-learn's tags (only called where scikit-learn is installed): the mixins' with
+        the declared ``_input_tags`` applied."""
+        tags = super().__sklearn_tags__()
+        for name, value in input_tags(type(self)).items():
+            setattr(tags.input_tags, name, value)
+        return tags
 
-    def set_params(self, **params):
-        """Set hyperparameters; returns ``self``."""
-        for name, value in params.items():
-            if name not in self._param_names():
-                raise ValueError(f"{type(self).__name__} has no parameter {name!r}")
-            setattr(self, name, value)
-        return self
 
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
+def input_tags(cls: type) -> dict:
+    """The input tags an estimator class declares (``_input_tags``, merged over its bases), e.g.
+    ``{"allow_nan": True}`` where it takes NaN as a missing value; known without scikit-learn."""
+    tags = {}
+    for klass in reversed(cls.__mro__):
+        tags.update(klass.__dict__.get("_input_tags", {}))
+    return tags
 
 
 # Methods that fit: they compute in the float type the ``dtype`` hyperparameter resolves to on
@@ -185,11 +192,13 @@ class EMEstimator(Hyperparameters):
 
     _parameters = {"n_components": 1, "tol": 1e-6, "n_restarts": 1, "init_params": None,
                    "random_state": None, "m_step": "auto", "optimizer": None, "e_step": "soft",
-                   "verbose": 0, "dtype": "auto", "checkpoint": None, "resume": False}
+                   "accelerate": None, "verbose": 0, "dtype": "auto", "checkpoint": None,
+                   "resume": False}
     _constraints = {"n_components": check_positive_int, "n_restarts": check_positive_int,
                     "tol": check_tolerance, "m_step": check_m_step,
                     "dtype": lambda value, name: precision.check_dtype(value, name),
-                    "checkpoint": check_checkpoint, "resume": one_of((False, True))}
+                    "checkpoint": check_checkpoint, "resume": one_of((False, True)),
+                    "accelerate": check_accelerate}
     _fitted_attribute = "weights_"
 
     def __init_subclass__(cls, **kwargs):

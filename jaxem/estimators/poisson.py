@@ -12,7 +12,7 @@ class PoissonMixture(FeatureMixture):
 
     Args:
         n_components: number of components ``K``.
-        tol, max_iter, n_restarts, random_state, m_step, optimizer, e_step, verbose: as in
+        tol, max_iter, n_restarts, random_state, m_step, optimizer, e_step, accelerate, verbose: as in
             :class:`GaussianMixture`.
         init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``.
         dirichlet_alpha: symmetric Dirichlet prior ``α >= 1`` on the weights (MAP when > 1).
@@ -25,4 +25,5 @@ class PoissonMixture(FeatureMixture):
     """
 
     _family_keys = ("rates",)
+    _input_tags = {"categorical": True, "positive_only": True}  # non-negative integer counts
     _feature, _mixture = staticmethod(dist.poisson), staticmethod(poisson_mixture)

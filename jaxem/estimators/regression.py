@@ -165,7 +165,7 @@ class MixtureOfLinearRegressions(_RegressionMixture):
     Args:
         n_components: number of regression lines (hyperplanes) ``K``.
         reg_var: non-negative value added to every noise variance in the M-step.
-        tol, max_iter, n_restarts, random_state, m_step, optimizer, e_step, verbose: as in
+        tol, max_iter, n_restarts, random_state, m_step, optimizer, e_step, accelerate, verbose: as in
             :class:`jaxem.GaussianMixture`.
         init_params: starting responsibilities from clustering the rows ``[x, y]``:
             ``"kmeans"``, ``"k-means++"``, ``"random_from_data"`` or ``"random"``.

@@ -30,8 +30,8 @@ class StudentTMixture(MixtureEstimator):
         covariance_type: ``"full"`` (scale matrices ``[K, D, D]``) or ``"diag"`` (``[K, D]``).
         dof: fixed degrees of freedom ``ν`` for every component, or ``None`` to estimate one per
             component.
-        tol, reg_covar, max_iter, n_restarts, random_state, m_step, optimizer, e_step, verbose: as in
-            :class:`GaussianMixture`.
+        tol, reg_covar, max_iter, n_restarts, random_state, m_step, optimizer, e_step, accelerate,
+            verbose: as in :class:`GaussianMixture`.
         init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``.
         dirichlet_alpha: symmetric Dirichlet prior ``α >= 1`` on the weights (MAP when > 1).
 

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 
 from ..core import driver, loop, precision, programs, sharding
+from ..core.accelerate import squarem
 from ..core.ascent import DEFAULT_M_STEP_ITERS
 from ..core.blocks import plan_restarts
 from ..core.estep import Annealing
@@ -25,13 +26,14 @@ from ..core.runner import run_in_memory
 from ..core.validation import check_positive_int, default_float_dtype
 from . import inference
 from .model import HMM, Sequences, as_sequences
-from .passes import SequenceLayout, hmm_pass, posteriors, uniform_start
+from .passes import SequenceLayout, chain_constraints, hmm_pass, posteriors, uniform_start
 
 Array = jax.Array
 
 
 def _program(keys, init_params, X, mask, rows, tol, state, stop_at, *, hmm, layout, method,
-             max_iter, use_gradient, optimizer, m_step_iters, rule, report, in_sequence=False):
+             max_iter, use_gradient, optimizer, m_step_iters, rule, report, in_sequence=False,
+             accelerate=False):
     # Segmented as the mixture's program is (jaxem.core.programs.run_segmented).
     if init_params is None and state is None:
         init_params = uniform_start(hmm, jax.vmap(hmm.init, in_axes=(0, None))(keys, rows),
@@ -39,13 +41,13 @@ def _program(keys, init_params, X, mask, rows, tol, state, stop_at, *, hmm, layo
     Xb = layout.observation_blocks(X)
     em_pass = hmm_pass(hmm, layout, method, hard=rule.hard, use_gradient=use_gradient,
                        optimizer=optimizer, m_step_iters=m_step_iters, Xb=Xb)
-    return run_in_memory(em_pass, init_params, (Xb, mask),
-                         loop.Settings(tol, max_iter, rule.may_stop), rule, X.dtype,
+    settings = loop.Settings(tol, max_iter, rule.may_stop, squarem(accelerate, chain_constraints(hmm)))
+    return run_in_memory(em_pass, init_params, (Xb, mask), settings, rule, X.dtype,
                          in_sequence=in_sequence, report=report, state=state, stop_at=stop_at)
 
 
 _STATIC = ("hmm", "layout", "method", "max_iter", "use_gradient", "optimizer", "m_step_iters",
-           "rule", "report", "in_sequence")
+           "rule", "report", "in_sequence", "accelerate")
 _program_jit = precision.jit(_program, static_argnames=_STATIC, donate_argnames=("state",))
 
 
@@ -60,7 +62,7 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
         method: str = "auto", optimizer: optax.GradientTransformation | None = None,
         m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
         e_step: str | Annealing = "soft", progress=None, dtype=None, checkpoint=None,
-        resume: bool = False) -> FitResult:
+        resume: bool = False, accelerate=None) -> FitResult:
     """Fit ``hmm`` by Baum-Welch (EM) from several starts at once.
 
     Args:
@@ -79,7 +81,8 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
         m_step: ``"auto"`` (closed form when the emission has one), ``"closed_form"`` or
             ``"gradient"`` (optax on the emission's expected log-density).
         method: forward-backward by ``"scan"``, ``"associative"`` or ``"auto"``.
-        optimizer, m_step_iters: the gradient M-step's optimiser (default L-BFGS) and steps.
+        optimizer, m_step_iters: the emission's gradient M-step and optax steps, as in
+            :func:`jaxem.fit` (default :class:`jaxem.EMGradient`).
         block_size: rows per block when evaluating emissions and statistics.
         e_step: ``"soft"`` (Baum-Welch: forward-backward posteriors), ``"hard"`` (Viterbi
             training: each sequence's most probable path stands in for the posterior, and the
@@ -92,6 +95,9 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
             :func:`jaxem.fit`.
         dtype: the float type to compute in, ``"float32"``, ``"float64"``, ``"auto"`` or ``None``
             (JAX's default), as in :func:`jaxem.fit`.
+        accelerate: ``"auto"`` (SQUAREM with the soft E-step when the emission declares
+            ``constraints``; the chain's probabilities are extrapolated as softmax logits),
+            ``"squarem"``/``True`` or ``None``/``False``, as in :func:`jaxem.fit`.
 
     Returns:
         :class:`jaxem.FitResult`; ``history`` and ``log_likelihood`` are the total log-likelihood
@@ -108,12 +114,13 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
                                 init_params=init_params, m_step=m_step, method=method,
                                 optimizer=optimizer, m_step_iters=m_step_iters,
                                 block_size=block_size, e_step=e_step, progress=progress,
-                                checkpoint=checkpoint, resume=resume)
+                                checkpoint=checkpoint, resume=resume, accelerate=accelerate)
     setup = driver.setup_fit(hmm, key=key, n_restarts=n_restarts, max_iter=max_iter, tol=tol,
                              e_step=e_step, m_step=m_step, optimizer=optimizer,
                              m_step_iters=m_step_iters, block_size=block_size, progress=progress,
                              init_params=init_params, dtype=default_float_dtype(),
-                             checkpoint=checkpoint, resume=resume)
+                             checkpoint=checkpoint, resume=resume, accelerate=accelerate,
+                             caller="jaxem.hmm.fit")
     seqs = as_sequences(X, lengths, mask)
     method = inference.choose_method(method, seqs.X.shape[1])
     if seqs.rows.shape[0] < hmm.n_states:
@@ -124,7 +131,8 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
     in_sequence = plan_restarts(setup.n_restarts, sharding.platform(Xp, None)).in_sequence
     static = dict(hmm=hmm, layout=layout, method=method, max_iter=setup.max_iter,
                   use_gradient=setup.use_gradient, m_step_iters=setup.m_step_iters,
-                  rule=setup.rule, in_sequence=in_sequence, optimizer=setup.optimizer)
+                  rule=setup.rule, in_sequence=in_sequence, optimizer=setup.optimizer,
+                  accelerate=setup.accelerate)
     saver, restore = setup.checkpointing(hmm, (seqs.X, seqs.mask),
                                          (layout.n_blocks, layout.rows_per_block, method))
     try:

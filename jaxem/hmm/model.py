@@ -48,11 +48,17 @@ class HMM:
         n_states: number of hidden states ``K``.
         sample_emission: optional ``(key, emission_params, state) -> x``, one draw from state
             ``state``; needed only by :func:`jaxem.hmm.sample`.
-        initial_concentration: ``α >= 1`` of a symmetric Dirichlet prior on ``initial``.
-        transition_concentration: ``α >= 1`` of a symmetric Dirichlet prior on each row of
-            ``transition``. With either above 1 the fit is MAP-EM and its history is the
-            log-likelihood plus the log prior.
+        initial_concentration: ``α > 0`` of a Dirichlet prior on ``initial`` (a number, or
+            ``[K]`` values as hmmlearn's ``startprob_prior``).
+        transition_concentration: ``α > 0`` of a Dirichlet prior on each row of ``transition``
+            (a number or ``[K, K]``). With either not 1 the fit is MAP-EM (hmmlearn's update,
+            ``p ∝ max(counts + α - 1, 0)``; probabilities that are exactly 0 stay 0) and its
+            history is the log-likelihood plus the log prior.
         name: a short name for messages.
+        log_prior: optional ``log_prior(emission params) -> scalar``, a prior on the emission (its
+            maximize must then be the MAP update); it joins the chain's in :meth:`log_prior`.
+        frozen: paths of parameters the M-step leaves as they are, e.g. ``(("initial",),
+            ("emission", "means"))`` (hmmlearn's ``params`` letters left out).
 
     The emission's functions are also readable by their HMM names: ``init``, ``log_emission``,
     ``batch_log_emission``, ``suff_stats``, ``maximize``, ``constraints``.
@@ -64,32 +70,37 @@ class HMM:
     initial_concentration: float = 1.0
     transition_concentration: float = 1.0
     name: str = "custom_hmm"
+    frozen: tuple = ()
 
     def __init__(self, init: Callable | None = None, log_emission: Callable | None = None,
                  n_states: int | None = None, batch_log_emission: Callable | None = None,
                  suff_stats: Callable | None = None, maximize: Callable | None = None,
                  constraints: Any = None, sample_emission: Callable | None = None,
                  initial_concentration: float = 1.0, transition_concentration: float = 1.0,
-                 name: str = "custom_hmm", emission: Model | None = None):
+                 name: str = "custom_hmm", emission: Model | None = None, frozen: tuple = (),
+                 log_prior: Callable | None = None):
         check_positive_int(n_states, "n_states")
         for field, value in (("initial_concentration", initial_concentration),
                              ("transition_concentration", transition_concentration)):
-            if not np.isfinite(value) or value < 1.0:
-                raise ValueError(f"{field} must be a finite number >= 1, got {value!r}")
-        given = (init, log_emission, batch_log_emission, suff_stats, maximize, constraints)
+            arr = np.asarray(value, dtype=np.float64)
+            if arr.ndim > 2 or not np.all(np.isfinite(arr)) or not np.all(arr > 0):
+                raise ValueError(f"{field} must be a positive number (or one per probability), "
+                                 f"got {value!r}")
+        given = (init, log_emission, batch_log_emission, suff_stats, maximize, constraints,
+                 log_prior)
         if emission is None:
             if init is None or log_emission is None:
                 raise TypeError("HMM needs init and log_emission, or an emission model")
             emission = Model(init=init, log_joint=log_emission, batch_log_joint=batch_log_emission,
                              suff_stats=suff_stats, maximize=maximize, constraints=constraints,
-                             n_components=n_states, name=f"{name} emission")
+                             n_components=n_states, name=f"{name} emission", log_prior=log_prior)
         elif any(f is not None for f in given):
             raise TypeError("give the emission either as a model or as functions, not both")
         for field, value in (("emission", emission), ("n_states", n_states),
                              ("sample_emission", sample_emission),
                              ("initial_concentration", initial_concentration),
                              ("transition_concentration", transition_concentration),
-                             ("name", name)):
+                             ("name", name), ("frozen", tuple(tuple(p) for p in frozen))):
             object.__setattr__(self, field, value)
 
     @property
@@ -98,13 +109,18 @@ class HMM:
         return self.suff_stats is not None
 
     def log_prior(self, params) -> Array:
-        """Log density (up to a constant) of the Dirichlet priors on the chain (scalar)."""
+        """Log density (up to a constant) of the Dirichlet priors on the chain, plus the
+        emission's prior when it has one (scalar)."""
         total = jnp.zeros((), params["transition"].dtype)
-        # Only nonzero weights are summed: with α = 1 a zero probability must add 0, not 0 * -inf.
+        if self.emission.log_prior is not None:
+            total = total + self.emission.log_prior(params["emission"])
+        # Only nonzero probabilities are summed: a structural zero stays 0 through every M-step,
+        # so it is a constraint of the model, not a point the prior can score.
         for alpha, probs in ((self.initial_concentration, params["initial"]),
                              (self.transition_concentration, params["transition"])):
-            if alpha != 1.0:
-                total = total + (alpha - 1.0) * jnp.sum(jnp.log(probs))
+            if np.any(np.asarray(alpha) != 1.0):
+                logs = jnp.where(probs > 0, jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0)
+                total = total + jnp.sum((jnp.asarray(alpha, probs.dtype) - 1.0) * logs)
         return total
 
     def uniform_chain(self, dtype) -> dict:

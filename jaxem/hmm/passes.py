@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core import blocks, precision, sharding
+from ..core import constraints as C
 from ..core.ascent import gradient_m_step
+from ..core.loop import Ascent
 from ..core.passes import ChunkParts, Pass, register_chunk_parts
-from ..models.common import mixing_weights
 from . import inference
 from .model import HMM, check_lengths
 
@@ -154,15 +155,53 @@ def _m_step(hmm: HMM, params, aux, *, Xb: Array | None, use_gradient: bool, opti
             m_step_iters: int):
     """Closed-form chain update (Dirichlet MAP) and the emission's closed-form or gradient one."""
     chain, emission_aux = blocks.statistics(aux)
-    initial = mixing_weights(chain["initial"], hmm.initial_concentration)
-    transition = jax.vmap(mixing_weights, in_axes=(0, None))(chain["transition"],
-                                                             hmm.transition_concentration)
+    initial = chain_probabilities(chain["initial"], params["initial"], hmm.initial_concentration)
+    transition = chain_probabilities(chain["transition"], params["transition"],
+                                     hmm.transition_concentration)
     if use_gradient:
-        emission = gradient_m_step(hmm.emission, params["emission"], Xb, emission_aux,
-                                   optimizer, m_step_iters)
+        # The chain's update is exact, so the emission's gap is the whole M-step's.
+        ascent = gradient_m_step(hmm.emission, params["emission"], Xb, emission_aux,
+                                 optimizer, m_step_iters)
+        emission, gap = ascent.params, ascent.gap
     else:
-        emission = hmm.emission.maximize(emission_aux, params["emission"])
-    return {"initial": initial, "transition": transition, "emission": emission}
+        emission, gap = hmm.emission.maximize(emission_aux, params["emission"]), None
+    new = {"initial": initial, "transition": transition, "emission": emission}
+    for path in hmm.frozen:
+        new = _replaced(new, path, functools.reduce(lambda tree, key: tree[key], path, params))
+    return new if gap is None else Ascent(new, gap)
+
+
+def _replaced(tree: dict, path: tuple, value) -> dict:
+    """``tree`` with the entry at ``path`` (dict keys) set to ``value``."""
+    if not path:
+        return value
+    return {**tree, path[0]: _replaced(tree[path[0]], path[1:], value)}
+
+
+def chain_probabilities(counts: Array, previous: Array, concentration) -> Array:
+    """The chain's M-step, row by row, as hmmlearn's: ``p ∝ max(counts + α - 1, 0)``.
+
+    A probability that is exactly 0 stays 0 (a structural zero: a left-right chain keeps its
+    shape, and no floor is added), and a row with nothing to normalise (a state never left, or
+    only left by a sequence's end: counts within round-off of the total) keeps its previous
+    values, since the data say nothing of it (hmmlearn leaves such a row all zero, with a
+    warning).
+
+    Args:
+        counts: ``[K]`` expected initial-state counts or ``[K, K]`` transition counts.
+        previous: the current probabilities, same shape.
+        concentration: Dirichlet ``α`` (a float, or an array broadcasting to ``counts``).
+
+    Returns:
+        The new probabilities, rows on the simplex.
+    """
+    pseudo = jnp.maximum(counts + (jnp.asarray(concentration, counts.dtype) - 1.0), 0.0)
+    pseudo = jnp.where(previous == 0, 0.0, pseudo)
+    total = jnp.sum(pseudo, axis=-1, keepdims=True)
+    # A row whose counts are within round-off of all the counts is a row with no evidence (in
+    # float64 a state entered only at sequence ends still gets ~1e-50 of outgoing counts).
+    evidence = total > jnp.finfo(counts.dtype).eps * jnp.sum(pseudo)
+    return jnp.where(evidence, pseudo / jnp.where(evidence, total, 1.0), previous)
 
 
 def hmm_pass(hmm: HMM, layout: SequenceLayout, method: str, *, hard: bool = False,
@@ -191,6 +230,12 @@ def _closed_form_pass(hmm: HMM, layout: SequenceLayout, method: str, hard: bool)
     m_step = functools.partial(_m_step, hmm, Xb=None, use_gradient=False, optimizer=None,
                                m_step_iters=1)
     return Pass(sweep, m_step, hmm.log_prior, shard_map=False)
+
+
+def chain_constraints(hmm: HMM) -> dict:
+    """The constraint pytree of an HMM's parameters: the chain's probability vectors (each row of
+    ``transition`` one simplex) and the emission's own constraints."""
+    return {"initial": C.simplex, "transition": C.simplex, "emission": hmm.emission.constraints}
 
 
 @functools.cache
@@ -260,7 +305,7 @@ def chunk_parts(hmm: HMM, source, *, lengths, chunk_size, block_size, mesh, dtyp
         return _initialise(keys, jnp.asarray(sample), hmm=hmm)
 
     return ChunkParts(_chunk_pass(hmm, layout, inference.choose_method(method, T)), read,
-                      initialise)
+                      initialise, constraints=chain_constraints(hmm))
 
 
 register_chunk_parts(HMM, chunk_parts)

@@ -110,5 +110,5 @@ def bernoulli_mixture(n_components: int, n_trials: int = 1, init: str = "kmeans"
 
 def check_counts(X, n_trials: int, who: str) -> None:
     """Refuse entries outside ``{0, ..., n_trials}`` (``{0, 1}`` for Bernoulli), naming the first."""
-    allowed = "0 or 1" if n_trials == 1 else f"integers in [0, {n_trials}]"
-    check_values(X, (X < 0) | (X > n_trials) | (X != np.round(X)), f"data in {allowed}", who)
+    allowed = "data in 0 or 1" if n_trials == 1 else f"integer counts in [0, {n_trials}] (n_trials)"
+    check_values(X, (X < 0) | (X > n_trials) | (X != np.round(X)), allowed, who)

@@ -180,26 +180,31 @@ def _precision_cholesky(cov: Array) -> Array:
     return jax.scipy.linalg.solve_triangular(L, eye, lower=True)
 
 
-def _maximize(stats, params, covariance_type: str, reg_covar: float, prior=None):
+def _maximize(stats, params, covariance_type: str, reg_covar: float, prior=None, constants=None):
     """Closed-form M-step: maximum likelihood, or the posterior mode under ``prior``.
 
     With a Normal-Wishart prior (mean ``m0``, mean precision ``κ0``, scale ``Ψ0``, degrees of
     freedom ``ν0``) the mean is ``(N_k x̄_k + κ0 m0) / (N_k + κ0)`` and the covariance
     ``(Ψ0 + S_k + κ0 N_k / (κ0 + N_k) (x̄_k - m0)(x̄_k - m0)^T) / (N_k + extra)`` with ``S_k`` the
-    scatter about ``x̄_k``; ``Ψ0 = κ0 = extra = 0`` is maximum likelihood.
+    scatter about ``x̄_k``; ``Ψ0 = κ0 = extra = 0`` is maximum likelihood. ``constants``, when
+    given, is ``(Ψ0, κ0, m0, extra)`` itself (hmmlearn's regularisation, say) in place of a prior.
     """
     nk = stats["nk"]
     empty, safe_nk = empty_components(nk)
     old = params["means"]
     k, d = old.shape
-    psi, kappa, m0, extra = prior_constants(prior, covariance_type, d, k)
+    psi, kappa, m0, extra = (prior_constants(prior, covariance_type, d, k) if constants is None
+                             else constants)
     offset = stats["first"] / safe_nk[:, None]                  # x̄_k - m_k
-    means = old + (stats["first"] + kappa * (m0 - old)) / (safe_nk + kappa)[:, None]
+    # κ0 is one number, or one per component ([K], hmmlearn's means_weight).
+    means = old + (stats["first"] + jnp.asarray(kappa)[..., None] * (m0 - old)) / (
+        safe_nk + kappa)[:, None]
     dev = old + offset - m0                                      # x̄_k - m0
     shrink = kappa * nk / (kappa + safe_nk)
     # Without a prior an empty component keeps its parameters (its weight goes to ~0); with one,
     # the prior's mode is well defined and is the exact M-step.
-    keep = empty if prior is None or prior.covariance is None else jnp.zeros_like(empty)
+    regularised = constants is not None or (prior is not None and prior.covariance is not None)
+    keep = jnp.zeros_like(empty) if regularised else empty
     if covariance_type in ("full", "tied"):
         scatter = (stats["second"] - stats["first"][:, :, None] * offset[:, None, :]
                    + shrink[:, None, None] * dev[:, :, None] * dev[:, None, :])

@@ -25,7 +25,7 @@ import numpy as np
 from ..core import blocks
 from ..core import constraints as C
 from ..core.model import Model
-from ..core.validation import check_positive_int
+from ..core.validation import check_positive_int, negative_note
 from . import distributions as dist
 from . import init as initialisers
 from .common import dirichlet_log_prior, mixing_weights
@@ -188,8 +188,9 @@ def check_feature_values(specs: Specs, X, who: str) -> None:
         bad, requirement = feature.check(X[:, list(cols)])
         if bad.any():
             row, j = (int(i) for i in np.argwhere(bad)[0])
+            value = X[row, cols[j]]
             raise ValueError(f"{who}: the {feature.name} feature needs {requirement}; got "
-                             f"{X[row, cols[j]]} at row {row}, column {cols[j]}")
+                             f"{value} at row {row}, column {cols[j]}{negative_note(value)}")
 
 
 def feature_mixture(n_components: int, feature: dist.Feature, init: str, dirichlet_alpha: float,

@@ -125,17 +125,26 @@ def _init(key: Array, X: Array, weights: Array | None = None, *, n_components: i
                            if covariance_type == "full" else jnp.ones((k, d), X.dtype)),
              "dofs": jnp.full((k,), initial_dof, X.dtype)}
     # A component that no row was assigned to starts as the whole data's (broad) Gaussian.
-    resp = (0.95 * resp + 0.05 / k) * w[:, None]
+    resp = 0.95 * resp + 0.05 / k
     # The first M-step weighs each row as the t E-step would, u = (ν + D) / (ν + δ), with δ its
     # squared distance to its starting centre in units of the median row's: rows far from every
     # cluster (gross outliers) then barely widen the starting scales, which would otherwise leave
     # two broad components that EM settles on (one over the outliers, one over the clusters).
-    nk = jnp.sum(resp, axis=0)
-    centres = (resp.T @ X) / nk[:, None]
-    spread = jnp.sum(resp * initialisers.squared_distances(X, centres), axis=1) / jnp.maximum(
-        w, jnp.finfo(X.dtype).tiny)
-    typical = jnp.maximum(initialisers.weighted_median(spread, w), jnp.finfo(X.dtype).tiny)
-    u = (initial_dof + d) / (initial_dof + d * spread / typical)
+    # The spread uses the unweighted responsibilities (no division by a row weight, which is 0 for
+    # padding), and the median row's is floored relative to the mean row's, never at ``tiny``:
+    # XLA rewrites ``(a / b) / c`` as ``a / (b * c)``, and two ``tiny`` floors multiply to 0, so
+    # 0 / 0 made NaN when every row sits on its centre (one row, or all rows equal).
+    weighted = resp * w[:, None]
+    nk = jnp.sum(weighted, axis=0)
+    centres = (weighted.T @ X) / nk[:, None]
+    spread = jnp.sum(resp * initialisers.squared_distances(X, centres), axis=1)
+    resp = weighted
+    mean_spread = w @ spread / jnp.sum(w)
+    typical = jnp.maximum(initialisers.weighted_median(spread, w),
+                          jnp.finfo(X.dtype).eps * mean_spread)
+    # typical is 0 only when every weighted row is on its centre (spread 0): every ratio is then 0.
+    ratio = spread / jnp.where(typical > 0, typical, jnp.ones_like(typical))
+    u = (initial_dof + d) / (initial_dof + d * ratio)
     stats = blocks.blocked_suff_stats(
         lambda p, xb, ru: _moments(p["means"], xb, ru[:, :k], ru[:, k:], covariance_type),
         start, X, jnp.concatenate([resp, jnp.broadcast_to(u[:, None], resp.shape)], axis=1))

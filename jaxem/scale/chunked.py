@@ -66,7 +66,7 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
                 optimizer=None, m_step_iters: int = 10, method: str = "auto",
                 block_size: int | None = None, devices=None,
                 progress: Callable | None = None, dtype=None, checkpoint=None,
-                resume: bool = False) -> FitResult:
+                resume: bool = False, accelerate=None) -> FitResult:
     """Fit ``model`` by exact EM reading ``source`` in chunks (data larger than memory).
 
     Args:
@@ -98,6 +98,8 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
         dtype: the float type to compute in, ``"float32"``, ``"float64"``, ``"auto"`` or ``None``
             (JAX's default), as in :func:`jaxem.fit`; ``"auto"`` counts an array source's size
             (a file or an iterable counts as large).
+        accelerate: SQUAREM or plain EM, as in :func:`jaxem.fit` (default ``"auto"``); each
+            pass over the data counts as one iteration either way.
 
     Returns:
         A :class:`jaxem.FitResult` (``compile_time`` is 0: chunk programs compile on first use and
@@ -117,7 +119,7 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
                                 e_step=e_step, m_step=m_step, optimizer=optimizer,
                                 m_step_iters=m_step_iters, method=method, block_size=block_size,
                                 devices=devices, progress=progress, checkpoint=checkpoint,
-                                resume=resume)
+                                resume=resume, accelerate=accelerate)
     init_size = check_positive_int(init_size, "init_size")
     if chunk_size is not None:
         chunk_size = check_positive_int(chunk_size, "chunk_size")
@@ -127,7 +129,8 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
                              m_step_iters=m_step_iters, block_size=block_size, progress=progress,
                              init_params=init_params, dtype=dtype,
                              default_optimizer=chunked_gradient.DEFAULT_OPTIMIZER,
-                             checkpoint=checkpoint, resume=resume)
+                             checkpoint=checkpoint, resume=resume, accelerate=accelerate,
+                             caller="fit_chunked")
     if setup.use_gradient:
         chunked_gradient.check_optimizer(setup.optimizer)
     mesh = sharding.data_mesh(devices)
@@ -170,7 +173,7 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
         model, (source.n_rows, jax.tree.leaves(params), sample_weight, labels),
         (chunk_size, plan.block_size, method, None if lengths is None else np.asarray(lengths)))
     try:
-        out = loop.run_host_loop(e_pass, m_step, params, setup.loop_settings(dtype),
+        out = loop.run_host_loop(e_pass, m_step, params, setup.loop_settings(dtype, parts.constraints),
                                  on_iteration=setup.progress, saver=saver, restore=restore)
     except loop.Interrupted as stop:
         raise driver.interrupted(stop, setup) from None

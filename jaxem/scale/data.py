@@ -41,8 +41,9 @@ def _check_chunk(chunk, start: int, row_shape: tuple | None, allow_nan: bool, dt
         if bad.any():
             where = np.argwhere(bad)[0]
             column = f", column {int(where[1])}" if arr.ndim > 1 else ""
-            raise ValueError(f"X contains {arr[tuple(where)]} at row {start + int(where[0])}"
-                             f"{column}; remove or impute it")
+            value = arr[tuple(where)]
+            raise ValueError(f"X contains {'NaN' if np.isnan(value) else value} at row "
+                             f"{start + int(where[0])}{column}; remove or impute it")
     arr = check_data(arr, allow_nan=allow_nan, min_rows=0)
     return np.asarray(arr, dtype=dtype)
 

@@ -133,7 +133,7 @@ def fit_online(model: Model, source, *, batch_size: int = 8192, n_epochs: float 
     # The front end every fit shares: the key, the block size, the callback, init_params.
     setup = driver.setup_fit(model, key=key, n_restarts=1, m_step="closed_form",
                              block_size=block_size, progress=progress, init_params=init_params,
-                             dtype=dtype)
+                             dtype=dtype, caller="fit_online")
     keys, key = setup.keys, setup.keys[0]
     init_params = (None if setup.init_params is None
                    else jax.tree.map(lambda p: p[0], setup.init_params))
