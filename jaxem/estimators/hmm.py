@@ -9,6 +9,7 @@ as in hmmlearn. ``score`` is hmmlearn's total log-likelihood over all sequences,
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 from ..core.validation import check_nonnegative_float
@@ -128,16 +129,22 @@ class GaussianHMM(_BaseHMM):
         if cov.shape != shape:
             raise ValueError(f"covars_ for covariance_type={ct!r} must be assigned with shape "
                              f"{shape}, got {cov.shape}")
-        if ct in ("full", "tied"):
-            eig = np.linalg.eigvalsh(cov)
-            if (eig <= 0).any():
-                raise ValueError("covars_ must be symmetric positive definite")
-            prec_chol = np.linalg.inv(np.linalg.cholesky(cov))
-        else:
-            if (cov <= 0).any():
-                raise ValueError("covars_ must be positive")
-            prec_chol = 1.0 / np.sqrt(cov)
-        return {"means": np.asarray(self.means_, np.float64), "prec_chol": prec_chol}
+        return {"means": np.asarray(self.means_, np.float64), "prec_chol": _prec_chol(cov, ct)}
+
+    def _initial(self, seqs, key) -> dict:
+        """hmmlearn's start: means from the initialiser (k-means by default), and every state's
+        covariance the data's (``np.cov``) plus ``min_covar`` on the diagonal, in the covariance
+        type's shape (spherical: the mean of that matrix's entries, as hmmlearn)."""
+        start = super()._initial(seqs, key)
+        rows = np.asarray(seqs.rows, np.float64)
+        cv = np.atleast_2d(np.cov(rows.T)) + self.min_covar * np.eye(rows.shape[1])
+        K = self.n_components
+        cov = {"spherical": np.full(K, cv.mean()), "tied": cv,
+               "diag": np.tile(np.diag(cv), (K, 1)), "full": np.tile(cv, (K, 1, 1))}
+        dtype = start["emission"]["means"].dtype
+        prec_chol = _prec_chol(cov[self.covariance_type], self.covariance_type)
+        start["emission"] = dict(start["emission"], prec_chol=jnp.asarray(prec_chol, dtype))
+        return start
 
     def _emission_arrays(self, emission) -> dict:
         # covars_ in the covariance type's own shape (as assigned), not the full getter's.
@@ -154,6 +161,18 @@ class GaussianHMM(_BaseHMM):
         cov = {"spherical": K, "diag": K * D, "full": K * D * (D + 1) // 2,
                "tied": D * (D + 1) // 2}[self.covariance_type]
         return K * D + cov
+
+
+def _prec_chol(cov: np.ndarray, covariance_type: str) -> np.ndarray:
+    """The precision Cholesky factors of covariances in the covariance type's shape; a
+    ValueError when they are not positive (definite)."""
+    if covariance_type in ("full", "tied"):
+        if (np.linalg.eigvalsh(cov) <= 0).any():
+            raise ValueError("covars_ must be symmetric positive definite")
+        return np.linalg.inv(np.linalg.cholesky(cov))
+    if (cov <= 0).any():
+        raise ValueError("covars_ must be positive")
+    return 1.0 / np.sqrt(cov)
 
 
 class CategoricalHMM(_BaseHMM):

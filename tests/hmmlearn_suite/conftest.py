@@ -30,7 +30,7 @@ EXPECTED_DIFFERENCES = {
         "a constant column with full covariances: hmmlearn's covars_prior adds 0.01 to every "
         "entry (rank one), which leaves each state's covariance singular; hmmlearn then retries "
         "its densities with min_covar added, jaxem reports the failed fit instead of changing "
-        "the model"),
+        "the model (not strict: from some k-means starts the fit stays finite; 9 of 20 seeds)"),
 }
 
 
@@ -42,5 +42,5 @@ def pytest_collection_modifyitems(config, items):
         for (name, impl, cov), reason in EXPECTED_DIFFERENCES.items():
             if (item.originalname == name and impl in (None, implementation)
                     and cov in (None, covariance)):
-                strict = name != "test_underflow_from_scaling"
+                strict = name not in ("test_underflow_from_scaling", "test_fit_zero_variance")
                 item.add_marker(pytest.mark.xfail(reason=reason, strict=strict))
