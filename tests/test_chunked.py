@@ -160,7 +160,7 @@ def test_bad_input_is_refused_before_fitting(tmp_path):
     model = jem.gaussian_mixture(3)
     bad = X.copy()
     bad[450, 1] = np.nan
-    with pytest.raises(ValueError, match="nan at row 450, column 1"):
+    with pytest.raises(ValueError, match="NaN at row 450, column 1"):
         fit_chunked(model, bad, chunk_size=CHUNK, key=jax.random.key(0), init_size=100)
     with pytest.raises(ValueError, match="one-shot iterator"):
         fit_chunked(model, (c for c in [X]), key=jax.random.key(0))

@@ -28,7 +28,9 @@ def test_viterbi_training_climbs_and_stops_at_its_fixed_point(x64):
     the normalised count of the decoded paths' transitions and the history's last value is their
     log-joint, so one more M-step would change nothing."""
     Y, lengths = _sequences()
-    est = jem.GaussianHMM(2, "full", e_step="hard", n_iter=100, tol=None, random_state=0)
+    # covars_prior=0: the maximum-likelihood fit (hmmlearn's default prior adds its log density).
+    est = jem.GaussianHMM(2, "full", e_step="hard", n_iter=100, tol=None, random_state=0,
+                          covars_prior=0.0)
     est.fit(Y, lengths)
     result = est.fit_result_
     assert result.converged[0] and result.n_iter[0] < 100
@@ -77,7 +79,8 @@ def test_annealed_baum_welch_reports_the_log_likelihood(x64):
     value equals the score of the fitted model, and convergence waits for T = 1."""
     Y, lengths = _sequences(seed=2)
     schedule = jem.Annealing(start=2.0, n_iters=8)
-    est = jem.GaussianHMM(2, "diag", e_step=schedule, n_iter=60, random_state=0).fit(Y, lengths)
+    est = jem.GaussianHMM(2, "diag", e_step=schedule, n_iter=60, random_state=0,
+                          covars_prior=0.0).fit(Y, lengths)
     assert est.fit_result_.n_iter[0] > schedule.n_iters
     history = est.history_[np.isfinite(est.history_)]
     np.testing.assert_allclose(history[-1], est.score(Y, lengths), rtol=1e-10)

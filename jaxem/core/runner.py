@@ -131,7 +131,7 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         optimizer: optax.GradientTransformation | None = None,
         m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
         progress: Callable | None = None, devices=None, dtype=None, checkpoint=None,
-        resume: bool = False, accelerate="auto") -> FitResult:
+        resume: bool = False, accelerate=None) -> FitResult:
     """Fit ``model`` to ``X`` by EM from several random starts at once.
 
     Args:

@@ -62,7 +62,7 @@ class _RegressionMixture(MixtureEstimator):
         for name in ("n_inputs_", "n_features_in_"):
             self.__dict__.pop(name, None)
         Z = self._joint(X, y)
-        super().fit(Z, labels, sample_weight=sample_weight)
+        super().fit(Z, sample_weight=sample_weight, labels=labels)
         self.n_inputs_ = self.n_features_in_ = Z.shape[1] - 1
         return self
 

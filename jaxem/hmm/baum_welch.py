@@ -62,7 +62,7 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
         method: str = "auto", optimizer: optax.GradientTransformation | None = None,
         m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
         e_step: str | Annealing = "soft", progress=None, dtype=None, checkpoint=None,
-        resume: bool = False, accelerate="auto") -> FitResult:
+        resume: bool = False, accelerate=None) -> FitResult:
     """Fit ``hmm`` by Baum-Welch (EM) from several starts at once.
 
     Args:

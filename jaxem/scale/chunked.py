@@ -66,7 +66,7 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
                 optimizer=None, m_step_iters: int = 10, method: str = "auto",
                 block_size: int | None = None, devices=None,
                 progress: Callable | None = None, dtype=None, checkpoint=None,
-                resume: bool = False, accelerate="auto") -> FitResult:
+                resume: bool = False, accelerate=None) -> FitResult:
     """Fit ``model`` by exact EM reading ``source`` in chunks (data larger than memory).
 
     Args:
