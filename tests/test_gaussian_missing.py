@@ -122,26 +122,28 @@ def test_one_em_step_matches_a_row_by_row_reference(x64, covariance_type):
     np.testing.assert_allclose(ours, expected, rtol=1e-9, atol=1e-10)
 
 
-def test_fit_with_nans_is_monotone_and_a_missing_column_leaves_the_rest_untouched():
+@pytest.mark.filterwarnings("ignore::jaxem.ConvergenceWarning")
+def test_fit_with_nans_is_monotone_and_a_missing_column_leaves_the_rest_untouched(x64):
     """Marginalising a column that is NaN in every row gives exactly the fit of the other
-    columns: same log-likelihood, same means and covariances on the observed block."""
-    X2 = three_blobs(n=300)
-    X3 = np.concatenate([X2, np.full((len(X2), 1), np.nan, np.float32)], axis=1)
+    columns: same log-likelihood, same means and covariances on the observed block. In float64:
+    the two are different programs, and over 30 iterations float32 round-off drifts apart along
+    the slow directions of EM (4e-4 in a mean with other compiler settings)."""
+    X2 = three_blobs(n=300).astype(np.float64)
+    X3 = np.concatenate([X2, np.full((len(X2), 1), np.nan)], axis=1)
     start2 = jax.jit(G.gaussian_mixture(3).init)(jax.random.key(0), jnp.asarray(X2))
     start3 = {"weights": start2["weights"],
               "means": jnp.concatenate([start2["means"], jnp.zeros((3, 1))], axis=1),
               "prec_chol": jax.vmap(jax.scipy.linalg.block_diag)(start2["prec_chol"],
                                                                  jnp.ones((3, 1, 1)))}
-    kw = dict(key=jax.random.key(0), max_iter=30, tol=0.0)
+    kw = dict(key=jax.random.key(0), max_iter=30, tol=0.0, dtype="float64")
     ours = jem.fit(jem.gaussian_mixture(3, missing=True), X3, init_params=start3, **kw)
     plain = jem.fit(jem.gaussian_mixture(3), X2, init_params=start2, **kw)
     assert_non_decreasing(ours)
-    # Both climb the same likelihood (float32 round-off apart; a Δ of exactly 0 may stop one).
-    np.testing.assert_allclose(ours.history[:, :8], plain.history[:, :8], rtol=2e-6)
-    np.testing.assert_allclose(ours.params["means"][:, :2], plain.params["means"], atol=2e-4)
+    np.testing.assert_allclose(ours.history, plain.history, rtol=1e-12)
+    np.testing.assert_allclose(ours.params["means"][:, :2], plain.params["means"], rtol=1e-9)
     cov3 = G.covariances_from_prec_chol(ours.params["prec_chol"], "full")
     cov2 = G.covariances_from_prec_chol(plain.params["prec_chol"], "full")
-    np.testing.assert_allclose(cov3[:, :2, :2], cov2, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(cov3[:, :2, :2], cov2, rtol=1e-9, atol=1e-12)
 
 
 def test_estimator_fits_and_scores_data_with_nans():
