@@ -147,9 +147,15 @@ def test_round_trip_keeps_every_fitted_attribute(name, tmp_path):
     assert loaded.score(*args) == est.score(*args)
 
 
+# One mixture, one HMM, one regression mixture: that a new process computes bit for bit what this
+# one did is XLA's property, not a class's; every class's saved state is checked above.
+IN_A_NEW_PROCESS = [n for n in ("GaussianMixture", "GaussianHMM", "MixtureOfLinearRegressions")
+                    if n in AVAILABLE]
+
+
 def test_predictions_are_bit_identical_in_a_new_process(tmp_path):
     expected = {}
-    for name in AVAILABLE:
+    for name in IN_A_NEW_PROCESS:
         est, args = _fitted(name)
         jem.save(est, tmp_path / f"{name}.npz")
         np.savez(tmp_path / f"{name}.args.npz", *args)
@@ -157,7 +163,7 @@ def test_predictions_are_bit_identical_in_a_new_process(tmp_path):
         expected[name] = (est.predict_proba(*args), est.score(*args))
     script = textwrap.dedent(f"""
         import numpy as np, jaxem as jem
-        for name in {AVAILABLE!r}:
+        for name in {IN_A_NEW_PROCESS!r}:
             est = jem.load(r"{tmp_path}/" + name + ".npz")
             with np.load(r"{tmp_path}/" + name + ".args.npz") as f:
                 args = [f[k] for k in sorted(f.files)]
