@@ -198,9 +198,9 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         resume: continue from ``checkpoint`` when the file exists (a killed fit then ends with
             the result it would have had); it must come from a fit with the same model, data and
             settings, else ValueError. Without the file the fit starts afresh.
-        accelerate: ``"auto"`` (default: SQUAREM with the soft E-step when the model declares
-            ``constraints``, else plain EM), ``"squarem"`` or ``True`` (SQUAREM; a ValueError
-            with a hard or annealed E-step), ``None`` or ``False`` (plain EM). SQUAREM
+        accelerate: ``None`` or ``False`` (default: plain EM), ``"auto"`` (SQUAREM with the
+            soft E-step when the model declares ``constraints``, else plain EM), ``"squarem"`` or
+            ``True`` (SQUAREM; a ValueError with a hard or annealed E-step). SQUAREM
             (:mod:`jaxem.core.accelerate`) extrapolates along two EM steps in the unconstrained
             space of ``model.constraints`` and keeps a point only when its log-likelihood is no
             lower, so the history still never decreases; ``n_iter`` then counts passes over the

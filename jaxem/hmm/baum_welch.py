@@ -97,7 +97,8 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
             (JAX's default), as in :func:`jaxem.fit`.
         accelerate: ``"auto"`` (SQUAREM with the soft E-step when the emission declares
             ``constraints``; the chain's probabilities are extrapolated as softmax logits),
-            ``"squarem"``/``True`` or ``None``/``False``, as in :func:`jaxem.fit`.
+            ``"squarem"``/``True`` or ``None``/``False`` (the default, plain Baum-Welch), as in
+            :func:`jaxem.fit`.
 
     Returns:
         :class:`jaxem.FitResult`; ``history`` and ``log_likelihood`` are the total log-likelihood

@@ -98,7 +98,7 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
         dtype: the float type to compute in, ``"float32"``, ``"float64"``, ``"auto"`` or ``None``
             (JAX's default), as in :func:`jaxem.fit`; ``"auto"`` counts an array source's size
             (a file or an iterable counts as large).
-        accelerate: SQUAREM or plain EM, as in :func:`jaxem.fit` (default ``"auto"``); each
+        accelerate: SQUAREM or plain EM, as in :func:`jaxem.fit` (default ``None``, plain EM); each
             pass over the data counts as one iteration either way.
 
     Returns:
