@@ -1,5 +1,5 @@
 """Checkpoint and resume: a fit killed (SIGKILL) or interrupted (Ctrl-C) and resumed from its
-checkpoint ends with the uninterrupted fit's result, for the in-memory, HMM and chunked fits, the
+checkpoint ends with the uninterrupted fit's result, for the in-memory, HMM, chunked and online fits, the
 estimators and the command line; a checkpoint of other data or settings, or a damaged one, is
 refused with a message naming the file."""
 
@@ -196,3 +196,68 @@ def test_command_line_checkpoint_and_resume(tmp_path, capsys):
     assert fitted(capsys.readouterr().out) == fitted(first) and len(fitted(first)) == 5
     assert main(["fit", str(data), "-k", "2", "--resume"]) == 2
     assert "--resume needs --checkpoint" in capsys.readouterr().err
+
+
+# 3000 rows in minibatches of 400: 8 per epoch (the last one short), 20 steps over 2.5 epochs.
+ONLINE = dict(batch_size=400, n_epochs=2.5, key=jax.random.key(3))
+
+
+def _online_source(kind, tmp_path):
+    if kind == "npy":
+        np.save(tmp_path / "X.npy", X)
+        return str(tmp_path / "X.npy")
+    if kind == "callable":  # pieces of 500 rows: 400 + 100 per piece, 12 minibatches an epoch
+        return lambda: (X[i:i + 500] for i in range(0, len(X), 500))
+    return X
+
+
+def _same_online(a, b) -> None:
+    # Exact: the resumed fit runs the same compiled step on the bit-identical saved state.
+    assert a.n_steps == b.n_steps
+    np.testing.assert_array_equal(a.history, b.history)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("kind", ["array", "callable", "npy"])
+def test_online_fit_interrupted_or_killed_resumes(tmp_path, kind):
+    """Ctrl-C at step 13 (in the second epoch) saves; so does every 5th step, and the file as a
+    kill at step 12 leaves it (step 10) resumes too: both end as the uninterrupted fit."""
+    path, killed = tmp_path / "online.npz", tmp_path / "killed.npz"
+    model, source = jem.gaussian_mixture(3), _online_source(kind, tmp_path)
+
+    def ctrl_c_at_13(step, _):
+        if step == 12:
+            killed.write_bytes(path.read_bytes())
+        if step == 13:
+            raise KeyboardInterrupt
+
+    with pytest.raises(jem.FitInterrupted) as stop:
+        jem.fit_online(model, source, progress=ctrl_c_at_13, **ONLINE,
+                       checkpoint=jem.Checkpoint(path, every_seconds=None, every_iterations=5))
+    assert stop.value.result.n_steps == 13 and _saved_iterations(path) == 13
+    assert _saved_iterations(killed) == 10
+    whole = jem.fit_online(model, source, **ONLINE)
+    assert whole.n_steps == 20
+    # max_seconds is not part of the fingerprint: a resumed fit may get a new time budget.
+    _same_online(jem.fit_online(model, source, checkpoint=path, resume=True, max_seconds=1e6,
+                                **ONLINE), whole)
+    assert _saved_iterations(path) == 20
+    _same_online(jem.fit_online(model, source, checkpoint=killed, resume=True, **ONLINE), whole)
+    # Resuming a finished fit returns its result at once.
+    _same_online(jem.fit_online(model, source, checkpoint=path, resume=True, **ONLINE), whole)
+
+
+def test_online_resume_of_other_data_or_settings_is_refused(tmp_path):
+    path = tmp_path / "online.npz"
+    model = jem.gaussian_mixture(3)
+    jem.fit_online(model, X, max_steps=3, checkpoint=path, **ONLINE)
+    with pytest.raises(ValueError, match=r"online\.npz.*different data"):
+        jem.fit_online(model, X + 1, max_steps=3, checkpoint=path, resume=True, **ONLINE)
+    with pytest.raises(ValueError, match=r"online\.npz.*different settings"):
+        jem.fit_online(model, X, max_steps=3, kappa=0.7, checkpoint=path, resume=True, **ONLINE)
+    with pytest.raises(ValueError, match=r"online\.npz.*different model"):
+        jem.fit_online(jem.gaussian_mixture(3, "diag"), X, max_steps=3, checkpoint=path,
+                       resume=True, **ONLINE)
+    with pytest.raises(ValueError, match="resume=True needs checkpoint"):
+        jem.fit_online(model, X, resume=True, **ONLINE)

@@ -86,7 +86,8 @@ def fit_online(model: Model, source, *, batch_size: int = 8192, n_epochs: float 
                max_steps: int | None = None, max_seconds: float | None = None,
                kappa: float = 0.6, t0: float = 2.0, key=None, init_params: Any = None,
                init_size: int = DEFAULT_INIT_ROWS, shuffle: bool = True,
-               block_size: int | None = None, progress: Callable | None = None) -> OnlineResult:
+               block_size: int | None = None, progress: Callable | None = None,
+               checkpoint=None, resume: bool = False) -> OnlineResult:
     """Fit ``model`` by stochastic (online) EM over minibatches of ``source``.
 
     Args:
@@ -98,7 +99,8 @@ def fit_online(model: Model, source, *, batch_size: int = 8192, n_epochs: float 
         batch_size: rows per minibatch (the last one of an epoch is padded under weight 0).
         n_epochs: passes over the data (may be fractional).
         max_steps: stop after this many minibatches (overrides ``n_epochs``).
-        max_seconds: stop after this much wall-clock time (checked after each step).
+        max_seconds: stop after this much wall-clock time (checked after each step; a resumed
+            fit's clock starts at the resume).
         kappa: step-size exponent in ``(0.5, 1]``; smaller forgets old statistics faster.
         t0: step-size offset ``>= 0``; larger keeps early steps larger.
         key: PRNG key for initialisation and the minibatch order.
@@ -107,6 +109,21 @@ def fit_online(model: Model, source, *, batch_size: int = 8192, n_epochs: float 
         shuffle: visit minibatches in a new random order each epoch (indexable sources).
         block_size: rows per block inside a minibatch.
         progress: optional ``progress(step, minibatch mean log-likelihood)``.
+        checkpoint: ``"path.npz"`` or a :class:`jaxem.Checkpoint`: save the fit's state there
+            every ``every_seconds`` seconds or ``every_iterations`` steps, when it ends and when Ctrl-C
+            stops it. The state is the parameters, the running average of the statistics (a
+            pytree of the model's statistics' shapes), the centre (the initial parameters),
+            ``history [n_steps]`` (NaN for steps not yet run) and the steps done.
+        resume: continue from ``checkpoint`` (a fresh start when the file does not exist yet):
+            the minibatches are visited in the same order (the skipped ones are not read from
+            an indexable source; an iterable one is read through) and the fit ends with the
+            parameters and history of an uninterrupted one. The file must come from the same
+            model, data and settings (``batch_size``, ``n_epochs``, ``max_steps``, ``kappa``,
+            ``t0``, ``key``, ``init_params``, ``init_size``, ``shuffle``, ``block_size``), else
+            it is refused with a ValueError naming the file. ``max_seconds`` may differ (a
+            resumed fit may get a new time budget). The data's fingerprint hashes an in-memory
+            array whole; a memmap, file or iterable is known by its row count and the
+            initialisation sample drawn from it (hashing it all would cost a pass).
 
     Returns:
         :class:`OnlineResult` (a :class:`jaxem.FitResult`).
@@ -130,71 +147,128 @@ def fit_online(model: Model, source, *, batch_size: int = 8192, n_epochs: float 
         raise ValueError(f"{model.name!r} has no closed-form M-step; online EM averages "
                          "sufficient statistics and needs one")
     dtype = np.dtype(default_float_dtype())
-    # The front end every fit shares: the key, the block size, the callback, init_params.
+    # The front end every fit shares: the key, the block size, the callback, init_params and
+    # the checkpoint (checked, and the fingerprints a resume must match).
     setup = driver.setup_fit(model, key=key, n_restarts=1, m_step="closed_form",
                              block_size=block_size, progress=progress, init_params=init_params,
-                             dtype=dtype, caller="fit_online")
+                             dtype=dtype, checkpoint=checkpoint, resume=resume,
+                             caller="fit_online")
     keys, key = setup.keys, setup.keys[0]
     init_params = (None if setup.init_params is None
                    else jax.tree.map(lambda p: p[0], setup.init_params))
+    data = source
     source = as_source(source)
     if source.n_rows is not None:  # arrays and files: their size is known before any compute
         if source.n_rows == 0:
             raise ValueError("X has 0 rows but at least 1 are needed")
         if model.n_components is not None:
             check_enough_rows(source.n_rows, model.n_components)
+    # The minibatch order is drawn from this stream after the initialisation sample; a resumed
+    # fit draws both again, so its stream is the uninterrupted fit's.
     rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
+    sample = None
     if init_params is None:
         _, sample = source.sample(init_size, rng, dtype)
         init_params = precision.jit(model.init)(key, jnp.asarray(sample))
     centre = jax.tree.map(lambda p: jnp.asarray(p, dtype), init_params)
+    chunks_per_epoch = None
     if source.n_rows is None:                         # an iterable: count its rows once
-        for _ in source.chunks(batch_size, dtype=dtype):
-            pass
+        chunks_per_epoch = sum(1 for _ in source.chunks(batch_size, dtype=dtype))
     n_rows = source.n_rows
     batch_size = min(batch_size, n_rows)
     batches_per_epoch = math.ceil(n_rows / batch_size)
     total = max_steps or max(1, math.ceil(n_epochs * batches_per_epoch))
     n_blocks, rows_per_block = blocks.plan_blocks(batch_size, setup.block_size)
     rhos = step_sizes(total, kappa, t0)
+    saver, restore = setup.checkpointing(
+        model, (data if _in_memory(data) else None, n_rows, sample),
+        (batch_size, n_epochs, max_steps, kappa, t0, bool(shuffle), init_size))
 
-    def batches():
+    def batches(skip: int):
+        """The minibatches from step ``skip`` on; the ones before are drawn, never read."""
+        if not source.indexable:                      # the same chunks, in order, every epoch
+            skip %= chunks_per_epoch
         while True:
             if source.indexable:
                 order = rng.permutation(batches_per_epoch) if shuffle else range(batches_per_epoch)
                 for b in order:
+                    if skip:
+                        skip -= 1
+                        continue
                     start = int(b) * batch_size
                     yield source.rows(start, min(start + batch_size, n_rows), dtype=dtype)
             else:
                 for _, chunk in source.chunks(batch_size, dtype=dtype):
+                    if skip:
+                        skip -= 1
+                        continue
                     yield chunk
 
-    params, average, history = centre, None, []
+    # The averaged statistics start as zeros (ρ_1 = 1 replaces them), so the saved state has
+    # one structure from the first step on.
+    row_shape = (source.row_shape if source.row_shape is not None
+                 else source.rows(0, 1, dtype=dtype).shape[1:])
+    like = host_row_blocks(np.zeros((batch_size,) + tuple(row_shape), dtype), None, None,
+                           n_blocks, rows_per_block)
+    shapes = jax.eval_shape(functools.partial(passes.stats_pass, model), centre, like)[1]
+    average = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    params, history, done = centre, [], 0
+    if restore is not None:
+        state = restore(_state(params, average, centre, history, 0, total))
+        params, average, centre = state["params"], state["average"], state["centre"]
+        done = int(state["trips"]) - 1
+        history = [float(h) for h in state["history"][:done]]
     begin = time.perf_counter()
     try:
-        for step, chunk in enumerate(batches()):
-            if step == total or (max_seconds is not None and step
-                                 and time.perf_counter() - begin >= max_seconds):
+        generator = batches(done)
+        for step in range(done, total):
+            if (max_seconds is not None and step > done
+                    and time.perf_counter() - begin >= max_seconds):
                 break
+            chunk = next(generator)
             rows = jax.tree.map(jnp.asarray, host_row_blocks(chunk, None, None, n_blocks,
                                                              rows_per_block))
-            if average is None:
-                shapes = jax.eval_shape(functools.partial(passes.stats_pass, model), centre,
-                                        rows)[1]
-                average = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
             scale = jnp.asarray(n_rows / chunk.shape[0], dtype)
             # One step in flight: the next minibatch is read while this one computes, and
             # neither host memory nor the max_seconds clock runs ahead of the device.
             jax.block_until_ready(params)
-            params, average, objective = _step(params, centre, average, rows,
-                                               jnp.asarray(rhos[step], dtype), scale, model=model)
+            new_params, new_average, objective = _step(
+                params, centre, average, rows, jnp.asarray(rhos[step], dtype), scale, model=model)
             history.append(objective / chunk.shape[0])  # left on the device: no sync per step
+            # One statement, with no call or loop jump (where CPython raises KeyboardInterrupt):
+            # the state saved on an interrupt is always that of ``done`` whole steps.
+            params, average, done = new_params, new_average, step + 1
+            if saver is not None and saver.due({"trips": done + 1}):
+                saver.save(_state(params, average, centre, history, done, total))
             if progress is not None:
-                progress(step + 1, float(history[-1]))
+                progress(done, float(history[done - 1]))
     except KeyboardInterrupt:
-        raise FitInterrupted(_result(params, history, n_rows, batch_size, keys, rhos,
+        # A Ctrl-C inside ``_step`` may have consumed the donated average: the last checkpoint
+        # then stands.
+        if saver is not None and not any(a.is_deleted() for a in jax.tree.leaves(average)):
+            saver.save(_state(params, average, centre, history, done, total))
+        raise FitInterrupted(_result(params, history[:done], n_rows, batch_size, keys, rhos,
                                      time.perf_counter() - begin, interrupted=True)) from None
-    return _result(params, history, n_rows, batch_size, keys, rhos, time.perf_counter() - begin)
+    if saver is not None:
+        saver.save(_state(params, average, centre, history, done, total))
+    return _result(params, history[:done], n_rows, batch_size, keys, rhos,
+                   time.perf_counter() - begin)
+
+
+def _in_memory(data) -> bool:
+    """Whether ``data`` is an array in memory (cheap to hash whole), not a file or a stream."""
+    return (isinstance(data, (np.ndarray, jax.Array)) and not isinstance(data, np.memmap))
+
+
+def _state(params, average, centre, history: list, done: int, total: int) -> dict:
+    """The fit's state after ``done`` steps, as a checkpoint holds it (``trips`` counts as the
+    batch loop's do: steps + 1). Turns ``history``'s first ``done`` entries into host floats
+    in place, so each is transferred once."""
+    history[:done] = [float(h) for h in history[:done]]
+    buffer = np.full(total, np.nan)
+    buffer[:done] = history[:done]
+    return {"params": params, "average": average, "centre": centre, "history": buffer,
+            "trips": np.asarray(done + 1, np.int64)}
 
 
 def _result(params, history, n_rows, batch_size, keys, rhos, fit_time,
