@@ -49,6 +49,28 @@ try:
     out["disagree"] = None
 except ValueError as err:
     out["disagree"] = str(err)
+# Ctrl-C reaches process 1 only: both stop at the same iteration and save their own checkpoint;
+# resumed, both end where a fit never stopped ends.
+import contextlib
+from jaxem.core import programs
+long = dict(kw, max_iter=40)
+full = jem.fit(model, mine, init_params=init, **long)
+path = sys.argv[3]
+unpatched = programs._interrupt_flag
+@contextlib.contextmanager
+def pressed():
+    yield lambda: pid == 1
+programs._interrupt_flag = pressed
+try:
+    jem.fit(model, mine, init_params=init, checkpoint=path, **long)
+    out["stopped_at"] = None
+except jem.FitInterrupted as stop:
+    out["stopped_at"] = int(stop.result.n_iter.max())
+programs._interrupt_flag = unpatched
+resumed = jem.fit(model, mine, init_params=init, checkpoint=path, resume=True, **long)
+out["resumed"] = {"history": resumed.history[0].tolist(), "full": full.history[0].tolist(),
+                  "means": np.asarray(resumed.params["means"]).tolist(),
+                  "full_means": np.asarray(full.params["means"]).tolist()}
 print("RESULT " + json.dumps(out), flush=True)
 """
 
@@ -60,9 +82,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def two_processes():
+def checkpoint_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture(scope="module")
+def two_processes(checkpoint_folder):
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(pid), str(port)],
+    path = str(checkpoint_folder / "fit.npz")
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(pid), str(port), path],
                               cwd=ROOT / "tests", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
              for pid in (0, 1)]
@@ -109,3 +137,15 @@ def test_processes_start_from_the_same_parameters(two_processes):
 def test_processes_that_disagree_fail_together(two_processes):
     for out in two_processes:
         assert out["disagree"] is not None and "disagree on its settings" in out["disagree"]
+
+
+def test_ctrl_c_in_one_process_stops_both_and_their_checkpoints_resume(two_processes,
+                                                                       checkpoint_folder):
+    stops = [out["stopped_at"] for out in two_processes]
+    assert stops[0] is not None and stops[0] == stops[1] < 40
+    assert sorted(p.name for p in checkpoint_folder.iterdir()) == ["fit.process0of2.npz",
+                                                                   "fit.process1of2.npz"]
+    for out in two_processes:
+        resumed = out["resumed"]
+        _close(resumed["history"], resumed["full"], rel=1e-6)
+        _close(resumed["means"], resumed["full_means"])

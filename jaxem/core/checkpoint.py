@@ -31,6 +31,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from . import sharding
+
 FORMAT = "jaxem-checkpoint-v1"
 _META = "meta.json"
 # The JSON member is small; a larger one is not a checkpoint this module wrote.
@@ -116,6 +118,22 @@ def fingerprint(*parts) -> str:
     return digest.hexdigest()
 
 
+def process_file(path: str) -> str:
+    """The file a process writes: ``path`` itself, or with several processes (each holds its own
+    rows, so its own fingerprints) ``name.process<i>of<n>.ext``."""
+    if jax.process_count() == 1:
+        return path
+    root, ext = os.path.splitext(path)
+    return f"{root}.process{jax.process_index()}of{jax.process_count()}{ext}"
+
+
+def _host(leaf) -> np.ndarray:
+    # A multi-process fit's state is replicated over the processes: each saves its own copy.
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        return np.asarray(leaf.addressable_data(0))
+    return np.asarray(leaf)
+
+
 def _leaves(state: dict) -> tuple[list, str]:
     leaves, treedef = jax.tree.flatten(state)
     return leaves, str(treedef)
@@ -124,11 +142,11 @@ def _leaves(state: dict) -> tuple[list, str]:
 def save(checkpoint: Checkpoint, state: dict, fingerprints: dict) -> None:
     """Write the loop ``state`` (device or host arrays) to ``checkpoint.path`` atomically."""
     leaves, treedef = _leaves(state)
-    arrays = {f"leaf_{i:05d}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+    arrays = {f"leaf_{i:05d}": _host(leaf) for i, leaf in enumerate(leaves)}
     meta = {"format": FORMAT, "treedef": treedef, "fingerprints": fingerprints,
             "trips": int(np.asarray(state["trips"])), "written": time.time(),
             "leaves": [[list(a.shape), a.dtype.str] for a in arrays.values()]}
-    path = checkpoint.path
+    path = process_file(checkpoint.path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
     try:
@@ -160,7 +178,7 @@ def load(checkpoint: Checkpoint, fingerprints: dict, like: dict) -> dict | None:
     """The loop state saved in ``checkpoint.path`` as host arrays in the structure of ``like``
     (the fresh loop's starting state), or ``None`` when there is no file (the fit then starts
     afresh). Anything else that does not match is a ValueError naming the file."""
-    path = checkpoint.path
+    path = process_file(checkpoint.path)
     if not os.path.exists(path):
         return None
     if not os.path.isfile(path):
@@ -233,7 +251,8 @@ class Saver:
         self._last_time = time.monotonic()
 
     def __call__(self, state: dict) -> None:
-        if self.due(state):
+        # Every process of a multi-process fit saves at the same iteration, when any is due.
+        if sharding.every_process([self.due(state)])[:, 0].any():
             self.save(state)
 
 
@@ -248,7 +267,10 @@ def restorer(checkpoint: Checkpoint | None, resume: bool, fingerprints: dict) ->
         saved = load(checkpoint, fingerprints, start)
         if saved is None:
             return start
-        return jax.tree.map(lambda a, like: jax.device_put(a, like.sharding)
-                            if isinstance(like, jax.Array) else a, saved, start)
+        # From the host value onto the starting state's placement (a multi-process fit's
+        # global arrays included: each process supplies the parts it holds).
+        return jax.tree.map(lambda a, like: jax.make_array_from_callback(
+            a.shape, like.sharding, lambda index: a[index])
+            if isinstance(like, jax.Array) else a, saved, start)
 
     return restore

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import loop, program_cache
+from . import loop, program_cache, sharding
 
 # Compiled executables by (static arguments, argument shapes/dtypes/shardings).
 _EXECUTABLES: OrderedDict = OrderedDict()
@@ -140,6 +140,25 @@ def _interrupt_flag() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
+def _agreed(stop: int, interrupted: bool, save_due: bool) -> tuple[int, bool, bool]:
+    """``(stop, interrupted, save)`` as every process of a multi-process fit takes them: process
+    0's next stop (each times its own segments, but the segments must end together, or a
+    checkpoint would hold different iterations), and interrupted or due to save when any
+    process is (Ctrl-C may reach one process; the others must not wait for it in a
+    collective)."""
+    every = sharding.every_process([stop, interrupted, save_due])
+    return int(every[0, 0]), bool(every[:, 1].any()), bool(every[:, 2].any())
+
+
+def _check_same_trips(trips: int) -> None:
+    """A resumed multi-process fit: every process's checkpoint must hold the same iteration."""
+    every = sharding.every_process([trips])[:, 0]
+    if np.any(every != every[0]):
+        raise ValueError(f"the processes' checkpoints hold different iterations "
+                         f"({', '.join(str(int(t) - 1) for t in every)}): resume from files "
+                         "written by one run together, or delete them to start afresh")
+
+
 def run_segmented(program, dynamic: tuple, static: dict, progress=None,
                   disk_name: str | None = None, saver=None, restore: Callable | None = None
                   ) -> tuple:
@@ -182,6 +201,7 @@ def run_segmented(program, dynamic: tuple, static: dict, progress=None,
             run_seconds = time.perf_counter() - began
             if restore is not None:
                 state = restore(state)
+                _check_same_trips(int(state["trips"]))
             segment, seconds = _executable(program, dynamic + (state, stop_at), static, disk_name)
             # Over a mesh a segment may return some leaves placed otherwise than the start did;
             # they go back to the placement the executable was compiled for.
@@ -203,14 +223,17 @@ def run_segmented(program, dynamic: tuple, static: dict, progress=None,
                 run_seconds += elapsed
                 if not (running.any() and done <= max_iter):
                     break
-                if interrupted():
+                per_trip = elapsed / max(done - trips, 1)
+                stop = done + max(1, int(SEGMENT_SECONDS / per_trip))
+                stop, stopping, saving = _agreed(stop, interrupted(),
+                                                 saver is not None and saver.due(state))
+                if stopping:
                     if saver is not None:
                         saver.save(state)
                     raise loop.Interrupted(loop.output(state))
-                if saver is not None:
-                    saver(state)
-                per_trip = elapsed / max(done - trips, 1)
-                trips, stop = done, done + max(1, int(SEGMENT_SECONDS / per_trip))
+                if saving:
+                    saver.save(state)
+                trips = done
                 if saver is not None and saver.next_stop(done) is not None:
                     stop = min(stop, saver.next_stop(done))
     finally:

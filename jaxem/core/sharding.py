@@ -193,6 +193,17 @@ def pool_processes(mesh: Mesh | None, fingerprints: dict, init_params, n_rows: i
     return init_params, int(rows.max()), int(rows.sum())
 
 
+def every_process(values) -> np.ndarray:
+    """``[n_processes, n]``: each process's ``values [n]`` (int32), gathered in every process (a
+    collective: all processes call it together); ``values[None]`` with one process."""
+    values = np.asarray(values, np.int32).reshape(-1)
+    if jax.process_count() == 1:
+        return values[None]
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(values)).reshape(jax.process_count(), -1)
+
+
 def over_processes(value: float, mesh: Mesh | None) -> np.ndarray:
     """Every process's ``value`` (``[n_processes]``; ``[value]`` with one process)."""
     if not _several_processes(mesh):
