@@ -71,6 +71,22 @@ resumed = jem.fit(model, mine, init_params=init, checkpoint=path, resume=True, *
 out["resumed"] = {"history": resumed.history[0].tolist(), "full": full.history[0].tolist(),
                   "means": np.asarray(resumed.params["means"]).tolist(),
                   "full_means": np.asarray(full.params["means"]).tolist()}
+# The same for the chunked fit's host loop (Ctrl-C is deferred to the end of an iteration).
+short = dict(kw, max_iter=6, chunk_size=64)
+full = jem.fit_chunked(model, mine, init_params=init, **short)
+chunked_path = path.replace("fit.npz", "chunked.npz")
+programs._interrupt_flag = pressed
+try:
+    jem.fit_chunked(model, mine, init_params=init, checkpoint=chunked_path, **short)
+    out["chunked_stopped_at"] = None
+except jem.FitInterrupted as stop:
+    out["chunked_stopped_at"] = int(stop.result.n_iter.max())
+programs._interrupt_flag = unpatched
+resumed = jem.fit_chunked(model, mine, init_params=init, checkpoint=chunked_path, resume=True,
+                          **short)
+out["chunked_resumed"] = {"history": resumed.history[0].tolist(), "full": full.history[0].tolist(),
+                          "means": np.asarray(resumed.params["means"]).tolist(),
+                          "full_means": np.asarray(full.params["means"]).tolist()}
 print("RESULT " + json.dumps(out), flush=True)
 """
 
@@ -139,13 +155,16 @@ def test_processes_that_disagree_fail_together(two_processes):
         assert out["disagree"] is not None and "disagree on its settings" in out["disagree"]
 
 
+@pytest.mark.parametrize("runner, max_iter", [("", 40), ("chunked_", 6)])
 def test_ctrl_c_in_one_process_stops_both_and_their_checkpoints_resume(two_processes,
-                                                                       checkpoint_folder):
-    stops = [out["stopped_at"] for out in two_processes]
-    assert stops[0] is not None and stops[0] == stops[1] < 40
-    assert sorted(p.name for p in checkpoint_folder.iterdir()) == ["fit.process0of2.npz",
-                                                                   "fit.process1of2.npz"]
+                                                                       checkpoint_folder,
+                                                                       runner, max_iter):
+    stops = [out[runner + "stopped_at"] for out in two_processes]
+    assert stops[0] is not None and stops[0] == stops[1] < max_iter
+    stem = "chunked" if runner else "fit"
+    assert {f"{stem}.process0of2.npz", f"{stem}.process1of2.npz"} <= {
+        p.name for p in checkpoint_folder.iterdir()}
     for out in two_processes:
-        resumed = out["resumed"]
+        resumed = out[runner + "resumed"]
         _close(resumed["history"], resumed["full"], rel=1e-6)
         _close(resumed["means"], resumed["full_means"])

@@ -256,6 +256,29 @@ class Saver:
             self.save(state)
 
 
+def _placed_like(value: np.ndarray, like):
+    """A restored host ``value`` placed as the starting state's leaf ``like`` was; in a
+    multi-process fit, a leaf the start held in one process only is replicated over every
+    process's devices, where the loop's later states hold it (the start's own placement would
+    put it beside the global statistics on other devices)."""
+    if not isinstance(like, jax.Array):
+        return value
+    where = like.sharding
+    if like.is_fully_addressable and jax.process_count() > 1:
+        where = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(jax.devices()), ("all",)),
+                                           jax.sharding.PartitionSpec())
+    return jax.make_array_from_callback(value.shape, where, lambda index: value[index])
+
+
+def _check_same_trips(trips: int) -> None:
+    """A resumed multi-process fit: every process's checkpoint must hold the same iteration."""
+    every = sharding.every_process([trips])[:, 0]
+    if np.any(every != every[0]):
+        raise ValueError(f"the processes' checkpoints hold different iterations "
+                         f"({', '.join(str(int(t) - 1) for t in every)}): resume from files "
+                         "written by one run together, or delete them to start afresh")
+
+
 def restorer(checkpoint: Checkpoint | None, resume: bool, fingerprints: dict) -> Callable | None:
     """``restore(start_state) -> state`` for :func:`jaxem.core.programs.run_segmented` and the
     host loop: the saved state placed like the starting state's leaves (the start when there is
@@ -265,12 +288,9 @@ def restorer(checkpoint: Checkpoint | None, resume: bool, fingerprints: dict) ->
 
     def restore(start: dict) -> Any:
         saved = load(checkpoint, fingerprints, start)
+        _check_same_trips(int(_host((start if saved is None else saved)["trips"])))
         if saved is None:
             return start
-        # From the host value onto the starting state's placement (a multi-process fit's
-        # global arrays included: each process supplies the parts it holds).
-        return jax.tree.map(lambda a, like: jax.make_array_from_callback(
-            a.shape, like.sharding, lambda index: a[index])
-            if isinstance(like, jax.Array) else a, saved, start)
+        return jax.tree.map(_placed_like, saved, start)
 
     return restore

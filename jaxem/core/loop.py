@@ -337,14 +337,17 @@ def run_compiled_loop(e_pass: Callable, m_step: Callable, params, settings: Sett
 
 def run_host_loop(e_pass: Callable, m_step: Callable, params, settings: Settings,
                   on_iteration: Callable | None = None, *, saver=None,
-                  restore: Callable | None = None) -> LoopOutput:
+                  restore: Callable | None = None,
+                  stop_requested: Callable | None = None) -> LoopOutput:
     """The EM loop as a Python loop, for passes that read their data from the host.
 
     ``e_pass`` and ``m_step`` take and return the whole ``[R]`` batch; ``on_iteration``, if any,
     is called like a progress callback once per iteration. The bookkeeping is :func:`advance`,
     as in the compiled loop. ``saver`` (a :class:`jaxem.core.checkpoint.Saver`) is called with
     the state after every iteration and saves at the end and on Ctrl-C; ``restore(state)``
-    replaces the state after the initial E-step (a resumed fit).
+    replaces the state after the initial E-step (a resumed fit). ``stop_requested()``, if given,
+    is asked after every iteration and stops the loop as Ctrl-C does (a multi-process fit's
+    agreed Ctrl-C, :func:`jaxem.core.programs.agreed_interrupt`).
     """
     objective, aux = e_pass(params, 0)
     state = initial_state(params, jax.eval_shape(lambda: (objective, aux)), settings.max_iter)
@@ -367,6 +370,8 @@ def run_host_loop(e_pass: Callable, m_step: Callable, params, settings: Settings
                              np.asarray(state["converged"]), np.asarray(state["running"]))
             if saver is not None:
                 saver(state)
+            if stop_requested is not None and stop_requested():
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         # ``state`` is the last completed iteration's (an assignment is never half done).
         if saver is not None:

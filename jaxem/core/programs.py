@@ -140,6 +140,19 @@ def _interrupt_flag() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
+@contextlib.contextmanager
+def agreed_interrupt() -> Iterator[Callable[[], bool] | None]:
+    """For a host loop: ``None`` with one process (Ctrl-C raises at once, as Python does); with
+    several, Ctrl-C only raises a flag, and the yielded function, called by every process at the
+    end of each iteration, says whether any process's flag is up, so all stop at one iteration
+    (a process that stopped alone would leave the others waiting in a collective)."""
+    if jax.process_count() == 1:
+        yield None
+        return
+    with _interrupt_flag() as flag:
+        yield lambda: bool(sharding.every_process([flag()])[:, 0].any())
+
+
 def _agreed(stop: int, interrupted: bool, save_due: bool) -> tuple[int, bool, bool]:
     """``(stop, interrupted, save)`` as every process of a multi-process fit takes them: process
     0's next stop (each times its own segments, but the segments must end together, or a
@@ -148,15 +161,6 @@ def _agreed(stop: int, interrupted: bool, save_due: bool) -> tuple[int, bool, bo
     collective)."""
     every = sharding.every_process([stop, interrupted, save_due])
     return int(every[0, 0]), bool(every[:, 1].any()), bool(every[:, 2].any())
-
-
-def _check_same_trips(trips: int) -> None:
-    """A resumed multi-process fit: every process's checkpoint must hold the same iteration."""
-    every = sharding.every_process([trips])[:, 0]
-    if np.any(every != every[0]):
-        raise ValueError(f"the processes' checkpoints hold different iterations "
-                         f"({', '.join(str(int(t) - 1) for t in every)}): resume from files "
-                         "written by one run together, or delete them to start afresh")
 
 
 def run_segmented(program, dynamic: tuple, static: dict, progress=None,
@@ -201,7 +205,6 @@ def run_segmented(program, dynamic: tuple, static: dict, progress=None,
             run_seconds = time.perf_counter() - began
             if restore is not None:
                 state = restore(state)
-                _check_same_trips(int(state["trips"]))
             segment, seconds = _executable(program, dynamic + (state, stop_at), static, disk_name)
             # Over a mesh a segment may return some leaves placed otherwise than the start did;
             # they go back to the placement the executable was compiled for.

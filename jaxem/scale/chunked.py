@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core import driver, loop, precision, sharding
+from ..core import driver, loop, precision, programs, sharding
 from ..core.blocks import plan_restarts
 from ..core.estep import resolve_e_step
 from ..core.passes import Pass, chunk_parts
@@ -173,8 +173,11 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
         model, (source.n_rows, jax.tree.leaves(params), sample_weight, labels),
         (chunk_size, plan.block_size, method, None if lengths is None else np.asarray(lengths)))
     try:
-        out = loop.run_host_loop(e_pass, m_step, params, setup.loop_settings(dtype, parts.constraints),
-                                 on_iteration=setup.progress, saver=saver, restore=restore)
+        with programs.agreed_interrupt() as stop_requested:
+            out = loop.run_host_loop(e_pass, m_step, params,
+                                     setup.loop_settings(dtype, parts.constraints),
+                                     on_iteration=setup.progress, saver=saver, restore=restore,
+                                     stop_requested=stop_requested)
     except loop.Interrupted as stop:
         raise driver.interrupted(stop, setup) from None
     return driver.finish(out, setup, fit_time=time.perf_counter() - start)
