@@ -170,6 +170,26 @@ def test_multinomial_hmm_follows_hmmlearn_from_the_same_start(x64):
     assert sample.dtype == np.int64 and (sample.sum(axis=1) == 6).all() and states.shape == (50,)
 
 
+def test_multinomial_gradient_m_step_and_chunked_fit_equal_the_closed_form(x64):
+    """The multinomial emission's closed form maximises its Q exactly, so L-BFGS on that Q lands
+    on the same step (1e-4); reading the sequences in chunks of 3 rows changes nothing."""
+    X = _counts()
+    start = dict(startprob_=np.array([0.5, 0.3, 0.2]), transmat_=np.full((S, S), 1 / S),
+                 emissionprob_=np.random.default_rng(3).dirichlet(np.ones(4), S))
+    est = _assign(jem.MultinomialHMM(S, n_trials=6, n_iter=0, init_params=""), **start)
+    hmm, params = est.fit(X, LENGTHS)._hmm(), est._params()
+    one = dict(init_params=params, max_iter=1, tol=None)
+    closed = jhmm.fit(hmm, X, LENGTHS, **one)
+    grad = jhmm.fit(hmm, X, LENGTHS, m_step="gradient", m_step_iters=100,
+                    optimizer=optax.lbfgs(), **one)
+    assert _max_difference(grad.params, closed.params) < 1e-4
+    memory = jhmm.fit(hmm, X, LENGTHS, init_params=params, max_iter=5, tol=None)
+    chunked = jem.fit_chunked(hmm, X, lengths=LENGTHS, chunk_size=3, init_params=params,
+                              max_iter=5, tol=None)
+    np.testing.assert_allclose(chunked.history, memory.history, rtol=1e-10)
+    assert_non_decreasing(memory, rel=1e-12)
+
+
 # -- the autoregressive HMM against NumPy ------------------------------------------------------------
 L_AR = 2
 AR_LENGTHS = [250, 3, 150]
