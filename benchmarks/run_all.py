@@ -2,8 +2,8 @@
 
 Scripts (each skipped with a note when absent): ``gmm.py``, ``bernoulli.py``, ``hmm.py``,
 ``kmeans.py``, ``compile.py``, ``convergence.py``, ``custom.py``, ``mfa.py``, ``out_of_core.py``
-(always with ``--quick``: the full size writes gigabytes), ``bootstrap.py`` and
-``multiprocess.py``. Output streams as
+(always with ``--quick``: the full size writes gigabytes), ``bootstrap.py``,
+``multiprocess.py`` and ``hmm_families.py``. Output streams as
 it comes; at the end come the wall time of each script and every target line again. ``--out
 FILE`` also saves the whole output (Markdown: it is the README's table section), ``--json DIR``
 each script's JSON.
@@ -27,7 +27,8 @@ HERE = Path(__file__).resolve().parent
 # (script, extra arguments always passed)
 SCRIPTS = [("gmm.py", []), ("bernoulli.py", []), ("hmm.py", []), ("kmeans.py", []),
            ("compile.py", []), ("convergence.py", []), ("custom.py", []), ("mfa.py", []),
-           ("out_of_core.py", ["--quick"]), ("bootstrap.py", []), ("multiprocess.py", [])]
+           ("out_of_core.py", ["--quick"]), ("bootstrap.py", []), ("multiprocess.py", []),
+           ("hmm_families.py", [])]
 
 
 def main(argv=None) -> int:
