@@ -168,7 +168,10 @@ class _BaseHMM(EMEstimator):
         letters = self._letters()
         if set("st" + self._emission_letters) <= set(letters):
             return None
-        start = self._initial(seqs, key)
+        if set(self._emission_letters) <= set(letters):
+            start = self._initial(seqs, key)
+        else:  # the emission comes from the attributes: its initialiser need not run (compile)
+            start = self._hmm().uniform_chain(default_float_dtype())
         if "s" not in letters:
             start["initial"] = self._piece("initial")
         if "t" not in letters:
@@ -245,7 +248,7 @@ class _BaseHMM(EMEstimator):
         """The parameters every letter initialises (uniform chain, the emission's initialiser)."""
         start = self._hmm().uniform_chain(default_float_dtype())
         rows = jnp.asarray(seqs.rows, default_float_dtype())
-        start["emission"] = precision.jit(self._hmm().init)(jax.random.split(key, 1)[0], rows)
+        start["emission"] = _jitted_init(self._hmm())(jax.random.split(key, 1)[0], rows)
         return start
 
     def _record_start(self, params):
@@ -398,3 +401,9 @@ def _holding(hmm, frozen: tuple):
     """``hmm`` with the parameters at the paths ``frozen`` held by the M-step (memoised, so
     repeated fits reuse their compiled programs)."""
     return hmm if not frozen else dataclasses.replace(hmm, frozen=frozen)
+
+
+@functools.cache
+def _jitted_init(hmm):
+    """The HMM's initialiser, jitted once per (memoised) model: a refit reuses its program."""
+    return precision.jit(hmm.init)
