@@ -107,20 +107,16 @@ class _BaseHMM(EMEstimator):
                     "algorithm": one_of(("viterbi", "map"))}
 
     # -- family hooks ----------------------------------------------------------------------------
-    def _hmm(self):
-        raise NotImplementedError
+    def _hmm(self): raise NotImplementedError
 
-    def _emission_params(self) -> dict:
-        raise NotImplementedError
+    def _emission_params(self) -> dict: raise NotImplementedError
 
-    def _set_emission(self, emission) -> None:
-        raise NotImplementedError
+    def _set_emission(self, emission) -> None: raise NotImplementedError
 
     def _check_values(self, X: np.ndarray) -> None:
         """Family checks on validated rows ``X [N, D]``; may record data-dependent sizes."""
 
-    def _n_emission_parameters(self) -> int:
-        raise NotImplementedError
+    def _n_emission_parameters(self) -> int: raise NotImplementedError
 
     # -- helpers ---------------------------------------------------------------------------------
     def _letters(self) -> str:
@@ -168,18 +164,15 @@ class _BaseHMM(EMEstimator):
         letters = self._letters()
         if set("st" + self._emission_letters) <= set(letters):
             return None
-        if set(self._emission_letters) <= set(letters):
-            start = self._initial(seqs, key)
-        else:  # the emission comes from the attributes: its initialiser need not run (compile)
-            start = self._hmm().uniform_chain(default_float_dtype())
-        if "s" not in letters:
-            start["initial"] = self._piece("initial")
-        if "t" not in letters:
-            start["transition"] = self._piece("transition")
         # The emission's parameters start together: all from the model's initialiser, or all
-        # from the attributes when init_params leaves out any of the emission's letters.
-        if not set(self._emission_letters) <= set(letters):
-            start["emission"] = self._piece("emission")
+        # from the attributes (its initialiser then need not run, nor compile) when init_params
+        # leaves out any of the emission's letters.
+        own = set(self._emission_letters) <= set(letters)
+        start = (self._initial(seqs, key) if own else
+                 dict(self._hmm().uniform_chain(default_float_dtype()), emission=self._piece("emission")))
+        for letter, name in (("s", "initial"), ("t", "transition")):
+            if letter not in letters:
+                start[name] = self._piece(name)
         return start
 
     # -- fitting ---------------------------------------------------------------------------------
@@ -398,12 +391,10 @@ class _BaseHMM(EMEstimator):
 
 @functools.cache
 def _holding(hmm, frozen: tuple):
-    """``hmm`` with the parameters at the paths ``frozen`` held by the M-step (memoised, so
-    repeated fits reuse their compiled programs)."""
+    """``hmm`` with the parameters at ``frozen`` held by the M-step (memoised: refits reuse)."""
     return hmm if not frozen else dataclasses.replace(hmm, frozen=frozen)
 
 
 @functools.cache
-def _jitted_init(hmm):
-    """The HMM's initialiser, jitted once per (memoised) model: a refit reuses its program."""
+def _jitted_init(hmm):  # once per (memoised) model, so that a refit reuses its program
     return precision.jit(hmm.init)
