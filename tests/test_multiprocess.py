@@ -53,40 +53,29 @@ except ValueError as err:
 # resumed, both end where a fit never stopped ends.
 import contextlib
 from jaxem.core import programs
-long = dict(kw, max_iter=40)
-full = jem.fit(model, mine, init_params=init, **long)
 path = sys.argv[3]
 unpatched = programs._interrupt_flag
 @contextlib.contextmanager
 def pressed():
     yield lambda: pid == 1
-programs._interrupt_flag = pressed
-try:
-    jem.fit(model, mine, init_params=init, checkpoint=path, **long)
-    out["stopped_at"] = None
-except jem.FitInterrupted as stop:
-    out["stopped_at"] = int(stop.result.n_iter.max())
-programs._interrupt_flag = unpatched
-resumed = jem.fit(model, mine, init_params=init, checkpoint=path, resume=True, **long)
-out["resumed"] = {"history": resumed.history[0].tolist(), "full": full.history[0].tolist(),
-                  "means": np.asarray(resumed.params["means"]).tolist(),
-                  "full_means": np.asarray(full.params["means"]).tolist()}
-# The same for the chunked fit's host loop (Ctrl-C is deferred to the end of an iteration).
-short = dict(kw, max_iter=6, chunk_size=64)
-full = jem.fit_chunked(model, mine, init_params=init, **short)
-chunked_path = path.replace("fit.npz", "chunked.npz")
-programs._interrupt_flag = pressed
-try:
-    jem.fit_chunked(model, mine, init_params=init, checkpoint=chunked_path, **short)
-    out["chunked_stopped_at"] = None
-except jem.FitInterrupted as stop:
-    out["chunked_stopped_at"] = int(stop.result.n_iter.max())
-programs._interrupt_flag = unpatched
-resumed = jem.fit_chunked(model, mine, init_params=init, checkpoint=chunked_path, resume=True,
-                          **short)
-out["chunked_resumed"] = {"history": resumed.history[0].tolist(), "full": full.history[0].tolist(),
-                          "means": np.asarray(resumed.params["means"]).tolist(),
-                          "full_means": np.asarray(full.params["means"]).tolist()}
+# The chunked fit's host loop hears Ctrl-C at the end of an iteration.
+for prefix, fit, extra in (("", jem.fit, dict(max_iter=40)),
+                           ("chunked_", jem.fit_chunked, dict(max_iter=6, chunk_size=64))):
+    settings = dict(kw, init_params=init, **extra)
+    full = fit(model, mine, **settings)
+    file = path.replace("fit.npz", "chunked.npz") if prefix else path
+    programs._interrupt_flag = pressed
+    try:
+        fit(model, mine, checkpoint=file, **settings)
+        out[prefix + "stopped_at"] = None
+    except jem.FitInterrupted as stop:
+        out[prefix + "stopped_at"] = int(stop.result.n_iter.max())
+    programs._interrupt_flag = unpatched
+    resumed = fit(model, mine, checkpoint=file, resume=True, **settings)
+    out[prefix + "resumed"] = {"history": resumed.history[0].tolist(),
+                               "full": full.history[0].tolist(),
+                               "means": np.asarray(resumed.params["means"]).tolist(),
+                               "full_means": np.asarray(full.params["means"]).tolist()}
 print("RESULT " + json.dumps(out), flush=True)
 """
 

@@ -56,6 +56,14 @@ def jit(fun: Callable, **jit_kwargs) -> Callable:
     return jax.jit(traced, **jit_kwargs)
 
 
+@functools.cache
+def jit_once(fun: Callable) -> Callable:
+    """:func:`jit` of ``fun``, one per function object: a front end that runs a (memoised) model's
+    own function on each call, its initialiser say, reuses the program instead of compiling a
+    fresh wrapper's."""
+    return jit(fun)
+
+
 def check_dtype(dtype, name: str = "dtype"):
     """``dtype`` checked: ``None`` or one of :data:`DTYPES` (a NumPy float type is accepted)."""
     if dtype is None:

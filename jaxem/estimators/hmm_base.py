@@ -241,7 +241,7 @@ class _BaseHMM(EMEstimator):
         """The parameters every letter initialises (uniform chain, the emission's initialiser)."""
         start = self._hmm().uniform_chain(default_float_dtype())
         rows = jnp.asarray(seqs.rows, default_float_dtype())
-        start["emission"] = _jitted_init(self._hmm())(jax.random.split(key, 1)[0], rows)
+        start["emission"] = precision.jit_once(self._hmm().init)(jax.random.split(key, 1)[0], rows)
         return start
 
     def _record_start(self, params):
@@ -394,7 +394,3 @@ def _holding(hmm, frozen: tuple):
     """``hmm`` with the parameters at ``frozen`` held by the M-step (memoised: refits reuse)."""
     return hmm if not frozen else dataclasses.replace(hmm, frozen=frozen)
 
-
-@functools.cache
-def _jitted_init(hmm):  # once per (memoised) model, so that a refit reuses its program
-    return precision.jit(hmm.init)

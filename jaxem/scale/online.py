@@ -169,7 +169,7 @@ def fit_online(model: Model, source, *, batch_size: int = 8192, n_epochs: float 
     sample = None
     if init_params is None:
         _, sample = source.sample(init_size, rng, dtype)
-        init_params = precision.jit(model.init)(key, jnp.asarray(sample))
+        init_params = precision.jit_once(model.init)(key, jnp.asarray(sample))
     centre = jax.tree.map(lambda p: jnp.asarray(p, dtype), init_params)
     chunks_per_epoch = None
     if source.n_rows is None:                         # an iterable: count its rows once
