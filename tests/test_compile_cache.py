@@ -188,3 +188,32 @@ def test_a_modified_copy_of_a_builtin_model_is_never_keyed():
     assert copy.cache_key == static["model"].cache_key
     assert _export_cache.program_key("p", dict(static, model=copy), dynamic) is None
     assert _export_cache.program_key("p", static, dynamic) is not None
+
+
+def test_compile_effort_follows_the_work_of_one_trip():
+    """Small programs compile unoptimised (cheap to compile, a few ms slower to run), large ones
+    fully; a fit's answer is the same either way (the options change rounding at most)."""
+    from jaxem.core import programs
+
+    def one_pass(x):
+        return (x @ x.T).sum()
+
+    small = jax.jit(one_pass).lower(np.ones((64, 4), np.float32))
+    large = jax.jit(one_pass).lower(np.ones((8192, 512), np.float32))
+    if jax.default_backend() == "cpu":
+        assert programs.compile_options(small) == programs.CHEAP_COMPILE_OPTIONS
+        assert programs.compile_options(small, repeats=10**9) == {}
+    assert programs.compile_options(large) == {}
+    X = np.random.default_rng(0).normal(size=(300, 2)).astype(np.float32)
+    X[:150] += 4
+    model = jem.gaussian_mixture(2)
+    fits = []
+    for limit in (programs.CHEAP_COMPILE_MAX_BYTES, 0):
+        old, programs.CHEAP_COMPILE_MAX_BYTES = programs.CHEAP_COMPILE_MAX_BYTES, limit
+        try:
+            jem.free_compiled_programs()
+            fits.append(jem.fit(model, X, key=jax.random.key(1), max_iter=40, tol=None))
+        finally:
+            programs.CHEAP_COMPILE_MAX_BYTES = old
+    np.testing.assert_allclose(fits[0].history, fits[1].history, rtol=1e-5)
+    np.testing.assert_allclose(fits[0].params["means"], fits[1].params["means"], rtol=1e-5, atol=1e-5)

@@ -97,7 +97,8 @@ def fit_batch(model: Model, X, weights, *, shared_rows: bool = False, key=None,
                   in_sequence=plan.in_sequence, x_axis=None if shared_rows else 0, p_axis=None)
     (out, keys), compile_time, fit_time = programs.run_compiled(
         _many, (setup.keys, setup.init_params, X, jnp.asarray(weights, X.dtype),
-                setup.loop_settings(X.dtype).tol), static, disk_name=PROGRAM_NAME)
+                setup.loop_settings(X.dtype).tol), static, disk_name=PROGRAM_NAME,
+        repeats=setup.n_restarts if plan.in_sequence else 1)
     return _stack(out, keys, setup, compile_time, fit_time)
 
 

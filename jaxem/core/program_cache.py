@@ -245,8 +245,8 @@ def _on_event(event: str, **_) -> None:
         seen.append(event)
 
 
-def compile_and_store(key: str | None, lowered):
-    """``lowered.compile()``, written under ``key`` when it was a fresh compilation.
+def compile_and_store(key: str | None, lowered, options: dict | None = None):
+    """``lowered.compile(options)``, written under ``key`` when it was a fresh compilation.
 
     An executable that JAX loaded from its own persistent cache (or reused from memory) serialises
     incompletely in jaxlib 0.10 (a later load fails with "Function ... not found"), so only an
@@ -254,13 +254,13 @@ def compile_and_store(key: str | None, lowered):
     """
     global _LISTENING
     if key is None or not enabled():
-        return lowered.compile()
+        return lowered.compile(options or None)
     if not _LISTENING:
         jax.monitoring.register_event_listener(_on_event)
         _LISTENING = True
     _COMPILE_EVENTS.seen = seen = []
     try:
-        compiled = lowered.compile()
+        compiled = lowered.compile(options or None)
     finally:
         _COMPILE_EVENTS.seen = None
     fresh = ("/jax/compilation_cache/compile_requests_use_cache" in seen

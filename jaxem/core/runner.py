@@ -284,7 +284,8 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
     try:
         out, compile_time, fit_time = programs.run_segmented(
             program, (keys, init_params, rows_X, weights, labels, tol_value), static,
-            setup.progress, disk_name=PROGRAM_NAME, saver=saver, restore=restore)
+            setup.progress, disk_name=PROGRAM_NAME, saver=saver, restore=restore,
+            repeats=keys.shape[0] if plan.in_sequence else 1)
     except loop.Interrupted as stop:
         raise driver.interrupted(stop, setup) from None
     except (TypeError, ValueError, IndexError) as err:

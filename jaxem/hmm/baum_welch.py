@@ -140,7 +140,7 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
         out, compile_s, run_s = programs.run_segmented(
             _program_jit, (setup.keys, setup.init_params, Xp, maskp, rows,
                            setup.loop_settings(Xp.dtype).tol), static, setup.progress,
-            saver=saver, restore=restore)
+            saver=saver, restore=restore, repeats=setup.n_restarts if in_sequence else 1)
     except (TypeError, ValueError, IndexError) as err:
         # Say so when the emission cannot even score these observations (say a padded [B, T, D]
         # array given without its mask, read as one sequence of [T, D] observations).
