@@ -119,7 +119,7 @@ def test_gmmhmm_follows_hmmlearn_from_the_same_start(x64, gmm_data, covariance_t
         warnings.simplefilter("ignore")
         ref.fit(X, LENGTHS)
     ours = _assign(jem.GMMHMM(S, M, covariance_type=covariance_type, min_covar=0.0, n_iter=N_ITER,
-                              tol=0.0, init_params=""), **start).fit(X, LENGTHS)
+                              tol=0.0, init_params="", accelerate=None), **start).fit(X, LENGTHS)
     # hmmlearn's history is the log-likelihood before each M-step; ours after it.
     np.testing.assert_allclose(ours.history_[:N_ITER - 1], np.array(ref.monitor_.history)[1:], rtol=1e-10)
     for name in ("startprob_", "transmat_", "weights_", "means_", "covars_"):
@@ -136,7 +136,7 @@ def test_gmmhmm_follows_hmmlearn_from_the_same_start(x64, gmm_data, covariance_t
         # Chunks of two sequences give the same trajectory.
         chunked = jem.fit_chunked(jhmm.gmm_hmm(S, M, "full", 0.0), X, lengths=LENGTHS,
                                   chunk_size=2, init_params=_gmm_params(start, "full"),
-                                  max_iter=N_ITER, tol=None)
+                                  max_iter=N_ITER, tol=None, accelerate=None)
         np.testing.assert_allclose(chunked.history, ours.fit_result_.history, rtol=1e-10)
         assert _max_difference(chunked.params, ours.fit_result_.params) < 1e-8
         sample, states = ours.sample(20, random_state=0)
@@ -159,7 +159,8 @@ def test_multinomial_hmm_follows_hmmlearn_from_the_same_start(x64):
         warnings.simplefilter("ignore")
         ref = _assign(hl.MultinomialHMM(S, n_trials=6, n_iter=N_ITER, tol=-np.inf, init_params=""),
                       **start).fit(X, LENGTHS)
-    ours = _assign(jem.MultinomialHMM(S, n_trials=6, n_iter=N_ITER, tol=0.0, init_params=""),
+    ours = _assign(jem.MultinomialHMM(S, n_trials=6, n_iter=N_ITER, tol=0.0, init_params="",
+                                      accelerate=None),
                    **start).fit(X, LENGTHS)
     np.testing.assert_allclose(ours.history_[:N_ITER - 1], np.array(ref.monitor_.history)[1:], rtol=1e-10)
     for name in ("startprob_", "transmat_", "emissionprob_"):
@@ -284,11 +285,12 @@ def test_autoregressive_hmm_follows_a_numpy_em(x64, ar_data):
     X, start, _, _ = ar_data
     hmm = jhmm.autoregressive_hmm(2, D, L_AR, reg_covar=0.0)
     Z = jhmm.lagged_rows(X, AR_LENGTHS, L_AR)
-    ours = jhmm.fit(hmm, Z, AR_LENGTHS, init_params=start, max_iter=N_ITER, tol=None)
+    ours = jhmm.fit(hmm, Z, AR_LENGTHS, init_params=start, max_iter=N_ITER, tol=None,
+                    accelerate=None)
     history, ref = _numpy_ar_em(X, AR_LENGTHS, start, N_ITER)
     # Chunks of two sequences give the same trajectory.
     chunked = jem.fit_chunked(hmm, Z, lengths=AR_LENGTHS, chunk_size=2, init_params=start,
-                              max_iter=N_ITER, tol=None)
+                              max_iter=N_ITER, tol=None, accelerate=None)
     np.testing.assert_allclose(chunked.history, ours.history, rtol=1e-10)
     assert _max_difference(chunked.params, ours.params) < 1e-8
     np.testing.assert_allclose(ours.history[0], history, rtol=1e-10)

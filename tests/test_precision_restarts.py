@@ -144,7 +144,7 @@ def test_new_row_counts_reuse_two_programs():
 def test_padding_to_a_bucket_is_exact(case, monkeypatch, x64):
     rng = np.random.default_rng(3)
     X = three_blobs(301, dtype=np.float64)
-    kw = dict(key=jax.random.key(2), n_restarts=2, max_iter=30, tol=None)
+    kw = dict(key=jax.random.key(2), n_restarts=2, max_iter=30, tol=None, accelerate=None)
     if case == "weights_labels":
         model = jem.models.gaussian_mixture(3, "full")
         labels = np.where(rng.random(301) < 0.1, rng.integers(0, 3, 301), -1)

@@ -44,7 +44,8 @@ PROGRAM_NAME = "jaxem.core.many._many_program"
 def fit_many(model: Model, Xs, *, key=None, n_restarts: int | None = None, max_iter: int = 100,
              tol: float | None = 1e-6, sample_weight=None, init_params: Any = None,
              e_step="soft", m_step: str = "auto", optimizer=None,
-             m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None) -> FitResult:
+             m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
+             accelerate="auto") -> FitResult:
     """Fit ``model`` to each of ``B`` data sets, every data set and restart in one program.
 
     Args:
@@ -55,8 +56,8 @@ def fit_many(model: Model, Xs, *, key=None, n_restarts: int | None = None, max_i
         key: a PRNG key; restart ``r`` of data set ``b`` starts from
             ``fold_in(split(key, R)[r], b)``.
         init_params: optional starting parameters (one pytree) for every data set.
-        n_restarts, max_iter, tol, e_step, m_step, optimizer, m_step_iters, block_size: as in
-            :func:`jaxem.fit`.
+        n_restarts, max_iter, tol, e_step, m_step, optimizer, m_step_iters, block_size,
+            accelerate: as in :func:`jaxem.fit`.
 
     Returns:
         A batched :class:`FitResult` (``n_datasets = B``): every field has a leading ``[B]`` axis
@@ -72,7 +73,8 @@ def fit_many(model: Model, Xs, *, key=None, n_restarts: int | None = None, max_i
     X = jnp.asarray(batch.X, default_float_dtype())
     return fit_batch(model, X, batch.weights, key=key, n_restarts=n_restarts, max_iter=max_iter,
                      tol=tol, init_params=init_params, e_step=e_step, m_step=m_step,
-                     optimizer=optimizer, m_step_iters=m_step_iters, block_size=block_size)
+                     optimizer=optimizer, m_step_iters=m_step_iters, block_size=block_size,
+                     accelerate=accelerate)
 
 
 def fit_batch(model: Model, X, weights, *, shared_rows: bool = False, key=None,
@@ -94,7 +96,8 @@ def fit_batch(model: Model, X, weights, *, shared_rows: bool = False, key=None,
     static = dict(model=model, n_blocks=n_blocks, rows_per_block=rows_per_block,
                   max_iter=setup.max_iter, use_gradient=setup.use_gradient,
                   optimizer=setup.optimizer, m_step_iters=setup.m_step_iters, rule=setup.rule,
-                  in_sequence=plan.in_sequence, x_axis=None if shared_rows else 0, p_axis=None)
+                  in_sequence=plan.in_sequence, accelerate=setup.accelerate,
+                  x_axis=None if shared_rows else 0, p_axis=None)
     (out, keys), compile_time, fit_time = programs.run_compiled(
         _many, (setup.keys, setup.init_params, X, jnp.asarray(weights, X.dtype),
                 setup.loop_settings(X.dtype).tol), static, disk_name=PROGRAM_NAME,
@@ -103,7 +106,8 @@ def fit_batch(model: Model, X, weights, *, shared_rows: bool = False, key=None,
 
 
 _DEFAULTS = dict(n_restarts=None, max_iter=100, tol=1e-6, e_step="soft", m_step="auto",
-                 optimizer=None, m_step_iters=DEFAULT_M_STEP_ITERS, block_size=None)
+                 optimizer=None, m_step_iters=DEFAULT_M_STEP_ITERS, block_size=None,
+                 accelerate="auto")
 
 
 def _stack(out, keys, setup, compile_time: float, fit_time: float) -> FitResult:

@@ -131,7 +131,7 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         optimizer: optax.GradientTransformation | None = None,
         m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
         progress: Callable | None = None, devices=None, dtype=None, checkpoint=None,
-        resume: bool = False, accelerate=None) -> FitResult:
+        resume: bool = False, accelerate="auto") -> FitResult:
     """Fit ``model`` to ``X`` by EM from several random starts at once.
 
     Args:
@@ -198,8 +198,8 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         resume: continue from ``checkpoint`` when the file exists (a killed fit then ends with
             the result it would have had); it must come from a fit with the same model, data and
             settings, else ValueError. Without the file the fit starts afresh.
-        accelerate: ``None`` or ``False`` (default: plain EM), ``"auto"`` (SQUAREM with the
-            soft E-step when the model declares ``constraints``, else plain EM), ``"squarem"`` or
+        accelerate: ``"auto"`` (the default: SQUAREM with the soft E-step when the model
+            declares ``constraints``, else plain EM), ``None`` or ``False`` (plain EM), ``"squarem"`` or
             ``True`` (SQUAREM; a ValueError with a hard or annealed E-step). SQUAREM
             (:mod:`jaxem.core.accelerate`) extrapolates along two EM steps in the unconstrained
             space of ``model.constraints`` and keeps a point only when its log-likelihood is no

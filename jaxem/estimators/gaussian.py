@@ -37,8 +37,8 @@ class GaussianMixture(MixtureEstimator):
         optimizer: the gradient M-step (default :class:`jaxem.EMGradient`; or an optax transformation).
         e_step: ``"soft"`` (EM), ``"hard"`` (classification EM) or ``"anneal"`` / a
             :class:`jaxem.Annealing` schedule (deterministic annealing); see :func:`jaxem.fit`.
-        accelerate: ``"auto"`` (SQUAREM with the soft E-step), ``"squarem"``/``True`` or
-            ``None``/``False`` (the default, plain EM); see :func:`jaxem.fit`.
+        accelerate: ``"auto"`` (the default: SQUAREM with the soft E-step), ``"squarem"``/``True``
+            or ``None``/``False`` (plain EM); see :func:`jaxem.fit`.
         verbose: ``0`` no progress bar, ``1`` one on a terminal for long fits, ``2`` always.
         checkpoint: ``None``, a file name or a :class:`jaxem.Checkpoint`: the fit saves its loop
             state there (every 60 s by default, at the end, on Ctrl-C); resume: continue from

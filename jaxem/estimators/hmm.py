@@ -53,8 +53,8 @@ class GaussianHMM(_BaseHMM):
             optimizer: as elsewhere in jaxem.
         e_step: ``"soft"`` (Baum-Welch), ``"hard"`` (Viterbi training) or ``"anneal"`` /
             :class:`jaxem.Annealing`, as in :func:`jaxem.hmm.fit`.
-        accelerate: ``"auto"`` (SQUAREM with the soft E-step), ``"squarem"``/``True`` or
-            ``None``/``False`` (the default, plain Baum-Welch); see
+        accelerate: ``"auto"`` (the default: SQUAREM with the soft E-step), ``"squarem"``/``True``
+            or ``None``/``False`` (plain Baum-Welch); see
             :func:`jaxem.hmm.fit`.
         verbose: ``0`` no progress bar, ``1`` one on a terminal for long fits, ``2`` always.
         checkpoint, resume: save the fit's loop state to a file and continue from it, as in

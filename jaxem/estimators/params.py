@@ -192,7 +192,7 @@ class EMEstimator(Hyperparameters):
 
     _parameters = {"n_components": 1, "tol": 1e-6, "n_restarts": 1, "init_params": None,
                    "random_state": None, "m_step": "auto", "optimizer": None, "e_step": "soft",
-                   "accelerate": None, "verbose": 0, "dtype": "auto", "checkpoint": None,
+                   "accelerate": "auto", "verbose": 0, "dtype": "auto", "checkpoint": None,
                    "resume": False}
     _constraints = {"n_components": check_positive_int, "n_restarts": check_positive_int,
                     "tol": check_tolerance, "m_step": check_m_step,

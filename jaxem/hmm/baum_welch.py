@@ -62,7 +62,7 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
         method: str = "auto", optimizer: optax.GradientTransformation | None = None,
         m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
         e_step: str | Annealing = "soft", progress=None, dtype=None, checkpoint=None,
-        resume: bool = False, accelerate=None) -> FitResult:
+        resume: bool = False, accelerate="auto") -> FitResult:
     """Fit ``hmm`` by Baum-Welch (EM) from several starts at once.
 
     Args:
@@ -95,9 +95,9 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
             :func:`jaxem.fit`.
         dtype: the float type to compute in, ``"float32"``, ``"float64"``, ``"auto"`` or ``None``
             (JAX's default), as in :func:`jaxem.fit`.
-        accelerate: ``"auto"`` (SQUAREM with the soft E-step when the emission declares
+        accelerate: ``"auto"`` (the default: SQUAREM with the soft E-step when the emission declares
             ``constraints``; the chain's probabilities are extrapolated as softmax logits),
-            ``"squarem"``/``True`` or ``None``/``False`` (the default, plain Baum-Welch), as in
+            ``"squarem"``/``True`` or ``None``/``False`` (plain Baum-Welch), as in
             :func:`jaxem.fit`.
 
     Returns:

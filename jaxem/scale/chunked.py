@@ -66,7 +66,7 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
                 optimizer=None, m_step_iters: int = 10, method: str = "auto",
                 block_size: int | None = None, devices=None,
                 progress: Callable | None = None, dtype=None, checkpoint=None,
-                resume: bool = False, accelerate=None) -> FitResult:
+                resume: bool = False, accelerate="auto") -> FitResult:
     """Fit ``model`` by exact EM reading ``source`` in chunks (data larger than memory).
 
     Args:
@@ -98,7 +98,7 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
         dtype: the float type to compute in, ``"float32"``, ``"float64"``, ``"auto"`` or ``None``
             (JAX's default), as in :func:`jaxem.fit`; ``"auto"`` counts an array source's size
             (a file or an iterable counts as large).
-        accelerate: SQUAREM or plain EM, as in :func:`jaxem.fit` (default ``None``, plain EM); each
+        accelerate: SQUAREM or plain EM, as in :func:`jaxem.fit` (default ``"auto"``); each
             pass over the data counts as one iteration either way.
 
     Returns:
