@@ -4,7 +4,7 @@
 mixture per subject, a bootstrap's resamples): the data sets are padded to one row count with
 weight-0 rows (exact: every sum over rows is weighted, see :mod:`jaxem.core.batch_data`), and the
 compiled in-memory fit (:func:`jaxem.core.runner._program`, restarts included) is vmapped over
-them, so all ``B x R`` fits are one compiled program.
+them (mapped one after another on a CPU), so all ``B x R`` fits are one compiled program.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from .runner import _STATIC, _program
 from .validation import ConvergenceWarning, check_enough_rows, default_float_dtype
 
 
-def _many_program(keys, init_params, X, weights, tol, *, x_axis, p_axis, **static):
+def _many_program(keys, init_params, X, weights, tol, *, x_axis, p_axis, datasets_in_sequence,
+                  **static):
     # Data set b's restarts start from fold_in(key_r, b): derived here, not in a program of its own.
     keys = jax.vmap(lambda b: jax.vmap(lambda k: jax.random.fold_in(k, b))(keys))(
         jnp.arange(weights.shape[0]))
@@ -33,10 +34,19 @@ def _many_program(keys, init_params, X, weights, tol, *, x_axis, p_axis, **stati
     def one(k, p, x, w):
         return _program(k, p, x, w, None, tol, None, None, **static)  # the whole loop, unsegmented
 
-    return jax.vmap(one, in_axes=(0, p_axis, x_axis, 0))(keys, init_params, X, weights), keys
+    if not datasets_in_sequence:
+        return jax.vmap(one, in_axes=(0, p_axis, x_axis, 0))(keys, init_params, X, weights), keys
+    # On a CPU the data sets run one after another, as restarts do (blocks.plan_restarts): each
+    # stops at its own convergence, and no LAPACK call is batched over them (see core.linalg).
+    mapped = {"k": keys, "w": weights, **({} if p_axis is None else {"p": init_params}),
+              **({} if x_axis is None else {"x": X})}
+    out = jax.lax.map(lambda m: one(m["k"], m.get("p", init_params), m.get("x", X), m["w"]),
+                      mapped)
+    return out, keys
 
 
-_many = precision.jit(_many_program, static_argnames=_STATIC + ("x_axis", "p_axis"))
+_many = precision.jit(_many_program, static_argnames=_STATIC + ("x_axis", "p_axis",
+                                                                "datasets_in_sequence"))
 # The name the on-disk program cache knows this program by.
 PROGRAM_NAME = "jaxem.core.many._many_program"
 
@@ -97,7 +107,8 @@ def fit_batch(model: Model, X, weights, *, shared_rows: bool = False, key=None,
                   max_iter=setup.max_iter, use_gradient=setup.use_gradient,
                   optimizer=setup.optimizer, m_step_iters=setup.m_step_iters, rule=setup.rule,
                   in_sequence=plan.in_sequence, accelerate=setup.accelerate,
-                  x_axis=None if shared_rows else 0, p_axis=None)
+                  x_axis=None if shared_rows else 0, p_axis=None,
+                  datasets_in_sequence=jax.devices()[0].platform in blocks.SEQUENTIAL_RESTART_PLATFORMS)
     (out, keys), compile_time, fit_time = programs.run_compiled(
         _many, (setup.keys, setup.init_params, X, jnp.asarray(weights, X.dtype),
                 setup.loop_settings(X.dtype).tol), static, disk_name=PROGRAM_NAME,

@@ -103,6 +103,10 @@ def _executable(program, dynamic: tuple, static: dict, disk_name: str | None,
     executable = program_cache.load(disk_key, dynamic)
     _COUNTS["loaded" if executable is not None else "compiled"] += counted
     if executable is None:
+        # Compiling while a program still runs (a segmented fit's start, whose state is this
+        # program's argument) hung XLA:CPU on 2 cores at full optimisation: breast cancer, K=3,
+        # 10 restarts, SQUAREM. The arguments are finished first.
+        jax.block_until_ready([leaf for leaf in jax.tree.leaves(dynamic) if isinstance(leaf, jax.Array)])
         lowered = program.lower(*dynamic, **static)
         executable = program_cache.compile_and_store(disk_key, lowered,
                                                      compile_options(lowered, repeats))

@@ -34,7 +34,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ..core import blocks
+from ..core import blocks, linalg
 from ..core import constraints as C
 from ..core.model import Model, model_factory
 from ..core.validation import check_nonnegative_float, check_positive_int
@@ -76,10 +76,10 @@ def _woodbury(params):
     scaled = W * inv_psi[:, :, None]                                    # Ψ^{-1} W
     q = W.shape[-1]
     eye = jnp.eye(q, dtype=W.dtype)
-    L = jnp.linalg.cholesky(eye + jnp.einsum("kdq,kdr->kqr", W, scaled))
+    L = linalg.cholesky(eye + jnp.einsum("kdq,kdr->kqr", W, scaled))
     # Inverted once (q x q), then a product: XLA:CPU's triangular solve with D right-hand sides
     # took longer than the whole E-step's product with X.
-    L_inv = jax.scipy.linalg.solve_triangular(L, jnp.broadcast_to(eye, L.shape), lower=True)
+    L_inv = linalg.solve_triangular(L, jnp.broadcast_to(eye, L.shape), lower=True)
     Bt = jnp.einsum("kqr,kdr->kqd", L_inv, scaled)
     log_det = (-jnp.sum(jnp.log(inv_psi), axis=1)
                + 2 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=1, axis2=2)), axis=1))
@@ -159,7 +159,7 @@ def _maximize(stats, params, isotropic: bool, reg_covar: float):
     sxz = jnp.concatenate([stats["sxz"], stats["sx"][:, :, None]], axis=2)   # [K, D, q+1]
     # Inverted (q + 1 square) and then multiplied: a solve with D right-hand sides is slow on
     # XLA:CPU.
-    augmented = jnp.einsum("kdi,kij->kdj", sxz, jnp.linalg.inv(szz))
+    augmented = jnp.einsum("kdi,kij->kdj", sxz, linalg.inv(szz))
     noise = (stats["sxx"] - jnp.sum(augmented * sxz, axis=2)) / safe_nk[:, None]
     if isotropic:
         noise = jnp.mean(noise, axis=1)

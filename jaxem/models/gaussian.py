@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core import blocks
+from ..core import blocks, linalg
 from ..core import constraints as C
 from ..core.model import Model, model_factory
 from ..core.validation import check_nonnegative_float, check_positive_int
@@ -176,9 +176,9 @@ def _diagonal_block_stats(params, X: Array, posterior, covariance_type: str):
 
 def _precision_cholesky(cov: Array) -> Array:
     """``A = L^{-1}`` for ``cov = L L^T`` (batched over leading axes)."""
-    L = jnp.linalg.cholesky(cov)
+    L = linalg.cholesky(cov)
     eye = jnp.broadcast_to(jnp.eye(cov.shape[-1], dtype=cov.dtype), cov.shape)
-    return jax.scipy.linalg.solve_triangular(L, eye, lower=True)
+    return linalg.solve_triangular(L, eye, lower=True)
 
 
 def _maximize(stats, params, covariance_type: str, reg_covar: float, prior=None, constants=None):
@@ -380,6 +380,6 @@ def covariances_from_prec_chol(prec_chol: Array, covariance_type: str) -> Array:
     if covariance_type in ("full", "tied"):
         # Σ = L L^T with L = A^{-1}.
         eye = jnp.broadcast_to(jnp.eye(prec_chol.shape[-1], dtype=prec_chol.dtype), prec_chol.shape)
-        L = jax.scipy.linalg.solve_triangular(prec_chol, eye, lower=True)
+        L = linalg.solve_triangular(prec_chol, eye, lower=True)
         return L @ jnp.swapaxes(L, -1, -2)
     return 1.0 / (prec_chol * prec_chol)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax.scipy.stats import norm
 
 from ..core import constraints as C
+from ..core import linalg
 from ..core.model import Model, model_factory
 from . import init as initialisers
 from .common import centred_moments, empty_components, mixing_weights
@@ -74,8 +75,9 @@ def solve_psd(gram: Array, rhs: Array) -> Array:
     p = gram.shape[-1]
     scale = jnp.trace(gram, axis1=-2, axis2=-1)[..., None, None] / p
     jitter = 10 * jnp.finfo(gram.dtype).eps * scale + jnp.finfo(gram.dtype).tiny
-    chol = jnp.linalg.cholesky(gram + jitter * jnp.eye(p, dtype=gram.dtype))
-    return jax.scipy.linalg.cho_solve((chol, True), rhs[..., None])[..., 0]
+    chol = linalg.cholesky(gram + jitter * jnp.eye(p, dtype=gram.dtype))
+    half = linalg.solve_triangular(chol, rhs[..., None], lower=True)
+    return linalg.solve_triangular(jnp.swapaxes(chol, -1, -2), half, lower=False)[..., 0]
 
 
 def expert_update(stats, params, reg_var: float):
