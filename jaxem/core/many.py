@@ -112,7 +112,8 @@ def fit_batch(model: Model, X, weights, *, shared_rows: bool = False, key=None,
     (out, keys), compile_time, fit_time = programs.run_compiled(
         _many, (setup.keys, setup.init_params, X, jnp.asarray(weights, X.dtype),
                 setup.loop_settings(X.dtype).tol), static, disk_name=PROGRAM_NAME,
-        repeats=setup.n_restarts if plan.in_sequence else 1)
+        repeats=(setup.n_restarts if plan.in_sequence else 1)
+        * (weights.shape[0] if static["datasets_in_sequence"] else 1))
     return _stack(out, keys, setup, compile_time, fit_time)
 
 
