@@ -23,10 +23,10 @@ import functools
 import inspect
 from collections.abc import Callable, Iterator
 
-import jax
 import numpy as np
 
 from ..core import precision
+from ..core.driver import key_from_seed
 from ..core.result import FitInterrupted
 from ..core.validation import check_positive_int, check_tolerance
 from .checks import check_accelerate, check_checkpoint, check_m_step, one_of
@@ -37,13 +37,13 @@ def _as_key(random_state):
     """A JAX key from ``None`` (fresh entropy from NumPy), an int, a NumPy ``RandomState`` or
     ``Generator`` (a seed drawn from it, as scikit-learn and hmmlearn accept), or a key."""
     if random_state is None:
-        return jax.random.key(int(np.random.randint(0, 2**31 - 1)))
+        return key_from_seed(np.random.randint(0, 2**31 - 1))
     if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool):
-        return jax.random.key(int(random_state))
+        return key_from_seed(random_state)
     if isinstance(random_state, np.random.RandomState):
-        return jax.random.key(int(random_state.randint(0, 2**31 - 1)))
+        return key_from_seed(random_state.randint(0, 2**31 - 1))
     if isinstance(random_state, np.random.Generator):
-        return jax.random.key(int(random_state.integers(0, 2**31 - 1)))
+        return key_from_seed(random_state.integers(0, 2**31 - 1))
     return random_state
 
 
