@@ -146,3 +146,16 @@ def test_freed_programs_are_compiled_again_and_give_the_same_fit():
     assert reused["compiled"] == 0 and reused["reused"] >= 1
     assert compiled["compiled"] >= 1 and compiled["reused"] == 0
     np.testing.assert_array_equal(np.asarray(again.log_likelihood), np.asarray(first.log_likelihood))
+
+
+def test_seed_keys_built_on_the_host_are_jaxs_keys(x64):
+    """``key_from_seed`` (estimators' ``random_state``, ``key=<int>``) gives exactly
+    ``jax.random.key(seed)``, in and out of x64 mode, so seeded fits are unchanged."""
+    from jaxem.core.driver import key_from_seed
+
+    for seed in (0, 1, 12345, 2**31 - 1, 2**32 - 1, -3, 2**40):
+        for enabled in (True, False) if seed < 2**31 else (True,):  # int32 seeds without x64
+            with jax.enable_x64(enabled):
+                ours = jax.random.key_data(key_from_seed(np.int64(seed)))
+                theirs = jax.random.key_data(jax.random.key(seed))
+            np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
