@@ -1,6 +1,6 @@
 """Batched dense linear algebra for the fit programs, one matrix per LAPACK call on affected CPUs.
 
-jaxlib 0.10's CPU LAPACK kernels (Cholesky, triangular solve, inverse, eigh) split a batch of
+jaxlib 0.10's CPU LAPACK kernels (Cholesky, triangular solve, inverse, ...) split a batch of
 matrices over XLA's intra-op thread pool and then block, inside a pool thread, until the pieces
 are done. Two such kernels running at once on a pool of two threads wait for each other forever:
 a SQUAREM fit of breast cancer (K=3, 10 restarts, float64) hung in 3 of 5 runs on a 2-core
@@ -66,8 +66,3 @@ def solve_triangular(a: Array, b: Array, lower: bool) -> Array:
 def inv(a: Array) -> Array:
     """Inverse of ``a [..., D, D]``."""
     return _per_matrix(jnp.linalg.inv, a, core=(2,))
-
-
-def eigh(a: Array) -> tuple[Array, Array]:
-    """``(eigenvalues [..., D], eigenvectors [..., D, D])`` of symmetric ``a [..., D, D]``."""
-    return _per_matrix(jnp.linalg.eigh, a, core=(2,))

@@ -101,19 +101,22 @@ def fit_batch(model: Model, X, weights, *, shared_rows: bool = False, key=None,
     n_rows = weights.shape[1]
     if model.n_components is not None:
         check_enough_rows(int(np.min(np.sum(weights > 0, axis=1))), model.n_components)
-    plan = blocks.plan_restarts(setup.n_restarts, jax.devices()[0].platform, setup.block_size)
+    platform = jax.devices()[0].platform
+    plan = blocks.plan_restarts(setup.n_restarts, platform, setup.block_size)
+    # Data sets follow the restarts' rule: one after another where restarts are.
+    datasets_in_sequence = blocks.plan_restarts(weights.shape[0], platform).in_sequence
     n_blocks, rows_per_block = blocks.plan_blocks(n_rows, plan.block_size)
     static = dict(model=model, n_blocks=n_blocks, rows_per_block=rows_per_block,
                   max_iter=setup.max_iter, use_gradient=setup.use_gradient,
                   optimizer=setup.optimizer, m_step_iters=setup.m_step_iters, rule=setup.rule,
                   in_sequence=plan.in_sequence, accelerate=setup.accelerate,
                   x_axis=None if shared_rows else 0, p_axis=None,
-                  datasets_in_sequence=jax.devices()[0].platform in blocks.SEQUENTIAL_RESTART_PLATFORMS)
+                  datasets_in_sequence=datasets_in_sequence)
     (out, keys), compile_time, fit_time = programs.run_compiled(
         _many, (setup.keys, setup.init_params, X, jnp.asarray(weights, X.dtype),
                 setup.loop_settings(X.dtype).tol), static, disk_name=PROGRAM_NAME,
         repeats=(setup.n_restarts if plan.in_sequence else 1)
-        * (weights.shape[0] if static["datasets_in_sequence"] else 1))
+        * (weights.shape[0] if datasets_in_sequence else 1))
     return _stack(out, keys, setup, compile_time, fit_time)
 
 

@@ -107,10 +107,6 @@ def _executable(program, dynamic: tuple, static: dict, disk_name: str | None,
     executable = program_cache.load(disk_key, dynamic)
     _COUNTS["loaded" if executable is not None else "compiled"] += counted
     if executable is None:
-        # Compiling while a program still runs (a segmented fit's start, whose state is this
-        # program's argument) hung XLA:CPU on 2 cores at full optimisation: breast cancer, K=3,
-        # 10 restarts, SQUAREM. The arguments are finished first.
-        jax.block_until_ready([leaf for leaf in jax.tree.leaves(dynamic) if isinstance(leaf, jax.Array)])
         lowered = program.lower(*dynamic, **static)
         executable = program_cache.compile_and_store(disk_key, lowered,
                                                      compile_options(lowered, repeats))
@@ -121,7 +117,7 @@ def _executable(program, dynamic: tuple, static: dict, disk_name: str | None,
 
 
 def run_compiled(program, dynamic: tuple, static: dict, progress=None,
-                 disk_name: str | None = None, repeats: int = 1) -> tuple:
+                 disk_name: str | None = None, repeats: float = 1) -> tuple:
     """Compile (or reuse) a fit program for these arguments and run it.
 
     Args:
@@ -209,7 +205,7 @@ def _agreed(stop: int, interrupted: bool, save_due: bool) -> tuple[int, bool, bo
 
 def run_segmented(program, dynamic: tuple, static: dict, progress=None,
                   disk_name: str | None = None, saver=None, restore: Callable | None = None,
-                  repeats: int = 1) -> tuple:
+                  repeats: float = 1) -> tuple:
     """Run a segmented fit program: the compiled EM loop in segments of about
     :data:`SEGMENT_SECONDS`, so Ctrl-C stops it between two segments with what it had.
 
