@@ -183,16 +183,6 @@ def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Setti
     floor = 4 * jnp.finfo(objective.dtype).eps
     change, scale = objective - s["objective"], jnp.abs(s["objective"])
     change_small = small_change(objective, s["objective"], settings.tol)
-    # Round-off, not convergence: a change within the floor but above a tol > 0 (this float
-    # type cannot resolve tol), or a decrease larger than tol and the floor (EM never decreases
-    # the objective in exact arithmetic; ill-conditioned float32 M-steps make it wander). Such a
-    # restart stops "stalled", not converged, keeping its better parameters.
-    decreased = (change < 0) & ~change_small
-    stall = (running & (settings.tol >= 0) & settings.may_stop(iteration)
-             & ((change_small & (jnp.abs(change) > settings.tol * scale) & (settings.tol > 0))
-                | decreased))
-    if can_converge is not None:
-        stall &= can_converge
     # Parameters an M-step left bit-identical are a fixed point: every later iteration would
     # repeat this one, whatever the tolerance.
     fixed_point = _unchanged(stepped, s["params"])
@@ -201,6 +191,20 @@ def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Setti
         # Hard EM: this M-step saw the same assignment as the one before it, so it changed
         # nothing (the step counts, as k-means counts the pass that finds no row moved).
         fixed_point |= (iteration >= 2) & _unchanged(consumed, s["consumed"])
+    # Round-off, not convergence: a change within the floor but above a tol > 0 (this float
+    # type cannot resolve tol); any change within the floor when tol itself is below it (even
+    # none at all: the objective's own round-off can hide a gain larger than tol), short of a
+    # fixed point; or a decrease larger than tol and the floor (EM never decreases the
+    # objective in exact arithmetic; ill-conditioned float32 M-steps make it wander). Such a
+    # restart stops "stalled", not converged, keeping its better parameters.
+    decreased = (change < 0) & ~change_small
+    unresolved = (change_small & (settings.tol > 0)
+                  & ((jnp.abs(change) > settings.tol * scale)
+                     | ((settings.tol < floor) & ~fixed_point)))
+    stall = (running & (settings.tol >= 0) & settings.may_stop(iteration)
+             & (unresolved | decreased))
+    if can_converge is not None:
+        stall &= can_converge
     converged = (running & (((settings.tol >= 0) & change_small) | fixed_point)
                  & settings.may_stop(iteration)) & ~stall
     stuck = jnp.zeros_like(converged)

@@ -116,7 +116,7 @@ def fit_batch(model: Model, X, weights, *, shared_rows: bool = False, key=None,
         _many, (setup.keys, setup.init_params, X, jnp.asarray(weights, X.dtype),
                 setup.loop_settings(X.dtype).tol), static, disk_name=PROGRAM_NAME,
         repeats=(setup.n_restarts if plan.in_sequence else 1)
-        * (weights.shape[0] if datasets_in_sequence else 1))
+        * (weights.shape[0] if datasets_in_sequence else 1), small_ops=setup.use_gradient)
     return _stack(out, keys, setup, compile_time, fit_time)
 
 

@@ -102,7 +102,8 @@ def resolve(dtype, *, n_values: int | None, tol: float | None) -> np.dtype:
     if dtype != "auto":
         return np.dtype(dtype)
     small = n_values is not None and n_values <= AUTO_FLOAT64_MAX_VALUES
-    unresolvable = tol is not None and 0 < tol < FLOAT32_TOL_FLOOR
+    # A tol of the wrong type is refused by the fit's own checks, with their message.
+    unresolvable = isinstance(tol, (int, float, np.number)) and 0 < tol < FLOAT32_TOL_FLOOR
     return np.dtype(np.float64 if small or unresolvable else np.float32)
 
 
@@ -139,12 +140,12 @@ def to_host(tree):
     return jax.tree.map(host, tree)
 
 
-def run_in(dtype, fn: Callable, *args, **kwargs):
-    """``fn(*args, **kwargs)`` computed in ``dtype``; its result as :func:`to_host` when that
-    needed a :func:`scope`, as returned otherwise."""
-    if not differs(dtype):
+def run_in(width, fn: Callable, /, *args, **kwargs):
+    """``fn(*args, **kwargs)`` computed in the float type ``width``; its result as
+    :func:`to_host` when that needed a :func:`scope`, as returned otherwise."""
+    if not differs(width):
         return fn(*args, **kwargs)
-    with scope(dtype):
+    with scope(width):
         out = fn(*args, **kwargs)
     return to_host_result(out)
 

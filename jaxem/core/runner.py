@@ -130,7 +130,7 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         e_step: str | Annealing = "soft", m_step: str = "auto",
         optimizer: optax.GradientTransformation | None = None,
         m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
-        progress: Callable | None = None, devices=None, dtype=None, checkpoint=None,
+        progress: Callable | None = None, devices=None, dtype="auto", checkpoint=None,
         resume: bool = False, accelerate="auto") -> FitResult:
     """Fit ``model`` to ``X`` by EM from several random starts at once.
 
@@ -187,9 +187,9 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
             Each device holds only its share of the rows during the fit; the initialiser first
             sees all rows on one device (pass ``init_params`` to skip it). For data larger than
             the devices' memory use :func:`jaxem.fit_chunked`, which accepts ``devices`` too.
-        dtype: the float type to compute in: ``"float32"``, ``"float64"``, ``"auto"`` (float64
-            where float32 cannot meet ``tol`` or costs little, see
-            :func:`jaxem.core.precision.resolve`) or ``None`` (JAX's default). It needs no
+        dtype: the float type to compute in: ``"auto"`` (the default: float64 where float32
+            cannot meet ``tol`` or costs little, see :func:`jaxem.core.precision.resolve`),
+            ``"float32"``, ``"float64"`` or ``None`` (JAX's default float type). It needs no
             global flag: the fit runs in JAX's x64 mode only when it computes in float64, and
             then returns NumPy float64 arrays.
         checkpoint: optional file name (or :class:`jaxem.Checkpoint`, which sets how often) where
@@ -223,7 +223,8 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
                                 labels=labels, init_params=init_params, e_step=e_step,
                                 m_step=m_step, optimizer=optimizer, m_step_iters=m_step_iters,
                                 block_size=block_size, progress=progress, devices=devices,
-                                checkpoint=checkpoint, resume=resume, accelerate=accelerate)
+                                checkpoint=checkpoint, resume=resume, accelerate=accelerate,
+                                dtype=width.name)
     setup = driver.setup_fit(model, key=key, n_restarts=n_restarts, max_iter=max_iter, tol=tol,
                              e_step=e_step, m_step=m_step, optimizer=optimizer,
                              m_step_iters=m_step_iters, block_size=block_size, progress=progress,
@@ -285,7 +286,7 @@ def fit(model: Model, X, *, key=None, n_restarts: int | None = None, max_iter: i
         out, compile_time, fit_time = programs.run_segmented(
             program, (keys, init_params, rows_X, weights, labels, tol_value), static,
             setup.progress, disk_name=PROGRAM_NAME, saver=saver, restore=restore,
-            repeats=keys.shape[0] if plan.in_sequence else 1)
+            repeats=keys.shape[0] if plan.in_sequence else 1, small_ops=setup.use_gradient)
     except loop.Interrupted as stop:
         raise driver.interrupted(stop, setup) from None
     except (TypeError, ValueError, IndexError) as err:

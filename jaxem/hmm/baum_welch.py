@@ -61,7 +61,7 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
         max_iter: int = 100, tol: float = 1e-6, init_params: Any = None, m_step: str = "auto",
         method: str = "auto", optimizer: optax.GradientTransformation | None = None,
         m_step_iters: int = DEFAULT_M_STEP_ITERS, block_size: int | None = None,
-        e_step: str | Annealing = "soft", progress=None, dtype=None, checkpoint=None,
+        e_step: str | Annealing = "soft", progress=None, dtype="auto", checkpoint=None,
         resume: bool = False, accelerate="auto") -> FitResult:
     """Fit ``hmm`` by Baum-Welch (EM) from several starts at once.
 
@@ -93,8 +93,8 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
             called once per iteration, as in :func:`jaxem.fit`.
         checkpoint, resume: save the loop state to a file and continue from it, as in
             :func:`jaxem.fit`.
-        dtype: the float type to compute in, ``"float32"``, ``"float64"``, ``"auto"`` or ``None``
-            (JAX's default), as in :func:`jaxem.fit`.
+        dtype: the float type to compute in, ``"auto"`` (the default), ``"float32"``,
+            ``"float64"`` or ``None`` (JAX's default), as in :func:`jaxem.fit`.
         accelerate: ``"auto"`` (the default: SQUAREM with the soft E-step when the emission declares
             ``constraints``; the chain's probabilities are extrapolated as softmax logits),
             ``"squarem"``/``True`` or ``None``/``False`` (plain Baum-Welch), as in
@@ -115,7 +115,8 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
                                 init_params=init_params, m_step=m_step, method=method,
                                 optimizer=optimizer, m_step_iters=m_step_iters,
                                 block_size=block_size, e_step=e_step, progress=progress,
-                                checkpoint=checkpoint, resume=resume, accelerate=accelerate)
+                                checkpoint=checkpoint, resume=resume, accelerate=accelerate,
+                                dtype=width.name)
     setup = driver.setup_fit(hmm, key=key, n_restarts=n_restarts, max_iter=max_iter, tol=tol,
                              e_step=e_step, m_step=m_step, optimizer=optimizer,
                              m_step_iters=m_step_iters, block_size=block_size, progress=progress,
@@ -140,7 +141,8 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
         out, compile_s, run_s = programs.run_segmented(
             _program_jit, (setup.keys, setup.init_params, Xp, maskp, rows,
                            setup.loop_settings(Xp.dtype).tol), static, setup.progress,
-            saver=saver, restore=restore, repeats=setup.n_restarts if in_sequence else 1)
+            saver=saver, restore=restore, repeats=setup.n_restarts if in_sequence else 1,
+            small_ops=True)  # a forward-backward scan: see programs.compile_options
     except (TypeError, ValueError, IndexError) as err:
         # Say so when the emission cannot even score these observations (say a padded [B, T, D]
         # array given without its mask, read as one sequence of [T, D] observations).

@@ -65,7 +65,7 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
                 init_size: int = DEFAULT_INIT_ROWS, e_step="soft", m_step: str = "auto",
                 optimizer=None, m_step_iters: int = 10, method: str = "auto",
                 block_size: int | None = None, devices=None,
-                progress: Callable | None = None, dtype=None, checkpoint=None,
+                progress: Callable | None = None, dtype="auto", checkpoint=None,
                 resume: bool = False, accelerate="auto") -> FitResult:
     """Fit ``model`` by exact EM reading ``source`` in chunks (data larger than memory).
 
@@ -95,9 +95,9 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
         checkpoint, resume: save the loop state after iterations and continue from it, as in
             :func:`jaxem.fit`; a resume first repeats the initial pass over the data. The data
             are fingerprinted by their row count and the initial parameters drawn from them.
-        dtype: the float type to compute in, ``"float32"``, ``"float64"``, ``"auto"`` or ``None``
-            (JAX's default), as in :func:`jaxem.fit`; ``"auto"`` counts an array source's size
-            (a file or an iterable counts as large).
+        dtype: the float type to compute in, ``"auto"`` (the default), ``"float32"``,
+            ``"float64"`` or ``None`` (JAX's default), as in :func:`jaxem.fit`; ``"auto"``
+            counts an array source's size (a file or an iterable counts as large).
         accelerate: SQUAREM or plain EM, as in :func:`jaxem.fit` (default ``"auto"``); each
             pass over the data counts as one iteration either way.
 
@@ -119,7 +119,7 @@ def fit_chunked(model, source, *, chunk_size: int | None = None, lengths=None,
                                 e_step=e_step, m_step=m_step, optimizer=optimizer,
                                 m_step_iters=m_step_iters, method=method, block_size=block_size,
                                 devices=devices, progress=progress, checkpoint=checkpoint,
-                                resume=resume, accelerate=accelerate)
+                                resume=resume, accelerate=accelerate, dtype=width.name)
     init_size = check_positive_int(init_size, "init_size")
     if chunk_size is not None:
         chunk_size = check_positive_int(chunk_size, "chunk_size")
