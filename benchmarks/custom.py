@@ -23,9 +23,9 @@ call and warm seconds, best log-likelihood, iterations; for jaxem the restart co
 restarts' warm time over the sum of their iterations times one restart-iteration, timed alone)
 and the honest-convergence check (each restart reported converged is run 100 more iterations;
 the gain must stay within ``tol`` relative). ``--quick``: two warm repeats, no ``jaxem lbfgs``;
-``--x64``: jaxem in float64 like the references (in float32 a log-likelihood of 2e4 is resolved
-to about 2e-3, which is ``tol=1e-7`` relative: the changes of a slowly converging fit are then
-too coarse to tell its rate).
+``--dtype``: jaxem's ``dtype`` (default ``"auto"``, jaxem's own default: float64 here, as the
+references, since ``tol=1e-7`` is below what float32 resolves; with ``float32`` a
+log-likelihood of 2e4 is resolved to about 2e-3, and the fits end "stalled" on round-off).
 
     python benchmarks/custom.py --quick
     python benchmarks/custom.py --models laplace --json custom.json
@@ -129,6 +129,10 @@ def jaxem_model(name: str):
     return jem.hmm.HMM(emission=emission, n_states=K)
 
 
+# jaxem's dtype in a worker (--dtype).
+DTYPE = "auto"
+
+
 def jaxem_fit(name: str, data: dict, optimizer=None, key=None, n_restarts=N_RESTARTS,
               init_params=None, max_iter=MAX_ITER, tol=TOL):
     import jax
@@ -138,7 +142,7 @@ def jaxem_fit(name: str, data: dict, optimizer=None, key=None, n_restarts=N_REST
     model = jaxem_model(name)
     key = jax.random.key(0) if key is None and init_params is None else key
     kw = dict(key=key, n_restarts=n_restarts, max_iter=max_iter, tol=tol, optimizer=optimizer,
-              init_params=init_params)
+              init_params=init_params, dtype=DTYPE)
     if name == "hmm":
         return jem.hmm.fit(model, data["X"], data["lengths"], **kw)
     return jem.fit(model, data["X"], **kw)
@@ -240,6 +244,8 @@ def jaxem_extras(name: str, data: dict, result, repeats: int) -> dict:
 
 
 def worker(args) -> None:
+    global DTYPE
+    DTYPE = args._dtype
     directory = Path(args._dir)
     data = dict(np.load(directory / "data.npz"))
     start = dict(np.load(directory / "start.npz"))
@@ -249,7 +255,7 @@ def worker(args) -> None:
 
 # ------------------------------------------------------------------------------- the parent
 
-def run_model(name: str, rows, repeats: int, timeout: float, x64: bool = False) -> dict:
+def run_model(name: str, rows, repeats: int, timeout: float, dtype: str = "auto") -> dict:
     data = make_data(name)
     start = starts(name, data)
     results = {}
@@ -259,8 +265,8 @@ def run_model(name: str, rows, repeats: int, timeout: float, x64: bool = False) 
         np.savez(directory / "start.npz", **start)
         for row in rows:
             cmd = [sys.executable, __file__, "--_worker", row, "--_model", name, "--_dir", tmp,
-                   "--_repeats", str(repeats)]
-            env = dict(os.environ, JAXEM_COMPILATION_CACHE="0", JAX_ENABLE_X64="1" if x64 else "0")
+                   "--_repeats", str(repeats), "--_dtype", dtype]
+            env = dict(os.environ, JAXEM_COMPILATION_CACHE="0", JAX_ENABLE_X64="0")
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
             except subprocess.TimeoutExpired:
@@ -321,7 +327,8 @@ def report(name: str, results: dict) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="two warm repeats, no 'jaxem lbfgs' row")
-    p.add_argument("--x64", action="store_true", help="jaxem in float64, as SciPy and NumPy")
+    p.add_argument("--dtype", choices=("auto", "float32", "float64"), default="auto",
+                   help="jaxem's dtype (auto: float64 at tol=1e-7, as SciPy and NumPy)")
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     p.add_argument("--rows", nargs="+", help="run only these rows")
     p.add_argument("--json", metavar="PATH")
@@ -330,16 +337,17 @@ def main(argv=None) -> int:
     p.add_argument("--_model")
     p.add_argument("--_dir")
     p.add_argument("--_repeats", type=int)
+    p.add_argument("--_dtype", default="auto")
     args = p.parse_args(argv)
     if args._worker:
         worker(args)
         return 0
-    print(f"machine: {machine_line()}; jaxem in {'float64' if args.x64 else 'float32'}")
+    print(f"machine: {machine_line()}; jaxem dtype={args.dtype!r}")
     everything = {}
     for name in args.models:
         rows = [r for r in ROWS[name] if not (args.quick and r == "jaxem lbfgs")
                 and (not args.rows or r in args.rows)]
-        results = run_model(name, rows, 2 if args.quick else 3, args.timeout, args.x64)
+        results = run_model(name, rows, 2 if args.quick else 3, args.timeout, args.dtype)
         everything[name] = {"rows": results, "targets": report(name, results)}
     if args.json:
         Path(args.json).write_text(json.dumps(everything, indent=2))

@@ -246,7 +246,8 @@ def _sometimes_nan_model(fail_all: bool):
 
     def init(key, X):
         params = base.init(key, X)
-        bad = jnp.asarray(True) if fail_all else jax.random.uniform(key) < 0.5
+        # float32 draws whatever the fit's float type, so the test can tell which restarts fail.
+        bad = jnp.asarray(True) if fail_all else jax.random.uniform(key, dtype=jnp.float32) < 0.5
         return {**params, "means": jnp.where(bad, jnp.nan, params["means"])}
 
     return jem.Model(init=init, log_joint=base.log_joint, batch_log_joint=base.batch_log_joint,
@@ -259,7 +260,7 @@ def test_diverging_restart_is_marked_failed_and_never_best():
     X = _normal(1).astype(np.float32)
     model = _sometimes_nan_model(fail_all=False)
     keys = jax.random.split(jax.random.key(0), 6)
-    bad = np.asarray(jax.vmap(lambda k: jax.random.uniform(k) < 0.5)(keys))
+    bad = np.asarray(jax.vmap(lambda k: jax.random.uniform(k, dtype=jnp.float32) < 0.5)(keys))
     assert bad.any() and not bad.all()
     result = jem.fit(model, X, key=keys, max_iter=20)
     np.testing.assert_array_equal(result.failed, bad)

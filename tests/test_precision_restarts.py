@@ -84,6 +84,13 @@ def test_auto_rule():
         jem.GaussianMixture(2, dtype="float16").fit(three_blobs(50))
 
 
+def test_auto_is_float64_under_the_global_flag(x64):
+    large = precision.AUTO_FLOAT64_MAX_VALUES + 1
+    assert precision.resolve("auto", n_values=large, tol=1e-3) == np.float64
+    assert precision.resolve("auto", n_values=None, tol=1e-3) == np.float64
+    assert precision.resolve("float32", n_values=large, tol=1e-3) == np.float32
+
+
 def test_greedy_kmeans_plusplus_honours_weights():
     X = np.concatenate([three_blobs(300), np.full((40, 2), 1e3, np.float32)])
     w = np.concatenate([np.ones(300), np.zeros(40)]).astype(np.float32)

@@ -93,8 +93,9 @@ def resolve(dtype, *, n_values: int | None, tol: float | None) -> np.dtype:
         n_values: rows x features of the data (``None`` when unknown, e.g. chunks from a file).
         tol: the fit's relative tolerance (``None``: no test).
 
-    ``"auto"`` is float64 where float32 cannot meet ``tol`` (below :data:`FLOAT32_TOL_FLOOR`) or
-    where it costs little (at most :data:`AUTO_FLOAT64_MAX_VALUES` data values), else float32.
+    ``"auto"`` is float64 where float32 cannot meet ``tol`` (below :data:`FLOAT32_TOL_FLOOR`),
+    where it costs little (at most :data:`AUTO_FLOAT64_MAX_VALUES` data values) or where JAX's
+    x64 mode is on (the user asked for float64 everywhere), else float32.
     """
     dtype = check_dtype(dtype)
     if dtype is None:
@@ -104,7 +105,8 @@ def resolve(dtype, *, n_values: int | None, tol: float | None) -> np.dtype:
     small = n_values is not None and n_values <= AUTO_FLOAT64_MAX_VALUES
     # A tol of the wrong type is refused by the fit's own checks, with their message.
     unresolvable = isinstance(tol, (int, float, np.number)) and 0 < tol < FLOAT32_TOL_FLOOR
-    return np.dtype(np.float64 if small or unresolvable else np.float32)
+    wide = default_float() == np.float64
+    return np.dtype(np.float64 if small or unresolvable or wide else np.float32)
 
 
 def data_values(X) -> int | None:

@@ -137,7 +137,8 @@ class MixtureEstimator(DensityMixin, EMEstimator):
                 n_restarts=self._restarts(init_params), max_iter=self.max_iter, tol=self.tol,
                 sample_weight=weights, labels=labels, init_params=init_params, e_step=self.e_step,
                 m_step=self.m_step, optimizer=self.optimizer, progress=bar,
-                checkpoint=self.checkpoint, resume=self.resume, accelerate=self.accelerate)
+                checkpoint=self.checkpoint, resume=self.resume, accelerate=self.accelerate,
+                dtype=None)  # the estimator's own dtype scope (estimators.params)
         return self._record_fit(result, total_weight)
 
     def _record_fit(self, result, total_weight: float):

@@ -68,7 +68,8 @@ def fit_mixture(estimator, source, *, chunk_size: int | None = None, labels=None
             key=_as_key(est.random_state), n_restarts=est._restarts(init_params),
             max_iter=est.max_iter, tol=est.tol, sample_weight=sample_weight, labels=labels,
             init_params=init_params, init_size=init_size, e_step=est.e_step, devices=devices,
-            checkpoint=est.checkpoint, resume=est.resume, accelerate=est.accelerate)
+            checkpoint=est.checkpoint, resume=est.resume, accelerate=est.accelerate,
+            dtype=None)  # the estimator's own dtype scope (estimators.params)
     return est._record_fit(result, total_weight)
 
 
@@ -105,5 +106,5 @@ def fit_hmm(estimator, source, lengths=None, *, chunk_size: int | None = None,
                              init_params=start, method=est.method, e_step=est.e_step,
                              init_size=init_size, devices=devices,
                              checkpoint=est.checkpoint, resume=est.resume,
-                             accelerate=est.accelerate)
+                             accelerate=est.accelerate, dtype=None)  # the estimator's scope
     return est._record_fit(result)

@@ -212,7 +212,7 @@ class _BaseHMM(EMEstimator):
                          init_params=start, m_step=self.m_step, method=self.method,
                          optimizer=self.optimizer, e_step=self.e_step, progress=bar,
                          checkpoint=self.checkpoint, resume=self.resume,
-                         accelerate=self.accelerate)
+                         accelerate=self.accelerate, dtype=None)  # the estimator's scope
         return self._record_fit(result)
 
     def _init(self, X, lengths=None) -> None:

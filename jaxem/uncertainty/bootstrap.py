@@ -104,8 +104,9 @@ def bootstrap(model, X, n_boot: int = 200, *, key, kind: str = "nonparametric",
     weights = check_sample_weight(sample_weight, rows.shape[0])
     k_fit, k_boot = jax.random.split(key)
     if result is None:
+        # In the float type the replicates are fitted in (fit_batch's: JAX's default).
         result = fit(model, rows, key=k_fit, n_restarts=4, max_iter=max_iter, tol=tol,
-                     sample_weight=weights)
+                     sample_weight=weights, dtype=None)
     if match:   # before any refit: the matching must be possible
         check_component_leaves(model, result.params, rows, n_components(model, k_fit, rows))
     options = dict(fit_options, max_iter=max_iter, tol=tol, init_params=result.params)
