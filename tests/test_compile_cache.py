@@ -203,6 +203,9 @@ def test_compile_effort_follows_the_work_of_one_trip():
     if jax.default_backend() == "cpu":
         assert programs.compile_options(small) == programs.CHEAP_COMPILE_OPTIONS
         assert programs.compile_options(small, repeats=10**9) == {}
+        # Many small operations (a gradient M-step, a forward-backward pass): no fusion emitters.
+        assert programs.compile_options(large, small_ops=True) == programs.SMALL_OPS_COMPILE_OPTIONS
+        assert programs.compile_options(small, small_ops=True) == programs.CHEAP_COMPILE_OPTIONS
     assert programs.compile_options(large) == {}
     X = np.random.default_rng(0).normal(size=(300, 2)).astype(np.float32)
     X[:150] += 4

@@ -55,6 +55,27 @@ def test_float32_round_off_is_reported_stalled_not_converged(wine):
         assert h[-1] == h.max()
 
 
+def test_a_tol_below_float32_resolution_is_never_met_by_round_off():
+    """tol=1e-8 is below what float32 resolves: a change within round-off, even none at all,
+    proves nothing about a gain of 1e-8, so a restart converges only at an exact fixed point
+    (one more iteration changes nothing); the others stop stalled, with the warning."""
+    X = three_blobs(400)
+    model = jem.gaussian_mixture(3, "full")
+    with pytest.warns(ConvergenceWarning, match="float32 round-off"):
+        result = jem.fit(model, X, key=jax.random.key(0), n_restarts=6, tol=1e-8, max_iter=400,
+                         dtype="float32", accelerate=None)
+    assert result.stalled.any()
+    for r in range(6):
+        if result.converged[r]:
+            start = jax.tree.map(lambda a, r=r: a[r], result.all_params)
+            again = jem.fit(model, X, init_params=start, max_iter=1, tol=None, dtype="float32",
+                            accelerate=None)
+            for name, value in start.items():
+                np.testing.assert_array_equal(again.params[name], value)
+        else:
+            assert result.stalled[r] or result.n_iter[r] == 400
+
+
 def test_float64_without_the_global_flag(wine):
     assert not jax.config.jax_enable_x64
     result = jem.fit(jem.models.gaussian_mixture(2, "diag"), wine[:, :3],
