@@ -159,3 +159,20 @@ def test_seed_keys_built_on_the_host_are_jaxs_keys(x64):
                 ours = jax.random.key_data(key_from_seed(np.int64(seed)))
                 theirs = jax.random.key_data(jax.random.key(seed))
             np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+
+
+def test_restart_keys_split_on_the_host_are_jaxs_split(x64):
+    """``split_key`` (the restart keys of every fit) gives exactly ``jax.random.split``, bit for
+    bit, in and out of x64 mode and under either threefry form, so seeded fits are unchanged."""
+    from jaxem.core.driver import split_key
+
+    for partitionable in (True, False):
+        with jax.threefry_partitionable(partitionable):
+            for enabled in (True, False):
+                with jax.enable_x64(enabled):
+                    for key in (jax.random.key(0), jax.random.key(2**32 - 1),
+                                jax.random.fold_in(jax.random.key(7), 3)):
+                        for n in (1, 3, 64):
+                            np.testing.assert_array_equal(
+                                np.asarray(jax.random.key_data(split_key(key, n))),
+                                np.asarray(jax.random.key_data(jax.random.split(key, n))))

@@ -110,6 +110,38 @@ def key_from_seed(seed: int):
     return jax.random.key(seed)
 
 
+_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def _threefry2x32(k1, k2, x1: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The Threefry-2x32 hash (20 rounds) of uint32 counts ``(x1, x2)`` under the key
+    ``(k1, k2)``, in NumPy: JAX's ``threefry2x32``, bit for bit."""
+    ks = (np.uint32(k1), np.uint32(k2), np.uint32(k1) ^ np.uint32(k2) ^ np.uint32(0x1BD11BDA))
+    x0, x1 = x1 + ks[0], x2 + ks[1]
+    for i in range(5):
+        for r in _THREEFRY_ROTATIONS[i % 2]:
+            x0 = x0 + x1
+            x1 = ((x1 << np.uint32(r)) | (x1 >> np.uint32(32 - r))) ^ x0
+        x0 = x0 + ks[(i + 1) % 3]
+        x1 = (x1 + ks[(i + 2) % 3]) + np.uint32(i + 1)   # arrays: wrap around, no warning
+    return x0, x1
+
+
+def split_key(key, n: int):
+    """``jax.random.split(key, n)`` for one typed key: computed on the host where that is the
+    same split (threefry, JAX's default partitionable form), since on the device it compiles a
+    program (about 0.06 s of a small first fit); ``jax.random.split`` otherwise."""
+    if (not jax.config.jax_threefry_partitionable
+            or str(jax.random.key_impl(key)) != "threefry2x32"):
+        return jax.random.split(key, n)
+    k1, k2 = np.asarray(jax.random.key_data(key), np.uint32)
+    # The counts are a uint64 iota split into its high and low words.
+    counts = np.arange(n, dtype=np.uint64)
+    bits = _threefry2x32(k1, k2, (counts >> np.uint64(32)).astype(np.uint32),
+                         counts.astype(np.uint32))
+    return jax.random.wrap_key_data(np.stack(bits, axis=-1))
+
+
 def restart_keys(key, n_restarts: int | None, caller: str = "fit"):
     """``[R]`` keys: ``key`` split into ``n_restarts`` (default 1), or ``[R]`` keys as given.
 
@@ -121,7 +153,7 @@ def restart_keys(key, n_restarts: int | None, caller: str = "fit"):
         raise ValueError(f"{caller} needs a PRNG key: pass key=jax.random.key(0) (or an int seed, "
                          "key=0)")
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        return jax.random.split(key_from_seed(key), 1 if n_restarts is None else n_restarts)
+        return split_key(key_from_seed(key), 1 if n_restarts is None else n_restarts)
     given = key
     try:
         key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
@@ -134,7 +166,8 @@ def restart_keys(key, n_restarts: int | None, caller: str = "fit"):
                          f"an int seed; got {_describe(given)} (pass key=jax.random.key(0))")
     single = key.ndim == 0 if is_typed else key.shape == (2,)
     if single:
-        return jax.random.split(key, 1 if n_restarts is None else n_restarts)
+        n = 1 if n_restarts is None else n_restarts
+        return split_key(key, n) if is_typed else jax.random.split(key, n)
     if n_restarts is not None and key.shape[0] != n_restarts:
         raise ValueError(f"got {key.shape[0]} keys but n_restarts={n_restarts}")
     return key
