@@ -96,7 +96,9 @@ class FitSetup(NamedTuple):
     def loop_settings(self, dtype, constraints=None) -> loop.Settings:
         """The loop's settings, the tolerance as a ``dtype`` scalar (traced, not static);
         an accelerated loop extrapolates in the unconstrained space of ``constraints``."""
-        return loop.Settings(jnp.asarray(tolerance_value(self.tol), dtype), self.max_iter,
+        # Cast on the host: jnp.asarray(python_float, dtype) compiles a conversion program.
+        tol = jax.device_put(np.asarray(tolerance_value(self.tol), np.dtype(dtype)))
+        return loop.Settings(tol, self.max_iter,
                              self.rule.may_stop, acceleration.squarem(self.accelerate, constraints))
 
 
