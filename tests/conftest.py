@@ -49,6 +49,12 @@ def x64():
         yield
 
 
+def start_params(model, key, X):
+    """``model.init(key, X)`` compiled as one program: run op by op, an initialiser such as
+    k-means compiles about a hundred small programs (seconds) for each new data shape."""
+    return jax.jit(model.init)(key, jax.numpy.asarray(X))
+
+
 def three_blobs(n=600, seed=0, dtype=np.float32):
     """Three overlapping 2-D Gaussian clusters of unequal sizes and shapes."""
     rng = np.random.default_rng(seed)

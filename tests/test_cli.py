@@ -25,6 +25,14 @@ def jaxem_cli(*args, cwd=None):
                           text=True, timeout=300, cwd=cwd)
 
 
+def in_process(capsys, *args):
+    """``jaxem.cli.main(ARGS)`` in this process, as a ``CompletedProcess`` (what ``jaxem_cli``
+    returns): the same code as the console script without a fresh interpreter to start."""
+    status = main(list(map(str, args)))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, status, captured.out, captured.err)
+
+
 def assert_one_line_error(proc, *fragments, status=2):
     assert proc.returncode == status, (proc.returncode, proc.stderr)
     assert "Traceback" not in proc.stderr
@@ -105,7 +113,7 @@ def test_demo_prints_the_fit_summary_and_draws_it(tmp_path):
     assert_png(tmp_path / "demo.png")
 
 
-def test_fit_then_predict_a_csv(blobs_csv, tmp_path):
+def test_fit_then_predict_a_csv(blobs_csv, tmp_path, capsys):
     data, X = blobs_csv
     model = tmp_path / "model.npz"
     proc = jaxem_cli("fit", data, "--model", "gmm", "--components", "2", "--restarts", "2",
@@ -121,7 +129,8 @@ def test_fit_then_predict_a_csv(blobs_csv, tmp_path):
     # the two clusters are found: one mean near (0, 0), one near (6, 6)
     assert np.sort(gm.means_[:, 0]) == pytest.approx([0.0, 6.0], abs=0.5)
 
-    pred = jaxem_cli("predict", model, data)
+    # In this process: a saved model in a new process is tests/test_io.py's.
+    pred = in_process(capsys, "predict", model, data)
     assert pred.returncode == 0, pred.stderr
     lines = pred.stdout.strip().splitlines()
     assert lines[0] == "label,p0,p1" and len(lines) == 1 + X.shape[0]
@@ -131,9 +140,9 @@ def test_fit_then_predict_a_csv(blobs_csv, tmp_path):
     assert np.array_equal(table[:, 0], gm.predict(X))
 
 
-def test_select_prints_the_bic_table(blobs_csv):
+def test_select_prints_the_bic_table(blobs_csv, capsys):
     data, X = blobs_csv
-    proc = jaxem_cli("select", data, "--ks", "1-2", "--restarts", "1")
+    proc = in_process(capsys, "select", data, "--ks", "1-2", "--restarts", "1")
     assert proc.returncode == 0, proc.stderr
     rows = re.findall(rf"^\s*(\d+)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+(yes|no)", proc.stdout, re.M)
     assert [int(r[0]) for r in rows] == [1, 2]
@@ -145,19 +154,20 @@ def test_select_prints_the_bic_table(blobs_csv):
 
 
 def test_missing_file_is_a_one_line_error(tmp_path):
+    # In a subprocess, as the other errors would be: no traceback reaches the user.
     assert_one_line_error(jaxem_cli("fit", tmp_path / "nope.csv", "-k", "2"), "nope.csv",
                           "no such file")
 
 
-def test_non_numeric_column_is_a_one_line_error(tmp_path):
+def test_non_numeric_column_is_a_one_line_error(tmp_path, capsys):
     path = tmp_path / "iris.csv"
     path.write_text("length,width,species\n5.1,3.5,setosa\n4.9,3.0,setosa\n")
-    assert_one_line_error(jaxem_cli("fit", path, "-k", "2"), "column 'species'", "line 2",
+    assert_one_line_error(in_process(capsys, "fit", path, "-k", "2"), "column 'species'", "line 2",
                           "'setosa'")
 
 
-def test_more_components_than_rows_is_a_one_line_error(blobs_csv):
-    assert_one_line_error(jaxem_cli("fit", blobs_csv[0], "-k", "500"), "500 components",
+def test_more_components_than_rows_is_a_one_line_error(blobs_csv, capsys):
+    assert_one_line_error(in_process(capsys, "fit", blobs_csv[0], "-k", "500"), "500 components",
                           "120 rows")
 
 

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import start_params
 from scipy.linalg import subspace_angles
 from scipy.stats import multivariate_normal
 
@@ -41,7 +42,7 @@ def test_every_step_equals_the_dense_log_likelihood(x64, isotropic):
     evaluated with dense ``W W^T + Ψ`` covariances; and it never decreases."""
     X, _, _ = _planted()
     model = family.mixture_of_factor_analysers(K, Q, isotropic=isotropic)
-    params = model.init(jax.random.key(0), jnp.asarray(X))
+    params = start_params(model, jax.random.key(0), X)
     n_iter = 6
     result = jem.fit(model, X, init_params=params, max_iter=n_iter, tol=None, accelerate=None)
     history = np.asarray(result.history)[0]
@@ -77,7 +78,7 @@ def test_closed_form_step_maximises_its_q(x64, isotropic):
     closed-form M-step's parameters (1e-4)."""
     X, _, _ = _planted(n=300)
     model = family.mixture_of_factor_analysers(K, Q, isotropic=isotropic, reg_covar=0.0)
-    params = model.init(jax.random.key(1), jnp.asarray(X))
+    params = start_params(model, jax.random.key(1), X)
     resp = jax.nn.softmax(model.log_joint_matrix(params, jnp.asarray(X)), axis=1)
     stats = model.suff_stats(params, jnp.asarray(X), resp)
     closed = model.maximize(stats, params)
@@ -110,7 +111,7 @@ def test_gradient_m_step_fit_climbs():
     height 30 closed-form steps have not reached)."""
     X, _, _ = _planted(n=300)
     model = family.mixture_of_factor_analysers(K, Q)
-    params = model.init(jax.random.key(2), jnp.asarray(X, jnp.float32))
+    params = start_params(model, jax.random.key(2), np.asarray(X, np.float32))
     closed = jem.fit(model, X, init_params=params, max_iter=30, tol=None)
     grad = jem.fit(model, X, init_params=params, max_iter=30, tol=None, m_step="gradient")
     history = np.asarray(grad.history)[0][:int(grad.n_iter[0])]
@@ -126,7 +127,7 @@ def test_the_gradient_optimum_is_a_fixed_point_of_the_closed_form_step(x64):
     than 1e-4 of its scale (3.5e-8 measured) and do not change the likelihood."""
     X, _, _ = _planted(n=300)
     model = family.mixture_of_factor_analysers(K, Q, reg_covar=0.0)
-    start = model.init(jax.random.key(2), jnp.asarray(X))
+    start = start_params(model, jax.random.key(2), X)
     near = jem.fit(model, X, init_params=start, max_iter=3000, tol=1e-10)
     grad = jem.fit(model, X, init_params=near.params, max_iter=20, tol=None, m_step="gradient",
                    m_step_iters=50, optimizer=optax.lbfgs())
@@ -169,7 +170,7 @@ def test_select_components_counts_loadings_up_to_rotation():
 def test_chunked_equals_in_memory(x64):
     X, _, _ = _planted(n=300)
     model = family.mixture_of_factor_analysers(K, Q)
-    params = model.init(jax.random.key(0), jnp.asarray(X))
+    params = start_params(model, jax.random.key(0), X)
     memory = jem.fit(model, X, init_params=params, max_iter=5, tol=None)
     chunked = jem.fit_chunked(model, X, chunk_size=64, init_params=params, max_iter=5, tol=None)
     np.testing.assert_allclose(chunked.history, memory.history, rtol=1e-10)

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_non_decreasing, three_blobs
+from conftest import assert_non_decreasing, start_params, three_blobs
 from sklearn.cluster import KMeans as SklearnKMeans
 
 import jaxem as jem
@@ -246,7 +246,7 @@ def test_kmeans_hard_block_stats_equal_the_generic_hard_pass(x64):
     model = jem.models.isotropic_mixture(4)
     assert model.hard_block_stats is not None
     generic = dataclasses.replace(model, hard_block_stats=None)
-    params = model.init(jax.random.key(0), jnp.asarray(X))
+    params = start_params(model, jax.random.key(0), X)
     weights = np.random.default_rng(1).uniform(0.5, 2.0, len(X))
     rows = blocks.block_rows(jnp.asarray(X), jnp.asarray(weights), None, 4, 300)
     fast_objective, fast = passes.stats_pass(model, params, rows, hard=True)

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_non_decreasing
+from conftest import assert_non_decreasing, start_params
 from sklearn.linear_model import LinearRegression
 
 import jaxem as jem
@@ -80,7 +80,7 @@ def test_frequency_weights_equal_duplicated_rows_and_labels_fix_responsibilities
     X, y, z = two_lines(n=150, dtype=np.float64)
     rows = _rows(X, y)
     model = jem.mixture_of_linear_regressions(2)
-    start = model.init(jax.random.key(0), jnp.asarray(rows))
+    start = start_params(model, jax.random.key(0), rows)
     counts = np.random.default_rng(2).integers(0, 4, size=len(y))
     kw = dict(key=jax.random.key(0), init_params=start, max_iter=25, tol=0.0)
     weighted = jem.fit(model, rows, sample_weight=counts.astype(float), **kw)

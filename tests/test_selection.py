@@ -30,10 +30,11 @@ def test_bernoulli_count_and_a_model_without_constraints():
 
 def test_sweep_picks_three_blobs_and_agrees_with_gaussian_mixture_bic():
     X = three_blobs(n=400)
-    # The estimator fits in coordinates centred on the data mean; so does this sweep.
-    Xc = X - np.mean(X, axis=0)
-    sweep = select_components(lambda k: jem.gaussian_mixture(k), Xc, ks=range(1, 5),
-                              key=jax.random.key(0), n_restarts=1)
+    # The estimator fits in float64 coordinates centred on the data mean from one restart; so does
+    # this sweep (and the estimator's fits then reuse the sweep's compiled programs).
+    Xc = X - np.mean(X, axis=0, dtype=np.float64)
+    fit_kw = dict(key=jax.random.key(0), n_restarts=1, dtype="float64")
+    sweep = select_components(lambda k: jem.gaussian_mixture(k), Xc, ks=range(1, 5), **fit_kw)
     assert sweep.best_k == 3 and sweep.criterion == "bic"
     assert list(sweep.column("k")) == [1, 2, 3, 4]
     assert sweep.best is sweep.fits[3]
@@ -45,8 +46,8 @@ def test_sweep_picks_three_blobs_and_agrees_with_gaussian_mixture_bic():
         assert row["aic"] == pytest.approx(gm.aic(X), rel=1e-5)
     # Frequency weights count as rows: N in the BIC penalty is the total weight.
     w = np.full(len(X), 2.0)
-    doubled = select_components(lambda k: jem.gaussian_mixture(k), Xc, ks=[3],
-                                key=jax.random.key(0), sample_weight=w)
+    doubled = select_components(lambda k: jem.gaussian_mixture(k), Xc, ks=[3], sample_weight=w,
+                                **fit_kw)
     row = doubled.table[0]
     assert row["bic"] == pytest.approx(-2 * row["log_likelihood"] + row["n_parameters"]
                                        * np.log(2 * len(X)))

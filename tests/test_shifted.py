@@ -4,6 +4,7 @@ float32 accuracy) and, for few features, taken directly."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import start_params
 
 from jaxem.models import _shifted
 
@@ -69,7 +70,7 @@ def test_fused_block_stats_equal_the_log_joint_and_suff_stats(x64, covariance_ty
     model = jem.gaussian_mixture(8, covariance_type)
     assert model.block_stats is not None
     plain = dataclasses.replace(model, block_stats=None)
-    params = model.init(jax.random.key(0), jnp.asarray(X))
+    params = start_params(model, jax.random.key(0), X)
     rng = np.random.default_rng(1)
     weights, labels = rng.uniform(0.5, 2.0, len(X)), np.where(rng.uniform(size=len(X)) < 0.1, 3, -1)
     rows = blocks.block_rows(jnp.asarray(X), jnp.asarray(weights), jnp.asarray(labels), 4, 750)
