@@ -69,11 +69,12 @@ def test_gate_step_climbs_q_and_em_stops_at_a_stationary_point(x64):
     resp, _ = jem.e_step(model, params, rows)
     # A gate far from the one the responsibilities came from: lots for the step to climb.
     params["gate"] = params["gate"] + jnp.array([[2.0, -1.0, 0.5], [-1.5, 0.5, 1.0]])
-    new = model.maximize(model.suff_stats(params, rows, resp), params)
+    # Jitted, as the gradients below: op by op they compiled over a hundred small programs.
+    new = jax.jit(lambda p: model.maximize(model.suff_stats(p, rows, resp), p))(params)
     assert _gate_q(new["gate"], rows, resp) > _gate_q(params["gate"], rows, resp) + 1.0
     # Q in the experts alone is maximised: its gradient there is zero.
     experts = {"gate": new["gate"], "coef": new["coef"], "sigma": new["sigma"]}
-    grad = jax.grad(lambda p: jem.expected_log_joint(model, p, rows, resp))(experts)
+    grad = jax.jit(jax.grad(lambda p: jem.expected_log_joint(model, p, rows, resp)))(experts)
     np.testing.assert_allclose(grad["coef"], 0.0, atol=1e-7)
     np.testing.assert_allclose(grad["sigma"], 0.0, atol=1e-7)
 
@@ -83,7 +84,7 @@ def test_gate_step_climbs_q_and_em_stops_at_a_stationary_point(x64):
     closed = jem.fit(two, rows, key=jax.random.key(0), max_iter=2000, tol=1e-12)
     assert closed.converged[0]
     assert_non_decreasing(closed)
-    grad = jax.grad(lambda p: jem.log_likelihood(two, p, rows))(closed.params)
+    grad = jax.jit(jax.grad(lambda p: jem.log_likelihood(two, p, rows)))(closed.params)
     for name, g in grad.items():
         np.testing.assert_allclose(g, 0.0, atol=1e-3, err_msg=name)
 
@@ -94,8 +95,9 @@ def test_fisher_identity(x64):
     model = jem.mixture_of_experts(3, init="random")
     params = model.init(jax.random.key(3), rows)
     resp, _ = jem.e_step(model, params, rows)
-    grad_ll = jax.grad(lambda p: jem.log_likelihood(model, p, rows))(params)
-    grad_q = jax.grad(lambda p: jem.expected_log_joint(model, p, rows, resp))(params)
+    # Jitted: op by op the gradients compiled dozens of small programs.
+    grad_ll = jax.jit(jax.grad(lambda p: jem.log_likelihood(model, p, rows)))(params)
+    grad_q = jax.jit(jax.grad(lambda p: jem.expected_log_joint(model, p, rows, resp)))(params)
     for name in grad_ll:
         np.testing.assert_allclose(grad_q[name], grad_ll[name], rtol=1e-9, atol=1e-9)
         assert np.abs(np.asarray(grad_ll[name])).max() > 1e-3, name

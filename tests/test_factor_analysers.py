@@ -46,9 +46,14 @@ def test_every_step_equals_the_dense_log_likelihood(x64, isotropic):
     n_iter = 6
     result = jem.fit(model, X, init_params=params, max_iter=n_iter, tol=None, accelerate=None)
     history = np.asarray(result.history)[0]
+
+    @jax.jit  # one program (op by op: over a hundred small ones)
+    def em_step(params, X):
+        resp = jax.nn.softmax(model.log_joint_matrix(params, X), axis=1)
+        return model.maximize(model.suff_stats(params, X, resp), params)
+
     for t in range(n_iter):
-        resp = jax.nn.softmax(model.log_joint_matrix(params, jnp.asarray(X)), axis=1)
-        params = model.maximize(model.suff_stats(params, jnp.asarray(X), resp), params)
+        params = em_step(params, jnp.asarray(X))
         assert abs(history[t] - _dense_log_likelihood(params, X)) <= 1e-6 * abs(history[t])
     assert np.all(np.diff(history) > 0)
     if isotropic:

@@ -225,9 +225,10 @@ def test_fisher_identity(x64, name):
     model, params, X = ((MIXED, mixed_params(), mixed_data(n=200)[0]) if name == "product"
                         else (STUDENT_T, t_params(), t_data(n=200)))
     X = jnp.asarray(X)
-    resp = jax.nn.softmax(model.batch_log_joint(params, X), axis=1)
-    grad_ll = jax.grad(lambda p: jem.log_likelihood(model, p, X))(params)
-    grad_q = jax.grad(lambda p: jem.expected_log_joint(model, p, X, resp))(params)
+    resp = jax.nn.softmax(jax.jit(model.batch_log_joint)(params, X), axis=1)
+    # Jitted: op by op the gradients compiled over a hundred small programs.
+    grad_ll = jax.jit(jax.grad(lambda p: jem.log_likelihood(model, p, X)))(params)
+    grad_q = jax.jit(jax.grad(lambda p: jem.expected_log_joint(model, p, X, resp)))(params)
     leaves_ll, leaves_q = jax.tree.leaves(grad_ll), jax.tree.leaves(grad_q)
     for g_ll, g_q in zip(leaves_ll, leaves_q, strict=True):
         assert np.isfinite(g_ll).all()

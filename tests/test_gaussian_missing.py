@@ -59,7 +59,8 @@ def test_log_likelihood_of_a_row_with_nans_is_the_observed_marginal(x64, covaria
     Xn = _with_holes(X)
     model = jem.gaussian_mixture(3, covariance_type, missing=True)
     params = _random_params(covariance_type)
-    log_joint = np.asarray(model.log_joint_matrix(params, jnp.asarray(Xn)))
+    # The model's functions jitted: op by op they compiled over a hundred small programs.
+    log_joint = np.asarray(jax.jit(model.log_joint_matrix)(params, jnp.asarray(Xn)))
     cov = _dense_covariances(params, covariance_type, 3, 4)
     for n in range(30):
         seen = ~np.isnan(Xn[n])
@@ -69,12 +70,12 @@ def test_log_likelihood_of_a_row_with_nans_is_the_observed_marginal(x64, covaria
             assert log_joint[n, k] == pytest.approx(np.log(params["weights"][k]) + ref, abs=1e-9)
     # On complete rows the variant is the ordinary model, statistics included.
     complete = jem.gaussian_mixture(3, covariance_type)
-    np.testing.assert_allclose(model.log_joint_matrix(params, jnp.asarray(X)),
-                               complete.log_joint_matrix(params, jnp.asarray(X)), rtol=1e-12)
+    np.testing.assert_allclose(jax.jit(model.log_joint_matrix)(params, jnp.asarray(X)),
+                               jax.jit(complete.log_joint_matrix)(params, jnp.asarray(X)), rtol=1e-12)
     resp = jax.nn.softmax(log_joint, axis=1)
-    for name, value in model.suff_stats(params, jnp.asarray(X), resp).items():
-        np.testing.assert_allclose(value, complete.suff_stats(params, jnp.asarray(X), resp)[name],
-                                   rtol=1e-10, atol=1e-10, err_msg=name)
+    ours, plain = (jax.jit(m.suff_stats)(params, jnp.asarray(X), resp) for m in (model, complete))
+    for name, value in ours.items():
+        np.testing.assert_allclose(value, plain[name], rtol=1e-10, atol=1e-10, err_msg=name)
 
 
 def _reference_em_step(X, params, covariance_type):
@@ -112,8 +113,13 @@ def test_one_em_step_matches_a_row_by_row_reference(x64, covariance_type):
     X = _with_holes(_correlated(n=120), rate=0.3, seed=1)
     model = jem.gaussian_mixture(3, covariance_type, reg_covar=0.0, missing=True)
     params = _random_params(covariance_type, seed=2)
-    resp = jax.nn.softmax(model.log_joint_matrix(params, jnp.asarray(X)), axis=1)
-    new = model.maximize(model.suff_stats(params, jnp.asarray(X), resp), params)
+
+    @jax.jit  # one program (op by op: over a hundred small ones)
+    def em_step(params, X):
+        resp = jax.nn.softmax(model.log_joint_matrix(params, X), axis=1)
+        return model.maximize(model.suff_stats(params, X, resp), params)
+
+    new = em_step(params, jnp.asarray(X))
     weights, means, cov = _reference_em_step(X, params, covariance_type)
     np.testing.assert_allclose(new["weights"], weights, rtol=1e-10)
     np.testing.assert_allclose(new["means"], means, rtol=1e-9, atol=1e-10)

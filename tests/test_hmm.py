@@ -73,14 +73,17 @@ def test_forward_backward_and_viterbi_match_enumeration(x64, method):
     # Padding after the real steps must change nothing.
     padded = np.concatenate([log_obs, rng.normal(size=(3, K))])
     mask = np.arange(T + 3) < T
-    post = inference.forward_backward(initial, transition, padded, mask, method=method)
+    # Jitted: op by op the recursions compiled over a hundred small programs.
+    post = jax.jit(inference.forward_backward, static_argnames="method")(
+        initial, transition, padded, mask, method=method)
     assert float(post.log_likelihood) == pytest.approx(ll, rel=1e-12)
     np.testing.assert_allclose(post.marginals[:T], marginals, atol=1e-12)
     np.testing.assert_array_equal(post.marginals[T:], 0.0)
     np.testing.assert_allclose(post.transitions, counts, atol=1e-12)
-    path, score = inference.viterbi(initial, transition, padded, mask)
+    path, score = jax.jit(inference.viterbi)(initial, transition, padded, mask)
     np.testing.assert_array_equal(path[:T], best)
-    assert float(inference.log_likelihood(initial, transition, padded, mask)) == pytest.approx(ll)
+    assert float(jax.jit(inference.log_likelihood)(initial, transition, padded, mask)) == \
+        pytest.approx(ll)
 
 
 def test_fisher_identity(x64, data):

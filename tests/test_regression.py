@@ -103,8 +103,9 @@ def test_fisher_identity(x64):
     model = jem.mixture_of_linear_regressions(2, init="random")
     params = model.init(jax.random.key(3), rows)
     resp, _ = jem.e_step(model, params, rows)
-    grad_ll = jax.grad(lambda p: jem.log_likelihood(model, p, rows))(params)
-    grad_q = jax.grad(lambda p: jem.expected_log_joint(model, p, rows, resp))(params)
+    # Jitted: op by op the gradients compiled dozens of small programs.
+    grad_ll = jax.jit(jax.grad(lambda p: jem.log_likelihood(model, p, rows)))(params)
+    grad_q = jax.jit(jax.grad(lambda p: jem.expected_log_joint(model, p, rows, resp)))(params)
     for name in grad_ll:
         np.testing.assert_allclose(grad_q[name], grad_ll[name], rtol=1e-9, atol=1e-9)
 
