@@ -234,8 +234,8 @@ def run_segmented(program, dynamic: tuple, static: dict, progress=None,
 
     Args:
         program, dynamic, static, progress, disk_name, repeats, small_ops: as in
-            :func:`run_compiled`
-            (``repeats`` applies to the loop; the start counts as :data:`START_REPEATS`).
+            :func:`run_compiled` (``repeats`` applies to the loop; the start counts as
+            :data:`START_REPEATS`).
         saver: optional :class:`jaxem.core.checkpoint.Saver`, called with the state after
             every segment (segments also pause at its iterations), and made to save when the
             loop ends or is interrupted.
