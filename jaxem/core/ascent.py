@@ -34,7 +34,7 @@ from jax.flatten_util import ravel_pytree
 from jax.scipy.linalg import solve_triangular
 
 from . import constraints as C
-from .blocks import sum_over_blocks
+from .blocks import plan_blocks, sum_over_blocks, to_blocks
 from .estep import fixed_responsibility_sum
 from .loop import Ascent, select
 
@@ -129,25 +129,50 @@ def expected_log_joint_blocks(model, params: Any, Xb: Array, Rb: Array) -> Array
         lambda xb, rb: fixed_responsibility_sum(model.log_joint_matrix(params, xb), rb), (Xb, Rb))
 
 
+# The curvature's tangents are ``[Pθ, rows, K]``: rows are taken at most this many values at a
+# time, so they stay in a core's cache (see benchmarks/README.md, "Session 15").
+_CURVATURE_VALUES_PER_PASS = 2**16
+
+
 def _curvature(model, flat_u: Array, unravel: Callable, Xb: Array, Rb: Array, total: Array):
     """``(loss, ∇loss [P], ∇²loss [P, P], F [P, P])`` at ``flat_u`` (see :class:`EMGradient`),
-    in one sweep over the blocks; the prior's Hessian is added to both curvatures."""
+    in one sweep over the blocks; the prior's Hessian is added to both curvatures.
+
+    The data's derivatives are taken with respect to the constrained parameters ``θ`` (flat,
+    ``[Pθ]``) and carried to ``u`` by the chain rule: ``∇u = Jᵀ ∇θ`` and ``∇²u = Jᵀ ∇²θ J +
+    Σ_i (∇θ)_i ∇²θ_i(u)`` with ``J = ∂θ/∂u``, which needs no data. The constraints' transforms
+    are then differentiated once, not once per row, and where a parameter meets the data only
+    through a sum (an exponential family's statistics) its second derivatives cost nothing per
+    row."""
+    theta, unravel_theta = ravel_pytree(C.constrain(model.constraints, unravel(flat_u)))
+
+    def constrained(v):
+        return ravel_pytree(C.constrain(model.constraints, unravel(v)))[0]
+
+    def rows(xb, rb):
+        def log_joints(t):
+            return model.log_joint_matrix(unravel_theta(t), xb)
+
+        def q(t):
+            return fixed_responsibility_sum(log_joints(t), rb)
+
+        scores = jnp.where((rb > 0)[..., None], jax.jacfwd(log_joints)(theta), 0.0)  # [n, K, Pθ]
+        flat_scores = scores.reshape(-1, theta.shape[0])
+        weighted = (scores * rb[..., None]).reshape(flat_scores.shape)
+        return q(theta), jnp.sum(weighted, 0), jax.hessian(q)(theta), weighted.T @ flat_scores
 
     def block(xb, rb):
-        def log_joints(v):
-            return model.log_joint_matrix(C.constrain(model.constraints, unravel(v)), xb)
+        rows_per_pass = max(8, _CURVATURE_VALUES_PER_PASS // (theta.shape[0] * rb.shape[-1]))
+        if xb.shape[0] <= rows_per_pass:
+            return rows(xb, rb)
+        return sum_over_blocks(rows, to_blocks(xb, rb, *plan_blocks(xb.shape[0], rows_per_pass)))
 
-        def q(v):
-            return fixed_responsibility_sum(log_joints(v), rb)
-
-        basis = jnp.eye(flat_u.shape[0], dtype=flat_u.dtype)
-        scores = jax.vmap(lambda t: jax.jvp(log_joints, (flat_u,), (t,))[1], out_axes=-1)(basis)
-        scores = jnp.where((rb > 0)[..., None], scores, 0.0)     # [block, K, P]
-        weighted = scores * rb[..., None]
-        info = jnp.einsum("nkp,nkq->pq", weighted, scores)
-        return q(flat_u), jax.grad(q)(flat_u), jax.hessian(q)(flat_u), info
-
-    value, grad, hess, info = sum_over_blocks(block, (Xb, Rb))
+    value, grad_theta, hess_theta, info_theta = sum_over_blocks(block, (Xb, Rb))
+    jac = jax.jacfwd(constrained)(flat_u)                                   # [Pθ, P]
+    grad = jac.T @ grad_theta
+    hess = (jac.T @ hess_theta @ jac
+            + jax.hessian(lambda v: jnp.vdot(grad_theta, constrained(v)))(flat_u))
+    info = jac.T @ info_theta @ jac
     if model.log_prior is not None:
         def prior(v):
             return model.log_prior(C.constrain(model.constraints, unravel(v)))
