@@ -148,7 +148,7 @@ class Squarem(NamedTuple):
         out = advance(s, em_step, select(held, s["params"], new_params),
                       jnp.where(held, s["objective"], objective),
                       select(held, s["aux"], aux), settings,
-                      None if gap is None else jnp.where(extrapolating, 0, gap),
+                      None if gap is None else jnp.where(extrapolated, 0, gap),
                       can_converge=~extrapolated)
         at_max = extrapolating & (step == s["sq_step_max"])
         step_max = jnp.where(at_max & ~rejected, s["sq_step_max"] * self.mstep,

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .blocks import HardStats
+from .blocks import HardStats, trace_once
 
 Array = jax.Array
 
@@ -87,12 +87,13 @@ def map_restarts(fn: Callable, *trees, in_sequence: bool = False, active: Array 
         out = fn(*jax.tree.map(lambda a: a[0], trees))
         return jax.tree.map(lambda a: a[None], out)
     if in_sequence and active is not None:
-        shapes = jax.eval_shape(fn, *jax.tree.map(lambda a: a[0], trees))
+        # Traced once, for both its shapes and the branch that runs it (see trace_once).
+        run, shapes = trace_once(fn, *jax.tree.map(lambda a: a[0], trees))
 
         def skipped(*_):
             return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
-        return jax.lax.map(lambda x: jax.lax.cond(x[0], fn, skipped, *x[1]), (active, trees))
+        return jax.lax.map(lambda x: jax.lax.cond(x[0], run, skipped, *x[1]), (active, trees))
     if in_sequence:
         return jax.lax.map(lambda args: fn(*args), trees)
     return jax.vmap(fn)(*trees)

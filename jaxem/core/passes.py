@@ -125,7 +125,8 @@ def mixture_pass(model: Model, *, hard: bool = False, use_gradient: bool = False
         return responsibility_pass(model, params, rows, hard, temperature)
 
     def m_step(params, resp_blocks):
-        return gradient_m_step(model, params, X_blocks, resp_blocks, optimizer, m_step_iters)
+        return gradient_m_step(model, params, X_blocks, resp_blocks, optimizer, m_step_iters,
+                               posterior_rows=not hard)
 
     return Pass(sweep, m_step, model.log_prior, additive=False)
 
