@@ -189,6 +189,27 @@ def _curvature(model, flat_u: Array, unravel: Callable, Xb: Array, Rb: Array, to
     return -value / total, -grad / total, -hess / total, info / total, expected / total
 
 
+# A parameter along which Q curves by less than this fraction of its information is taken as
+# one Q is not smooth in (a Laplace location: Q is piecewise linear in it, its Hessian 0); and
+# directions along which the log-likelihood keeps less than this fraction of the complete-data
+# information are left out of the gain ahead (no quadratic model holds there).
+_SMOOTH_FRACTION_FLOOR = 0.1
+_OBSERVED_FRACTION_FLOOR = 1e-6
+
+
+def _smooth_parameters(hess: Array, info: Array) -> Array:
+    """``[P]`` bool: the parameters along which Q curves by at least
+    :data:`_SMOOTH_FRACTION_FLOOR` of their information (``|∇²_ii| >= floor * F_ii``)."""
+    return jnp.abs(jnp.diagonal(hess)) >= _SMOOTH_FRACTION_FLOOR * jnp.diagonal(info)
+
+
+def _restricted(matrix: Array, keep: Array, fill: float) -> Array:
+    """``matrix [P, P]`` on the rows and columns of ``keep`` and ``fill`` times the identity on
+    the rest (static shapes for a principal submatrix)."""
+    both = keep[:, None] & keep[None, :]
+    return jnp.where(both, matrix, fill * jnp.eye(matrix.shape[0], dtype=matrix.dtype))
+
+
 def _metric(grad: Array, hess: Array, info: Array) -> tuple[Array, Callable]:
     """``(L, whiten)``: the Cholesky factor ``L`` of ``F`` (``info``) with a small ridge, and
     ``whiten(a) = L⁻¹ a``, for quantities taken in ``F``'s metric."""
@@ -206,22 +227,27 @@ def _metric(grad: Array, hess: Array, info: Array) -> tuple[Array, Callable]:
     return chol, whiten
 
 
-def _newton_direction(grad: Array, hess: Array, info: Array) -> Array:
-    """The step ``[P]`` of :class:`EMGradient`: ``-C⁻¹ grad`` for the curvature ``C`` whose
+def _newton_direction(grad: Array, hess: Array, info: Array) -> tuple[Array, Callable]:
+    """The step ``[P]`` of :class:`EMGradient`, ``-C⁻¹ grad`` for the curvature ``C`` whose
     eigenvalues in the metric of ``info`` (``F``) are those of ``hess`` in absolute value, raised
-    to at least 1. Taken in ``F``'s metric, the rule does not depend on how an eigenbasis of a
-    repeated eigenvalue is chosen (vmapped and single restarts take the same step)."""
+    to at least 1; and a function for the same step with the parameters Q is not smooth in held
+    (:func:`_smooth_parameters`): where a location sits on a kink of a piecewise-linear Q, no
+    length of the whole step gains, but the step of the others does. Taken in ``F``'s metric, the
+    rule does not depend on how an eigenbasis of a repeated eigenvalue is chosen (vmapped and
+    single restarts take the same step)."""
     chol, whiten = _metric(grad, hess, info)
     whitened = whiten(whiten(hess).T)
     eigenvalues, vectors = jnp.linalg.eigh((whitened + whitened.T) / 2)
     coefficients = (vectors.T @ whiten(grad)) / jnp.maximum(jnp.abs(eigenvalues), 1.0)
-    return -solve_triangular(chol.T, vectors @ coefficients, lower=False)
+    step = -solve_triangular(chol.T, vectors @ coefficients, lower=False)
 
+    def smooth_step():
+        factor = chol @ vectors
+        curvature = (factor * jnp.maximum(jnp.abs(eigenvalues), 1.0)) @ factor.T
+        keep = _smooth_parameters(hess, info)
+        return -jnp.linalg.solve(_restricted(curvature, keep, 1.0), jnp.where(keep, grad, 0.0))
 
-# Directions along which the log-likelihood keeps less than this fraction of the complete-data
-# information are left out of the gain ahead: there the curvature is round-off (a Laplace
-# location, where Q is piecewise linear) or the log-likelihood is not concave.
-_OBSERVED_FRACTION_FLOOR = 1e-6
+    return step, smooth_step
 
 
 def likelihood_gain_ahead(grad: Array, hess: Array, info: Array, expected: Array) -> Array:
@@ -231,11 +257,16 @@ def likelihood_gain_ahead(grad: Array, hess: Array, info: Array, expected: Array
     the log-likelihood (Fisher's identity) and ``I = hess - info + expected`` its negative
     Hessian (Louis' identity: complete-data curvature less the missing information). A slow EM
     direction (little of its information observed) makes the relative change of the objective
-    small long before the gain still to come is; this sees it. Directions whose observed
-    fraction of the information is below :data:`_OBSERVED_FRACTION_FLOOR` are left out."""
-    observed = hess - info + expected
-    chol, whiten = _metric(grad, hess, info)
-    whitened = whiten(whiten(observed).T)
+    small long before the gain still to come is; this sees it.
+
+    Over the parameters Q is smooth in (:func:`_smooth_parameters`; at a kink no quadratic model
+    holds), in ``F``'s metric, leaving out the directions that keep less than
+    :data:`_OBSERVED_FRACTION_FLOOR` of the information (not concave, or no curvature)."""
+    keep = _smooth_parameters(hess, info)
+    hess, expected = _restricted(hess, keep, 0.0), _restricted(expected, keep, 0.0)
+    info, grad = _restricted(info, keep, 1.0), jnp.where(keep, grad, 0.0)
+    _, whiten = _metric(grad, hess, info)
+    whitened = whiten(whiten(hess - info + expected).T)
     fractions, vectors = jnp.linalg.eigh((whitened + whitened.T) / 2)
     coefficients = vectors.T @ whiten(grad)
     reliable = fractions > _OBSERVED_FRACTION_FLOOR
@@ -246,24 +277,26 @@ def likelihood_gain_ahead(grad: Array, hess: Array, info: Array, expected: Array
 def em_gradient_step(loss: Callable, flat_u: Array, value: Array, grad: Array, hess: Array,
                      info: Array, n_halvings: int) -> tuple[Array, Array]:
     """The step of :class:`EMGradient` from ``flat_u [P]`` (with its loss ``value``, gradient,
-    Hessian and information): ``(u, loss(u))``, ``u`` the best of the tried step lengths, or
-    ``flat_u`` when none lowers the loss."""
-    step = _newton_direction(grad, hess, info)
+    Hessian and information): ``(u, loss(u))``, ``u`` the best of the tried steps (lengths
+    ``1, 1/2, ...`` of the whole step and of its smooth part), or ``flat_u`` when none lowers the
+    loss."""
+    step, smooth_step = _newton_direction(grad, hess, info)
     full = loss(flat_u + step)
 
     def shorter():
-        lengths = 0.5 ** jnp.arange(1, n_halvings, dtype=flat_u.dtype)
-        values = jax.vmap(lambda a: loss(flat_u + a * step))(lengths)
+        lengths = 0.5 ** jnp.arange(n_halvings, dtype=flat_u.dtype)
+        moves = jnp.concatenate([lengths[1:, None] * step, lengths[:, None] * smooth_step()])
+        values = jax.vmap(lambda move: loss(flat_u + move))(moves)
         values = jnp.where(jnp.isnan(values), jnp.inf, values)
         i = jnp.argmin(values)
-        return lengths[i], values[i]
+        return moves[i], values[i]
 
-    # The full step almost always succeeds near convergence; the shorter ones are evaluated only
+    # The full step almost always succeeds near convergence; the others are evaluated only
     # when it does not (on a CPU, where restarts run one after another, the branch is skipped;
     # vmapped, both run).
-    length, best = jax.lax.cond(full < value, lambda: (jnp.ones((), flat_u.dtype), full), shorter)
+    move, best = jax.lax.cond(full < value, lambda: (step, full), shorter)
     improved = best < value
-    return jnp.where(improved, flat_u + length * step, flat_u), jnp.where(improved, best, value)
+    return jnp.where(improved, flat_u + move, flat_u), jnp.where(improved, best, value)
 
 
 def gradient_m_step(model, params: Any, Xb: Array, Rb: Array, optimizer, n_steps: int, *,
