@@ -185,7 +185,7 @@ def test_gain_ahead_is_the_newton_decrement_of_the_log_likelihood(x64):
     np.testing.assert_allclose((hess - info + expected) * total, observed, rtol=1e-7, atol=1e-6)
     # The simplex's shift direction has no curvature and no gradient: left out of both.
     newton = 0.5 * g @ np.linalg.lstsq(np.asarray(observed), np.asarray(g), rcond=1e-10)[0]
-    gain = float(ascent.likelihood_gain_ahead(grad, hess, info, expected) * total)
+    gain = float(ascent.likelihood_newton(grad, hess, info, expected).gain * total)
     assert gain == pytest.approx(float(newton), rel=1e-6)
     # ... and estimates what the fit still gains (a quadratic model of a non-quadratic function).
     still = final - float(log_likelihood(flat_u))

@@ -35,6 +35,13 @@ the extrapolated point with ``θ0`` and by default allows a decrease of 1 (``obj
 it must match ``θ1``, the last point the history recorded, so no decrease at all is allowed.
 Where the three points agree a leaf keeps ``θ2`` bit for bit, and an entry that is exactly 0 at
 all three stays 0 (hmmlearn's structural zeros in a transition matrix).
+
+Newton points: a gradient M-step of a mixture knows the log-likelihood's own gradient and
+curvature at ``θ1`` (Louis' identity; :func:`jaxem.core.ascent.likelihood_newton`). Where it is
+concave there, phase 1 tries ``θ1`` moved by that Newton step instead of the S3 point, under
+the same accept-or-replay rule: EM's slowest directions (little of their information observed)
+are where the S3 step gains least and the Newton step most. A rejected Newton point halves the
+length of the next one (down to 1/64), an accepted one doubles it (up to the whole step).
 """
 
 from __future__ import annotations
@@ -116,20 +123,23 @@ class Squarem(NamedTuple):
         dtype = jnp.result_type(*[leaf for leaf in jax.tree.leaves(params)
                                   if jnp.issubdtype(leaf.dtype, jnp.inexact)] or [jnp.float32])
         return dict(sq_phase=jnp.zeros((n,), jnp.int32), sq_anchor=params, sq_fallback=params,
-                    sq_step_max=jnp.ones((n,), dtype), sq_fallbacks=jnp.zeros((n,), jnp.int32))
+                    sq_step_max=jnp.ones((n,), dtype), sq_fallbacks=jnp.zeros((n,), jnp.int32),
+                    sq_newton_length=jnp.ones((n,), dtype))
 
     def needs_m_step(self, s: dict) -> bool:
         """Whether any running restart uses this trip's M-step (a restart replaying its
         fallback step does not); the host loop skips it otherwise."""
         return bool(jnp.any(s["running"] & (s["sq_phase"] != 2)))
 
-    def trip(self, s: dict, stepped, e_pass, settings, gap=None) -> dict:
+    def trip(self, s: dict, stepped, e_pass, settings, gap=None, newton=None) -> dict:
         """One trip of the accelerated loop: choose the point, run ``e_pass(params) ->
         (objective [R], aux)`` there, keep or hold, and call :func:`jaxem.core.loop.advance`
-        (with a gradient M-step's ``gap``, which says nothing about an extrapolated point)."""
+        (with a gradient M-step's ``gap``, which says nothing about an extrapolated point).
+        ``newton`` (a gradient M-step's Newton point on the log-likelihood, NaN where it has
+        none) is tried instead of the S3 extrapolation where it has one."""
         view = {k: s[k] for k in ("params", "running", "trips", "sq_phase", "sq_anchor",
-                                  "sq_fallback", "sq_step_max")}
-        new_params, em_step, step = _choose(view, stepped, squarem=self)
+                                  "sq_fallback", "sq_step_max", "sq_newton_length")}
+        new_params, em_step, step = _choose(view, stepped, newton, squarem=self)
         objective, aux = e_pass(new_params)
         objective = jnp.asarray(objective)
         active = s["running"] & (s["trips"] > 0)
@@ -155,12 +165,26 @@ class Squarem(NamedTuple):
                              jnp.where(at_max & rejected,
                                        jnp.maximum(s["sq_step_max"] / self.mstep, 1.0),
                                        s["sq_step_max"]))
-        return dict(out,
+        # A Newton point the log-likelihood rejected was too long (the function is not as
+        # quadratic as its curvature says): the next one goes half as far, an accepted one twice.
+        tried = extrapolating & jnp.isinf(step)
+        length = s["sq_newton_length"]
+        length = jnp.where(tried, jnp.where(rejected, jnp.maximum(length / 2, 2.0 ** -6),
+                                            jnp.minimum(2 * length, 1.0)), length)
+        return dict(out, sq_newton_length=length,
                     sq_phase=jnp.where(active & ~settled,
                                        jnp.where(at_anchor, 1, jnp.where(rejected, 2, 0)), phase),
                     sq_anchor=select(at_anchor & ~settled, s["params"], s["sq_anchor"]),
                     sq_fallback=select(extrapolating, stepped, s["sq_fallback"]),
                     sq_step_max=step_max, sq_fallbacks=s["sq_fallbacks"] + rejected)
+
+    def toward(self, start, target, length) -> Any:
+        """``start`` moved ``length`` (scalar) of the way to ``target`` in the unconstrained
+        space, for ONE restart (``target`` itself at length 1)."""
+        constraints = self.constraints
+        u0, u1 = (C.unconstrain(constraints, t) for t in (start, target))
+        moved = C.constrain(constraints, jax.tree.map(lambda a, b: a + length * (b - a), u0, u1))
+        return select(length == 1, target, moved)
 
     def extrapolate(self, theta0, theta1, theta2, step_max) -> tuple[Any, Array]:
         """The S3 point from ``θ0, θ1 = F(θ0), θ2 = F(θ1)`` of ONE restart (pytrees of the
@@ -201,11 +225,26 @@ def squarem(enabled: bool, constraints) -> Squarem | None:
 
 # Jitted so that the host loop runs it as one program (inside the compiled loop it is inlined).
 @functools.partial(jax.jit, static_argnames=("squarem",))
-def _choose(s: dict, stepped, *, squarem: Squarem):
-    """``(params for the pass, the EM map's image of the current point, -α [R])``."""
+def _choose(s: dict, stepped, newton=None, *, squarem: Squarem):
+    """``(params for the pass, the EM map's image of the current point, -α [R])``; a Newton
+    point is reported with ``-α = inf`` (an extrapolation, never at the step-length limit)."""
     phase = s["sq_phase"]
     # The EM map's image of the current point: phase 2 replays the θ2 kept in phase 1.
     em_step = select(phase == 2, s["sq_fallback"], stepped)
     extrapolated, step = jax.vmap(squarem.extrapolate)(s["sq_anchor"], s["params"], stepped,
                                                        s["sq_step_max"])
+    if newton is not None:
+        # The M-step's Newton point on the log-likelihood, from the current point (the θ1 the
+        # S3 step would extrapolate from), damped after rejections.
+        usable = _finite(newton)
+        damped = jax.vmap(squarem.toward)(s["params"], newton, s["sq_newton_length"])
+        extrapolated = select(usable, damped, extrapolated)
+        step = jnp.where(usable, jnp.inf, step)
     return proposed(s, select(phase == 1, extrapolated, em_step)), em_step, step
+
+
+def _finite(tree) -> Array:
+    """``[R]`` whether every leaf of restart ``r`` is finite."""
+    leaves = [jnp.all(jnp.isfinite(leaf).reshape(leaf.shape[0], -1), axis=1)
+              for leaf in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves), axis=0)

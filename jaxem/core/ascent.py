@@ -250,14 +250,25 @@ def _newton_direction(grad: Array, hess: Array, info: Array) -> tuple[Array, Cal
     return step, smooth_step
 
 
-def likelihood_gain_ahead(grad: Array, hess: Array, info: Array, expected: Array) -> Array:
-    """What the log-likelihood still gains by a Newton estimate, ``½ gᵀ I⁻¹ g`` (loss units),
-    for the E-step's own point: ``grad``, ``hess``, ``info``, ``expected`` from
+class LikelihoodNewton(NamedTuple):
+    """A Newton step on the log-likelihood from the E-step's own point (:func:`likelihood_newton`):
+    ``gain`` (loss units, ``½ gᵀ I⁻¹ g``), ``step [P]`` (unconstrained) and ``concave``: no
+    direction of the smooth parameters curves the wrong way (where False the step is no
+    Newton step on the whole function)."""
+
+    gain: Array
+    step: Array
+    concave: Array
+
+
+def likelihood_newton(grad: Array, hess: Array, info: Array, expected: Array) -> LikelihoodNewton:
+    """What the log-likelihood still gains by a Newton estimate, ``½ gᵀ I⁻¹ g`` (loss units), and
+    that step, for the E-step's own point: ``grad``, ``hess``, ``info``, ``expected`` from
     :func:`_curvature` with the responsibilities of that point, so ``-grad`` is the gradient of
     the log-likelihood (Fisher's identity) and ``I = hess - info + expected`` its negative
     Hessian (Louis' identity: complete-data curvature less the missing information). A slow EM
     direction (little of its information observed) makes the relative change of the objective
-    small long before the gain still to come is; this sees it.
+    small long before the gain still to come is; this sees it, and its step crosses it at once.
 
     Over the parameters Q is smooth in (:func:`_smooth_parameters`; at a kink no quadratic model
     holds), in ``F``'s metric, leaving out the directions that keep less than
@@ -265,13 +276,15 @@ def likelihood_gain_ahead(grad: Array, hess: Array, info: Array, expected: Array
     keep = _smooth_parameters(hess, info)
     hess, expected = _restricted(hess, keep, 0.0), _restricted(expected, keep, 0.0)
     info, grad = _restricted(info, keep, 1.0), jnp.where(keep, grad, 0.0)
-    _, whiten = _metric(grad, hess, info)
+    chol, whiten = _metric(grad, hess, info)
     whitened = whiten(whiten(hess - info + expected).T)
     fractions, vectors = jnp.linalg.eigh((whitened + whitened.T) / 2)
-    coefficients = vectors.T @ whiten(grad)
     reliable = fractions > _OBSERVED_FRACTION_FLOOR
-    return 0.5 * jnp.sum(jnp.where(reliable, coefficients ** 2 / jnp.where(reliable, fractions, 1.0),
-                                   0.0))
+    coefficients = vectors.T @ whiten(grad)
+    scaled = jnp.where(reliable, coefficients / jnp.where(reliable, fractions, 1.0), 0.0)
+    return LikelihoodNewton(0.5 * jnp.sum(coefficients * scaled),
+                            -solve_triangular(chol.T, vectors @ scaled, lower=False),
+                            jnp.all(fractions > -_OBSERVED_FRACTION_FLOOR))
 
 
 def em_gradient_step(loss: Callable, flat_u: Array, value: Array, grad: Array, hess: Array,
@@ -313,7 +326,7 @@ def gradient_m_step(model, params: Any, Xb: Array, Rb: Array, optimizer, n_steps
         n_steps: optax steps (not used by :class:`EMGradient`).
         posterior_rows: ``Rb`` are the posteriors of independent rows at ``params`` (a
             mixture's soft E-step), so the log-likelihood's curvature is known (see
-            :func:`likelihood_gain_ahead`); not an HMM's per-step posteriors, nor hard EM's.
+            :func:`likelihood_newton`); not an HMM's per-step posteriors, nor hard EM's.
 
     Returns:
         An :class:`Ascent`: parameters with ``Q`` no lower than at ``params`` (``params`` itself
@@ -340,13 +353,19 @@ def gradient_m_step(model, params: Any, Xb: Array, Rb: Array, optimizer, n_steps
         value, grad, hess, info, expected = _curvature(model, v, unravel, Xb, Rb, total)
         u, new_value = em_gradient_step(lambda w: loss(unravel(w)), v, value, grad, hess,
                                            info, reference.n_halvings)
-        ahead = (likelihood_gain_ahead(grad, hess, info, expected) * total if posterior_rows
-                 else jnp.zeros((), v.dtype))
-        return Best(unravel(u), new_value, value), ahead
+        best = Best(unravel(u), new_value, value)
+        if not posterior_rows:
+            return best, jnp.zeros((), v.dtype), None
+        newton = likelihood_newton(grad, hess, info, expected)
+        point = C.constrain(model.constraints, unravel(v + newton.step))
+        usable = newton.concave & (newton.gain > 0)
+        point = jax.tree.map(lambda a: jnp.where(usable, a, jnp.nan), point)
+        return best, newton.gain * total, point
 
+    newton = None
     if isinstance(optimizer, EMGradient) and small:
         # The step is its own reference: nothing is left short.
-        best, gap = em_gradient(flat_u)
+        best, gap, newton = em_gradient(flat_u)
     else:
         if isinstance(optimizer, EMGradient):
             optimizer = optimizer.fallback or _LBFGS
@@ -356,12 +375,13 @@ def gradient_m_step(model, params: Any, Xb: Array, Rb: Array, optimizer, n_steps
         # small gains little per EM iteration, which alone would look like convergence.
         ahead = jnp.zeros((), flat_u.dtype)
         if small:
-            ref, ahead = em_gradient(flat_u)
+            ref, ahead, newton = em_gradient(flat_u)
             possible = ref.start_loss - ref.loss
         else:
             possible = _cauchy_gain(loss, u0)
         gap = jnp.maximum(jnp.maximum(possible - (best.start_loss - best.loss), 0.0) * total, ahead)
-    return Ascent(best_params(best, params, lambda u: C.constrain(model.constraints, u)), gap)
+    return Ascent(best_params(best, params, lambda u: C.constrain(model.constraints, u)), gap,
+                  newton)
 
 
 def _cauchy_gain(loss: Callable, u0) -> Array:

@@ -39,15 +39,19 @@ class LoopOutput(NamedTuple):
 class Ascent(NamedTuple):
     """What a gradient M-step returns for one restart: the new ``params`` and the ``gap``, the
     increase of the objective a second-order model predicted from the old ones (see
-    :mod:`jaxem.core.ascent`). A closed-form M-step returns the parameters alone."""
+    :mod:`jaxem.core.ascent`), and optionally ``newton``: the old parameters moved by a Newton
+    step on the log-likelihood itself (``None`` where its curvature is not known, or not
+    concave), which an accelerated loop may try in place of its extrapolation. A closed-form
+    M-step returns the parameters alone."""
 
     params: Any
     gap: Array
+    newton: Any = None
 
 
-def split_m_step(out) -> tuple[Any, Array | None]:
-    """``(params, gap or None)`` of an M-step's output."""
-    return (out.params, out.gap) if isinstance(out, Ascent) else (out, None)
+def split_m_step(out) -> tuple[Any, Array | None, Any]:
+    """``(params, gap or None, newton or None)`` of an M-step's output."""
+    return (out.params, out.gap, out.newton) if isinstance(out, Ascent) else (out, None, None)
 
 
 class Settings(NamedTuple):
@@ -253,13 +257,13 @@ def output(s: dict) -> LoopOutput:
                       s["history"], s["stalled"], s.get("sq_fallbacks"))
 
 
-def take_trip(s: dict, stepped, e_pass: Callable, settings: Settings, gap: Array | None = None
-              ) -> dict:
+def take_trip(s: dict, stepped, e_pass: Callable, settings: Settings, gap: Array | None = None,
+              newton=None) -> dict:
     """The parameters of the next pass, the pass ``e_pass(params) -> (objective [R], aux)`` and
     the bookkeeping: plain EM (:func:`proposed`, :func:`advance`) or ``settings.accelerate``'s.
-    ``gap``: a gradient M-step's (see :class:`Ascent`)."""
+    ``gap``, ``newton``: a gradient M-step's (see :class:`Ascent`)."""
     if settings.accelerate is not None:
-        return settings.accelerate.trip(s, stepped, e_pass, settings, gap)
+        return settings.accelerate.trip(s, stepped, e_pass, settings, gap, newton)
     new_params = proposed(s, stepped)
     return advance(s, stepped, new_params, *e_pass(new_params), settings, gap)
 
@@ -323,10 +327,11 @@ def run_compiled_loop(e_pass: Callable, m_step: Callable, params, settings: Sett
         state = start_state(e_pass, params, settings)
 
     def body(s):
-        stepped, gap = split_m_step(map_restarts(m_step, s["params"], s["aux"],
-                                                 in_sequence=in_sequence,
-                                                 active=s["running"] & (s["trips"] > 0)))
-        out = take_trip(s, stepped, lambda p: e_pass(p, s["trips"], s["running"]), settings, gap)
+        stepped, gap, newton = split_m_step(map_restarts(m_step, s["params"], s["aux"],
+                                                         in_sequence=in_sequence,
+                                                         active=s["running"] & (s["trips"] > 0)))
+        out = take_trip(s, stepped, lambda p: e_pass(p, s["trips"], s["running"]), settings, gap,
+                        newton)
         if report:
             jax.debug.callback(_report, s["trips"], out["objective"], out["converged"],
                                out["running"])
@@ -365,11 +370,12 @@ def run_host_loop(e_pass: Callable, m_step: Callable, params, settings: Settings
         while bool(keep_going(state, settings.max_iter)):
             # An M-step costs passes when it is by gradient; SQUAREM's replayed steps need none.
             needed = settings.accelerate is None or settings.accelerate.needs_m_step(state)
-            stepped, gap = (split_m_step(m_step(state["params"], state["aux"])) if needed
-                            else (state["params"], None))
+            stepped, gap, newton = (split_m_step(m_step(state["params"], state["aux"])) if needed
+                                    else (state["params"], None, None))
             trips = int(state["trips"])
             state = take_trip(state, stepped,
-                              lambda p, trips=trips: _host_pass(e_pass, p, trips), settings, gap)
+                              lambda p, trips=trips: _host_pass(e_pass, p, trips), settings, gap,
+                              newton)
             if on_iteration is not None:
                 on_iteration(int(state["trips"]) - 1, np.asarray(state["objective"]),
                              np.asarray(state["converged"]), np.asarray(state["running"]))
