@@ -277,8 +277,17 @@ def likelihood_newton(grad: Array, hess: Array, info: Array, expected: Array) ->
     hess, expected = _restricted(hess, keep, 0.0), _restricted(expected, keep, 0.0)
     info, grad = _restricted(info, keep, 1.0), jnp.where(keep, grad, 0.0)
     chol, whiten = _metric(grad, hess, info)
-    whitened = whiten(whiten(hess - info + expected).T)
-    fractions, vectors = jnp.linalg.eigh((whitened + whitened.T) / 2)
+
+    def whitened(a):
+        w = whiten(whiten(a).T)
+        return (w + w.T) / 2
+
+    # Directions with no information (softmax's shift: F there is only the metric's ridge) are
+    # projected out: there the whitened curvature is round-off divided by the ridge, and its sign
+    # would decide ``concave`` at random (vmapped and lone restarts would differ).
+    scales, axes = jnp.linalg.eigh(whitened(info))
+    informative = (axes * (scales > 0.5)) @ axes.T
+    fractions, vectors = jnp.linalg.eigh(informative @ whitened(hess - info + expected) @ informative)
     reliable = fractions > _OBSERVED_FRACTION_FLOOR
     coefficients = vectors.T @ whiten(grad)
     scaled = jnp.where(reliable, coefficients / jnp.where(reliable, fractions, 1.0), 0.0)
@@ -375,7 +384,9 @@ def gradient_m_step(model, params: Any, Xb: Array, Rb: Array, optimizer, n_steps
         # small gains little per EM iteration, which alone would look like convergence.
         ahead = jnp.zeros((), flat_u.dtype)
         if small:
-            ref, ahead, newton = em_gradient(flat_u)
+            # The Newton point is the EM-gradient method's: an optax M-step stays the same
+            # method in memory and in chunks (where no pass computes the curvature).
+            ref, ahead, _ = em_gradient(flat_u)
             possible = ref.start_loss - ref.loss
         else:
             possible = _cauchy_gain(loss, u0)
