@@ -13,7 +13,7 @@ import pytest
 from conftest import assert_non_decreasing
 
 import jaxem as jem
-from jaxem.core import ascent, loop
+from jaxem.core import ascent, curvature, loop
 
 K = 2
 
@@ -143,7 +143,7 @@ def test_curvature_by_rows_and_chain_rule_matches_whole_block_autodiff(case, x64
     else:
         model = jem.models.gaussian_mixture(K, covariance_type="full")
         X = jnp.asarray(np.random.default_rng(2).normal(size=(300, 2)))
-        monkeypatch.setattr(ascent, "_CURVATURE_VALUES_PER_PASS", 14 * 2 * 20)
+        monkeypatch.setattr(curvature, "_CURVATURE_VALUES_PER_PASS", 14 * 2 * 20)
     params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), model.init(jax.random.key(4), X))
     resp, _ = jem.e_step(model, params, X)
     resp = resp.at[:5].set(0.0).at[5:10, 0].set(0.0)     # zero-weight rows and entries
@@ -152,7 +152,7 @@ def test_curvature_by_rows_and_chain_rule_matches_whole_block_autodiff(case, x64
     Xb, Rb = X.reshape(3, 100, *X.shape[1:]), resp.reshape(3, 100, K)
     flat_u, unravel = ravel_pytree(jem.constraints.unconstrain(model.constraints, params))
     total = jnp.sum(Rb)
-    got = ascent._curvature(model, flat_u, unravel, Xb, Rb, total)
+    got = curvature.curvature(model, flat_u, unravel, Xb, Rb, total)
     want = _curvature_by_whole_block_autodiff(model, flat_u, unravel, Xb, Rb, total)
     for g, w in zip(got, want, strict=True):
         assert np.all(np.isfinite(g))
@@ -178,14 +178,14 @@ def test_gain_ahead_is_the_newton_decrement_of_the_log_likelihood(x64):
 
     resp, _ = jem.e_step(GAMMA, params, X)
     total = jnp.sum(resp)
-    _, grad, hess, info, expected = ascent._curvature(GAMMA, flat_u, unravel, X[None], resp[None],
+    _, grad, hess, info, expected = curvature.curvature(GAMMA, flat_u, unravel, X[None], resp[None],
                                                       total)
     g, observed = jax.grad(log_likelihood)(flat_u), -jax.hessian(log_likelihood)(flat_u)
     np.testing.assert_allclose(-grad * total, g, rtol=1e-8, atol=1e-8)
     np.testing.assert_allclose((hess - info + expected) * total, observed, rtol=1e-7, atol=1e-6)
     # The simplex's shift direction has no curvature and no gradient: left out of both.
     newton = 0.5 * g @ np.linalg.lstsq(np.asarray(observed), np.asarray(g), rcond=1e-10)[0]
-    gain = float(ascent.likelihood_newton(grad, hess, info, expected).gain * total)
+    gain = float(curvature.likelihood_newton(grad, hess, info, expected).gain * total)
     assert gain == pytest.approx(float(newton), rel=1e-6)
     # ... and estimates what the fit still gains (a quadratic model of a non-quadratic function).
     still = final - float(log_likelihood(flat_u))
