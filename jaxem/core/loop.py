@@ -119,9 +119,7 @@ def _remaining_gain(s: dict, objective: Array, iteration: Array) -> Array:
     """``[R]`` the objective's gain still to come if it keeps converging at the slowest of the
     rates its last four changes show (``inf`` when they do not shrink; 0 when the last one was
     no gain). Three ratios, not one: a sequence that shrinks irregularly (a gradient step
-    crawling along a kink of Q, an HMM's EM steps between extrapolations) shows a small ratio by
-    chance; with two, a custom-emission HMM's restart stopped 1.3e-7 (relative) short of what
-    100 more iterations reach, at tol=1e-7."""
+    crawling along a kink of Q, EM steps between extrapolations) shows a small one by chance."""
     def value(lag):   # the objective ``lag`` iterations before the last, or the initial one
         return jnp.where(iteration >= lag + 1, s["history"][:, jnp.maximum(iteration - lag - 1, 0)],
                          s["initial"])
