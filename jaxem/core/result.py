@@ -210,10 +210,12 @@ def result_from_loop(out: LoopOutput, keys, *, max_iter: int, tol: float | None,
     elif tol is not None and not interrupted and not converged[~failed].any():
         if _gradient_stalled(out, tol)[~failed].any():
             what = ("the gradient M-step stalled (the log-likelihood changed by less than "
-                    f"tol={tol:g}, but an EM-gradient step would still gain more, or the changes "
-                    "shrink too slowly to be near the maximum); give the optimizer larger steps "
-                    "(a larger learning rate, more m_step_iters) or leave optimizer=None for the "
-                    "EM-gradient step")
+                    f"tol={tol:g}, but an EM-gradient step or the log-likelihood's own Newton "
+                    "estimate says more is to be gained, or the changes shrink too slowly to be "
+                    "near the maximum); give the optimizer larger steps (a larger learning rate, "
+                    "more m_step_iters) or leave optimizer=None for the EM-gradient step; with "
+                    "that step already, increase max_iter, or tol where the log-joint has kinks "
+                    "(an absolute value: no step crosses one at once)")
         else:
             what = (f"relative change of the log-likelihood still above tol={tol:g}; increase "
                     "max_iter or tol")
