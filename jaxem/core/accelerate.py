@@ -37,8 +37,8 @@ Where the three points agree a leaf keeps ``θ2`` bit for bit, and an entry that
 all three stays 0 (hmmlearn's structural zeros in a transition matrix).
 
 Newton points: a gradient M-step of a mixture knows the log-likelihood's own gradient and
-curvature at ``θ1`` (Louis' identity; :func:`jaxem.core.ascent.likelihood_newton`). Where it is
-concave there, phase 1 tries ``θ1`` moved by that Newton step instead of the S3 point, under
+curvature at ``θ1`` (Louis' identity; :func:`jaxem.core.curvature.likelihood_newton`). Where it
+is concave there, phase 1 tries ``θ1`` moved by that Newton step instead of the S3 point, under
 the same accept-or-replay rule: EM's slowest directions (little of their information observed)
 are where the S3 step gains least and the Newton step most. A rejected Newton point halves the
 length of the next one (down to 1/64), an accepted one doubles it (up to the whole step).

@@ -123,13 +123,13 @@ def _metric(grad: Array, hess: Array, info: Array) -> tuple[Array, Callable]:
 
 
 def newton_direction(grad: Array, hess: Array, info: Array) -> tuple[Array, Callable]:
-    """The step ``[P]`` of :class:`jaxem.core.ascent.EMGradient`, ``-C⁻¹ grad`` for the curvature ``C`` whose
-    eigenvalues in the metric of ``info`` (``F``) are those of ``hess`` in absolute value, raised
-    to at least 1; and a function for the same step with the parameters Q is not smooth in held
-    (:func:`_smooth_parameters`): where a location sits on a kink of a piecewise-linear Q, no
-    length of the whole step gains, but the step of the others does. Taken in ``F``'s metric, the
-    rule does not depend on how an eigenbasis of a repeated eigenvalue is chosen (vmapped and
-    single restarts take the same step)."""
+    """The step ``[P]`` of :class:`jaxem.core.ascent.EMGradient`, ``-C⁻¹ grad`` for the
+    curvature ``C`` whose eigenvalues in the metric of ``info`` (``F``) are those of ``hess`` in
+    absolute value, raised to at least 1; and a function for the same step with the parameters Q
+    is not smooth in held (:func:`_smooth_parameters`): where a location sits on a kink of a
+    piecewise-linear Q, no length of the whole step gains, but the step of the others does. Taken
+    in ``F``'s metric, the rule does not depend on how an eigenbasis of a repeated eigenvalue is
+    chosen (vmapped and single restarts take the same step)."""
     chol, whiten = _metric(grad, hess, info)
     whitened = whiten(whiten(hess).T)
     eigenvalues, vectors = jnp.linalg.eigh((whitened + whitened.T) / 2)
