@@ -219,3 +219,51 @@ def test_compile_effort_follows_the_work_of_one_trip(monkeypatch):
         fits.append(jem.fit(model, X, key=jax.random.key(1), max_iter=40, tol=None))
     np.testing.assert_allclose(fits[0].history, fits[1].history, rtol=1e-5)
     np.testing.assert_allclose(fits[0].params["means"], fits[1].params["means"], rtol=1e-5, atol=1e-5)
+
+
+def test_start_and_loop_programs_compile_side_by_side(monkeypatch):
+    """A segmented fit lowers its loop program from the start program's declared output types
+    while the start compiles, and compiles both in the compile threads: two compilations, not
+    three (a weakly typed initial value, ``jnp.full``, would make the real state differ from the
+    declared one), and the same answer bit for bit as compiling one after the other."""
+    import threading
+
+    import jax.numpy as jnp
+
+    from jaxem.core import programs
+
+    def init(key, X):
+        return {"weights": jnp.full(2, 0.5), "loc": jax.random.choice(key, X[:, 0], (2,)),
+                "scale": jnp.full(2, 1.0)}
+
+    def log_joint(params, x):
+        return (jnp.log(params["weights"]) - jnp.log(2 * params["scale"])
+                - jnp.abs(x[0] - params["loc"]) / params["scale"])
+
+    model = jem.Model(init=init, log_joint=log_joint, n_components=2,
+                      constraints={"weights": jem.constraints.simplex,
+                                   "loc": jem.constraints.real,
+                                   "scale": jem.constraints.positive})
+    X = np.random.default_rng(0).laplace(size=(400, 1)) + np.repeat([[-3.0], [3.0]], 200, 0)
+    threads = []
+    original = _export_cache.compile_and_store
+
+    def compile_and_store(key, lowered, options=None):
+        threads.append(threading.current_thread().name)
+        return original(key, lowered, options)
+
+    monkeypatch.setattr(_export_cache, "compile_and_store", compile_and_store)
+    fits = []
+    for side_by_side in (True, False):
+        monkeypatch.setattr(programs, "_EXECUTABLES", type(programs._EXECUTABLES)())
+        if not side_by_side:
+            monkeypatch.setattr(programs, "_one_device", lambda dynamic: None)
+        threads.clear()
+        before = programs.counts()["compiled"]
+        fits.append(jem.fit(model, X, key=jax.random.key(0), n_restarts=3, max_iter=30))
+        assert programs.counts()["compiled"] == before + 1
+        assert len(threads) == 2
+        assert all(name.startswith("jaxem-compile") == side_by_side for name in threads), threads
+    np.testing.assert_array_equal(fits[0].history, fits[1].history)
+    for name in ("weights", "loc", "scale"):
+        np.testing.assert_array_equal(fits[0].params[name], fits[1].params[name])

@@ -41,8 +41,7 @@ class Ascent(NamedTuple):
     increase of the objective a second-order model predicted from the old ones (see
     :mod:`jaxem.core.ascent`), and optionally ``newton``: the old parameters moved by a Newton
     step on the log-likelihood itself (``None`` where its curvature is not known, or not
-    concave), which an accelerated loop may try in place of its extrapolation. A closed-form
-    M-step returns the parameters alone."""
+    concave), which an accelerated loop may try instead of extrapolating (closed forms: params)."""
 
     params: Any
     gap: Array
@@ -289,14 +288,16 @@ def set_progress_sink(progress: Callable | None) -> None:
 
 def start_state(e_pass: Callable, params, settings: Settings) -> dict:
     """The loop state before its first trip, for :func:`run_compiled_loop` (traced: only the
-    shapes of ``e_pass``'s output are needed, so nothing of the pass is compiled)."""
-    n_restarts = jax.tree.leaves(params)[0].shape[0]
-    state = initial_state(params, jax.eval_shape(e_pass, params, jnp.zeros((), jnp.int32),
-                                                 jnp.ones((n_restarts,), bool)),
+    shapes of ``e_pass``'s output are needed, so nothing of the pass is compiled). Strongly
+    typed (``jnp.full(K, 1 / K)`` is weakly), as the start's declared output types that
+    :func:`jaxem.core.programs.run_segmented` lowers the loop program from."""
+    restarts = jnp.ones((jax.tree.leaves(params)[0].shape[0],), bool)
+    state = initial_state(params, jax.eval_shape(e_pass, params, jnp.zeros((), jnp.int32), restarts),
                           settings.max_iter)
     if settings.accelerate is not None:
         state.update(settings.accelerate.fields(params))
-    return state
+    strong = jax.lax.convert_element_type
+    return jax.tree.map(lambda a: strong(a, a.dtype) if jax.typeof(a).weak_type else a, state)
 
 
 def run_compiled_loop(e_pass: Callable, m_step: Callable, params, settings: Settings, *,

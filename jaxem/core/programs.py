@@ -13,6 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -71,7 +72,12 @@ CHEAP_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0,
 # AMD EPYC, compile s / warm fit s, with -> without): Laplace mixture by EM-gradient, 7k rows,
 # R=8: 2.29/1.69 -> 1.20/1.53, 210k rows: 3.15/12.3 -> 1.41/11.1; Gaussian HMM 20 x 500 x 3,
 # K=4, R=4: 4.45/0.50 -> 2.98/0.47; full GMM N=65536 D=16 K=16: 4.59/2.02 -> 3.62/2.44 (kept).
-SMALL_OPS_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+#
+# Such programs also compile about 10% faster at LLVM's -O1 than at -O2 and run as fast (the same
+# machine, compile s / warm s, -O2 -> -O1, 3 fresh processes each: Laplace 0.99-1.06 / 0.76 ->
+# 0.89-0.93 / 0.74, gamma 1.14-1.24 / 0.38-0.41 -> 1.06-1.19 / 0.39-0.41, the HMM of
+# benchmarks/custom.py 1.00-1.28 / 1.04-1.06 -> 0.94-1.07 / 0.96-1.06).
+SMALL_OPS_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
 
 
 def compile_options(lowered, repeats: float = 1, small_ops: bool = False) -> dict:
@@ -100,31 +106,90 @@ def _signature(tree) -> tuple:
                           for x in leaves)
 
 
+def _compile_threads() -> ThreadPoolExecutor:
+    """The threads that compile a segmented fit's two programs beside the main thread (XLA
+    releases the GIL while it compiles)."""
+    global _COMPILE_POOL
+    if _COMPILE_POOL is None:
+        _COMPILE_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jaxem-compile")
+    return _COMPILE_POOL
+
+
+_COMPILE_POOL: ThreadPoolExecutor | None = None
+
+
+class _Build:
+    """An executable for one program and argument signature in the making: from memory, the
+    program cache on disk, or lowered here and compiled, in this thread or (``in_background``)
+    in :func:`_compile_threads`. ``out_info``: the outputs' shapes where it was lowered here.
+    ``lower_from``: the arguments to lower with, where ``dynamic`` (which the caches are keyed by)
+    describe arrays that do not exist yet. Other arguments as in :func:`_executable`."""
+
+    def __init__(self, program, dynamic: tuple, static: dict, disk_name: str | None,
+                 counted: bool = True, repeats: float = 1, small_ops: bool = False,
+                 in_background: bool = False, lower_from: tuple | None = None):
+        began = time.perf_counter()
+        self.key = (program, tuple(sorted(static.items(), key=lambda item: item[0])),
+                    _signature(dynamic))
+        self.out_info, self._future, self.seconds = None, None, 0.0
+        self._executable = _EXECUTABLES.get(self.key)
+        if self._executable is not None:
+            _COUNTS["reused"] += counted
+            return
+        disk_key = None if disk_name is None else program_cache.program_key(disk_name, static, dynamic)
+        self._executable = program_cache.load(disk_key, dynamic)
+        _COUNTS["loaded" if self._executable is not None else "compiled"] += counted
+        if self._executable is None:
+            lowered = program.lower(*(dynamic if lower_from is None else lower_from), **static)
+            self.out_info = lowered.out_info
+            options = compile_options(lowered, repeats, small_ops)
+            if in_background:
+                x64 = jax.config.jax_enable_x64  # this thread's setting (a context may set it)
+
+                def compile_there():
+                    with jax.enable_x64(x64):
+                        return program_cache.compile_and_store(disk_key, lowered, options)
+
+                self._future = _compile_threads().submit(compile_there)
+            else:
+                self._executable = program_cache.compile_and_store(disk_key, lowered, options)
+        self.seconds = time.perf_counter() - began
+
+    def result(self) -> tuple:
+        """``(executable, seconds)``: the seconds this thread spent on it (looking up, lowering,
+        compiling or waiting for the compile threads); the executable is kept in memory."""
+        if self._future is not None:
+            waited = time.perf_counter()
+            self._executable, self._future = self._future.result(), None
+            self.seconds += time.perf_counter() - waited
+        _EXECUTABLES[self.key] = self._executable
+        _EXECUTABLES.move_to_end(self.key)
+        if len(_EXECUTABLES) > _MAX_EXECUTABLES:
+            _EXECUTABLES.popitem(last=False)
+        return self._executable, self.seconds
+
+
 def _executable(program, dynamic: tuple, static: dict, disk_name: str | None,
                 counted: bool = True, repeats: float = 1, small_ops: bool = False) -> tuple:
     """``(compiled program, compile seconds)`` for these arguments: from memory, the program
     cache on disk, or compiled now (see :func:`run_compiled`). ``counted``: whether it counts in
     :func:`counts` (a segmented fit's start program is part of its fit program); ``repeats``,
     ``small_ops``: as in :func:`compile_options`."""
-    cache_key = (program, tuple(sorted(static.items(), key=lambda item: item[0])),
-                 _signature(dynamic))
-    executable = _EXECUTABLES.get(cache_key)
-    if executable is not None:
-        _COUNTS["reused"] += counted
-        _EXECUTABLES.move_to_end(cache_key)
-        return executable, 0.0
-    start = time.perf_counter()
-    disk_key = None if disk_name is None else program_cache.program_key(disk_name, static, dynamic)
-    executable = program_cache.load(disk_key, dynamic)
-    _COUNTS["loaded" if executable is not None else "compiled"] += counted
-    if executable is None:
-        lowered = program.lower(*dynamic, **static)
-        executable = program_cache.compile_and_store(disk_key, lowered,
-                                                     compile_options(lowered, repeats, small_ops))
-    _EXECUTABLES[cache_key] = executable
-    if len(_EXECUTABLES) > _MAX_EXECUTABLES:
-        _EXECUTABLES.popitem(last=False)
-    return executable, time.perf_counter() - start
+    return _Build(program, dynamic, static, disk_name, counted, repeats, small_ops).result()
+
+
+def _one_device(dynamic: tuple):
+    """The sharding of ``dynamic``'s JAX arrays when they all sit on one and the same device
+    (``None`` otherwise, or with no JAX array)."""
+    shardings = {leaf.sharding for leaf in jax.tree.leaves(dynamic) if isinstance(leaf, jax.Array)}
+    one = shardings.pop() if len(shardings) == 1 else None
+    return one if isinstance(one, jax.sharding.SingleDeviceSharding) else None
+
+
+def _typed(tree) -> tuple:
+    """``tree``'s structure and leaves' shapes, dtypes and weak types."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((x.shape, x.dtype, bool(getattr(x, "weak_type", False))) for x in leaves)
 
 
 def run_compiled(program, dynamic: tuple, static: dict, progress=None,
@@ -255,16 +320,32 @@ def run_segmented(program, dynamic: tuple, static: dict, progress=None,
     loop.set_progress_sink(progress)
     try:
         with _interrupt_flag() as interrupted:
-            start, compile_seconds = _executable(program, dynamic + (None, stop_at), static,
-                                                 disk_name, counted=False, repeats=START_REPEATS,
-                                                 small_ops=small_ops)
+            start_args = dynamic + (None, stop_at)
+            device = None if restore is not None or "mesh" in static else _one_device(dynamic)
+            start_build = _Build(program, start_args, static, disk_name, counted=False,
+                                 repeats=START_REPEATS, small_ops=small_ops,
+                                 in_background=device is not None)
+            segment_build = spec = None
+            if start_build.out_info is not None and device is not None:
+                # While the start compiles, the loop program is traced and lowered for the
+                # state the start will return, and compiled beside it. Keyed by that state's
+                # placement; lowered without one, as from the start's uncommitted outputs.
+                spec, bare = (jax.tree.map(lambda o, where=where: jax.ShapeDtypeStruct(
+                    o.shape, o.dtype, sharding=where), start_build.out_info) for where in (device, None))
+                segment_build = _Build(program, dynamic + (spec, stop_at), static, disk_name,
+                                       repeats=repeats, small_ops=small_ops, in_background=True,
+                                       lower_from=dynamic + (bare, stop_at))
+            start, compile_seconds = start_build.result()
             began = time.perf_counter()
-            state = start(*dynamic, None, stop_at)
+            state = start(*start_args)
             run_seconds = time.perf_counter() - began
             if restore is not None:
                 state = restore(state)
-            segment, seconds = _executable(program, dynamic + (state, stop_at), static, disk_name,
-                                           repeats=repeats, small_ops=small_ops)
+            if segment_build is None or _typed(state) != _typed(spec):
+                # (A weak-typed leaf of the state would be lowered otherwise than declared.)
+                segment_build = _Build(program, dynamic + (state, stop_at), static, disk_name,
+                                       repeats=repeats, small_ops=small_ops)
+            segment, seconds = segment_build.result()
             # Over a mesh a segment may return some leaves placed otherwise than the start did;
             # they go back to the placement the executable was compiled for.
             placement = jax.tree.map(lambda a: a.sharding, state)
