@@ -294,8 +294,10 @@ def run_segmented(program, dynamic: tuple, static: dict, progress=None,
     state (the initialisation; the pass is not compiled), and with a state it runs the loop on
     until ``stop_at`` trips are done (a traced scalar: every segment runs the same executable)
     and returns the new state, which stays on the device (its buffers donated to the next call).
-    The first segment is :data:`FIRST_SEGMENT_TRIPS` trips; each later one is sized from the
-    trips per second measured so far.
+    On one device the two executables compile side by side: the loop program is traced and
+    lowered from the start's declared output types while the start compiles. The first segment
+    is :data:`FIRST_SEGMENT_TRIPS` trips; each later one is sized from the trips per second
+    measured so far.
 
     Args:
         program, dynamic, static, progress, disk_name, repeats, small_ops: as in
