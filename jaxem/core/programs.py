@@ -106,6 +106,9 @@ def _signature(tree) -> tuple:
                           for x in leaves)
 
 
+_COMPILE_POOL: ThreadPoolExecutor | None = None
+
+
 def _compile_threads() -> ThreadPoolExecutor:
     """The threads that compile a segmented fit's two programs beside the main thread (XLA
     releases the GIL while it compiles)."""
@@ -113,9 +116,6 @@ def _compile_threads() -> ThreadPoolExecutor:
     if _COMPILE_POOL is None:
         _COMPILE_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jaxem-compile")
     return _COMPILE_POOL
-
-
-_COMPILE_POOL: ThreadPoolExecutor | None = None
 
 
 class _Build:
@@ -332,8 +332,12 @@ def run_segmented(program, dynamic: tuple, static: dict, progress=None,
                 # While the start compiles, the loop program is traced and lowered for the
                 # state the start will return, and compiled beside it. Keyed by that state's
                 # placement; lowered without one, as from the start's uncommitted outputs.
-                spec, bare = (jax.tree.map(lambda o, where=where: jax.ShapeDtypeStruct(
-                    o.shape, o.dtype, sharding=where), start_build.out_info) for where in (device, None))
+                def shapes(where):
+                    return jax.tree.map(lambda o: jax.ShapeDtypeStruct(o.shape, o.dtype,
+                                                                       sharding=where),
+                                        start_build.out_info)
+
+                spec, bare = shapes(device), shapes(None)
                 segment_build = _Build(program, dynamic + (spec, stop_at), static, disk_name,
                                        repeats=repeats, small_ops=small_ops, in_background=True,
                                        lower_from=dynamic + (bare, stop_at))
