@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import jaxem as jem
+from jaxem.core import compile_effort
 from jaxem.core import program_cache as _export_cache
 from jaxem.model import model_factory, stable_repr
 from jaxem.models.gaussian_prior import GaussianPrior
@@ -201,21 +202,22 @@ def test_compile_effort_follows_the_work_of_one_trip(monkeypatch):
     small = jax.jit(one_pass).lower(np.ones((64, 4), np.float32))
     large = jax.jit(one_pass).lower(np.ones((8192, 512), np.float32))
     if jax.default_backend() == "cpu":
-        assert programs.compile_options(small) == programs.CHEAP_COMPILE_OPTIONS
-        assert programs.compile_options(small, repeats=10**9) == {}
+        assert compile_effort.compile_options(small) == compile_effort.CHEAP_COMPILE_OPTIONS
+        assert compile_effort.compile_options(small, repeats=10**9) == {}
         # Many small operations (a gradient M-step, a forward-backward pass): no fusion emitters.
-        assert programs.compile_options(large, small_ops=True) == programs.SMALL_OPS_COMPILE_OPTIONS
-        assert programs.compile_options(small, small_ops=True) == programs.CHEAP_COMPILE_OPTIONS
-    assert programs.compile_options(large) == {}
+        assert (compile_effort.compile_options(large, small_ops=True)
+                == compile_effort.SMALL_OPS_COMPILE_OPTIONS)
+        assert compile_effort.compile_options(small, small_ops=True) == compile_effort.CHEAP_COMPILE_OPTIONS
+    assert compile_effort.compile_options(large) == {}
     X = np.random.default_rng(0).normal(size=(300, 2)).astype(np.float32)
     X[:150] += 4
     model = jem.gaussian_mixture(2)
     fits = []
-    for limit in (programs.CHEAP_COMPILE_MAX_BYTES, 0):
+    for limit in (compile_effort.CHEAP_COMPILE_MAX_BYTES, 0):
         # Each fit compiles afresh: jaxem's table of compiled programs starts empty (the worker's
         # own comes back after the test).
         monkeypatch.setattr(programs, "_EXECUTABLES", type(programs._EXECUTABLES)())
-        monkeypatch.setattr(programs, "CHEAP_COMPILE_MAX_BYTES", limit)
+        monkeypatch.setattr(compile_effort, "CHEAP_COMPILE_MAX_BYTES", limit)
         fits.append(jem.fit(model, X, key=jax.random.key(1), max_iter=40, tol=None))
     np.testing.assert_allclose(fits[0].history, fits[1].history, rtol=1e-5)
     np.testing.assert_allclose(fits[0].params["means"], fits[1].params["means"], rtol=1e-5, atol=1e-5)

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import loop, program_cache, sharding
+from . import loop, program_cache, restart_groups, sharding
+from .compile_effort import START_REPEATS, compile_options
 
 # Compiled executables by (static arguments, argument shapes/dtypes/shardings).
 _EXECUTABLES: OrderedDict = OrderedDict()
@@ -47,57 +48,6 @@ def free_compiled_programs() -> None:
     """
     _EXECUTABLES.clear()
     jax.clear_caches()
-
-
-# Compile effort on a CPU. XLA spends most of a fit's first second or two optimising (LLVM at -O2,
-# the fusion emitters); unoptimised, a program compiles 3-5x faster and runs 3-4x slower. Where
-# one trip moves at most this many bytes (XLA's cost estimate of the program, times the restarts
-# that pass one after another) a trip takes under ~5 ms at full effort, so the time lost over a
-# fit's iterations is less than the compile time saved. Measured (2-core AMD EPYC, 50 iterations,
-# full covariance, compile s / warm fit s, full -> cheap): N=1024 D=2 K=3: 1.34/0.003 ->
-# 0.36/0.012; R=8: 2.12/0.019 -> 0.49/0.074; N=8192 D=8 K=8: 1.45/0.051 -> 0.35/0.162; R=4:
-# 2.25/0.19 -> 0.50/0.65; N=65536 D=16 K=16 (full effort kept): 1.77/1.0 -> 0.59/4.2.
-CHEAP_COMPILE_MAX_BYTES = 2**27
-# A segmented fit's start (the initialiser) runs once, not once per iteration, so it counts as half
-# a trip: GaussianMixture(3, n_restarts=4) on 3000 x 3 rows (8192-row bucket), start estimated at
-# 2.2e8 bytes: first fit 2.95 -> 1.79 s, the initialiser's run 20 ms slower.
-START_REPEATS = 0.5
-CHEAP_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0,
-                         "xla_llvm_disable_expensive_passes": True,
-                         "xla_cpu_use_fusion_emitters": False}
-# XLA:CPU's fusion emitters make the few large fused loops over rows of a closed-form mixture pass
-# 15-20% faster, but double the compile time of a program made of many small operations (a
-# gradient M-step's autodiff gradients, Hessians and P x P algebra; a forward-backward scan over
-# time steps of K-wide operations), which runs as fast or faster without them. Measured (2-core
-# AMD EPYC, compile s / warm fit s, with -> without): Laplace mixture by EM-gradient, 7k rows,
-# R=8: 2.29/1.69 -> 1.20/1.53, 210k rows: 3.15/12.3 -> 1.41/11.1; Gaussian HMM 20 x 500 x 3,
-# K=4, R=4: 4.45/0.50 -> 2.98/0.47; full GMM N=65536 D=16 K=16: 4.59/2.02 -> 3.62/2.44 (kept).
-#
-# Such programs also compile about 10% faster at LLVM's -O1 than at -O2 and run as fast (the same
-# machine, compile s / warm s, -O2 -> -O1, 3 fresh processes each: Laplace 0.99-1.06 / 0.76 ->
-# 0.89-0.93 / 0.74, gamma 1.14-1.24 / 0.38-0.41 -> 1.06-1.19 / 0.39-0.41, the HMM of
-# benchmarks/custom.py 1.00-1.28 / 1.04-1.06 -> 0.94-1.07 / 0.96-1.06).
-SMALL_OPS_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
-
-
-def compile_options(lowered, repeats: float = 1, small_ops: bool = False) -> dict:
-    """XLA options for compiling ``lowered`` on a CPU: :data:`CHEAP_COMPILE_OPTIONS` when its
-    estimated bytes moved times ``repeats`` (restarts that run the program's pass one after
-    another) is at most :data:`CHEAP_COMPILE_MAX_BYTES`; else :data:`SMALL_OPS_COMPILE_OPTIONS`
-    for a program of many small operations (``small_ops``: a gradient M-step or a
-    forward-backward pass), else none (full optimisation)."""
-    if jax.default_backend() != "cpu":
-        return {}  # accelerators: not measured, so XLA's default
-    full = dict(SMALL_OPS_COMPILE_OPTIONS) if small_ops else {}
-    try:
-        cost = lowered.cost_analysis()
-    except Exception:  # noqa: BLE001 - no estimate only means the default effort
-        return full
-    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
-    moved = (cost or {}).get("bytes accessed")
-    if moved is None or moved * repeats > CHEAP_COMPILE_MAX_BYTES:
-        return full
-    return dict(CHEAP_COMPILE_OPTIONS)
 
 
 def _signature(tree) -> tuple:
@@ -283,6 +233,40 @@ def _agreed(stop: int, interrupted: bool, save_due: bool) -> tuple[int, bool, bo
     return int(every[0, 0]), bool(every[:, 1].any()), bool(every[:, 2].any())
 
 
+def _segments(segment, dynamic: tuple, state: dict, interrupted: Callable[[], bool],
+              saver) -> tuple[dict, bool]:
+    """Run the loop ``segment`` executable from ``state`` in segments (see :func:`run_segmented`)
+    until every restart stopped or Ctrl-C (``interrupted``): ``(state, interrupted)``."""
+    # Over a mesh a segment may return some leaves placed otherwise than the start did; they go
+    # back to the placement the executable was compiled for.
+    placement = jax.tree.map(lambda a: a.sharding, state)
+    max_iter = state["history"].shape[1]
+    trips = int(state["trips"])
+    stop = trips + FIRST_SEGMENT_TRIPS
+    if saver is not None and saver.next_stop(trips) is not None:
+        stop = min(stop, saver.next_stop(trips))
+    while True:
+        began = time.perf_counter()
+        state = segment(*dynamic, state, np.int32(min(stop, max_iter + 1)))
+        state = jax.tree.map(lambda a, where: a if a.sharding == where
+                             else jax.device_put(a, where), state, placement)
+        done, running = jax.device_get((state["trips"], state["running"]))
+        done = int(done)
+        if not (running.any() and done <= max_iter):
+            return state, False
+        per_trip = (time.perf_counter() - began) / max(done - trips, 1)
+        stop = done + max(1, int(SEGMENT_SECONDS / per_trip))
+        stop, stopping, saving = _agreed(stop, interrupted(),
+                                         saver is not None and saver.due(state))
+        if stopping:
+            return state, True
+        if saving:
+            saver.save(state)
+        trips = done
+        if saver is not None and saver.next_stop(done) is not None:
+            stop = min(stop, saver.next_stop(done))
+
+
 def run_segmented(program, dynamic: tuple, static: dict, progress=None,
                   disk_name: str | None = None, saver=None, restore: Callable | None = None,
                   repeats: float = 1, small_ops: bool = False) -> tuple:
@@ -295,9 +279,10 @@ def run_segmented(program, dynamic: tuple, static: dict, progress=None,
     until ``stop_at`` trips are done (a traced scalar: every segment runs the same executable)
     and returns the new state, which stays on the device (its buffers donated to the next call).
     On one device the two executables compile side by side: the loop program is traced and
-    lowered from the start's declared output types while the start compiles. The first segment
-    is :data:`FIRST_SEGMENT_TRIPS` trips; each later one is sized from the trips per second
-    measured so far.
+    lowered from the start's declared output types while the start compiles; on a multi-core
+    CPU the restarts then run in groups side by side (:mod:`jaxem.core.restart_groups`). The
+    first segment is :data:`FIRST_SEGMENT_TRIPS` trips; each later one is sized from the trips
+    per second measured so far.
 
     Args:
         program, dynamic, static, progress, disk_name, repeats, small_ops: as in
@@ -318,7 +303,6 @@ def run_segmented(program, dynamic: tuple, static: dict, progress=None,
     static = dict(static, report=progress is not None)
     # A NumPy scalar: with several processes it is the same value in each, not one device's.
     stop_at = np.int32(0)
-    compile_seconds = run_seconds = 0.0
     loop.set_progress_sink(progress)
     try:
         with _interrupt_flag() as interrupted:
@@ -327,64 +311,50 @@ def run_segmented(program, dynamic: tuple, static: dict, progress=None,
             start_build = _Build(program, start_args, static, disk_name, counted=False,
                                  repeats=START_REPEATS, small_ops=small_ops,
                                  in_background=device is not None)
+
+            def groups(state_shapes):
+                return restart_groups.count(state_shapes, static, device is not None
+                                            and progress is None and saver is None)
+
+            def segment_program(state_spec, n_groups, bare=None):
+                return _Build(program, dynamic + (state_spec, stop_at), static, disk_name,
+                              repeats=repeats / n_groups, small_ops=small_ops,
+                              in_background=bare is not None,
+                              lower_from=None if bare is None else dynamic + (bare, stop_at))
+
             segment_build = spec = None
             if start_build.out_info is not None and device is not None:
-                # While the start compiles, the loop program is traced and lowered for the
-                # state the start will return, and compiled beside it. Keyed by that state's
-                # placement; lowered without one, as from the start's uncommitted outputs.
-                def shapes(where):
-                    return jax.tree.map(lambda o: jax.ShapeDtypeStruct(o.shape, o.dtype,
-                                                                       sharding=where),
-                                        start_build.out_info)
-
-                spec, bare = shapes(device), shapes(None)
-                segment_build = _Build(program, dynamic + (spec, stop_at), static, disk_name,
-                                       repeats=repeats, small_ops=small_ops, in_background=True,
-                                       lower_from=dynamic + (bare, stop_at))
+                # While the start compiles, the loop program is traced and lowered for (a group
+                # of) the state the start will return, and compiled beside it. Keyed by that
+                # state's placement; lowered without one, as from the start's uncommitted outputs.
+                n_groups = groups(start_build.out_info)
+                spec = restart_groups.group_shapes(start_build.out_info, n_groups, device)
+                segment_build = segment_program(
+                    spec, n_groups, restart_groups.group_shapes(start_build.out_info, n_groups))
             start, compile_seconds = start_build.result()
             began = time.perf_counter()
             state = start(*start_args)
             run_seconds = time.perf_counter() - began
             if restore is not None:
                 state = restore(state)
-            if segment_build is None or _typed(state) != _typed(spec):
+            n_groups = groups(state)
+            parts = [state] if n_groups == 1 else restart_groups.split(state, n_groups, device)
+            if segment_build is None or _typed(parts[0]) != _typed(spec):
                 # (A weak-typed leaf of the state would be lowered otherwise than declared.)
-                segment_build = _Build(program, dynamic + (state, stop_at), static, disk_name,
-                                       repeats=repeats, small_ops=small_ops)
+                segment_build = segment_program(parts[0], n_groups)
             segment, seconds = segment_build.result()
-            # Over a mesh a segment may return some leaves placed otherwise than the start did;
-            # they go back to the placement the executable was compiled for.
-            placement = jax.tree.map(lambda a: a.sharding, state)
             compile_seconds += seconds
-            max_iter = state["history"].shape[1]
-            trips = int(state["trips"])
-            stop = trips + FIRST_SEGMENT_TRIPS
-            if saver is not None and saver.next_stop(trips) is not None:
-                stop = min(stop, saver.next_stop(trips))
-            while True:
-                began = time.perf_counter()
-                state = segment(*dynamic, state, np.int32(min(stop, max_iter + 1)))
-                state = jax.tree.map(lambda a, where: a if a.sharding == where
-                                     else jax.device_put(a, where), state, placement)
-                done, running = jax.device_get((state["trips"], state["running"]))
-                done = int(done)
-                elapsed = time.perf_counter() - began
-                run_seconds += elapsed
-                if not (running.any() and done <= max_iter):
-                    break
-                per_trip = elapsed / max(done - trips, 1)
-                stop = done + max(1, int(SEGMENT_SECONDS / per_trip))
-                stop, stopping, saving = _agreed(stop, interrupted(),
-                                                 saver is not None and saver.due(state))
-                if stopping:
-                    if saver is not None:
-                        saver.save(state)
-                    raise loop.Interrupted(loop.output(state))
-                if saving:
+            began = time.perf_counter()
+            if n_groups == 1:
+                state, stopped = _segments(segment, dynamic, state, interrupted, saver)
+            else:
+                state, stopped = restart_groups.side_by_side(
+                    parts, lambda part: _segments(segment, dynamic, part, interrupted, None))
+            run_seconds += time.perf_counter() - began
+            if stopped:
+                if saver is not None:
                     saver.save(state)
-                trips = done
-                if saver is not None and saver.next_stop(done) is not None:
-                    stop = min(stop, saver.next_stop(done))
+                raise loop.Interrupted(loop.output(state))
     finally:
         loop.set_progress_sink(None)
     if saver is not None:

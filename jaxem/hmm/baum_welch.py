@@ -142,7 +142,7 @@ def fit(hmm: HMM, X, lengths=None, *, mask=None, key=None, n_restarts: int | Non
             _program_jit, (setup.keys, setup.init_params, Xp, maskp, rows,
                            setup.loop_settings(Xp.dtype).tol), static, setup.progress,
             saver=saver, restore=restore, repeats=setup.n_restarts if in_sequence else 1,
-            small_ops=True)  # a forward-backward scan: see programs.compile_options
+            small_ops=True)  # a forward-backward scan: see compile_effort.compile_options
     except (TypeError, ValueError, IndexError) as err:
         # Say so when the emission cannot even score these observations (say a padded [B, T, D]
         # array given without its mask, read as one sequence of [T, D] observations).

@@ -1,0 +1,60 @@
+"""How hard XLA optimises a fit program on a CPU: compile time against run time.
+
+A fit's first call is mostly compiling. :func:`compile_options` picks XLA's options for one
+program from XLA's own estimate of the bytes one trip moves, and from whether the program is
+made of many small operations; accelerators keep XLA's defaults.
+"""
+
+from __future__ import annotations
+
+import jax
+
+# Compile effort on a CPU. XLA spends most of a fit's first second or two optimising (LLVM at -O2,
+# the fusion emitters); unoptimised, a program compiles 3-5x faster and runs 3-4x slower. Where
+# one trip moves at most this many bytes (XLA's cost estimate of the program, times the restarts
+# that pass one after another) a trip takes under ~5 ms at full effort, so the time lost over a
+# fit's iterations is less than the compile time saved. Measured (2-core AMD EPYC, 50 iterations,
+# full covariance, compile s / warm fit s, full -> cheap): N=1024 D=2 K=3: 1.34/0.003 ->
+# 0.36/0.012; R=8: 2.12/0.019 -> 0.49/0.074; N=8192 D=8 K=8: 1.45/0.051 -> 0.35/0.162; R=4:
+# 2.25/0.19 -> 0.50/0.65; N=65536 D=16 K=16 (full effort kept): 1.77/1.0 -> 0.59/4.2.
+CHEAP_COMPILE_MAX_BYTES = 2**27
+# A segmented fit's start (the initialiser) runs once, not once per iteration, so it counts as half
+# a trip: GaussianMixture(3, n_restarts=4) on 3000 x 3 rows (8192-row bucket), start estimated at
+# 2.2e8 bytes: first fit 2.95 -> 1.79 s, the initialiser's run 20 ms slower.
+START_REPEATS = 0.5
+CHEAP_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0,
+                         "xla_llvm_disable_expensive_passes": True,
+                         "xla_cpu_use_fusion_emitters": False}
+# XLA:CPU's fusion emitters make the few large fused loops over rows of a closed-form mixture pass
+# 15-20% faster, but double the compile time of a program made of many small operations (a
+# gradient M-step's autodiff gradients, Hessians and P x P algebra; a forward-backward scan over
+# time steps of K-wide operations), which runs as fast or faster without them. Measured (2-core
+# AMD EPYC, compile s / warm fit s, with -> without): Laplace mixture by EM-gradient, 7k rows,
+# R=8: 2.29/1.69 -> 1.20/1.53, 210k rows: 3.15/12.3 -> 1.41/11.1; Gaussian HMM 20 x 500 x 3,
+# K=4, R=4: 4.45/0.50 -> 2.98/0.47; full GMM N=65536 D=16 K=16: 4.59/2.02 -> 3.62/2.44 (kept).
+#
+# Such programs also compile about 10% faster at LLVM's -O1 than at -O2 and run as fast (the same
+# machine, compile s / warm s, -O2 -> -O1, 3 fresh processes each: Laplace 0.99-1.06 / 0.76 ->
+# 0.89-0.93 / 0.74, gamma 1.14-1.24 / 0.38-0.41 -> 1.06-1.19 / 0.39-0.41, the HMM of
+# benchmarks/custom.py 1.00-1.28 / 1.04-1.06 -> 0.94-1.07 / 0.96-1.06).
+SMALL_OPS_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
+
+
+def compile_options(lowered, repeats: float = 1, small_ops: bool = False) -> dict:
+    """XLA options for compiling ``lowered`` on a CPU: :data:`CHEAP_COMPILE_OPTIONS` when its
+    estimated bytes moved times ``repeats`` (restarts that run the program's pass one after
+    another) is at most :data:`CHEAP_COMPILE_MAX_BYTES`; else :data:`SMALL_OPS_COMPILE_OPTIONS`
+    for a program of many small operations (``small_ops``: a gradient M-step or a
+    forward-backward pass), else none (full optimisation)."""
+    if jax.default_backend() != "cpu":
+        return {}  # accelerators: not measured, so XLA's default
+    full = dict(SMALL_OPS_COMPILE_OPTIONS) if small_ops else {}
+    try:
+        cost = lowered.cost_analysis()
+    except Exception:  # noqa: BLE001 - no estimate only means the default effort
+        return full
+    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+    moved = (cost or {}).get("bytes accessed")
+    if moved is None or moved * repeats > CHEAP_COMPILE_MAX_BYTES:
+        return full
+    return dict(CHEAP_COMPILE_OPTIONS)
