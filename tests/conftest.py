@@ -105,3 +105,26 @@ def max_relative_difference(a, b) -> float:
         ok = ~np.isnan(u)
         worst = max(worst, float(np.max(np.abs(u[ok] - v[ok]) / (np.abs(u[ok]).max() + 1e-300))))
     return worst
+
+
+def laplace_mixture(n_components=2):
+    """A researcher's model: a mixture of 1-D Laplace densities written only as an initialiser and
+    a log-joint (a weakly typed ``jnp.full`` init included), with its constraints."""
+    import jax
+    import jax.numpy as jnp
+
+    import jaxem as jem
+
+    def init(key, X):
+        return {"weights": jnp.full(n_components, 1 / n_components),
+                "loc": jax.random.choice(key, X[:, 0], (n_components,)),
+                "scale": jnp.full(n_components, 1.0)}
+
+    def log_joint(params, x):
+        return (jnp.log(params["weights"]) - jnp.log(2 * params["scale"])
+                - jnp.abs(x[0] - params["loc"]) / params["scale"])
+
+    return jem.Model(init=init, log_joint=log_joint, n_components=n_components,
+                     constraints={"weights": jem.constraints.simplex,
+                                  "loc": jem.constraints.real,
+                                  "scale": jem.constraints.positive})

@@ -13,6 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import laplace_mixture
 
 import jaxem as jem
 from jaxem.core import compile_effort
@@ -230,22 +231,9 @@ def test_start_and_loop_programs_compile_side_by_side(monkeypatch):
     declared one), and the same answer bit for bit as compiling one after the other."""
     import threading
 
-    import jax.numpy as jnp
-
     from jaxem.core import programs
 
-    def init(key, X):
-        return {"weights": jnp.full(2, 0.5), "loc": jax.random.choice(key, X[:, 0], (2,)),
-                "scale": jnp.full(2, 1.0)}
-
-    def log_joint(params, x):
-        return (jnp.log(params["weights"]) - jnp.log(2 * params["scale"])
-                - jnp.abs(x[0] - params["loc"]) / params["scale"])
-
-    model = jem.Model(init=init, log_joint=log_joint, n_components=2,
-                      constraints={"weights": jem.constraints.simplex,
-                                   "loc": jem.constraints.real,
-                                   "scale": jem.constraints.positive})
+    model = laplace_mixture()
     X = np.random.default_rng(0).laplace(size=(400, 1)) + np.repeat([[-3.0], [3.0]], 200, 0)
     threads = []
     original = _export_cache.compile_and_store

@@ -7,24 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import laplace_mixture
 
 import jaxem as jem
 from jaxem.core import programs, restart_groups
-
-
-def _laplace_mixture():
-    def init(key, X):
-        return {"weights": jnp.full(2, 0.5), "loc": jax.random.choice(key, X[:, 0], (2,)),
-                "scale": jnp.full(2, 1.0)}
-
-    def log_joint(params, x):
-        return (jnp.log(params["weights"]) - jnp.log(2 * params["scale"])
-                - jnp.abs(x[0] - params["loc"]) / params["scale"])
-
-    return jem.Model(init=init, log_joint=log_joint, n_components=2,
-                     constraints={"weights": jem.constraints.simplex, "loc": jem.constraints.real,
-                                  "scale": jem.constraints.positive})
-
 
 RNG = np.random.default_rng(0)
 X = RNG.laplace(size=(400, 1)) + np.repeat([[-3.0], [3.0]], 200, 0)
@@ -62,6 +48,8 @@ def test_groups_are_equal_and_at_most_one_per_core(monkeypatch, n_restarts, core
     # A leaf without the restart axis in front: the state cannot be cut into restarts.
     odd = dict(state, shared=jax.ShapeDtypeStruct((n_restarts + 1, 2), jnp.float32))
     assert restart_groups.count(odd, {"in_sequence": True}, True) == 1
+    keys = dict(state, key=jax.random.split(jax.random.key(0), n_restarts))
+    assert restart_groups.count(keys, {"in_sequence": True}, True) == 1
 
 
 def test_split_and_merge_give_back_the_state():
@@ -89,7 +77,7 @@ def _fits(monkeypatch, fit):
 def test_grouped_fit_is_the_one_program_fit(monkeypatch, segment_threads, kind):
     if kind == "gradient":
         def fit():
-            return jem.fit(_laplace_mixture(), X, key=jax.random.key(0), n_restarts=4,
+            return jem.fit(laplace_mixture(), X, key=jax.random.key(0), n_restarts=4,
                            max_iter=40)
     elif kind == "closed form":
         def fit():
@@ -114,7 +102,7 @@ def test_grouped_fit_is_the_one_program_fit(monkeypatch, segment_threads, kind):
 def test_progress_keeps_one_program(monkeypatch, segment_threads):
     _cores(monkeypatch, 2)
     seen = []
-    jem.fit(_laplace_mixture(), X, key=jax.random.key(0), n_restarts=4, max_iter=10, tol=None,
+    jem.fit(laplace_mixture(), X, key=jax.random.key(0), n_restarts=4, max_iter=10, tol=None,
             progress=lambda iteration, objective, *rest: seen.append(np.shape(objective)))
     assert seen and set(seen) == {(4,)}
     assert segment_threads == [threading.current_thread().name]
@@ -130,7 +118,7 @@ def test_ctrl_c_stops_every_group(monkeypatch, segment_threads):
     monkeypatch.setattr(programs, "_interrupt_flag", pressed)
     _cores(monkeypatch, 2)
     with pytest.raises(jem.FitInterrupted) as stop:
-        jem.fit(_laplace_mixture(), X, key=jax.random.key(0), n_restarts=4, max_iter=40)
+        jem.fit(laplace_mixture(), X, key=jax.random.key(0), n_restarts=4, max_iter=40)
     partial = stop.value.result
     assert len(segment_threads) == 2 and partial.interrupted
     np.testing.assert_array_equal(partial.n_iter, programs.FIRST_SEGMENT_TRIPS - 1)

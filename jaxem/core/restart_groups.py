@@ -35,12 +35,15 @@ def count(state_shapes, static: dict, allowed: bool) -> int:
     in: the largest divisor of the restarts ``R`` up to the cores this process may use (equal
     groups share one executable), where ``allowed`` and the restarts run one after another on a
     CPU in one process; else 1. Every leaf of the state but scalars must have the leading
-    restart axis."""
+    restart axis, and none may hold PRNG keys."""
     if (not allowed or not static.get("in_sequence") or jax.process_count() != 1
             or jax.default_backend() != "cpu"):
         return 1
-    leading = {leaf.shape[0] for leaf in jax.tree.leaves(state_shapes) if len(leaf.shape)}
-    if len(leading) != 1:
+    leaves = jax.tree.leaves(state_shapes)
+    leading = {leaf.shape[0] for leaf in leaves if len(leaf.shape)}
+    # Key arrays (an extended dtype) do not pass through NumPy, where the groups are cut.
+    if len(leading) != 1 or any(jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.extended)
+                                for leaf in leaves):
         return 1
     (n_restarts,) = leading
     return max(g for g in range(1, min(n_restarts, _cores()) + 1) if n_restarts % g == 0)
