@@ -224,6 +224,18 @@ def test_compile_effort_follows_the_work_of_one_trip(monkeypatch):
     np.testing.assert_allclose(fits[0].params["means"], fits[1].params["means"], rtol=1e-5, atol=1e-5)
 
 
+def test_an_option_this_xla_does_not_know_is_left_out():
+    """Compile options tune the effort (some are experimental flags a later jaxlib may drop): an
+    unknown one is left out and the program compiles as the default would; a known option with a
+    bad value still fails."""
+    lowered = jax.jit(lambda x: x.sum() * 2).lower(np.ones(4, np.float32))
+    options = dict(compile_effort.SMALL_OPS_COMPILE_OPTIONS, xla_cpu_no_such_option_here=True)
+    compiled = _export_cache.compile_and_store(None, lowered, options)
+    assert float(compiled(np.ones(4, np.float32))) == 8.0
+    with pytest.raises(Exception, match="xla_backend_optimization_level"):
+        _export_cache.compile_and_store(None, lowered, {"xla_backend_optimization_level": "high"})
+
+
 def test_start_and_loop_programs_compile_side_by_side(monkeypatch):
     """A segmented fit lowers its loop program from the start program's declared output types
     while the start compiles, and compiles both in the compile threads: two compilations, not

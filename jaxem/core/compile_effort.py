@@ -37,7 +37,15 @@ CHEAP_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0,
 # machine, compile s / warm s, -O2 -> -O1, 3 fresh processes each: Laplace 0.99-1.06 / 0.76 ->
 # 0.89-0.93 / 0.74, gamma 1.14-1.24 / 0.38-0.41 -> 1.06-1.19 / 0.39-0.41, the HMM of
 # benchmarks/custom.py 1.00-1.28 / 1.04-1.06 -> 0.94-1.07 / 0.96-1.06).
-SMALL_OPS_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
+#
+# They also run faster without XLA:CPU's YNNPACK fusions, which take their reductions and small
+# products (a `[rows, P]` sum, a `P x P` product) into library calls whose fixed cost per call
+# outweighs the work at these sizes (2-core AMD EPYC, warm fit s, with -> without, compile time
+# unchanged: Laplace 0.65 -> 0.47, the custom-emission HMM 0.84 -> 0.62, gamma 0.25 -> 0.25). A
+# closed-form mixture pass keeps them: without, its cheaply compiled program ran 2x slower
+# (GaussianMixture(3, n_restarts=4), 3000 x 3: 0.14 -> 0.25 s warm).
+SMALL_OPS_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1,
+                             "xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def compile_options(lowered, repeats: float = 1, small_ops: bool = False) -> dict:

@@ -27,6 +27,7 @@ import hashlib
 import os
 import pickle
 import platform
+import re
 import struct
 import sys
 import tempfile
@@ -254,13 +255,13 @@ def compile_and_store(key: str | None, lowered, options: dict | None = None):
     """
     global _LISTENING
     if key is None or not enabled():
-        return lowered.compile(options or None)
+        return _compile(lowered, options)
     if not _LISTENING:
         jax.monitoring.register_event_listener(_on_event)
         _LISTENING = True
     _COMPILE_EVENTS.seen = seen = []
     try:
-        compiled = lowered.compile(options or None)
+        compiled = _compile(lowered, options)
     finally:
         _COMPILE_EVENTS.seen = None
     fresh = ("/jax/compilation_cache/compile_requests_use_cache" in seen
@@ -268,6 +269,21 @@ def compile_and_store(key: str | None, lowered, options: dict | None = None):
     if fresh:
         _store(key, compiled, lowered.as_text())
     return compiled
+
+
+def _compile(lowered, options: dict | None):
+    """``lowered.compile(options)`` without the options this XLA does not know: they tune the
+    effort, never the result, and a jaxlib that lacks one (an experimental flag renamed or gone)
+    compiles as its default."""
+    options = dict(options or {})
+    while True:
+        try:
+            return lowered.compile(options or None)
+        except Exception as err:  # noqa: BLE001 - jaxlib's error class differs between versions
+            unknown = re.search(r"No such compile option: '([^']+)'", str(err))
+            if unknown is None or unknown.group(1) not in options:
+                raise
+            options.pop(unknown.group(1))
 
 
 def _store(key: str, compiled, lowered_text: str) -> None:
