@@ -40,10 +40,11 @@ CHEAP_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0,
 #
 # They also run faster without XLA:CPU's YNNPACK fusions, which take their reductions and small
 # products (a `[rows, P]` sum, a `P x P` product) into library calls whose fixed cost per call
-# outweighs the work at these sizes (2-core AMD EPYC, warm fit s, with -> without, compile time
-# unchanged: Laplace 0.65 -> 0.47, the custom-emission HMM 0.84 -> 0.62, gamma 0.25 -> 0.25). A
-# closed-form mixture pass keeps them: without, its cheaply compiled program ran 2x slower
-# (GaussianMixture(3, n_restarts=4), 3000 x 3: 0.14 -> 0.25 s warm).
+# outweighs the work at these sizes (2-core AMD EPYC, benchmarks/custom.py, warm fit s, with ->
+# without: Laplace 0.62 -> 0.475, the custom-emission HMM 0.84 -> 0.61, gamma 0.25 -> 0.25; the
+# reductions compile as LLVM loops instead, about 0.1 s more). A closed-form mixture pass keeps
+# them: without, its cheaply compiled program ran 2x slower (GaussianMixture(3, n_restarts=4),
+# 3000 x 3: 0.14 -> 0.25 s warm).
 SMALL_OPS_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1,
                              "xla_cpu_experimental_ynn_fusion_type": ""}
 
