@@ -53,7 +53,8 @@ import jax
 import jax.numpy as jnp
 
 from . import constraints as C
-from .loop import advance, proposed, select, small_change
+from .loop import advance, proposed, select
+from .stopping import small_change
 
 Array = jax.Array
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .blocks import HardStats, trace_once
+from .stopping import remaining_gain, small_change
 
 Array = jax.Array
 
@@ -114,27 +115,6 @@ def _fingerprint(aux) -> Array | None:
     return aux.fingerprint if isinstance(aux, HardStats) else None
 
 
-def _remaining_gain(s: dict, objective: Array, iteration: Array) -> Array:
-    """``[R]`` the objective's gain still to come if it keeps converging at the slowest of the
-    rates its last four changes show (``inf`` when they do not shrink; 0 when the last one was
-    no gain). Three ratios, not one: a sequence that shrinks irregularly (a gradient step
-    crawling along a kink of Q, EM steps between extrapolations) shows a small one by chance."""
-    def value(lag):   # the objective ``lag`` iterations before the last, or the initial one
-        return jnp.where(iteration >= lag + 1, s["history"][:, jnp.maximum(iteration - lag - 1, 0)],
-                         s["initial"])
-
-    change = objective - s["objective"]
-    previous, earlier, oldest = s["objective"] - value(2), value(2) - value(3), value(3) - value(4)
-
-    def ratio(new, old):
-        return jnp.where(old > 0, new / jnp.where(old > 0, old, 1.0), jnp.inf)
-
-    rate = jnp.maximum(ratio(change, previous), jnp.where(iteration >= 3, ratio(previous, earlier), 0.0))
-    rate = jnp.maximum(rate, jnp.where(iteration >= 4, ratio(earlier, oldest), 0.0))
-    ahead = change * rate / jnp.where(rate < 1, 1 - rate, 1.0)
-    return jnp.where(change <= 0, 0.0, jnp.where(rate < 1, ahead, jnp.inf))
-
-
 def initial_state(params, aux_shapes, max_iter: int) -> dict:
     """The loop state before its first trip (the initial E-step) for ``[R]``-stacked ``params``
     and the pass's output shapes ``(objective [R], aux)``."""
@@ -159,13 +139,6 @@ def proposed(s: dict, stepped) -> Any:
     """The parameters the next pass runs at: the M-step's for running restarts, else the old
     (trip 0 is the initial E-step, whose M-step result is discarded)."""
     return select(s["running"] & (s["trips"] > 0), stepped, s["params"])
-
-
-def small_change(objective: Array, previous: Array, tol: Array) -> Array:
-    """``[R]`` whether the objective moved by at most ``tol`` relative to ``previous``; a change
-    within float round-off (4 eps) always counts, so ``tol=0`` means "until nothing changes"."""
-    rel_tol = jnp.maximum(tol, 4 * jnp.finfo(objective.dtype).eps)
-    return jnp.abs(objective - previous) <= rel_tol * jnp.abs(previous)
 
 
 def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Settings,
@@ -220,7 +193,7 @@ def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Setti
         # slow: the gain still to come is about change * rate / (1 - rate) (Aitken), which must
         # be within the tolerance as well.
         bound = jnp.maximum(settings.tol, floor) * scale
-        far = (gap > bound) | (_remaining_gain(s, objective, iteration) > bound)
+        far = (gap > bound) | (remaining_gain(s, objective, iteration) > bound)
         stuck = running & fixed_point & (gap > bound)
         converged &= ~far | (fixed_point & ~stuck)
     if can_converge is not None:
