@@ -190,8 +190,8 @@ def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Setti
         # A gradient M-step that fell short of an EM-gradient step by more than the tolerance
         # has stalled, not converged (one that moved nothing at all stops, unconverged). And
         # as EM converges linearly, a small change is not a small distance when the rate is
-        # slow: the gain still to come is about change * rate / (1 - rate) (Aitken), which must
-        # be within the tolerance as well.
+        # slow: the gain still to come (:func:`jaxem.core.stopping.remaining_gain`, from the
+        # rate of the last changes and of the last blocks of trips) must be within it as well.
         bound = jnp.maximum(settings.tol, floor) * scale
         far = (gap > bound) | (remaining_gain(s, objective, iteration) > bound)
         stuck = running & fixed_point & (gap > bound)

@@ -50,6 +50,7 @@ def remaining_gain(s: dict, objective: Array, iteration: Array) -> Array:
     previous, earlier, oldest = s["objective"] - value(2), value(2) - value(3), value(3) - value(4)
     rate = jnp.maximum(ratio(change, previous), jnp.where(iteration >= 3, ratio(previous, earlier), 0.0))
     rate = jnp.maximum(rate, jnp.where(iteration >= 4, ratio(earlier, oldest), 0.0))
-    recent = objective - value(BLOCK_TRIPS)
-    by_blocks = ahead(recent, ratio(recent, value(BLOCK_TRIPS) - value(2 * BLOCK_TRIPS)))
+    block_start = value(BLOCK_TRIPS)
+    recent = objective - block_start
+    by_blocks = ahead(recent, ratio(recent, block_start - value(2 * BLOCK_TRIPS)))
     return jnp.where(change <= 0, 0.0, jnp.maximum(ahead(change, rate), by_blocks))
