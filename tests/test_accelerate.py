@@ -181,7 +181,7 @@ def test_accelerate_option_is_checked_before_any_compute():
 
 @pytest.mark.parametrize("overshoot", [1.0, 4.0])
 def test_newton_points_replace_the_extrapolation_and_are_damped_after_rejections(overshoot):
-    """A gradient M-step's Newton point (``Ascent.newton``) is tried in phase 1 instead of the S3
+    """A gradient M-step's Newton step (``Ascent.newton``) is tried in phase 1 instead of the S3
     point: exact, the loop converges in a few trips where EM's slow direction (rate 0.999) takes
     thousands; one that overshoots the maximum ``overshoot`` times is rejected, replaced by the
     EM step, and tried at half the length next time, until it lands. Histories never decrease."""
@@ -190,7 +190,7 @@ def test_newton_points_replace_the_extrapolation_and_are_damped_after_rejections
     def m_step(params, aux):
         del aux
         em = params * jnp.array([0.5, 0.999]) + optimum * jnp.array([0.5, 0.001])
-        return loop.Ascent(em, jnp.zeros(()), params + overshoot * (optimum - params))
+        return loop.Ascent(em, jnp.zeros(()), overshoot * (optimum - params))
 
     def e_pass(params, iteration, active):
         del iteration, active

@@ -1,10 +1,11 @@
 """The stop tests of the EM loop (jaxem.core.stopping) on objective sequences written out here."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxem.core import stopping
+from jaxem.core import loop, stopping
 
 # A Laplace restart's last 20 relative changes before the old rule stopped it (benchmarks/custom.py,
 # restart 5 of 8, session 17): each below tol = 1e-7, not shrinking; 100 more iterations gained
@@ -59,3 +60,18 @@ def test_small_change_is_relative_with_a_round_off_floor(x64):
                                   [True, False, True])
     np.testing.assert_array_equal(stopping.small_change(moved, previous, jnp.asarray(0.0)),
                                   [False, False, True])
+
+
+@pytest.mark.parametrize("n_masks", [1, 4, 31])
+def test_masks_computed_once_come_back_unchanged(n_masks):
+    """The loop's stop masks pass through one packed integer (so XLA computes them once): every
+    mask comes back bit for bit, compiled or not; 32 would not fit an int32."""
+    masks = tuple(jnp.asarray(np.random.default_rng(n_masks + i).random(8) < 0.5)
+                  for i in range(n_masks))
+    for out in (loop.computed_once(*masks), jax.jit(loop.computed_once)(*masks)):
+        assert len(out) == n_masks
+        for got, want in zip(out, masks, strict=True):
+            assert got.dtype == jnp.bool_
+            np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="at most 31"):
+        loop.computed_once(*(masks[0],) * 32)

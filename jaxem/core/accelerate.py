@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 
 from . import constraints as C
-from .loop import advance, proposed, select
+from .loop import advance, computed_once, proposed, select
 from .stopping import small_change
 
 Array = jax.Array
@@ -136,8 +136,8 @@ class Squarem(NamedTuple):
         """One trip of the accelerated loop: choose the point, run ``e_pass(params) ->
         (objective [R], aux)`` there, keep or hold, and call :func:`jaxem.core.loop.advance`
         (with a gradient M-step's ``gap``, which says nothing about an extrapolated point).
-        ``newton`` (a gradient M-step's Newton point on the log-likelihood, NaN where it has
-        none) is tried instead of the S3 extrapolation where it has one."""
+        ``newton`` (a gradient M-step's Newton step on the log-likelihood, unconstrained, NaN
+        where it has none) is tried instead of the S3 extrapolation where it has one."""
         view = {k: s[k] for k in ("params", "running", "trips", "sq_phase", "sq_anchor",
                                   "sq_fallback", "sq_step_max", "sq_newton_length")}
         new_params, em_step, step = _choose(view, stepped, newton, squarem=self)
@@ -156,6 +156,7 @@ class Squarem(NamedTuple):
         settled = (active & ~extrapolated & (objective < s["objective"])
                    & small_change(objective, s["objective"], settings.tol))
         held = rejected | settled
+        held, rejected, settled, extrapolated = computed_once(held, rejected, settled, extrapolated)
         out = advance(s, em_step, select(held, s["params"], new_params),
                       jnp.where(held, s["objective"], objective),
                       select(held, s["aux"], aux), settings,
@@ -179,13 +180,12 @@ class Squarem(NamedTuple):
                     sq_fallback=select(extrapolating, stepped, s["sq_fallback"]),
                     sq_step_max=step_max, sq_fallbacks=s["sq_fallbacks"] + rejected)
 
-    def toward(self, start, target, length) -> Any:
-        """``start`` moved ``length`` (scalar) of the way to ``target`` in the unconstrained
-        space, for ONE restart (``target`` itself at length 1)."""
+    def toward(self, start, step, length) -> Any:
+        """``start`` moved by ``length`` (scalar) times ``step`` (a pytree like the unconstrained
+        ``start``) in the unconstrained space, for ONE restart."""
         constraints = self.constraints
-        u0, u1 = (C.unconstrain(constraints, t) for t in (start, target))
-        moved = C.constrain(constraints, jax.tree.map(lambda a, b: a + length * (b - a), u0, u1))
-        return select(length == 1, target, moved)
+        return C.constrain(constraints, jax.tree.map(lambda u, d: u + length * d,
+                                                     C.unconstrain(constraints, start), step))
 
     def extrapolate(self, theta0, theta1, theta2, step_max) -> tuple[Any, Array]:
         """The S3 point from ``θ0, θ1 = F(θ0), θ2 = F(θ1)`` of ONE restart (pytrees of the
@@ -230,18 +230,19 @@ def _choose(s: dict, stepped, newton=None, *, squarem: Squarem):
     """``(params for the pass, the EM map's image of the current point, -α [R])``; a Newton
     point is reported with ``-α = inf`` (an extrapolation, never at the step-length limit)."""
     phase = s["sq_phase"]
+    usable = jnp.zeros_like(phase, bool) if newton is None else _finite(newton)
+    extrapolating, replaying, usable = computed_once(phase == 1, phase == 2, usable)
     # The EM map's image of the current point: phase 2 replays the θ2 kept in phase 1.
-    em_step = select(phase == 2, s["sq_fallback"], stepped)
+    em_step = select(replaying, s["sq_fallback"], stepped)
     extrapolated, step = jax.vmap(squarem.extrapolate)(s["sq_anchor"], s["params"], stepped,
                                                        s["sq_step_max"])
     if newton is not None:
-        # The M-step's Newton point on the log-likelihood, from the current point (the θ1 the
+        # The M-step's Newton step on the log-likelihood from the current point (the θ1 the
         # S3 step would extrapolate from), damped after rejections.
-        usable = _finite(newton)
         damped = jax.vmap(squarem.toward)(s["params"], newton, s["sq_newton_length"])
         extrapolated = select(usable, damped, extrapolated)
         step = jnp.where(usable, jnp.inf, step)
-    return proposed(s, select(phase == 1, extrapolated, em_step)), em_step, step
+    return proposed(s, select(extrapolating, extrapolated, em_step)), em_step, step
 
 
 def _finite(tree) -> Array:

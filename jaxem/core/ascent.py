@@ -199,10 +199,8 @@ def gradient_m_step(model, params: Any, Xb: Array, Rb: Array, optimizer, n_steps
         if not posterior_rows:
             return best, jnp.zeros((), v.dtype), None
         newton = likelihood_newton(grad, hess, info, expected)
-        point = C.constrain(model.constraints, unravel(v + newton.step))
         usable = newton.concave & (newton.gain > 0)
-        point = jax.tree.map(lambda a: jnp.where(usable, a, jnp.nan), point)
-        return best, newton.gain * total, point
+        return best, newton.gain * total, unravel(jnp.where(usable, newton.step, jnp.nan))
 
     newton = None
     if isinstance(optimizer, EMGradient) and small:

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
-from jax.scipy.linalg import solve_triangular
+from jax.scipy.linalg import cho_solve, solve_triangular
 
 from . import constraints as C
 from .blocks import plan_blocks, sum_over_blocks, to_blocks
@@ -53,15 +53,20 @@ def curvature(model, flat_u: Array, unravel: Callable, Xb: Array, Rb: Array, tot
         def q(t):
             return fixed_responsibility_sum(log_joints(t), rb)
 
-        scores = jnp.where((rb > 0)[..., None], jax.jacfwd(log_joints)(theta), 0.0)  # [n, K, Pθ]
-        flat_scores = scores.reshape(-1, theta.shape[0])
-        weighted = scores * rb[..., None]
-        row_scores = jnp.sum(weighted, axis=1)                   # [n, Pθ]: w_n E[score | x_n]
-        row_weights = jnp.sum(rb, axis=-1, keepdims=True)
-        expected = (row_scores / jnp.where(row_weights > 0, row_weights, 1.0)).T @ row_scores
-        weighted = weighted.reshape(flat_scores.shape)
-        return (q(theta), jnp.sum(weighted, 0), jax.hessian(q)(theta),
-                weighted.T @ flat_scores, expected)
+        # Tangents first and rows last, ``[Pθ, K, n]``: the products below contract contiguous
+        # rows and XLA vectorises over them (jacfwd's ``[n, K, Pθ]`` cost a transposed copy of
+        # the scores per use).
+        tangents = jnp.eye(theta.shape[0], dtype=theta.dtype)
+        scores = jax.vmap(lambda t: jax.jvp(lambda u: log_joints(u).T, (theta,), (t,))[1])(tangents)
+        resp = rb.T                                               # [K, n]
+        scores = jnp.where(resp > 0, scores, 0.0)
+        weighted = scores * resp
+        row_scores = jnp.sum(weighted, axis=1)                   # [Pθ, n]: w_n E[score | x_n]
+        row_weights = jnp.sum(resp, axis=0)
+        expected = (row_scores / jnp.where(row_weights > 0, row_weights, 1.0)) @ row_scores.T
+        flat = (theta.shape[0], -1)
+        return (q(theta), jnp.sum(row_scores, -1), jax.hessian(q)(theta),
+                weighted.reshape(flat) @ scores.reshape(flat).T, expected)
 
     def block(xb, rb):
         rows_per_pass = max(8, _CURVATURE_VALUES_PER_PASS // (theta.shape[0] * rb.shape[-1]))
@@ -140,7 +145,10 @@ def newton_direction(grad: Array, hess: Array, info: Array) -> tuple[Array, Call
         factor = chol @ vectors
         curvature = (factor * jnp.maximum(jnp.abs(eigenvalues), 1.0)) @ factor.T
         keep = _smooth_parameters(hess, info)
-        return -jnp.linalg.solve(_restricted(curvature, keep, 1.0), jnp.where(keep, grad, 0.0))
+        # Positive definite (a principal block of one, the identity elsewhere): Cholesky, not
+        # LU, whose pivoting is a loop of its own in the compiled program.
+        lower = jnp.linalg.cholesky(_restricted(curvature, keep, 1.0))
+        return -cho_solve((lower, True), jnp.where(keep, grad, 0.0))
 
     return step, smooth_step
 

@@ -40,9 +40,10 @@ class LoopOutput(NamedTuple):
 class Ascent(NamedTuple):
     """What a gradient M-step returns for one restart: the new ``params`` and the ``gap``, the
     increase of the objective a second-order model predicted from the old ones (see
-    :mod:`jaxem.core.ascent`), and optionally ``newton``: the old parameters moved by a Newton
-    step on the log-likelihood itself (``None`` where its curvature is not known, or not
-    concave), which an accelerated loop may try instead of extrapolating (closed forms: params)."""
+    :mod:`jaxem.core.ascent`), and optionally ``newton``: a Newton step on the log-likelihood
+    itself from the old parameters, in the unconstrained space of the model's constraints (a
+    pytree like the unconstrained parameters; ``None`` where the curvature is not known, NaN where
+    it is not concave), which an accelerated loop may try instead of extrapolating."""
 
     params: Any
     gap: Array
@@ -74,6 +75,21 @@ def select(mask: Array, new, old):
         return jnp.where(jnp.reshape(mask, jnp.shape(mask) + (1,) * (jnp.ndim(a) - jnp.ndim(mask))),
                          a, b)
     return jax.tree.map(pick, new, old)
+
+
+def computed_once(*masks: Array) -> tuple:
+    """``masks`` (boolean, one shape), unchanged, but computed in one kernel.
+
+    XLA:CPU fuses a cheap elementwise value into every kernel that reads it, so the stopping
+    rule's masks were recomputed in each of the loop state's per-leaf updates; a reduction is
+    not fused into its readers, so the masks packed into bits of one integer by a sum are
+    computed once and each reader only unpacks its bit (at most 31 masks: one int32)."""
+    if len(masks) > 31:
+        raise ValueError(f"computed_once packs at most 31 masks into an int32, got {len(masks)}")
+    bits = [1 << i for i in range(len(masks))]
+    code = jnp.sum(jnp.stack(masks, axis=-1).astype(jnp.int32) * jnp.array(bits, jnp.int32),
+                   axis=-1, dtype=jnp.int32)
+    return tuple((code & bit) != 0 for bit in bits)
 
 
 def map_restarts(fn: Callable, *trees, in_sequence: bool = False, active: Array | None = None):
@@ -199,6 +215,7 @@ def advance(s: dict, stepped, new_params, objective: Array, aux, settings: Setti
     if can_converge is not None:
         converged &= can_converge
     kept = running & ~(stall & decreased)
+    kept, converged, stall, stuck = computed_once(kept, converged, stall, stuck)
     row = jnp.maximum(iteration - 1, 0)
     history = s["history"].at[:, row].set(jnp.where(kept, objective, s["history"][:, row]))
     finite = jnp.isfinite(objective)
