@@ -1,13 +1,16 @@
 """How hard XLA optimises a fit program on a CPU: compile time against run time.
 
 A fit's first call is mostly compiling. :func:`compile_options` picks XLA's options for one
-program from XLA's own estimate of the bytes one trip moves, and from whether the program is
-made of many small operations; accelerators keep XLA's defaults.
+program from the bytes one trip moves (the program's ops counted where that settles it, else
+XLA's own estimate), and from whether the program is made of many small operations;
+accelerators keep XLA's defaults.
 """
 
 from __future__ import annotations
 
 import jax
+import numpy as np
+from jax.extend.mlir import ir
 
 # Compile effort on a CPU. XLA spends most of a fit's first second or two optimising (LLVM at -O2,
 # the fusion emitters); unoptimised, a program compiles 3-5x faster and runs 3-4x slower. Where
@@ -49,6 +52,52 @@ SMALL_OPS_COMPILE_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_backend_
                              "xla_cpu_experimental_ynn_fusion_type": ""}
 
 
+# XLA's estimate of a program's bytes converts the lowered module to HLO anew: 0.13-0.17 s for a
+# gradient M-step's loop program, on the critical path of its first call. Counting each op's
+# operands and results in the module itself takes a tenth of that and read 0.66-1.45x XLA's
+# figure over the loop and start programs of benchmarks/custom.py's three models, of
+# GaussianMixture at 3,000-90,000 rows and of a GaussianHMM (2-core AMD EPYC, session 19); where
+# that count is this many times the limit, XLA's figure is surely above it too, and is not asked.
+CLEARLY_ABOVE = 3
+
+
+def _counted_bytes(lowered) -> float | None:
+    """The bytes the ops of ``lowered``'s StableHLO module read and write, each op once (a loop
+    body once); ``None`` where the module cannot be read."""
+    try:
+        module = lowered.compiler_ir("stablehlo")
+        total = 0
+
+        def visit(op):
+            nonlocal total
+            operation = op.operation
+            if operation.name not in _NOT_COUNTED:
+                total += sum(map(_tensor_bytes, (v.type for v in operation.operands)))
+                total += sum(map(_tensor_bytes, (r.type for r in operation.results)))
+            return ir.WalkResult.ADVANCE
+
+        module.operation.walk(visit)
+        return float(total)
+    except Exception:  # noqa: BLE001 - no count only means asking XLA
+        return None
+
+
+# Structure, not work: what a loop, branch or call carries is counted where its body uses it (as
+# XLA counts), not again at the loop, branch or call itself.
+_NOT_COUNTED = ("builtin.module", "func.func", "func.return", "func.call", "stablehlo.return",
+                "stablehlo.while", "stablehlo.case", "stablehlo.if")
+
+
+def _tensor_bytes(kind) -> int:
+    if not isinstance(kind, ir.RankedTensorType):
+        return 0
+    element, parts = kind.element_type, 1
+    if isinstance(element, ir.ComplexType):
+        element, parts = element.element_type, 2
+    bits = getattr(element, "width", 32)
+    return int(np.prod(kind.shape, dtype=np.int64)) * parts * max(bits, 8) // 8
+
+
 def compile_options(lowered, repeats: float = 1, small_ops: bool = False) -> dict:
     """XLA options for compiling ``lowered`` on a CPU: :data:`CHEAP_COMPILE_OPTIONS` when its
     estimated bytes moved times ``repeats`` (restarts that run the program's pass one after
@@ -58,6 +107,9 @@ def compile_options(lowered, repeats: float = 1, small_ops: bool = False) -> dic
     if jax.default_backend() != "cpu":
         return {}  # accelerators: not measured, so XLA's default
     full = dict(SMALL_OPS_COMPILE_OPTIONS) if small_ops else {}
+    counted = _counted_bytes(lowered)
+    if counted is not None and counted * repeats > CLEARLY_ABOVE * CHEAP_COMPILE_MAX_BYTES:
+        return full
     try:
         cost = lowered.cost_analysis()
     except Exception:  # noqa: BLE001 - no estimate only means the default effort
